@@ -1,0 +1,144 @@
+// The arithmetic of one step of each operator, written once and compiled into both the CPU and
+// the CUDA kernels, so that the CPU tests also check the math the GPU runs. Everything here is
+// scalar and branch-light: the CPU kernels call it inside `omp simd` loops, the CUDA kernels per
+// thread. `T` is the accumulation type: float for fp32/fp16/bf16 inputs, double for float64.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define HV_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define HV_HOST_DEVICE inline __attribute__((always_inline))
+#endif
+
+namespace hvision {
+
+// ---------------------------------------------------------------------------------------------
+// Elementary functions
+// ---------------------------------------------------------------------------------------------
+namespace math {
+
+#if !defined(__CUDA_ARCH__)
+// exp(x) for float on the CPU: Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6
+// polynomial, and the power of two assembled in the exponent bits. Unlike std::exp it has no
+// call and no branch, so GCC vectorises loops that use it (max error ~2 ulp on normal results).
+inline __attribute__((always_inline)) float exp_host(float x) {
+  const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float k = std::nearbyint(clamped * 1.44269504088896341f);
+  const float r = (clamped - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3333519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  const float scale = __builtin_bit_cast(float, bits);
+  // Below the clamp the true result is a denormal or zero: return zero, never 2^-126.
+  return x < -87.0f ? 0.0f : (x > 88.0f ? HUGE_VALF : p * scale);
+}
+#endif
+
+HV_HOST_DEVICE float exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
+  return exp_host(x);
+#endif
+}
+HV_HOST_DEVICE double exp(double x) { return ::exp(x); }
+HV_HOST_DEVICE float log1p(float x) { return ::log1pf(x); }
+HV_HOST_DEVICE double log1p(double x) { return ::log1p(x); }
+
+template <typename T>
+HV_HOST_DEVICE T sigmoid(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
+// softplus with the same cut-over as torch.nn.functional.softplus (threshold 20).
+template <typename T>
+HV_HOST_DEVICE T softplus(T x) {
+  return x <= T(20) ? log1p(exp(x)) : x;
+}
+
+}  // namespace math
+
+// ---------------------------------------------------------------------------------------------
+// Selective scan (Mamba SSM):  h_t = exp(δ_t A) h_{t-1} + δ_t B_t u_t,  y_t = C_t · h_t,
+// out_t = (y_t + D u_t) · silu(z_t).  One call of each function below covers one time step of
+// one channel (the per-time-step parts) or one (channel, state) element (the per-state parts).
+// ---------------------------------------------------------------------------------------------
+
+// The forward pass saves the state entering every chunk of this many steps; the backward pass
+// recomputes the states of one chunk at a time from it instead of storing all L x N states.
+constexpr int64_t kScanChunk = 64;
+constexpr int64_t kScanMaxState = 256;
+
+inline int64_t scan_num_chunks(int64_t length) { return (length + kScanChunk - 1) / kScanChunk; }
+
+// δ from the raw delta input: δ = delta + bias, then softplus if asked.
+template <typename T>
+HV_HOST_DEVICE T scan_delta(T raw_plus_bias, bool softplus) {
+  return softplus ? math::softplus(raw_plus_bias) : raw_plus_bias;
+}
+
+// dδ / d(delta + bias).
+template <typename T>
+HV_HOST_DEVICE T scan_delta_grad(T raw_plus_bias, bool softplus) {
+  return softplus ? math::sigmoid(raw_plus_bias) : T(1);
+}
+
+// Per state element: decay = exp(δ a) and h <- decay h + b (δ u).
+template <typename T>
+HV_HOST_DEVICE T scan_decay(T delta, T a) {
+  return math::exp(delta * a);
+}
+
+template <typename T>
+HV_HOST_DEVICE T scan_state_update(T h, T decay, T b, T delta_u) {
+  return decay * h + b * delta_u;
+}
+
+// Per time step: the output from y = C·h. Pass has_z = false (z ignored) for an ungated scan.
+template <typename T>
+HV_HOST_DEVICE T scan_output(T y, T u, T skip_d, bool has_z, T z) {
+  const T pre_gate = y + skip_d * u;
+  return has_z ? pre_gate * z * math::sigmoid(z) : pre_gate;
+}
+
+// Per time step, backward of scan_output: from dout, the gradient reaching y (dy) and z (dz).
+// `y` is C·h recomputed by the backward pass; it only matters when there is a gate.
+template <typename T>
+HV_HOST_DEVICE void scan_output_backward(T dout, T y, T u, T skip_d, bool has_z, T z, T& dy,
+                                         T& dz) {
+  if (!has_z) {
+    dy = dout;
+    dz = T(0);
+    return;
+  }
+  const T sig = math::sigmoid(z);
+  const T pre_gate = y + skip_d * u;
+  dy = dout * z * sig;
+  dz = dout * pre_gate * sig * (T(1) + z * (T(1) - sig));
+}
+
+// Per state element, backward of one step. On entry `adjoint` is dL/dh_t (the carry from step
+// t+1 plus dy_t C_t); on exit it is dL/dh_{t-1}. Accumulates the step's contributions to dδ, du
+// (both summed over the states by the caller) and to dA; returns the gradient of this step's b.
+template <typename T>
+HV_HOST_DEVICE T scan_state_backward(T& adjoint, T h_prev, T decay, T delta, T a, T b, T u,
+                                     T& d_delta, T& d_u, T& d_a) {
+  const T adjoint_delta = adjoint * delta;
+  const T decayed_prev = decay * h_prev;
+  d_delta += adjoint * (a * decayed_prev + b * u);
+  d_u += adjoint_delta * b;
+  d_a += adjoint_delta * decayed_prev;
+  const T d_b = adjoint_delta * u;
+  adjoint *= decay;
+  return d_b;
+}
+
+}  // namespace hvision

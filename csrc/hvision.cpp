@@ -1,0 +1,18 @@
+// Every operator schema of the `hvision` library. Kernels register per device next to their
+// sources (TORCH_LIBRARY_IMPL); fake kernels and autograd are registered from Python.
+#include <torch/library.h>
+
+TORCH_LIBRARY(hvision, m) {
+  // Mamba selective scan. `checkpoints` (the state entering every chunk of 64 steps) is what the
+  // backward pass recomputes from; it is empty unless save_checkpoints.
+  m.def(
+      "selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+      "Tensor? z, Tensor? delta_bias, bool delta_softplus, Tensor? initial_state, bool reverse, "
+      "bool save_checkpoints) -> (Tensor out, Tensor last_state, Tensor checkpoints)");
+  m.def(
+      "selective_scan_bwd(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, "
+      "Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, bool delta_softplus, "
+      "Tensor? initial_state, bool reverse, Tensor checkpoints) -> (Tensor du, Tensor ddelta, "
+      "Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, "
+      "Tensor dinitial_state)");
+}

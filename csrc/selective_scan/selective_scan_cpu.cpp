@@ -1,0 +1,448 @@
+// selective_scan CPU kernels. Work is split over (batch, channel) with at::parallel_for; within a
+// channel the time loop is sequential and the N states of a step form one vector loop (`omp
+// simd`), compiled per instruction set (HV_CPU_CLONES). Inputs in fp16/bf16 are widened one row
+// at a time; everything accumulates in float (double for float64 inputs).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_dispatch.h"
+#include "common/step_math.h"
+#include "selective_scan/selective_scan.h"
+
+namespace hvision::selective_scan {
+namespace {
+
+// The backward pass splits each batch's channels into at most this many blocks, one task each.
+// A task sums its channels' dB/dC into a private buffer and the buffers are summed in a fixed
+// order afterwards, so gradients are deterministic whatever the thread count.
+constexpr int64_t kMaxChannelBlocks = 16;
+
+// B or C as one channel reads it: the N values of step t start at data + t * step (step = N for
+// a variable projection stored (L, N), 0 for a fixed one).
+template <typename T>
+struct Projection {
+  const T* data;
+  int64_t step;
+  const T* at(int64_t t) const { return data + t * step; }
+};
+
+// One channel (batch b, channel d) of the scan, in the accumulation type T.
+template <typename T>
+struct Channel {
+  const T* u;      // (L,)
+  const T* delta;  // (L,), before bias and softplus
+  const T* z;      // (L,) or nullptr
+  const T* A;      // (N,)
+  Projection<T> B, C;
+  T skip_d, delta_bias;
+  int64_t length, state;
+  bool softplus, reverse;
+
+  int64_t time(int64_t step) const { return reverse ? length - 1 - step : step; }
+  T raw_delta(int64_t t) const { return delta[t] + delta_bias; }
+  T z_at(int64_t t) const { return z ? z[t] : T(0); }
+};
+
+// Per-channel gradient destinations. dB/dC follow the same Projection layout as B/C and are
+// accumulated (+=); dA likewise.
+template <typename T>
+struct ChannelGrads {
+  T* du;
+  T* ddelta;
+  T* dz;  // nullptr without z
+  T* dA;
+  T* dB;
+  T* dC;
+  T d_skip = 0, d_delta_bias = 0;
+};
+
+template <typename T>
+HV_INLINE void forward_channel(const Channel<T>& c, T* state, T* out, T* checkpoints) {
+  const int64_t N = c.state;
+  for (int64_t step = 0; step < c.length; ++step) {
+    if (checkpoints && step % kScanChunk == 0) {
+      std::copy_n(state, N, checkpoints + step / kScanChunk * N);
+    }
+    const int64_t t = c.time(step);
+    const T delta = scan_delta(c.raw_delta(t), c.softplus);
+    const T delta_u = delta * c.u[t];
+    const T* B = c.B.at(t);
+    const T* C = c.C.at(t);
+    T y = 0;
+#pragma omp simd reduction(+ : y)
+    for (int64_t n = 0; n < N; ++n) {
+      state[n] = scan_state_update(state[n], scan_decay(delta, c.A[n]), B[n], delta_u);
+      y += C[n] * state[n];
+    }
+    out[t] = scan_output(y, c.u[t], c.skip_d, c.z != nullptr, c.z_at(t));
+  }
+}
+
+// Recomputes the states of one chunk from its checkpoint: states[k] enters step first + k
+// (k = 0..count), decays[k] is that step's exp(δA).
+template <typename T>
+HV_INLINE void recompute_chunk(const Channel<T>& c, int64_t first, int64_t count,
+                                    const T* checkpoint, T* states, T* decays) {
+  const int64_t N = c.state;
+  std::copy_n(checkpoint, N, states);
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t t = c.time(first + k);
+    const T delta = scan_delta(c.raw_delta(t), c.softplus);
+    const T delta_u = delta * c.u[t];
+    const T* B = c.B.at(t);
+    const T* prev = states + k * N;
+    T* next = states + (k + 1) * N;
+    T* decay = decays + k * N;
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n) {
+      decay[n] = scan_decay(delta, c.A[n]);
+      next[n] = scan_state_update(prev[n], decay[n], B[n], delta_u);
+    }
+  }
+}
+
+// Walks one channel backwards, chunk by chunk. `adjoint` holds dL/d(last state) on entry and
+// dL/d(initial state) on exit; `scratch` has room for (2 kScanChunk + 1) N values.
+template <typename T>
+HV_INLINE void backward_channel(const Channel<T>& c, const T* dout, const T* checkpoints,
+                                     T* adjoint, T* scratch, ChannelGrads<T>& g) {
+  const int64_t N = c.state;
+  T* states = scratch;
+  T* decays = scratch + (kScanChunk + 1) * N;
+  for (int64_t chunk = scan_num_chunks(c.length) - 1; chunk >= 0; --chunk) {
+    const int64_t first = chunk * kScanChunk;
+    const int64_t count = std::min(kScanChunk, c.length - first);
+    recompute_chunk(c, first, count, checkpoints + chunk * N, states, decays);
+    for (int64_t k = count - 1; k >= 0; --k) {
+      const int64_t t = c.time(first + k);
+      const T raw = c.raw_delta(t);
+      const T delta = scan_delta(raw, c.softplus);
+      const T u = c.u[t];
+      const T* h = states + (k + 1) * N;
+      const T* h_prev = states + k * N;
+      const T* decay = decays + k * N;
+      const T* B = c.B.at(t);
+      const T* C = c.C.at(t);
+      T y = 0;
+      if (c.z) {
+#pragma omp simd reduction(+ : y)
+        for (int64_t n = 0; n < N; ++n) y += C[n] * h[n];
+      }
+      T dy, dz;
+      scan_output_backward(dout[t], y, u, c.skip_d, c.z != nullptr, c.z_at(t), dy, dz);
+      if (g.dz) g.dz[t] = dz;
+      g.d_skip += dy * u;
+
+      T* dB = g.dB + t * c.B.step;
+      T* dC = g.dC + t * c.C.step;
+      T d_delta = 0;
+      T d_u = dy * c.skip_d;
+#pragma omp simd reduction(+ : d_delta, d_u)
+      for (int64_t n = 0; n < N; ++n) {
+        dC[n] += dy * h[n];
+        adjoint[n] += dy * C[n];
+        dB[n] += scan_state_backward(adjoint[n], h_prev[n], decay[n], delta, c.A[n], B[n], u,
+                                     d_delta, d_u, g.dA[n]);
+      }
+      g.du[t] = d_u;
+      g.ddelta[t] = d_delta * scan_delta_grad(raw, c.softplus);
+      g.d_delta_bias += g.ddelta[t];
+    }
+  }
+}
+
+// The float versions are the hot ones: compile them per instruction set. Double (gradcheck)
+// runs the baseline build.
+HV_CPU_CLONES void run_forward_channel(const Channel<float>& c, float* state, float* out,
+                                       float* checkpoints) {
+  forward_channel(c, state, out, checkpoints);
+}
+void run_forward_channel(const Channel<double>& c, double* state, double* out,
+                         double* checkpoints) {
+  forward_channel(c, state, out, checkpoints);
+}
+HV_CPU_CLONES void run_backward_channel(const Channel<float>& c, const float* dout,
+                                        const float* checkpoints, float* adjoint, float* scratch,
+                                        ChannelGrads<float>& g) {
+  backward_channel(c, dout, checkpoints, adjoint, scratch, g);
+}
+void run_backward_channel(const Channel<double>& c, const double* dout,
+                          const double* checkpoints, double* adjoint, double* scratch,
+                          ChannelGrads<double>& g) {
+  backward_channel(c, dout, checkpoints, adjoint, scratch, g);
+}
+
+// A row of the input in the accumulation type: the row itself when it already is, else a
+// widened copy in `buffer`.
+template <typename T, typename scalar_t>
+const T* widen_row(const scalar_t* row, int64_t length, std::vector<T>& buffer) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return row;
+  } else {
+    buffer.resize(length);
+    std::transform(row, row + length, buffer.begin(), [](scalar_t v) { return T(v); });
+    return buffer.data();
+  }
+}
+
+// Where a kernel writes an output row: in place when the types agree, else in `buffer`, which
+// narrow_row then stores.
+template <typename T, typename scalar_t>
+T* output_row(scalar_t* row, int64_t length, std::vector<T>& buffer) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return row;
+  } else {
+    buffer.resize(length);
+    return buffer.data();
+  }
+}
+
+template <typename T, typename scalar_t>
+void narrow_row(const T* computed, scalar_t* row, int64_t length) {
+  if constexpr (!std::is_same_v<T, scalar_t>) std::copy_n(computed, length, row);
+}
+
+// B or C in the layout the kernels read: fixed (dim, N) as given, variable (batch, G, L, N) in
+// the accumulation type so that the N values of a step are contiguous.
+at::Tensor kernel_layout(const at::Tensor& projection, bool variable, at::ScalarType acc) {
+  return variable ? projection.to(acc).transpose(-1, -2).contiguous() : projection;
+}
+
+// Read-only views of everything a channel needs, resolved to raw pointers once per call.
+template <typename scalar_t, typename T>
+struct ScanView {
+  const ScanInputs& in;
+  at::Tensor B_rows, C_rows;
+
+  ScanView(const ScanInputs& inputs)
+      : in(inputs),
+        B_rows(kernel_layout(inputs.B, inputs.B_variable(), inputs.acc_dtype())),
+        C_rows(kernel_layout(inputs.C, inputs.C_variable(), inputs.acc_dtype())) {}
+
+  int64_t row_offset(int64_t b, int64_t d) const { return (b * in.dim + d) * in.length; }
+
+  static Projection<T> projection(const at::Tensor& rows, int64_t groups, const ScanInputs& in,
+                                  int64_t b, int64_t d) {
+    const T* base = rows.data_ptr<T>();
+    if (groups == 0) return {base + d * in.state, 0};
+    const int64_t group = d / (in.dim / groups);
+    return {base + (b * groups + group) * in.length * in.state, in.state};
+  }
+
+  static T value_or(const std::optional<at::Tensor>& t, int64_t d, T fallback) {
+    return t ? t->data_ptr<T>()[d] : fallback;
+  }
+
+  // Builds the channel from rows already widened to T.
+  Channel<T> channel(int64_t b, int64_t d, const T* u, const T* delta, const T* z) const {
+    return Channel<T>{u,
+                      delta,
+                      z,
+                      in.A.data_ptr<T>() + d * in.state,
+                      projection(B_rows, in.groups_B, in, b, d),
+                      projection(C_rows, in.groups_C, in, b, d),
+                      value_or(in.D, d, T(0)),
+                      value_or(in.delta_bias, d, T(0)),
+                      in.length,
+                      in.state,
+                      in.softplus,
+                      in.reverse};
+  }
+
+  // The widened u, delta and z rows of channel (b, d), in the three buffers.
+  Channel<T> load_channel(int64_t b, int64_t d, std::vector<T> (&buffers)[3]) const {
+    const int64_t offset = row_offset(b, d);
+    const T* u = widen_row(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
+    const T* delta = widen_row(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
+    const T* z = in.z ? widen_row(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
+                      : nullptr;
+    return channel(b, d, u, delta, z);
+  }
+};
+
+template <typename scalar_t>
+void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_state,
+                    at::Tensor& checkpoints) {
+  using T = at::opmath_type<scalar_t>;
+  const ScanView<scalar_t, T> view(in);
+  const int64_t N = in.state;
+  const int64_t chunks = scan_num_chunks(in.length);
+  T* states = last_state.data_ptr<T>();
+  T* checkpoint_base = checkpoints.numel() ? checkpoints.data_ptr<T>() : nullptr;
+  const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
+  at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows[3], out_buffer;
+    for (int64_t channel = begin; channel < end; ++channel) {
+      const int64_t b = channel / in.dim, d = channel % in.dim;
+      const Channel<T> c = view.load_channel(b, d, rows);
+      T* state = states + channel * N;
+      if (initial) {
+        std::copy_n(initial + channel * N, N, state);
+      } else {
+        std::fill_n(state, N, T(0));
+      }
+      scalar_t* out_row = out.data_ptr<scalar_t>() + channel * in.length;
+      T* computed = output_row<T>(out_row, in.length, out_buffer);
+      run_forward_channel(c, state, computed,
+                          checkpoint_base ? checkpoint_base + channel * chunks * N : nullptr);
+      narrow_row(computed, out_row, in.length);
+    }
+  });
+}
+
+// Gradients of one backward call in the accumulation type, before the reductions over batch
+// and channel blocks that make them the shapes of the inputs.
+struct GradBuffers {
+  at::Tensor du, ddelta, dz;                // like u
+  at::Tensor dA, d_fixed_B, d_fixed_C;      // (batch, dim, N) per-batch partials
+  at::Tensor d_var_B, d_var_C;              // (batch, G, blocks, L, N) per-block partials
+  at::Tensor d_skip, d_delta_bias;          // (batch, dim) per-batch partials
+  at::Tensor d_initial_state;               // (batch, dim, N)
+};
+
+GradBuffers empty_grads(const ScanInputs& in, int64_t blocks) {
+  const auto acc = in.u.options().dtype(in.acc_dtype());
+  const auto projection = [&](bool variable, int64_t groups) {
+    return variable ? at::zeros({in.batch, blocks, groups, in.length, in.state}, acc)
+                    : at::zeros({in.batch, in.dim, in.state}, acc);
+  };
+  GradBuffers g;
+  g.du = at::empty_like(in.u);
+  g.ddelta = at::empty_like(in.u);
+  g.dz = in.z ? at::empty_like(in.u) : at::empty({0}, in.u.options());
+  g.dA = at::zeros({in.batch, in.dim, in.state}, acc);
+  (in.B_variable() ? g.d_var_B : g.d_fixed_B) = projection(in.B_variable(), in.groups_B);
+  (in.C_variable() ? g.d_var_C : g.d_fixed_C) = projection(in.C_variable(), in.groups_C);
+  g.d_skip = at::zeros({in.batch, in.dim}, acc);
+  g.d_delta_bias = at::zeros({in.batch, in.dim}, acc);
+  g.d_initial_state = at::empty({in.batch, in.dim, in.state}, acc);
+  return g;
+}
+
+// Channel blocks per batch: fewer when B or C has many groups, so that the private dB/dC
+// buffers (blocks x G rows of L x N each) stay near the size of B and C themselves.
+int64_t channel_blocks(const ScanInputs& in) {
+  const int64_t groups = std::max<int64_t>({1, in.groups_B, in.groups_C});
+  return std::clamp<int64_t>(kMaxChannelBlocks / groups, 1, std::max<int64_t>(in.dim, 1));
+}
+
+// dB or dC from its buffer: fixed (dim, N) summed over the batch, or variable (batch, G, N, L)
+// summed over the blocks, in the dtype of the input.
+at::Tensor reduce_projection_grad(const at::Tensor& fixed, const at::Tensor& variable,
+                                  at::ScalarType dtype) {
+  if (!variable.defined()) return fixed.sum(0);
+  return variable.sum(1).transpose(-1, -2).to(dtype).contiguous();
+}
+
+template <typename scalar_t>
+void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
+                     const std::optional<at::Tensor>& dlast_state, const at::Tensor& checkpoints,
+                     GradBuffers& g, int64_t blocks) {
+  using T = at::opmath_type<scalar_t>;
+  const ScanView<scalar_t, T> view(in);
+  const int64_t N = in.state, L = in.length;
+  const int64_t chunks = scan_num_chunks(L);
+  // A task is (batch, block of channels); it alone writes its rows of the dB/dC buffers.
+  const auto grad_projection = [&](const at::Tensor& fixed, const at::Tensor& variable,
+                                   int64_t groups, int64_t b, int64_t block, int64_t d) {
+    if (groups == 0) return fixed.data_ptr<T>() + (b * in.dim + d) * N;
+    const int64_t group = d / (in.dim / groups);
+    return variable.data_ptr<T>() + ((b * blocks + block) * groups + group) * L * N;
+  };
+  at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows[3], dout_buffer, du_buffer, ddelta_buffer, dz_buffer;
+    std::vector<T> scratch((2 * kScanChunk + 1) * N);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, block = task % blocks;
+      for (int64_t d = block * in.dim / blocks; d < (block + 1) * in.dim / blocks; ++d) {
+        const int64_t channel = b * in.dim + d;
+        const int64_t offset = channel * L;
+        const Channel<T> c = view.load_channel(b, d, rows);
+        const T* dout_row = widen_row(dout.data_ptr<scalar_t>() + offset, L, dout_buffer);
+        ChannelGrads<T> grads{
+            output_row<T>(g.du.data_ptr<scalar_t>() + offset, L, du_buffer),
+            output_row<T>(g.ddelta.data_ptr<scalar_t>() + offset, L, ddelta_buffer),
+            in.z ? output_row<T>(g.dz.data_ptr<scalar_t>() + offset, L, dz_buffer) : nullptr,
+            g.dA.data_ptr<T>() + channel * N,
+            grad_projection(g.d_fixed_B, g.d_var_B, in.groups_B, b, block, d),
+            grad_projection(g.d_fixed_C, g.d_var_C, in.groups_C, b, block, d)};
+        T* adjoint = g.d_initial_state.data_ptr<T>() + channel * N;
+        if (dlast_state) {
+          std::copy_n(dlast_state->data_ptr<T>() + channel * N, N, adjoint);
+        } else {
+          std::fill_n(adjoint, N, T(0));
+        }
+        run_backward_channel(c, dout_row, checkpoints.data_ptr<T>() + channel * chunks * N,
+                             adjoint, scratch.data(), grads);
+        narrow_row(grads.du, g.du.data_ptr<scalar_t>() + offset, L);
+        narrow_row(grads.ddelta, g.ddelta.data_ptr<scalar_t>() + offset, L);
+        if (in.z) narrow_row(grads.dz, g.dz.data_ptr<scalar_t>() + offset, L);
+        g.d_skip.data_ptr<T>()[channel] = grads.d_skip;
+        g.d_delta_bias.data_ptr<T>()[channel] = grads.d_delta_bias;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+ForwardResult forward_cpu(const ScanInputs& in, bool save_checkpoints) {
+  auto [out, last_state, checkpoints] = empty_forward_outputs(in, save_checkpoints);
+  if (in.length == 0) {
+    if (in.initial_state) {
+      last_state.copy_(*in.initial_state);
+    } else {
+      last_state.zero_();
+    }
+  }
+  if (in.u.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
+                                    "selective_scan_fwd_cpu",
+                                    [&] { forward_kernel<scalar_t>(in, out, last_state, checkpoints); });
+  }
+  return {out, last_state, checkpoints};
+}
+
+BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
+                            const std::optional<at::Tensor>& dlast_state,
+                            const at::Tensor& checkpoints) {
+  const int64_t blocks = channel_blocks(in);
+  GradBuffers g = empty_grads(in, blocks);
+  if (in.length == 0) {
+    if (dlast_state) {
+      g.d_initial_state.copy_(*dlast_state);
+    } else {
+      g.d_initial_state.zero_();
+    }
+  }
+  if (in.u.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
+                                    "selective_scan_bwd_cpu", [&] {
+                                      backward_kernel<scalar_t>(in, dout, dlast_state, checkpoints,
+                                                                g, blocks);
+                                    });
+  }
+  return {g.du,
+          g.ddelta,
+          g.dA.sum(0),
+          reduce_projection_grad(g.d_fixed_B, g.d_var_B, in.B.scalar_type()),
+          reduce_projection_grad(g.d_fixed_C, g.d_var_C, in.C.scalar_type()),
+          g.d_skip.sum(0),
+          g.dz,
+          g.d_delta_bias.sum(0),
+          g.d_initial_state};
+}
+
+TORCH_LIBRARY_IMPL(hvision, CPU, m) {
+  m.impl("selective_scan_fwd", &forward_op<forward_cpu>);
+  m.impl("selective_scan_bwd", &backward_op<backward_cpu>);
+}
+
+}  // namespace hvision::selective_scan

@@ -1,0 +1,16 @@
+"""hvision-ext: fused CPU and CUDA kernels for efficient vision and video models.
+
+``hvision_ext.ops`` holds the operators (each a ``torch.library`` custom op with CPU and CUDA
+kernels, autograd and a fake kernel for ``torch.compile``); ``hvision_ext.reference`` holds
+pure-PyTorch versions with the same signatures that define their semantics.
+"""
+
+from ._library import load_library
+
+load_library()
+
+from . import ops, reference  # noqa: E402  (ops need the library loaded)
+from .ops import selective_scan  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["ops", "reference", "selective_scan"]

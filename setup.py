@@ -1,0 +1,77 @@
+"""Builds hvision_ext and its compiled operator library `hvision_ext._C`.
+
+CPU kernels are always built; CUDA kernels whenever nvcc is found (no GPU is needed to compile
+them). Environment switches:
+
+  HVISION_CPU_ONLY=1           build the CPU kernels only (fast edit-compile-test loop)
+  HVISION_CUDA_ARCH="8.0;9.0"  CUDA architectures to compile for (default: 8.0;9.0)
+  MAX_JOBS=N                   parallel compile jobs (ninja; default: all cores)
+"""
+
+import glob
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).parent.resolve()
+CSRC = ROOT / "csrc"
+DEFAULT_CUDA_ARCH = "8.0;9.0"
+
+
+def want_cuda() -> bool:
+    if os.environ.get("HVISION_CPU_ONLY", "0") not in ("", "0"):
+        return False
+    return cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def cuda_library_includes() -> list[str]:
+    """Headers ATen's CUDA headers need (cusparse.h, cublas_v2.h) that a bare toolkit may lack:
+    the pip-installed nvidia packages carry them."""
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    found = []
+    for location in spec.submodule_search_locations:
+        for header in glob.glob(os.path.join(location, "*", "include", "cusparse.h")):
+            found.append(os.path.dirname(header))
+    return sorted(set(found))
+
+
+def extension():
+    sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cpp"))
+    cxx_flags = ["-O3", "-fopenmp-simd", "-fno-math-errno"]
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "hvision_ext._C", sources, include_dirs=[str(CSRC)], extra_compile_args={"cxx": cxx_flags}
+        )
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("HVISION_CUDA_ARCH", DEFAULT_CUDA_ARCH))
+    sources += sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cu"))
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DHVISION_WITH_CUDA"]
+    return cpp_extension.CUDAExtension(
+        "hvision_ext._C",
+        sources,
+        include_dirs=[str(CSRC), *cuda_library_includes()],
+        extra_compile_args={"cxx": cxx_flags + ["-DHVISION_WITH_CUDA"], "nvcc": nvcc_flags},
+    )
+
+
+def write_build_info(with_cuda: bool) -> None:
+    """Records what the library was compiled against, so importing it can tell a stale build."""
+    (ROOT / "hvision_ext" / "_build_info.py").write_text(
+        "# Written by setup.py at build time.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"WITH_CUDA = {with_cuda!r}\n"
+    )
+
+
+write_build_info(want_cuda())
+
+setup(
+    packages=find_packages(include=["hvision_ext*", "python_models*", "train*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)
