@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <initializer_list>
 #include <optional>
 #include <sstream>
@@ -32,7 +33,10 @@ inline void check_dtype(const char* op, const char* name, const at::Tensor& t,
     if (t.scalar_type() == dtype) return;
   }
   std::ostringstream expected;
-  for (auto dtype : allowed) expected << (expected.tellp() ? " or " : "") << dtype;
+  for (auto it = allowed.begin(); it != allowed.end(); ++it) {
+    if (std::find(allowed.begin(), it, *it) != it) continue;  // listed twice
+    expected << (it == allowed.begin() ? "" : " or ") << *it;
+  }
   TORCH_CHECK_TYPE(false, op, ": expected ", name, " of dtype ", expected.str(), ", got ",
                    t.scalar_type());
 }

@@ -26,7 +26,10 @@ namespace math {
 // call and no branch, so GCC vectorises loops that use it (max error ~2 ulp on normal results).
 inline __attribute__((always_inline)) float exp_host(float x) {
   const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float k = std::nearbyint(clamped * 1.44269504088896341f);
+  // Round to nearest by adding and subtracting 1.5 * 2^23: plain arithmetic, so it vectorises
+  // on every instruction set (nearbyint needs SSE4.1 and blocks some of GCC's clones).
+  constexpr float kRoundingShift = 12582912.0f;
+  const float k = (clamped * 1.44269504088896341f + kRoundingShift) - kRoundingShift;
   const float r = (clamped - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -42,6 +45,22 @@ inline __attribute__((always_inline)) float exp_host(float x) {
 }
 #endif
 
+#if !defined(__CUDA_ARCH__)
+// log1p(y) for y in [0, 1] on the CPU: with s = y / (2 + y) in [0, 1/3], log1p(y) = 2 atanh(s),
+// whose odd series converges to float precision by s^13. Vectorises like exp_host.
+inline __attribute__((always_inline)) float log1p_unit_host(float y) {
+  const float s = y / (2.0f + y);
+  const float s2 = s * s;
+  float p = 1.0f / 13.0f;
+  p = p * s2 + 1.0f / 11.0f;
+  p = p * s2 + 1.0f / 9.0f;
+  p = p * s2 + 1.0f / 7.0f;
+  p = p * s2 + 1.0f / 5.0f;
+  p = p * s2 + 1.0f / 3.0f;
+  return 2.0f * s * (p * s2 + 1.0f);
+}
+#endif
+
 HV_HOST_DEVICE float exp(float x) {
 #if defined(__CUDA_ARCH__)
   return ::expf(x);
@@ -50,18 +69,29 @@ HV_HOST_DEVICE float exp(float x) {
 #endif
 }
 HV_HOST_DEVICE double exp(double x) { return ::exp(x); }
-HV_HOST_DEVICE float log1p(float x) { return ::log1pf(x); }
-HV_HOST_DEVICE double log1p(double x) { return ::log1p(x); }
+
+// log1p(y) for y in [0, 1].
+HV_HOST_DEVICE float log1p_unit(float y) {
+#if defined(__CUDA_ARCH__)
+  return ::log1pf(y);
+#else
+  return log1p_unit_host(y);
+#endif
+}
+HV_HOST_DEVICE double log1p_unit(double y) { return ::log1p(y); }
 
 template <typename T>
 HV_HOST_DEVICE T sigmoid(T x) {
   return T(1) / (T(1) + exp(-x));
 }
 
-// softplus with the same cut-over as torch.nn.functional.softplus (threshold 20).
+// softplus(x) = log(1 + e^x), in the overflow-free form max(x, 0) + log1p(e^-|x|) (equal to
+// torch's softplus, which returns x itself above 20, to float precision).
 template <typename T>
 HV_HOST_DEVICE T softplus(T x) {
-  return x <= T(20) ? log1p(exp(x)) : x;
+  const T positive = x > T(0) ? x : T(0);
+  const T magnitude = x < T(0) ? -x : x;
+  return positive + log1p_unit(exp(-magnitude));
 }
 
 }  // namespace math
@@ -102,27 +132,30 @@ HV_HOST_DEVICE T scan_state_update(T h, T decay, T b, T delta_u) {
   return decay * h + b * delta_u;
 }
 
-// Per time step: the output from y = C·h. Pass has_z = false (z ignored) for an ungated scan.
+// The gate of the output, silu(z) = z sigmoid(z), and its derivative; {1, 0} without z.
 template <typename T>
-HV_HOST_DEVICE T scan_output(T y, T u, T skip_d, bool has_z, T z) {
-  const T pre_gate = y + skip_d * u;
-  return has_z ? pre_gate * z * math::sigmoid(z) : pre_gate;
+struct Gate {
+  T value, derivative;
+};
+
+template <typename T>
+HV_HOST_DEVICE Gate<T> scan_gate(T z) {
+  const T sig = math::sigmoid(z);
+  return {z * sig, sig * (T(1) + z * (T(1) - sig))};
 }
 
-// Per time step, backward of scan_output: from dout, the gradient reaching y (dy) and z (dz).
-// `y` is C·h recomputed by the backward pass; it only matters when there is a gate.
+// Per time step: out = (y + D u) gate, from y = C·h.
 template <typename T>
-HV_HOST_DEVICE void scan_output_backward(T dout, T y, T u, T skip_d, bool has_z, T z, T& dy,
-                                         T& dz) {
-  if (!has_z) {
-    dy = dout;
-    dz = T(0);
-    return;
-  }
-  const T sig = math::sigmoid(z);
-  const T pre_gate = y + skip_d * u;
-  dy = dout * z * sig;
-  dz = dout * pre_gate * sig * (T(1) + z * (T(1) - sig));
+HV_HOST_DEVICE T scan_output(T y, T u, T skip_d, T gate) {
+  return (y + skip_d * u) * gate;
+}
+
+// Per time step, backward of scan_output: the gradients reaching y and z. The backward pass
+// recomputes y only when there is a gate (otherwise dz is unused).
+template <typename T>
+HV_HOST_DEVICE void scan_output_backward(T dout, T y, T u, T skip_d, Gate<T> gate, T& dy, T& dz) {
+  dy = dout * gate.value;
+  dz = dout * (y + skip_d * u) * gate.derivative;
 }
 
 // Per state element, backward of one step. On entry `adjoint` is dL/dh_t (the carry from step

@@ -26,13 +26,15 @@ std::pair<at::Tensor, int64_t> check_projection(const char* name, const at::Tens
                     " of shape (dim, N), (batch, N, L) or (batch, G, N, L), got ",
                     shape_string(t.sizes()));
   check_dtype(kOp, name, t, {in.u.scalar_type(), in.acc_dtype()});
-  const at::Tensor grouped = t.dim() == 3 ? t.unsqueeze(1) : t;
-  const int64_t groups = grouped.size(1);
+  if (t.dim() == 3) {
+    check_shape(kOp, name, t, {in.batch, in.state, in.length}, "(batch, N, L)");
+    return {t.unsqueeze(1).contiguous(), 1};
+  }
+  const int64_t groups = t.size(1);
   TORCH_CHECK_VALUE(groups >= 1 && in.dim % groups == 0, kOp, ": expected the number of groups G of ",
                     name, " to divide dim = ", in.dim, ", got G = ", groups);
-  check_shape(kOp, name, grouped, {in.batch, groups, in.state, in.length},
-              t.dim() == 3 ? "(batch, N, L)" : "(batch, G, N, L)");
-  return {grouped.contiguous(), groups};
+  check_shape(kOp, name, t, {in.batch, groups, in.state, in.length}, "(batch, G, N, L)");
+  return {t.contiguous(), groups};
 }
 
 // Validates an optional per-channel or per-state tensor in the accumulation dtype.

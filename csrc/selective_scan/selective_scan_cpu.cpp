@@ -36,18 +36,26 @@ struct Projection {
 // One channel (batch b, channel d) of the scan, in the accumulation type T.
 template <typename T>
 struct Channel {
-  const T* u;      // (L,)
-  const T* delta;  // (L,), before bias and softplus
-  const T* z;      // (L,) or nullptr
-  const T* A;      // (N,)
+  const T* u;          // (L,)
+  const T* delta_raw;  // (L,), before bias and softplus
+  const T* z;          // (L,) or nullptr
+  const T* A;          // (N,)
   Projection<T> B, C;
   T skip_d, delta_bias;
   int64_t length, state;
   bool softplus, reverse;
 
   int64_t time(int64_t step) const { return reverse ? length - 1 - step : step; }
-  T raw_delta(int64_t t) const { return delta[t] + delta_bias; }
-  T z_at(int64_t t) const { return z ? z[t] : T(0); }
+};
+
+// Rows of per-time-step factors, computed for the whole channel in vector loops before the
+// sequential scan so that its critical path holds no exp, log or division of its own.
+template <typename T>
+struct StepFactors {
+  T* delta;       // δ_t
+  T* delta_grad;  // dδ_t / d(delta_t + bias)            (backward)
+  T* gate;        // silu(z_t)                           (with z)
+  T* gate_grad;   // silu'(z_t)                          (backward with z)
 };
 
 // Per-channel gradient destinations. dB/dC follow the same Projection layout as B/C and are
@@ -63,46 +71,86 @@ struct ChannelGrads {
   T d_skip = 0, d_delta_bias = 0;
 };
 
+template <bool kSoftplus, typename T>
+HV_INLINE void discretize_row(const T* raw, T bias, int64_t length, T* delta, T* delta_grad) {
+#pragma omp simd
+  for (int64_t t = 0; t < length; ++t) delta[t] = scan_delta(raw[t] + bias, kSoftplus);
+  if (delta_grad == nullptr) return;
+#pragma omp simd
+  for (int64_t t = 0; t < length; ++t) delta_grad[t] = scan_delta_grad(raw[t] + bias, kSoftplus);
+}
+
 template <typename T>
-HV_INLINE void forward_channel(const Channel<T>& c, T* state, T* out, T* checkpoints) {
-  const int64_t N = c.state;
+HV_INLINE void compute_step_factors(const Channel<T>& c, const StepFactors<T>& f) {
+  const int64_t L = c.length;
+  if (c.softplus) {
+    discretize_row<true>(c.delta_raw, c.delta_bias, L, f.delta, f.delta_grad);
+  } else {
+    discretize_row<false>(c.delta_raw, c.delta_bias, L, f.delta, f.delta_grad);
+  }
+  if (c.z == nullptr) return;
+  const T* z = c.z;
+  T* gate = f.gate;
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) gate[t] = scan_gate(z[t]).value;
+  if (f.gate_grad == nullptr) return;
+  T* gate_grad = f.gate_grad;
+#pragma omp simd
+  for (int64_t t = 0; t < L; ++t) gate_grad[t] = scan_gate(z[t]).derivative;
+}
+
+// kStates > 0 fixes the state size at compile time (the common N = 16 gets straight-line vector
+// code); 0 reads it from the channel.
+template <int64_t kStates, typename T>
+HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
+                               T* checkpoints) {
+  compute_step_factors(c, f);
+  const int64_t N = kStates > 0 ? kStates : c.state;
+  const T* A = c.A;
   for (int64_t step = 0; step < c.length; ++step) {
     if (checkpoints && step % kScanChunk == 0) {
       std::copy_n(state, N, checkpoints + step / kScanChunk * N);
     }
     const int64_t t = c.time(step);
-    const T delta = scan_delta(c.raw_delta(t), c.softplus);
+    const T delta = f.delta[t];
     const T delta_u = delta * c.u[t];
     const T* B = c.B.at(t);
     const T* C = c.C.at(t);
     T y = 0;
 #pragma omp simd reduction(+ : y)
     for (int64_t n = 0; n < N; ++n) {
-      state[n] = scan_state_update(state[n], scan_decay(delta, c.A[n]), B[n], delta_u);
+      state[n] = scan_state_update(state[n], scan_decay(delta, A[n]), B[n], delta_u);
       y += C[n] * state[n];
     }
-    out[t] = scan_output(y, c.u[t], c.skip_d, c.z != nullptr, c.z_at(t));
+    out[t] = y;
+  }
+  const T* u = c.u;
+  const T* gate = f.gate;
+  const T skip_d = c.skip_d;
+#pragma omp simd
+  for (int64_t t = 0; t < c.length; ++t) {
+    out[t] = scan_output(out[t], u[t], skip_d, gate ? gate[t] : T(1));
   }
 }
 
 // Recomputes the states of one chunk from its checkpoint: states[k] enters step first + k
 // (k = 0..count), decays[k] is that step's exp(δA).
-template <typename T>
-HV_INLINE void recompute_chunk(const Channel<T>& c, int64_t first, int64_t count,
-                                    const T* checkpoint, T* states, T* decays) {
-  const int64_t N = c.state;
+template <int64_t kStates, typename T>
+HV_INLINE void recompute_chunk(const Channel<T>& c, const T* delta, int64_t first, int64_t count,
+                               const T* checkpoint, T* states, T* decays) {
+  const int64_t N = kStates > 0 ? kStates : c.state;
+  const T* A = c.A;
   std::copy_n(checkpoint, N, states);
   for (int64_t k = 0; k < count; ++k) {
     const int64_t t = c.time(first + k);
-    const T delta = scan_delta(c.raw_delta(t), c.softplus);
-    const T delta_u = delta * c.u[t];
+    const T delta_u = delta[t] * c.u[t];
     const T* B = c.B.at(t);
     const T* prev = states + k * N;
     T* next = states + (k + 1) * N;
     T* decay = decays + k * N;
 #pragma omp simd
     for (int64_t n = 0; n < N; ++n) {
-      decay[n] = scan_decay(delta, c.A[n]);
+      decay[n] = scan_decay(delta[t], A[n]);
       next[n] = scan_state_update(prev[n], decay[n], B[n], delta_u);
     }
   }
@@ -110,20 +158,24 @@ HV_INLINE void recompute_chunk(const Channel<T>& c, int64_t first, int64_t count
 
 // Walks one channel backwards, chunk by chunk. `adjoint` holds dL/d(last state) on entry and
 // dL/d(initial state) on exit; `scratch` has room for (2 kScanChunk + 1) N values.
-template <typename T>
-HV_INLINE void backward_channel(const Channel<T>& c, const T* dout, const T* checkpoints,
-                                     T* adjoint, T* scratch, ChannelGrads<T>& g) {
-  const int64_t N = c.state;
+template <int64_t kStates, typename T>
+HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
+                                const T* checkpoints, T* adjoint, T* scratch,
+                                ChannelGrads<T>& g) {
+  compute_step_factors(c, f);
+  const int64_t N = kStates > 0 ? kStates : c.state;
   T* states = scratch;
   T* decays = scratch + (kScanChunk + 1) * N;
+  // Local copies of the pointers: the stores below must not make the compiler reload them.
+  const T* A = c.A;
+  T* dA = g.dA;
   for (int64_t chunk = scan_num_chunks(c.length) - 1; chunk >= 0; --chunk) {
     const int64_t first = chunk * kScanChunk;
     const int64_t count = std::min(kScanChunk, c.length - first);
-    recompute_chunk(c, first, count, checkpoints + chunk * N, states, decays);
+    recompute_chunk<kStates>(c, f.delta, first, count, checkpoints + chunk * N, states, decays);
     for (int64_t k = count - 1; k >= 0; --k) {
       const int64_t t = c.time(first + k);
-      const T raw = c.raw_delta(t);
-      const T delta = scan_delta(raw, c.softplus);
+      const T delta = f.delta[t];
       const T u = c.u[t];
       const T* h = states + (k + 1) * N;
       const T* h_prev = states + k * N;
@@ -131,12 +183,14 @@ HV_INLINE void backward_channel(const Channel<T>& c, const T* dout, const T* che
       const T* B = c.B.at(t);
       const T* C = c.C.at(t);
       T y = 0;
+      Gate<T> gate{T(1), T(0)};
       if (c.z) {
+        gate = {f.gate[t], f.gate_grad[t]};
 #pragma omp simd reduction(+ : y)
         for (int64_t n = 0; n < N; ++n) y += C[n] * h[n];
       }
       T dy, dz;
-      scan_output_backward(dout[t], y, u, c.skip_d, c.z != nullptr, c.z_at(t), dy, dz);
+      scan_output_backward(dout[t], y, u, c.skip_d, gate, dy, dz);
       if (g.dz) g.dz[t] = dz;
       g.d_skip += dy * u;
 
@@ -148,36 +202,62 @@ HV_INLINE void backward_channel(const Channel<T>& c, const T* dout, const T* che
       for (int64_t n = 0; n < N; ++n) {
         dC[n] += dy * h[n];
         adjoint[n] += dy * C[n];
-        dB[n] += scan_state_backward(adjoint[n], h_prev[n], decay[n], delta, c.A[n], B[n], u,
-                                     d_delta, d_u, g.dA[n]);
+        dB[n] += scan_state_backward(adjoint[n], h_prev[n], decay[n], delta, A[n], B[n], u,
+                                     d_delta, d_u, dA[n]);
       }
       g.du[t] = d_u;
-      g.ddelta[t] = d_delta * scan_delta_grad(raw, c.softplus);
+      g.ddelta[t] = d_delta * f.delta_grad[t];
       g.d_delta_bias += g.ddelta[t];
     }
   }
 }
 
-// The float versions are the hot ones: compile them per instruction set. Double (gradcheck)
-// runs the baseline build.
-HV_CPU_CLONES void run_forward_channel(const Channel<float>& c, float* state, float* out,
-                                       float* checkpoints) {
-  forward_channel(c, state, out, checkpoints);
+// The float versions are the hot ones: compile them per instruction set, with N = 16 (Mamba's
+// default) specialised. Double (gradcheck) runs the baseline build.
+constexpr int64_t kCommonStates = 16;
+
+HV_CPU_CLONES void run_forward_channel(const Channel<float>& c, const StepFactors<float>& f,
+                                       float* state, float* out, float* checkpoints) {
+  if (c.state == kCommonStates) {
+    forward_channel<kCommonStates>(c, f, state, out, checkpoints);
+  } else {
+    forward_channel<0>(c, f, state, out, checkpoints);
+  }
 }
-void run_forward_channel(const Channel<double>& c, double* state, double* out,
-                         double* checkpoints) {
-  forward_channel(c, state, out, checkpoints);
+void run_forward_channel(const Channel<double>& c, const StepFactors<double>& f, double* state,
+                         double* out, double* checkpoints) {
+  forward_channel<0>(c, f, state, out, checkpoints);
 }
-HV_CPU_CLONES void run_backward_channel(const Channel<float>& c, const float* dout,
-                                        const float* checkpoints, float* adjoint, float* scratch,
-                                        ChannelGrads<float>& g) {
-  backward_channel(c, dout, checkpoints, adjoint, scratch, g);
+HV_CPU_CLONES void run_backward_channel(const Channel<float>& c, const StepFactors<float>& f,
+                                        const float* dout, const float* checkpoints,
+                                        float* adjoint, float* scratch, ChannelGrads<float>& g) {
+  if (c.state == kCommonStates) {
+    backward_channel<kCommonStates>(c, f, dout, checkpoints, adjoint, scratch, g);
+  } else {
+    backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
+  }
 }
-void run_backward_channel(const Channel<double>& c, const double* dout,
-                          const double* checkpoints, double* adjoint, double* scratch,
-                          ChannelGrads<double>& g) {
-  backward_channel(c, dout, checkpoints, adjoint, scratch, g);
+void run_backward_channel(const Channel<double>& c, const StepFactors<double>& f,
+                          const double* dout, const double* checkpoints, double* adjoint,
+                          double* scratch, ChannelGrads<double>& g) {
+  backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
 }
+
+// Per-thread scratch rows for the step factors of one channel at a time.
+template <typename T>
+struct FactorRows {
+  std::vector<T> delta, delta_grad, gate, gate_grad;
+
+  StepFactors<T> get(int64_t length, bool has_z, bool backward) {
+    const auto row = [length](std::vector<T>& v, bool used) {
+      if (!used) return static_cast<T*>(nullptr);
+      v.resize(length);
+      return v.data();
+    };
+    return {row(delta, true), row(delta_grad, backward), row(gate, has_z),
+            row(gate_grad, has_z && backward)};
+  }
+};
 
 // A row of the input in the accumulation type: the row itself when it already is, else a
 // widened copy in `buffer`.
@@ -279,6 +359,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
   const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
   at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], out_buffer;
+    FactorRows<T> factors;
     for (int64_t channel = begin; channel < end; ++channel) {
       const int64_t b = channel / in.dim, d = channel % in.dim;
       const Channel<T> c = view.load_channel(b, d, rows);
@@ -290,7 +371,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
       }
       scalar_t* out_row = out.data_ptr<scalar_t>() + channel * in.length;
       T* computed = output_row<T>(out_row, in.length, out_buffer);
-      run_forward_channel(c, state, computed,
+      run_forward_channel(c, factors.get(in.length, c.z != nullptr, false), state, computed,
                           checkpoint_base ? checkpoint_base + channel * chunks * N : nullptr);
       narrow_row(computed, out_row, in.length);
     }
@@ -359,6 +440,7 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
   at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], dout_buffer, du_buffer, ddelta_buffer, dz_buffer;
     std::vector<T> scratch((2 * kScanChunk + 1) * N);
+    FactorRows<T> factors;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, block = task % blocks;
       for (int64_t d = block * in.dim / blocks; d < (block + 1) * in.dim / blocks; ++d) {
@@ -379,7 +461,7 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
         } else {
           std::fill_n(adjoint, N, T(0));
         }
-        run_backward_channel(c, dout_row, checkpoints.data_ptr<T>() + channel * chunks * N,
+        run_backward_channel(c, factors.get(L, c.z != nullptr, true), dout_row, checkpoints.data_ptr<T>() + channel * chunks * N,
                              adjoint, scratch.data(), grads);
         narrow_row(grads.du, g.du.data_ptr<scalar_t>() + offset, L);
         narrow_row(grads.ddelta, g.ddelta.data_ptr<scalar_t>() + offset, L);

@@ -5,6 +5,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._checks import check_same_device
+
 # Steps between the states the forward pass saves for the backward pass (kScanChunk in
 # csrc/common/step_math.h).
 SCAN_CHUNK = 64
@@ -55,6 +57,9 @@ def selective_scan(
 
 @torch.library.register_fake("hvision::selective_scan_fwd")
 def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, save_checkpoints):
+    check_same_device(
+        "selective_scan", "u", u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state
+    )
     batch, dim, length = u.shape
     state = A.shape[1]
     chunks = -(-length // SCAN_CHUNK)
@@ -68,6 +73,10 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
 
 @torch.library.register_fake("hvision::selective_scan_bwd")
 def _bwd_fake(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, checkpoints):
+    check_same_device(
+        "selective_scan", "u", u, dout=dout, dlast_state=dlast_state, delta=delta, A=A, B=B, C=C, D=D, z=z,
+        delta_bias=delta_bias, initial_state=initial_state, checkpoints=checkpoints,
+    )
     batch, dim, _ = u.shape
     like_u = lambda: torch.empty_like(u, memory_format=torch.contiguous_format)  # noqa: E731
     return (

@@ -1,0 +1,12 @@
+"""Kernel benchmarks: ``python -m hvision_ext.bench`` (``--help`` for the options).
+
+A case is registered per operator with ``@bench_case`` (see ``registry``); each operator's cases
+live in a module here named after it, imported below so that they register.
+"""
+
+from .registry import BenchCase, CaseSpec, all_cases, bench_case, select_cases
+from .timing import Timing, copy_bandwidth, time_impl
+
+from . import selective_scan  # noqa: F401  (importing it registers its cases)
+
+__all__ = ["BenchCase", "CaseSpec", "Timing", "all_cases", "bench_case", "copy_bandwidth", "select_cases", "time_impl"]
