@@ -143,14 +143,15 @@ HV_INLINE void recompute_chunk(const Channel<T>& c, const T* delta, int64_t firs
   std::copy_n(checkpoint, N, states);
   for (int64_t k = 0; k < count; ++k) {
     const int64_t t = c.time(first + k);
-    const T delta_u = delta[t] * c.u[t];
+    const T step_delta = delta[t];
+    const T delta_u = step_delta * c.u[t];
     const T* B = c.B.at(t);
     const T* prev = states + k * N;
     T* next = states + (k + 1) * N;
     T* decay = decays + k * N;
 #pragma omp simd
     for (int64_t n = 0; n < N; ++n) {
-      decay[n] = scan_decay(delta[t], A[n]);
+      decay[n] = scan_decay(step_delta, A[n]);
       next[n] = scan_state_update(prev[n], decay[n], B[n], delta_u);
     }
   }
