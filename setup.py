@@ -45,7 +45,7 @@ def cuda_library_includes() -> list[str]:
 
 def extension():
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cpp"))
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-tree-pre"]
     if not want_cuda():
         return cpp_extension.CppExtension(
             "hvision_ext._C",

@@ -24,10 +24,13 @@ namespace math {
 // exp(x) for float on the CPU: Cody-Waite reduction to r in [-ln2/2, ln2/2], a degree-6
 // polynomial, and the power of two assembled in the exponent bits. Unlike std::exp it has no
 // call and no branch, so GCC vectorises loops that use it (max error ~2 ulp on normal results).
+// Clamping x to [-88, 89] makes 2^k exactly 0 (k = -127) below the normal range and +inf
+// (k = 128) above it, so underflow and overflow need no select of their own.
 inline __attribute__((always_inline)) float exp_host(float x) {
-  const float clamped = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float clamped = x < -88.0f ? -88.0f : x;
+  clamped = clamped > 89.0f ? 89.0f : clamped;
   // Round to nearest by adding and subtracting 1.5 * 2^23: plain arithmetic, so it vectorises
-  // on every instruction set (nearbyint needs SSE4.1 and blocks some of GCC's clones).
+  // on every instruction set.
   constexpr float kRoundingShift = 12582912.0f;
   const float k = (clamped * 1.44269504088896341f + kRoundingShift) - kRoundingShift;
   const float r = (clamped - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
@@ -39,9 +42,7 @@ inline __attribute__((always_inline)) float exp_host(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  const float scale = __builtin_bit_cast(float, bits);
-  // Below the clamp the true result is a denormal or zero: return zero, never 2^-126.
-  return x < -87.0f ? 0.0f : (x > 88.0f ? HUGE_VALF : p * scale);
+  return p * __builtin_bit_cast(float, bits);
 }
 #endif
 

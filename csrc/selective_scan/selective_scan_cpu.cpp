@@ -99,11 +99,30 @@ HV_INLINE void compute_step_factors(const Channel<T>& c, const StepFactors<T>& f
   for (int64_t t = 0; t < L; ++t) gate_grad[t] = scan_gate(z[t]).derivative;
 }
 
+// Sum over the state axis. Products are staged in a row and summed by a fixed-width tree rather
+// than with `omp simd reduction`, which GCC leaves scalar in the AVX2 clone.
+template <typename T>
+HV_INLINE T sum_row(const T* values, int64_t N) {
+  constexpr int64_t kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t n = 0;
+  for (; n + kLanes <= N; n += kLanes) {
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += values[n + l];
+  }
+  for (int64_t l = 0; n + l < N; ++l) lanes[l] += values[n + l];
+  for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+#pragma omp simd
+    for (int64_t l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  return lanes[0];
+}
+
 // kStates > 0 fixes the state size at compile time (the common N = 16 gets straight-line vector
 // code); 0 reads it from the channel.
 template <int64_t kStates, typename T>
 HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
-                               T* checkpoints) {
+                               T* checkpoints, T* products) {
   compute_step_factors(c, f);
   const int64_t N = kStates > 0 ? kStates : c.state;
   const T* A = c.A;
@@ -116,13 +135,12 @@ HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* 
     const T delta_u = delta * c.u[t];
     const T* B = c.B.at(t);
     const T* C = c.C.at(t);
-    T y = 0;
-#pragma omp simd reduction(+ : y)
+#pragma omp simd
     for (int64_t n = 0; n < N; ++n) {
       state[n] = scan_state_update(state[n], scan_decay(delta, A[n]), B[n], delta_u);
-      y += C[n] * state[n];
+      products[n] = C[n] * state[n];
     }
-    out[t] = y;
+    out[t] = sum_row(products, N);
   }
   const T* u = c.u;
   const T* gate = f.gate;
@@ -157,8 +175,11 @@ HV_INLINE void recompute_chunk(const Channel<T>& c, const T* delta, int64_t firs
   }
 }
 
+// Scratch of the backward pass of one channel, in values.
+inline int64_t backward_scratch_size(int64_t N) { return (2 * kScanChunk + 3) * N; }
+
 // Walks one channel backwards, chunk by chunk. `adjoint` holds dL/d(last state) on entry and
-// dL/d(initial state) on exit; `scratch` has room for (2 kScanChunk + 1) N values.
+// dL/d(initial state) on exit; `scratch` has backward_scratch_size(N) values.
 template <int64_t kStates, typename T>
 HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
                                 const T* checkpoints, T* adjoint, T* scratch,
@@ -166,7 +187,9 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
   compute_step_factors(c, f);
   const int64_t N = kStates > 0 ? kStates : c.state;
   T* states = scratch;
-  T* decays = scratch + (kScanChunk + 1) * N;
+  T* decays = states + (kScanChunk + 1) * N;
+  T* delta_terms = decays + kScanChunk * N;  // per-state terms of the step's sums
+  T* u_terms = delta_terms + N;
   // Local copies of the pointers: the stores below must not make the compiler reload them.
   const T* A = c.A;
   T* dA = g.dA;
@@ -187,8 +210,9 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
       Gate<T> gate{T(1), T(0)};
       if (c.z) {
         gate = {f.gate[t], f.gate_grad[t]};
-#pragma omp simd reduction(+ : y)
-        for (int64_t n = 0; n < N; ++n) y += C[n] * h[n];
+#pragma omp simd
+        for (int64_t n = 0; n < N; ++n) u_terms[n] = C[n] * h[n];
+        y = sum_row(u_terms, N);
       }
       T dy, dz;
       scan_output_backward(dout[t], y, u, c.skip_d, gate, dy, dz);
@@ -197,17 +221,17 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
 
       T* dB = g.dB + t * c.B.step;
       T* dC = g.dC + t * c.C.step;
-      T d_delta = 0;
-      T d_u = dy * c.skip_d;
-#pragma omp simd reduction(+ : d_delta, d_u)
+#pragma omp simd
       for (int64_t n = 0; n < N; ++n) {
         dC[n] += dy * h[n];
         adjoint[n] += dy * C[n];
+        delta_terms[n] = 0;
+        u_terms[n] = 0;
         dB[n] += scan_state_backward(adjoint[n], h_prev[n], decay[n], delta, A[n], B[n], u,
-                                     d_delta, d_u, dA[n]);
+                                     delta_terms[n], u_terms[n], dA[n]);
       }
-      g.du[t] = d_u;
-      g.ddelta[t] = d_delta * f.delta_grad[t];
+      g.du[t] = dy * c.skip_d + sum_row(u_terms, N);
+      g.ddelta[t] = sum_row(delta_terms, N) * f.delta_grad[t];
       g.d_delta_bias += g.ddelta[t];
     }
   }
@@ -218,16 +242,17 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
 constexpr int64_t kCommonStates = 16;
 
 HV_CPU_CLONES void run_forward_channel(const Channel<float>& c, const StepFactors<float>& f,
-                                       float* state, float* out, float* checkpoints) {
+                                       float* state, float* out, float* checkpoints,
+                                       float* products) {
   if (c.state == kCommonStates) {
-    forward_channel<kCommonStates>(c, f, state, out, checkpoints);
+    forward_channel<kCommonStates>(c, f, state, out, checkpoints, products);
   } else {
-    forward_channel<0>(c, f, state, out, checkpoints);
+    forward_channel<0>(c, f, state, out, checkpoints, products);
   }
 }
 void run_forward_channel(const Channel<double>& c, const StepFactors<double>& f, double* state,
-                         double* out, double* checkpoints) {
-  forward_channel<0>(c, f, state, out, checkpoints);
+                         double* out, double* checkpoints, double* products) {
+  forward_channel<0>(c, f, state, out, checkpoints, products);
 }
 HV_CPU_CLONES void run_backward_channel(const Channel<float>& c, const StepFactors<float>& f,
                                         const float* dout, const float* checkpoints,
@@ -359,7 +384,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
   T* checkpoint_base = checkpoints.numel() ? checkpoints.data_ptr<T>() : nullptr;
   const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
   at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> rows[3], out_buffer;
+    std::vector<T> rows[3], out_buffer, products(N);
     FactorRows<T> factors;
     for (int64_t channel = begin; channel < end; ++channel) {
       const int64_t b = channel / in.dim, d = channel % in.dim;
@@ -373,7 +398,8 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
       scalar_t* out_row = out.data_ptr<scalar_t>() + channel * in.length;
       T* computed = output_row<T>(out_row, in.length, out_buffer);
       run_forward_channel(c, factors.get(in.length, c.z != nullptr, false), state, computed,
-                          checkpoint_base ? checkpoint_base + channel * chunks * N : nullptr);
+                          checkpoint_base ? checkpoint_base + channel * chunks * N : nullptr,
+                          products.data());
       narrow_row(computed, out_row, in.length);
     }
   });
@@ -440,7 +466,7 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
   };
   at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], dout_buffer, du_buffer, ddelta_buffer, dz_buffer;
-    std::vector<T> scratch((2 * kScanChunk + 1) * N);
+    std::vector<T> scratch(backward_scratch_size(N));
     FactorRows<T> factors;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, block = task % blocks;

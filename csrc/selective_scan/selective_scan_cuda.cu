@@ -88,8 +88,8 @@ struct Chunk {
 
 HV_DEVICE Chunk chunk_at(int64_t index, int64_t length, bool reverse) {
   const int64_t first = index * kScanChunk;
-  return {index, first, length, static_cast<int>(std::min<int64_t>(kScanChunk, length - first)),
-          reverse};
+  const int64_t left = length - first;
+  return {index, first, length, static_cast<int>(left < kScanChunk ? left : kScanChunk), reverse};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,6 +277,12 @@ HV_DEVICE StepInputs<T> step_inputs(const Lane<T, P>& c, const Tiles<T>& tiles, 
   return {raw, scan_delta(raw, softplus), c.read(tiles.u, k)};
 }
 
+// silu(z_k) and its derivative; {1, 0} without z.
+template <typename T, int P>
+HV_DEVICE Gate<T> step_gate(const Lane<T, P>& c, const Tiles<T>& tiles, int k, bool has_z) {
+  return has_z ? scan_gate(c.read(tiles.z, k)) : Gate<T>{T(1), T(0)};
+}
+
 // h <- exp(δA) h + B_t δu for the owned states: a step of the forward pass and of the recompute.
 template <typename T, int P>
 HV_DEVICE void advance_states(const Lane<T, P>& c, int64_t t, const StepInputs<T>& step,
@@ -334,8 +340,8 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardArgs<
       advance_states(c, t, step, h);
       T C[P];
       c.load_projection(c.C, c.C_step, t, C);
-      const T out = scan_output(team_dot(c, C, h), step.u, c.skip_d, has_z,
-                                has_z ? c.read(tiles.z, k) : T(0));
+      const T out = scan_output(team_dot(c, C, h), step.u, c.skip_d,
+                                step_gate(c, tiles, k, has_z).value);
       __syncwarp();  // the whole team has read u[k] before lane 0 replaces it with out[k]
       c.write(tiles.u, k, out);
     }
@@ -454,7 +460,6 @@ HV_DEVICE void backward_step(const Lane<T, P>& c, const ScanArgs<scalar_t>& s,
   const bool has_z = s.z != nullptr;
   const int64_t t = chunk.time(k);
   const StepInputs<T> step = step_inputs(c, tiles, k, s.softplus);
-  const T z = has_z ? c.read(tiles.z, k) : T(0);
   T B[P], C[P], h[P], h_prev[P];
   c.load_projection(c.B, c.B_step, t, B);
   c.load_projection(c.C, c.C_step, t, C);
@@ -463,7 +468,7 @@ HV_DEVICE void backward_step(const Lane<T, P>& c, const ScanArgs<scalar_t>& s,
 
   T dy, dz;
   scan_output_backward(c.read(tiles.dout, k), has_z ? team_dot(c, C, h) : T(0), step.u,
-                       c.skip_d, has_z, z, dy, dz);
+                       c.skip_d, step_gate(c, tiles, k, has_z), dy, dz);
   g.d_skip += dy * step.u;
 
   T d_delta = 0, d_u = 0;
