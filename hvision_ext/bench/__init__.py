@@ -4,9 +4,17 @@ A case is registered per operator with ``@bench_case`` (see ``registry``); each 
 live in a module here named after it, imported below so that they register.
 """
 
+from . import selective_scan  # noqa: F401  (importing it registers its cases)
 from .registry import BenchCase, CaseSpec, all_cases, bench_case, select_cases
 from .timing import Timing, copy_bandwidth, time_impl
 
-from . import selective_scan  # noqa: F401  (importing it registers its cases)
-
-__all__ = ["BenchCase", "CaseSpec", "Timing", "all_cases", "bench_case", "copy_bandwidth", "select_cases", "time_impl"]
+__all__ = [
+    "BenchCase",
+    "CaseSpec",
+    "Timing",
+    "all_cases",
+    "bench_case",
+    "copy_bandwidth",
+    "select_cases",
+    "time_impl",
+]

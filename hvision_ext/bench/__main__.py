@@ -1,8 +1,8 @@
 """``python -m hvision_ext.bench``: time the registered cases and print how hvision compares.
 
-    python -m hvision_ext.bench --list
-    python -m hvision_ext.bench --op selective_scan --device cpu
-    python -m hvision_ext.bench --device cuda --json bench-cuda.json
+python -m hvision_ext.bench --list
+python -m hvision_ext.bench --op selective_scan --device cpu
+python -m hvision_ext.bench --device cuda --json bench-cuda.json
 """
 
 import argparse
@@ -22,12 +22,22 @@ DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hvision_ext.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hvision_ext.bench",
+        description="Time the registered cases and compare hvision with the other implementations.",
+    )
     parser.add_argument("--op", nargs="+", action="extend", metavar="NAME", help="only these operators")
     parser.add_argument("--case", nargs="+", action="extend", metavar="NAME", help="only these cases")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: cuda when available",
+    )
     parser.add_argument("--dtype", choices=DTYPES, help="default: float32 on cpu, bfloat16 on cuda")
-    parser.add_argument("--budget", type=float, default=1.0, metavar="SECONDS", help="time per implementation")
+    parser.add_argument(
+        "--budget", type=float, default=1.0, metavar="SECONDS", help="time per implementation"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every result and sample here")
     parser.add_argument("--list", action="store_true", help="list the registered cases and exit")
     return parser.parse_args(argv)
@@ -42,7 +52,7 @@ def run_case(spec: CaseSpec, device: torch.device, dtype: torch.dtype, budget_s:
     out of memory) is recorded as that result's error so the other results still come back."""
     try:
         case = spec.build(device, dtype)
-    except Exception as err:  # noqa: BLE001  (reported, not hidden: see Result.error)
+    except Exception as err:  # whatever it is (e.g. CUDA out of memory), it is reported
         return [Result(spec.op, spec.name, "", "", "(build)", None, error=describe(err))]
     results = []
     for name, fn in case.impls.items():
@@ -51,9 +61,13 @@ def run_case(spec: CaseSpec, device: torch.device, dtype: torch.dtype, budget_s:
         timing, error = None, None
         try:
             timing = time_impl(fn, device, budget_s=budget_s, slow=slow)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # as above: reported, and the other implementations still run
             error = describe(err)
-        results.append(Result(spec.op, spec.name, case.shape, case.mode, name, timing, error, case.bytes_moved, case.notes))
+        results.append(
+            Result(
+                spec.op, spec.name, case.shape, case.mode, name, timing, error, case.bytes_moved, case.notes
+            )
+        )
     return results
 
 
@@ -94,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         threads=torch.get_num_threads(),
         copy_bandwidth=copy_bandwidth(device) if device.type == "cuda" else None,
     )
-    print(f"hvision_ext.bench on {info.device_name} ({info.device}), {info.dtype}, torch {info.torch_version}, {info.threads} threads")
+    print(
+        f"hvision_ext.bench on {info.device_name} ({info.device}), {info.dtype}, "
+        f"torch {info.torch_version}, {info.threads} threads"
+    )
     if info.copy_bandwidth:
         print(f"device-to-device copy bandwidth: {info.copy_bandwidth / 1e9:.0f} GB/s")
 

@@ -43,7 +43,9 @@ class BenchCase:
 
     def __post_init__(self) -> None:
         if next(iter(self.impls), None) != HVISION:
-            raise ValueError(f"BenchCase: the first implementation must be {HVISION!r}, got {list(self.impls)}")
+            raise ValueError(
+                f"BenchCase: the first implementation must be {HVISION!r}, got {list(self.impls)}"
+            )
         if self.mode not in ("fwd", "fwd+bwd"):
             raise ValueError(f"BenchCase: mode must be 'fwd' or 'fwd+bwd', got {self.mode!r}")
 
@@ -68,7 +70,9 @@ class CaseSpec:
 _CASES: dict[tuple[str, str], CaseSpec] = {}
 
 
-def bench_case(*, op: str, name: str, devices: Iterable[str] = ("cpu", "cuda")) -> Callable[[CaseBuilder], CaseBuilder]:
+def bench_case(
+    *, op: str, name: str, devices: Iterable[str] = ("cpu", "cuda")
+) -> Callable[[CaseBuilder], CaseBuilder]:
     """Registers the decorated ``(device, dtype) -> BenchCase`` function as case ``op/name``."""
 
     def register(build: CaseBuilder) -> CaseBuilder:
@@ -85,18 +89,24 @@ def all_cases() -> list[CaseSpec]:
     return list(_CASES.values())
 
 
-def select_cases(device: str, ops: Iterable[str] | None = None, names: Iterable[str] | None = None) -> list[CaseSpec]:
+def select_cases(
+    device: str, ops: Iterable[str] | None = None, names: Iterable[str] | None = None
+) -> list[CaseSpec]:
     """The cases that run on ``device``, restricted to the given ops and case names if any.
 
     Raises ValueError for an op or case name that no registered case has, so a typo is not
     mistaken for an empty selection.
     """
     ops, names = set(ops or ()), set(names or ())
-    for wanted, known, what in ((ops, {c.op for c in _CASES.values()}, "op"), (names, {c.name for c in _CASES.values()}, "case")):
-        if wanted - known:
-            raise ValueError(f"unknown bench {what}(s) {sorted(wanted - known)}; known: {sorted(known)}")
+    _check_known("op", ops, {case.op for case in _CASES.values()})
+    _check_known("case", names, {case.name for case in _CASES.values()})
     return [
         case
         for case in _CASES.values()
         if device in case.devices and (not ops or case.op in ops) and (not names or case.name in names)
     ]
+
+
+def _check_known(what: str, wanted: set[str], known: set[str]) -> None:
+    if wanted - known:
+        raise ValueError(f"unknown bench {what}(s) {sorted(wanted - known)}; known: {sorted(known)}")

@@ -94,17 +94,25 @@ def table_rows(results: list[Result], info: RunInfo) -> list[list[str]]:
         row += [format_ms(result.timing.median_s), str(len(result.timing.samples_s)), format_speedup(factor)]
         if on_cuda:
             achieved = bandwidth(result)
-            row.append(f"{result.timing.peak_bytes / 2**20:.0f}" if result.timing.peak_bytes is not None else "")
+            row.append(
+                f"{result.timing.peak_bytes / 2**20:.0f}" if result.timing.peak_bytes is not None else ""
+            )
             row.append("" if achieved is None else f"{achieved / 1e9:.0f}")
-            row.append("" if achieved is None or not info.copy_bandwidth else f"{100 * achieved / info.copy_bandwidth:.0f}%")
+            row.append(
+                ""
+                if achieved is None or not info.copy_bandwidth
+                else f"{100 * achieved / info.copy_bandwidth:.0f}%"
+            )
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[list[str]]) -> str:
     """The rows (the first is the header) with columns padded to their widest cell."""
-    widths = [max(len(cell) for cell in column) for column in zip(*rows)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 

@@ -62,8 +62,10 @@ def time_impl(
         allocated_before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
     samples = [time_call(fn, device)]
-    while not slow and len(samples) < max_runs and (
-        len(samples) < min_runs or time.perf_counter() - start < budget_s
+    while (
+        not slow
+        and len(samples) < max_runs
+        and (len(samples) < min_runs or time.perf_counter() - start < budget_s)
     ):
         samples.append(time_call(fn, device))
     peak = torch.cuda.max_memory_allocated(device) - allocated_before if on_cuda else None
