@@ -13,9 +13,31 @@ import importlib.util
 import os
 from pathlib import Path
 
+import logging
+import shutil
+
 import torch
 from setuptools import find_packages, setup
-from torch.utils import cpp_extension
+
+
+def default_cuda_home() -> None:
+    """Points CUDA_HOME at the toolkit when it is unset: torch would otherwise derive it from the
+    first nvcc on PATH, which may be a wrapper script outside the toolkit (/usr/local/bin)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime.h").is_file():
+            os.environ["CUDA_HOME"] = str(home)
+            return
+
+
+default_cuda_home()
+# Building CUDA kernels on a machine with no GPU is intended: keep torch's note about it quiet.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
