@@ -260,8 +260,9 @@ HV_DEVICE void load_tile(T* tile, const scalar_t* src, const BlockChannels& blk,
 template <typename T, typename scalar_t>
 HV_DEVICE void store_tile(const T* tile, scalar_t* dst, const BlockChannels& blk,
                           const Chunk& chunk, int64_t dim) {
-  for_each_tile_element(blk, chunk, dim,
-                        [&](int i, int64_t offset) { dst[offset] = static_cast<scalar_t>(tile[i]); });
+  for_each_tile_element(blk, chunk, dim, [&](int i, int64_t offset) {
+    dst[offset] = static_cast<scalar_t>(tile[i]);
+  });
 }
 
 // What every state of a channel shares in step k of the chunk.
@@ -383,8 +384,9 @@ struct BackwardLayout {
   static constexpr int kFlushSteps = flush_steps();
 
   static constexpr int64_t bytes(int channels, int threads) {
-    return (tiles(channels) + flush(threads, kFlushSteps) + (kSharedHistory ? history(threads) : 0)) *
-           static_cast<int64_t>(sizeof(T));
+    const int64_t elements = tiles(channels) + flush(threads, kFlushSteps) +
+                             (kSharedHistory ? history(threads) : 0);
+    return elements * static_cast<int64_t>(sizeof(T));
   }
 };
 
@@ -406,14 +408,43 @@ struct History {
   }
 };
 
-// The variable dB (which = 0) and dC (which = 1) contributions of every thread for the last
-// `Steps` steps, [2][Steps][P][threads], until they are summed over the block's channels.
+// Variable dB (which = 0) and dC (which = 1): every thread's contributions of up to `Steps`
+// steps wait in shared memory, [2][Steps][P][threads], until a flush adds their sums over the
+// block's channels to `rows[which]`, the (L, N) rows of the block's own slab (deterministic) or of
+// its (batch, group) (atomics). rows[which] is nullptr for a fixed projection.
 template <typename T, int P, int Steps>
-struct FlushBuffer {
-  T* data;
+struct ProjectionGradFlush {
+  T* buffer;
+  T* rows[2];
+  bool atomic;
 
   HV_DEVICE T& at(int which, int j, int p, int thread) const {
-    return data[((which * Steps + j) * P + p) * static_cast<int>(blockDim.x) + thread];
+    return buffer[((which * Steps + j) * P + p) * static_cast<int>(blockDim.x) + thread];
+  }
+
+  // Block-wide: steps k0 .. k0 + Steps - 1 of the chunk, summed in channel order.
+  HV_DEVICE void flush(const BlockChannels& blk, const Chunk& chunk, int k0, int team_size,
+                       int64_t state) const {
+    __syncthreads();  // every team's contributions are in the buffer
+    const int states = static_cast<int>(state);
+    const int count = std::min(Steps, chunk.steps - k0) * states;
+    for (int which = 0; which < 2; ++which) {
+      if (!rows[which]) continue;
+      for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int j = i / states, n = i % states;
+        T sum = 0;
+        for (int team = 0; team < blk.count; ++team) {
+          sum += at(which, j, n / team_size, team * team_size + n % team_size);
+        }
+        T* target = rows[which] + chunk.time(k0 + j) * state + n;
+        if (atomic) {
+          atomicAdd(target, sum);
+        } else {
+          *target = sum;
+        }
+      }
+    }
+    __syncthreads();  // the buffer is free for the next steps
   }
 };
 
@@ -450,20 +481,21 @@ HV_DEVICE void recompute_chunk(const Lane<T, P>& c, const ScanArgs<scalar_t>& s,
   }
 }
 
-// Step k of the chunk, backwards: turns the adjoint dL/dh_t into dL/dh_{t-1}, adds to the lane's
-// sums, puts the variable dB/dC contributions in the flush buffer and du, dδ, dz into the tiles.
+// Step k of the chunk, backwards: turns the adjoint dL/dh_t into dL/dh_{t-1} and `h` (the state
+// after the step) into the state before it, adds to the lane's sums, puts the variable dB/dC
+// contributions in `var_grads` and du, dδ, dz into the tiles.
 template <typename T, int P, int Steps, typename scalar_t>
 HV_DEVICE void backward_step(const Lane<T, P>& c, const ScanArgs<scalar_t>& s,
                              const Tiles<T>& tiles, const Chunk& chunk, int k,
-                             const History<T, P>& history, const FlushBuffer<T, P, Steps>& flush,
+                             const History<T, P>& history,
+                             const ProjectionGradFlush<T, P, Steps>& var_grads, T (&h)[P],
                              T (&adjoint)[P], LaneGrads<T, P>& g) {
   const bool has_z = s.z != nullptr;
   const int64_t t = chunk.time(k);
   const StepInputs<T> step = step_inputs(c, tiles, k, s.softplus);
-  T B[P], C[P], h[P], h_prev[P];
+  T B[P], C[P], h_prev[P];
   c.load_projection(c.B, c.B_step, t, B);
   c.load_projection(c.C, c.C_step, t, C);
-  history.load(k + 1, h);
   history.load(k, h_prev);
 
   T dy, dz;
@@ -481,13 +513,14 @@ HV_DEVICE void backward_step(const Lane<T, P>& c, const ScanArgs<scalar_t>& s,
     adjoint[p] += dy * C[p];
     const T dB = scan_state_backward(adjoint[p], h_prev[p], scan_decay(step.delta, c.a[p]),
                                      step.delta, c.a[p], B[p], step.u, d_delta, d_u, g.dA[p]);
-    if (s.groups_B) {
-      flush.at(0, j, p, thread) = dB;
+    h[p] = h_prev[p];
+    if (var_grads.rows[0]) {
+      var_grads.at(0, j, p, thread) = dB;
     } else {
       g.dB[p] += dB;
     }
-    if (s.groups_C) {
-      flush.at(1, j, p, thread) = dC;
+    if (var_grads.rows[1]) {
+      var_grads.at(1, j, p, thread) = dC;
     } else {
       g.dC[p] += dC;
     }
@@ -503,29 +536,6 @@ HV_DEVICE void backward_step(const Lane<T, P>& c, const ScanArgs<scalar_t>& s,
   if (has_z) c.write(tiles.z, k, dz);
 }
 
-// Sums buffer `which` (steps k0 .. k0 + Steps - 1 of the chunk) over the block's channels, in
-// channel order, and stores it into the block's slab or adds it atomically to `rows`.
-template <typename T, int P, int Steps>
-HV_DEVICE void flush_projection_grad(const FlushBuffer<T, P, Steps>& buffer, int which, T* rows,
-                                     bool atomic, const BlockChannels& blk, const Chunk& chunk,
-                                     int k0, int team_size, int64_t state) {
-  const int states = static_cast<int>(state);
-  const int count = std::min(Steps, chunk.steps - k0) * states;
-  for (int i = threadIdx.x; i < count; i += blockDim.x) {
-    const int j = i / states, n = i % states;
-    T sum = 0;
-    for (int team = 0; team < blk.count; ++team) {
-      sum += buffer.at(which, j, n / team_size, team * team_size + n % team_size);
-    }
-    T* target = rows + chunk.time(k0 + j) * state + n;
-    if (atomic) {
-      atomicAdd(target, sum);
-    } else {
-      *target = sum;
-    }
-  }
-}
-
 template <typename scalar_t, int P>
 __global__ void __launch_bounds__(kMaxThreads) backward_kernel(const BackwardArgs<scalar_t> args) {
   using T = at::opmath_type<scalar_t>;
@@ -538,15 +548,17 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(const BackwardArg
   const Lane<T, P> c = make_lane<T, P>(s, blk);
   T* shared = reinterpret_cast<T*>(shared_bytes);
   const Tiles<T> tiles = carve_tiles(shared, s.tiling.channels, true);
-  const FlushBuffer<T, P, kSteps> flush{shared + Layout::tiles(s.tiling.channels)};
+  const ProjectionGradFlush<T, P, kSteps> var_grads{
+      shared + Layout::tiles(s.tiling.channels),
+      {projection_grad_rows(args.dB, s.groups_B, args.slabs, blk, s),
+       projection_grad_rows(args.dC, s.groups_C, args.slabs, blk, s)},
+      !args.slabs};
   T local_history[Layout::kSharedHistory ? 1 : (kChunk + 1) * P];
   const History<T, P> history =
       Layout::kSharedHistory
-          ? History<T, P>{flush.data + Layout::flush(blockDim.x, kSteps) + threadIdx.x,
+          ? History<T, P>{var_grads.buffer + Layout::flush(blockDim.x, kSteps) + threadIdx.x,
                           static_cast<int>(blockDim.x)}
           : History<T, P>{local_history, 1};
-  T* const dB_rows = projection_grad_rows(args.dB, s.groups_B, args.slabs, blk, s);
-  T* const dC_rows = projection_grad_rows(args.dC, s.groups_C, args.slabs, blk, s);
 
   T adjoint[P];
   c.load_row(args.dlast_state, c.channel, adjoint);
@@ -560,17 +572,12 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(const BackwardArg
     if (has_z) load_tile(tiles.z, s.z, blk, chunk, s.dim);
     __syncthreads();
     recompute_chunk(c, s, args.checkpoints, tiles, chunk, history);
+    T h[P];
+    history.load(chunk.steps, h);
     for (int k = chunk.steps - 1; k >= 0; --k) {
-      backward_step(c, s, tiles, chunk, k, history, flush, adjoint, g);
-      if ((dB_rows || dC_rows) && k % kSteps == 0) {
-        __syncthreads();  // every team's contributions are in the buffer
-        if (dB_rows) {
-          flush_projection_grad(flush, 0, dB_rows, !args.slabs, blk, chunk, k, c.team_size, s.state);
-        }
-        if (dC_rows) {
-          flush_projection_grad(flush, 1, dC_rows, !args.slabs, blk, chunk, k, c.team_size, s.state);
-        }
-        __syncthreads();  // the buffer is free for the next steps
+      backward_step(c, s, tiles, chunk, k, history, var_grads, h, adjoint, g);
+      if ((s.groups_B || s.groups_C) && k % kSteps == 0) {
+        var_grads.flush(blk, chunk, k, c.team_size, s.state);
       }
     }
     __syncthreads();  // every team has written its gradients into the tiles
@@ -580,8 +587,8 @@ __global__ void __launch_bounds__(kMaxThreads) backward_kernel(const BackwardArg
   }
 
   c.store_row(args.dA, c.channel, g.dA);
-  if (!dB_rows) c.store_row(args.dB, c.channel, g.dB);
-  if (!dC_rows) c.store_row(args.dC, c.channel, g.dC);
+  if (!var_grads.rows[0]) c.store_row(args.dB, c.channel, g.dB);
+  if (!var_grads.rows[1]) c.store_row(args.dC, c.channel, g.dC);
   c.store_row(args.dinitial_state, c.channel, adjoint);
   if (c.active && c.lane == 0) {
     args.dD[c.channel] = g.d_skip;
@@ -683,11 +690,10 @@ void launch_forward(const ScanInputs& in, const at::Tensor& B, const at::Tensor&
                     const Tiling& tiling, ForwardResult& result) {
   using T = at::opmath_type<scalar_t>;
   auto& [out, last_state, checkpoints] = result;
-  const ForwardArgs<scalar_t> args{scan_args<scalar_t>(in, B, C, tiling),
-                                   optional_ptr<T>(in.initial_state),
-                                   out.mutable_data_ptr<scalar_t>(),
-                                   last_state.mutable_data_ptr<T>(),
-                                   checkpoints.numel() ? checkpoints.mutable_data_ptr<T>() : nullptr};
+  const ForwardArgs<scalar_t> args{
+      scan_args<scalar_t>(in, B, C, tiling), optional_ptr<T>(in.initial_state),
+      out.mutable_data_ptr<scalar_t>(), last_state.mutable_data_ptr<T>(),
+      checkpoints.numel() ? checkpoints.mutable_data_ptr<T>() : nullptr};
   launch(forward_kernel<scalar_t, P>, tiling, in.batch, forward_shared_bytes<T>(tiling.channels),
          args);
 }

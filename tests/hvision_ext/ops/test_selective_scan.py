@@ -215,20 +215,39 @@ def test_checkpoints_are_saved_only_for_backward():
     assert saved.shape == (2, 4, -(-130 // SCAN_CHUNK), 5) and skipped.numel() == 0
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_backward_is_deterministic(device):
-    kwargs = make_inputs(dtype=torch.float32, dim=32, length=200, state=16, device=device)
+@pytest.fixture
+def deterministic_algorithms():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
+def test_cpu_backward_is_deterministic_whatever_the_thread_count():
+    kwargs = make_inputs(dtype=torch.float32, dim=32, length=200, state=16)
     inputs = list(tensor_inputs(kwargs).values())
     out = as_tuple(ops.selective_scan(**kwargs))
     cot = [torch.ones_like(o) for o in out]
-    with torch.autograd.set_grad_enabled(True):
-        first = torch.autograd.grad(out, inputs, cot, retain_graph=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            second = torch.autograd.grad(out, inputs, cot)
-        finally:
-            torch.set_num_threads(threads)
+    first = torch.autograd.grad(out, inputs, cot, retain_graph=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        second = torch.autograd.grad(out, inputs, cot)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("B_kind", ["variable", "grouped"])
+def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, B_kind):
+    kwargs = make_inputs(dtype=torch.float32, dim=64, length=300, state=16, B_kind=B_kind, C_kind=B_kind, device="cuda")
+    inputs = list(tensor_inputs(kwargs).values())
+    out = as_tuple(ops.selective_scan(**kwargs))
+    cot = [torch.ones_like(o) for o in out]
+    first = torch.autograd.grad(out, inputs, cot, retain_graph=True)
+    second = torch.autograd.grad(out, inputs, cot)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
