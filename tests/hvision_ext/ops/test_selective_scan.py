@@ -103,11 +103,12 @@ def check_against_reference(kwargs, dtype, grad_scale=1.0):
 # --- parity -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B_kind, C_kind", list(itertools.product(KINDS, KINDS)))
 @pytest.mark.parametrize("feature_mask", range(2 ** len(FEATURES)))
-def test_every_combination_matches_reference_float64(B_kind, C_kind, feature_mask):
+def test_every_combination_matches_reference_float64(device, B_kind, C_kind, feature_mask):
     features = [f for i, f in enumerate(FEATURES) if feature_mask >> i & 1]
-    kwargs = make_inputs(B_kind=B_kind, C_kind=C_kind, features=features, seed=feature_mask)
+    kwargs = make_inputs(B_kind=B_kind, C_kind=C_kind, features=features, seed=feature_mask, device=device)
     check_against_reference(kwargs, torch.float64)
 
 
