@@ -410,7 +410,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
 struct GradBuffers {
   at::Tensor du, ddelta, dz;                // like u
   at::Tensor dA, d_fixed_B, d_fixed_C;      // (batch, dim, N) per-batch partials
-  at::Tensor d_var_B, d_var_C;              // (batch, G, blocks, L, N) per-block partials
+  at::Tensor d_var_B, d_var_C;              // (batch, blocks, G, L, N) per-block partials
   at::Tensor d_skip, d_delta_bias;          // (batch, dim) per-batch partials
   at::Tensor d_initial_state;               // (batch, dim, N)
 };

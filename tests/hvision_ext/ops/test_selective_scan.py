@@ -190,6 +190,18 @@ def test_chained_scans_through_state_equal_one_scan():
     torch.testing.assert_close(last, whole_last)
 
 
+def test_gradient_through_last_state_alone():
+    kwargs = make_inputs(features=("D", "initial_state", "return_last_state"))
+    inputs = tensor_inputs(kwargs)
+    _, last = ops.selective_scan(**kwargs)
+    truth_kwargs = float64_copy(kwargs)
+    _, truth_last = reference.selective_scan(**truth_kwargs)
+    ours = torch.autograd.grad(last.sum(), list(inputs.values()), allow_unused=True, materialize_grads=True)
+    truth = torch.autograd.grad(truth_last.sum(), list(tensor_inputs(truth_kwargs).values()), allow_unused=True, materialize_grads=True)
+    for name, a, b in zip(inputs, ours, truth):
+        assert_close(a, b, torch.float64, what=f"grad of {name}")
+
+
 def test_non_contiguous_inputs():
     kwargs = make_inputs(dtype=torch.float32, B_kind="fixed")
     strided = dict(kwargs)
