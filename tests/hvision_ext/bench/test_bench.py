@@ -1,0 +1,57 @@
+"""The bench CLI: case registry, timing, the table and the JSON record, on a tiny case."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from hvision_ext.bench import registry
+from hvision_ext.bench.__main__ import main
+from hvision_ext.bench.registry import BenchCase
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sleep_case():
+    """A case of two implementations that sleep for different times."""
+
+    def build(device, dtype):
+        return BenchCase(
+            shape="two sleeps",
+            impls={"hvision": lambda: time.sleep(0.002), "reference": lambda: time.sleep(0.004)},
+            mode="fwd",
+        )
+
+    registry.bench_case(op="test_sleep", name="sleeps", devices=("cpu",))(build)
+    yield
+    registry._CASES.pop(("test_sleep", "sleeps"))
+
+
+def test_run_writes_table_and_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["--op", "test_sleep", "--device", "cpu", "--budget", "0.05", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "test_sleep" in printed and "reference" in printed
+    record = json.loads(path.read_text())
+    by_impl = {r["impl"]: r for r in record["results"]}
+    hvision, reference = by_impl["hvision"], by_impl["reference"]
+    assert hvision["median_s"] >= 0.002 and reference["median_s"] >= 0.004
+    assert reference["hvision_speedup"] == pytest.approx(reference["median_s"] / hvision["median_s"])
+    assert record["torch_version"] == torch.__version__
+
+
+def test_unknown_op_is_an_error(capsys):
+    assert main(["--op", "no_such_op", "--device", "cpu"]) == 2
+    assert "unknown bench op" in capsys.readouterr().err
+
+
+def test_first_impl_must_be_hvision():
+    with pytest.raises(ValueError, match="first implementation must be 'hvision'"):
+        BenchCase(shape="", impls={"reference": lambda: None}, mode="fwd")
+
+
+def test_selective_scan_cases_are_registered(capsys):
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("selective_scan/vim-cpu ", "selective_scan/vim-cpu-fwd", "selective_scan/vim-gpu"):
+        assert name in listed
