@@ -109,6 +109,18 @@ ForwardResult empty_forward_outputs(const ScanInputs& in, bool save_checkpoints)
                            : at::empty({0}, acc_options)};
 }
 
+at::Tensor projection_rows(const at::Tensor& projection, bool variable, at::ScalarType acc) {
+  return variable ? projection.to(acc).transpose(-1, -2).contiguous() : projection;
+}
+
+void copy_or_zero(at::Tensor& state, const std::optional<at::Tensor>& source) {
+  if (source) {
+    state.copy_(*source);
+  } else {
+    state.zero_();
+  }
+}
+
 void check_backward_inputs(const ScanInputs& in, const at::Tensor& dout,
                            const std::optional<at::Tensor>& dlast_state,
                            const at::Tensor& checkpoints) {

@@ -39,6 +39,13 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 // The outputs of the forward pass, allocated for `in` (shared by every device).
 ForwardResult empty_forward_outputs(const ScanInputs& in, bool save_checkpoints);
 
+// B or C as the kernels read it: fixed (dim, N) as given, variable (batch, G, L, N) in the
+// accumulation type, so that the N values of one time step are contiguous.
+at::Tensor projection_rows(const at::Tensor& projection, bool variable, at::ScalarType acc);
+
+// `state` <- `source`, or zeros without one: last_state and dinitial_state of a scan of L = 0.
+void copy_or_zero(at::Tensor& state, const std::optional<at::Tensor>& source);
+
 // Checks the backward-only arguments against the validated inputs.
 void check_backward_inputs(const ScanInputs& in, const at::Tensor& dout,
                            const std::optional<at::Tensor>& dlast_state,

@@ -315,12 +315,6 @@ void narrow_row(const T* computed, scalar_t* row, int64_t length) {
   if constexpr (!std::is_same_v<T, scalar_t>) std::copy_n(computed, length, row);
 }
 
-// B or C in the layout the kernels read: fixed (dim, N) as given, variable (batch, G, L, N) in
-// the accumulation type so that the N values of a step are contiguous.
-at::Tensor kernel_layout(const at::Tensor& projection, bool variable, at::ScalarType acc) {
-  return variable ? projection.to(acc).transpose(-1, -2).contiguous() : projection;
-}
-
 // Read-only views of everything a channel needs, resolved to raw pointers once per call.
 template <typename scalar_t, typename T>
 struct ScanView {
@@ -329,8 +323,8 @@ struct ScanView {
 
   ScanView(const ScanInputs& inputs)
       : in(inputs),
-        B_rows(kernel_layout(inputs.B, inputs.B_variable(), inputs.acc_dtype())),
-        C_rows(kernel_layout(inputs.C, inputs.C_variable(), inputs.acc_dtype())) {}
+        B_rows(projection_rows(inputs.B, inputs.B_variable(), inputs.acc_dtype())),
+        C_rows(projection_rows(inputs.C, inputs.C_variable(), inputs.acc_dtype())) {}
 
   int64_t row_offset(int64_t b, int64_t d) const { return (b * in.dim + d) * in.length; }
 
@@ -504,13 +498,7 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
 
 ForwardResult forward_cpu(const ScanInputs& in, bool save_checkpoints) {
   auto [out, last_state, checkpoints] = empty_forward_outputs(in, save_checkpoints);
-  if (in.length == 0) {
-    if (in.initial_state) {
-      last_state.copy_(*in.initial_state);
-    } else {
-      last_state.zero_();
-    }
-  }
+  if (in.length == 0) copy_or_zero(last_state, in.initial_state);
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_fwd_cpu",
@@ -524,13 +512,7 @@ BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
                             const at::Tensor& checkpoints) {
   const int64_t blocks = channel_blocks(in);
   GradBuffers g = empty_grads(in, blocks);
-  if (in.length == 0) {
-    if (dlast_state) {
-      g.d_initial_state.copy_(*dlast_state);
-    } else {
-      g.d_initial_state.zero_();
-    }
-  }
+  if (in.length == 0) copy_or_zero(g.d_initial_state, dlast_state);
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_bwd_cpu", [&] {

@@ -633,12 +633,6 @@ void with_per_lane(int per_lane, F&& f) {
   TORCH_INTERNAL_ASSERT(false, "selective_scan: unexpected state slots per lane ", per_lane);
 }
 
-// B or C as the kernels read it: fixed (dim, N) as given, variable (batch, G, L, N) in the
-// accumulation type, so that a team's reads of one step are contiguous.
-at::Tensor kernel_layout(const at::Tensor& projection, bool variable, at::ScalarType acc) {
-  return variable ? projection.to(acc).transpose(-1, -2).contiguous() : projection;
-}
-
 template <typename T>
 const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return t ? t->const_data_ptr<T>() : nullptr;
@@ -674,15 +668,6 @@ void launch(void (*kernel)(Args), const Tiling& tiling, int64_t batch, int64_t s
   kernel<<<static_cast<unsigned>(batch * tiling.tiles_per_batch), tiling.threads, shared_bytes,
            at::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// The state after a scan of length 0: `given`, or zeros.
-void fill_state(at::Tensor& state, const std::optional<at::Tensor>& given) {
-  if (given) {
-    state.copy_(*given);
-  } else {
-    state.zero_();
-  }
 }
 
 template <typename scalar_t, int P>
@@ -774,11 +759,11 @@ void launch_backward(const ScanInputs& in, const at::Tensor& B, const at::Tensor
 ForwardResult forward_cuda(const ScanInputs& in, bool save_checkpoints) {
   const c10::cuda::CUDAGuard guard(in.u.device());
   ForwardResult result = empty_forward_outputs(in, save_checkpoints);
-  if (in.length == 0) fill_state(std::get<1>(result), in.initial_state);
+  if (in.length == 0) copy_or_zero(std::get<1>(result), in.initial_state);
   if (in.u.numel() > 0) {
     const Tiling tiling = make_tiling(in);
-    const at::Tensor B = kernel_layout(in.B, in.B_variable(), in.acc_dtype());
-    const at::Tensor C = kernel_layout(in.C, in.C_variable(), in.acc_dtype());
+    const at::Tensor B = projection_rows(in.B, in.B_variable(), in.acc_dtype());
+    const at::Tensor C = projection_rows(in.C, in.C_variable(), in.acc_dtype());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_fwd_cuda", [&] {
                                       with_per_lane(tiling.per_lane, [&](auto per_lane) {
@@ -798,10 +783,10 @@ BackwardResult backward_cuda(const ScanInputs& in, const at::Tensor& dout,
   const Tiling tiling = run ? make_tiling(in) : Tiling{};
   const bool slabs = run && at::globalContext().deterministicAlgorithms();
   GradBuffers g = empty_grads(in, tiling, slabs);
-  if (in.length == 0) fill_state(g.d_initial_state, dlast_state);
+  if (in.length == 0) copy_or_zero(g.d_initial_state, dlast_state);
   if (run) {
-    const at::Tensor B = kernel_layout(in.B, in.B_variable(), in.acc_dtype());
-    const at::Tensor C = kernel_layout(in.C, in.C_variable(), in.acc_dtype());
+    const at::Tensor B = projection_rows(in.B, in.B_variable(), in.acc_dtype());
+    const at::Tensor C = projection_rows(in.C, in.C_variable(), in.acc_dtype());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_bwd_cuda", [&] {
                                       with_per_lane(tiling.per_lane, [&](auto per_lane) {
