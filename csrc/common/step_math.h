@@ -108,7 +108,9 @@ HV_HOST_DEVICE T softplus(T x) {
 constexpr int64_t kScanChunk = 64;
 constexpr int64_t kScanMaxState = 256;
 
-HV_HOST_DEVICE int64_t scan_num_chunks(int64_t length) { return (length + kScanChunk - 1) / kScanChunk; }
+HV_HOST_DEVICE int64_t scan_num_chunks(int64_t length) {
+  return (length + kScanChunk - 1) / kScanChunk;
+}
 
 // δ from the raw delta input: δ = delta + bias, then softplus if asked.
 template <typename T>
