@@ -129,6 +129,16 @@ def test_dtypes(device, dtype, B_kind):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_float32_variable_projections_with_low_precision_inputs(device, dtype):
+    """mamba_ssm lets a variable B/C be float32 while u is fp16/bf16; their grads stay float32."""
+    kwargs = make_inputs(dim=8, length=150, state=16, dtype=dtype, device=device)
+    for name in ("B", "C"):
+        kwargs[name] = kwargs[name].detach().float().requires_grad_()
+    check_against_reference(kwargs, dtype, grad_scale=2.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("state", [1, 5, 16, 17, 33, 64, 256])
 def test_state_sizes(device, state):
     kwargs = make_inputs(dim=4, length=100, state=state, dtype=torch.float32, device=device)
