@@ -81,9 +81,9 @@ def format_speedup(factor: float | None) -> str:
 
 def table_rows(results: list[Result], info: RunInfo) -> list[list[str]]:
     on_cuda = info.device == "cuda"
-    header = ["op", "case", "mode", "impl", "median ms", "runs", "hvision speed-up"]
+    header = ["op", "case", "mode", "impl", "median ms", "runs", "hvision speed-up", "peak MiB"]
     if on_cuda:
-        header += ["peak MiB", "GB/s", "% of copy"]
+        header += ["GB/s", "% of copy"]
     rows = [header]
     for result in results:
         row = [result.op, result.case, result.mode, result.impl]
@@ -91,12 +91,15 @@ def table_rows(results: list[Result], info: RunInfo) -> list[list[str]]:
             rows.append(row + ["error"] + [""] * (len(header) - len(row) - 1))
             continue
         factor = None if result.impl == HVISION else speedup(result, results)
-        row += [format_ms(result.timing.median_s), str(len(result.timing.samples_s)), format_speedup(factor)]
+        peak = result.timing.peak_bytes
+        row += [
+            format_ms(result.timing.median_s),
+            str(len(result.timing.samples_s)),
+            format_speedup(factor),
+            "" if peak is None else f"{peak / 2**20:.0f}",
+        ]
         if on_cuda:
             achieved = bandwidth(result)
-            row.append(
-                f"{result.timing.peak_bytes / 2**20:.0f}" if result.timing.peak_bytes is not None else ""
-            )
             row.append("" if achieved is None else f"{achieved / 1e9:.0f}")
             row.append(
                 ""

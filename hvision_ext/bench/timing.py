@@ -1,10 +1,14 @@
 """Timing of zero-argument callables on CPU and CUDA: warm-up, then repeats within a time budget,
 reporting every sample (the median is the figure to quote)."""
 
+import ctypes
 import dataclasses
+import functools
+import re
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -50,26 +54,64 @@ def time_impl(
     until ``budget_s`` of wall time has passed and there are ``min_runs`` samples, or there are
     ``max_runs``. A ``slow`` callable runs exactly once, without warm-up.
 
-    On CUDA, also records the peak memory the timed calls allocated beyond what was already
-    allocated before them (inputs shared by all implementations are not counted).
+    Also records the peak memory the timed calls allocated beyond what was already allocated
+    before them (inputs shared by all implementations are not counted): on CUDA from the caching
+    allocator, on a Linux CPU from the first timed call's peak resident memory.
     """
+    on_cuda = device.type == "cuda"
+    measure_cpu_peak = not on_cuda and cpu_peak_supported()  # before any call: sets up malloc
     if not slow:
         _warm_up(fn, device, budget_s / 5)
-    on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         allocated_before = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
-    samples = [time_call(fn, device)]
+    if measure_cpu_peak:
+        sample, cpu_peak = _time_with_cpu_peak(fn, device)
+        samples = [sample]
+    else:
+        samples, cpu_peak = [time_call(fn, device)], None
     while (
         not slow
         and len(samples) < max_runs
         and (len(samples) < min_runs or time.perf_counter() - start < budget_s)
     ):
         samples.append(time_call(fn, device))
-    peak = torch.cuda.max_memory_allocated(device) - allocated_before if on_cuda else None
+    peak = torch.cuda.max_memory_allocated(device) - allocated_before if on_cuda else cpu_peak
     return Timing(samples, peak)
+
+
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+@functools.cache
+def cpu_peak_supported() -> bool:
+    """Whether CPU peak memory can be measured here: Linux's resettable resident high-water mark
+    (VmHWM), and glibc's malloc told to give every block over 128 KiB its own mapping, returned
+    to the system when freed, so that resident memory follows what is allocated rather than
+    what malloc keeps cached."""
+    try:
+        _CLEAR_REFS.write_text("5")
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+
+
+def _resident_bytes(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", _PROC_STATUS.read_text(), re.MULTILINE)
+    return int(match.group(1)) * 1024
+
+
+def _time_with_cpu_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
+    """One timed call, and the most resident memory it added to what was resident before it."""
+    before = _resident_bytes("VmRSS")
+    _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
+    seconds = time_call(fn, device)
+    return seconds, max(0, _resident_bytes("VmHWM") - before)
 
 
 def _warm_up(fn: Callable[[], object], device: torch.device, duration_s: float, max_calls: int = 5) -> None:

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from hvision_ext.bench import registry
+from hvision_ext.bench import registry, timing
 from hvision_ext.bench.__main__ import main
 from hvision_ext.bench.registry import BenchCase
 
@@ -55,3 +55,15 @@ def test_selective_scan_cases_are_registered(capsys):
     listed = capsys.readouterr().out
     for name in ("selective_scan/vim-cpu ", "selective_scan/vim-cpu-fwd", "selective_scan/vim-gpu"):
         assert name in listed
+
+
+@pytest.mark.skipif(not timing.cpu_peak_supported(), reason="needs Linux's /proc/self/clear_refs and glibc")
+def test_cpu_peak_memory_counts_what_a_call_allocates():
+    def two_live_buffers():
+        # 64 MiB each: above what glibc ever serves from its heap, so each is a fresh mapping.
+        first = torch.ones(16 * 2**20)
+        second = first * 2  # allocated while `first` is alive
+        return second.sum()
+
+    result = timing.time_impl(two_live_buffers, torch.device("cpu"), budget_s=0.01)
+    assert 124 * 2**20 <= result.peak_bytes <= 136 * 2**20
