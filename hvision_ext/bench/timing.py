@@ -88,17 +88,21 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        _CLEAR_REFS.write_text("5")
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def cpu_peak_supported() -> bool:
     """Whether CPU peak memory can be measured here: Linux's resettable resident high-water mark
     (VmHWM), and glibc's malloc told to give every block over 128 KiB its own mapping, returned
     to the system when freed, so that resident memory follows what is allocated rather than
     what malloc keeps cached."""
-    try:
-        _CLEAR_REFS.write_text("5")
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
 
 
 def _resident_bytes(field: str) -> int:
@@ -108,6 +112,7 @@ def _resident_bytes(field: str) -> int:
 
 def _time_with_cpu_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
     """One timed call, and the most resident memory it added to what was resident before it."""
+    _glibc().malloc_trim(0)  # free heap pages leave memory, so reusing them counts again
     before = _resident_bytes("VmRSS")
     _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
     seconds = time_call(fn, device)
