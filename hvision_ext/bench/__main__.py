@@ -14,7 +14,7 @@ import torch
 from . import all_cases, select_cases
 from .registry import CaseSpec
 from .report import Result, RunInfo, device_name, format_table, speedup_summary, table_rows, write_json
-from .timing import copy_bandwidth, cpu_peak_supported, time_impl
+from .timing import copy_bandwidth, time_impl
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # What each device's models train in: full precision on CPU, bf16 mixed precision on GPUs.
@@ -99,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     device = torch.device(args.device)
-    cpu_peak_supported()  # sets up malloc for CPU peak memory before the inputs are allocated
     dtype_name = args.dtype or DEFAULT_DTYPE[args.device]
     info = RunInfo(
         device=args.device,

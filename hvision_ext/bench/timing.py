@@ -59,7 +59,7 @@ def time_impl(
     allocator, on a Linux CPU from the first timed call's peak resident memory.
     """
     on_cuda = device.type == "cuda"
-    measure_cpu_peak = not on_cuda and cpu_peak_supported()  # before any call: sets up malloc
+    measure_cpu_peak = not on_cuda and cpu_peak_supported()
     if not slow:
         _warm_up(fn, device, budget_s / 5)
     if on_cuda:
@@ -84,25 +84,22 @@ def time_impl(
 
 _PROC_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
     try:
         _CLEAR_REFS.write_text("5")
-        return ctypes.CDLL("libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
 
 
 def cpu_peak_supported() -> bool:
-    """Whether CPU peak memory can be measured here: Linux's resettable resident high-water mark
-    (VmHWM), and glibc's malloc told to give every block over 128 KiB its own mapping, returned
-    to the system when freed, so that resident memory follows what is allocated rather than
-    what malloc keeps cached."""
-    libc = _glibc()
-    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+    """Whether CPU peak memory can be measured here: it needs Linux's resettable resident
+    high-water mark (VmHWM) and glibc's malloc_trim."""
+    return _glibc() is not None
 
 
 def _resident_bytes(field: str) -> int:
@@ -112,7 +109,9 @@ def _resident_bytes(field: str) -> int:
 
 def _time_with_cpu_peak(fn: Callable[[], object], device: torch.device) -> tuple[float, int]:
     """One timed call, and the most resident memory it added to what was resident before it."""
-    _glibc().malloc_trim(0)  # free heap pages leave memory, so reusing them counts again
+    # malloc keeps freed blocks resident for reuse; releasing its free pages first makes every
+    # byte the call allocates show up as new resident memory.
+    _glibc().malloc_trim(0)
     before = _resident_bytes("VmRSS")
     _CLEAR_REFS.write_text("5")  # resets VmHWM to the current resident size
     seconds = time_call(fn, device)
