@@ -212,6 +212,16 @@ def test_gradient_through_last_state_alone():
         assert_close(a, b, torch.float64, what=f"grad of {name}")
 
 
+@pytest.mark.parametrize("name", ["u", "delta", "z"])
+def test_nan_input_propagates_like_the_reference(name):
+    kwargs = make_inputs(dtype=torch.float32, features=("D", "z", "delta_softplus"))
+    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in kwargs.items()}
+    kwargs[name][0, 1, 30] = float("nan")
+    ours, truth = ops.selective_scan(**kwargs), reference.selective_scan(**kwargs)
+    assert torch.equal(ours.isnan(), truth.isnan()) and ours.isnan().any()
+    torch.testing.assert_close(ours.nan_to_num(), truth.nan_to_num(), rtol=6e-4, atol=2e-3)
+
+
 def test_non_contiguous_inputs():
     kwargs = make_inputs(dtype=torch.float32, B_kind="fixed")
     strided = dict(kwargs)
