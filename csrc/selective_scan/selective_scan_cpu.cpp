@@ -206,7 +206,7 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
       const T* decay = decays + k * N;
       const T* B = c.B.at(t);
       const T* C = c.C.at(t);
-      T y = 0;
+      T y = 0;  // C·h, needed only for dz; its products are staged in u_terms (free here)
       Gate<T> gate{T(1), T(0)};
       if (c.z) {
         gate = {f.gate[t], f.gate_grad[t]};
@@ -340,8 +340,13 @@ struct ScanView {
     return t ? t->data_ptr<T>()[d] : fallback;
   }
 
-  // Builds the channel from rows already widened to T.
-  Channel<T> channel(int64_t b, int64_t d, const T* u, const T* delta, const T* z) const {
+  // The widened u, delta and z rows of channel (b, d), in the three buffers.
+  Channel<T> load_channel(int64_t b, int64_t d, std::vector<T> (&buffers)[3]) const {
+    const int64_t offset = row_offset(b, d);
+    const T* u = widen_row(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
+    const T* delta = widen_row(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
+    const T* z = in.z ? widen_row(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
+                      : nullptr;
     return Channel<T>{u,
                       delta,
                       z,
@@ -354,16 +359,6 @@ struct ScanView {
                       in.state,
                       in.softplus,
                       in.reverse};
-  }
-
-  // The widened u, delta and z rows of channel (b, d), in the three buffers.
-  Channel<T> load_channel(int64_t b, int64_t d, std::vector<T> (&buffers)[3]) const {
-    const int64_t offset = row_offset(b, d);
-    const T* u = widen_row(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
-    const T* delta = widen_row(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
-    const T* z = in.z ? widen_row(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
-                      : nullptr;
-    return channel(b, d, u, delta, z);
   }
 };
 

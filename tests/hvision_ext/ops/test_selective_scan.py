@@ -241,10 +241,8 @@ def test_empty_and_degenerate_sizes():
 
 def test_checkpoints_are_saved_only_for_backward():
     kwargs = make_inputs(dtype=torch.float32, length=130, state=5)
-    args = [kwargs[n] for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    flags = (kwargs["delta_softplus"], kwargs["initial_state"], kwargs["reverse"])
-    _, _, saved = torch.ops.hvision.selective_scan_fwd(*args, flags[0], flags[1], flags[2], True)
-    _, _, skipped = torch.ops.hvision.selective_scan_fwd(*args, flags[0], flags[1], flags[2], False)
+    _, _, saved = torch.ops.hvision.selective_scan_fwd(*forward_op_args(kwargs, save_checkpoints=True))
+    _, _, skipped = torch.ops.hvision.selective_scan_fwd(*forward_op_args(kwargs, save_checkpoints=False))
     assert saved.shape == (2, 4, -(-130 // SCAN_CHUNK), 5) and skipped.numel() == 0
 
 
