@@ -6,6 +6,7 @@ pure-PyTorch versions with the same signatures that define their semantics.
 """
 
 from ._library import load_library
+from ._switch import reference_enabled, use_reference
 
 load_library()
 
@@ -13,4 +14,4 @@ from . import ops, reference  # noqa: E402  (ops need the library loaded)
 from .ops import selective_scan  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "selective_scan"]
+__all__ = ["ops", "reference", "reference_enabled", "selective_scan", "use_reference"]

@@ -5,6 +5,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import reference
+from .._switch import switchable
 from ._checks import check_same_device
 
 # Steps between the states the forward pass saves for the backward pass (kScanChunk in
@@ -15,6 +17,7 @@ _fwd = torch.ops.hvision.selective_scan_fwd.default
 _bwd = torch.ops.hvision.selective_scan_bwd.default
 
 
+@switchable(reference.selective_scan)
 def selective_scan(
     u: Tensor,
     delta: Tensor,
