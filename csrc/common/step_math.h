@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #if defined(__CUDACC__)
 #define HV_HOST_DEVICE __host__ __device__ __forceinline__
@@ -80,6 +81,14 @@ HV_HOST_DEVICE float log1p_unit(float y) {
 #endif
 }
 HV_HOST_DEVICE double log1p_unit(double y) { return ::log1p(y); }
+
+HV_HOST_DEVICE float log(float x) { return ::logf(x); }
+HV_HOST_DEVICE double log(double x) { return ::log(x); }
+
+template <typename T>
+HV_HOST_DEVICE constexpr T negative_infinity() {
+  return -std::numeric_limits<T>::infinity();
+}
 
 template <typename T>
 HV_HOST_DEVICE T sigmoid(T x) {
@@ -175,6 +184,70 @@ HV_HOST_DEVICE T scan_state_backward(T& adjoint, T h_prev, T decay, T delta, T a
   const T d_b = adjoint_delta * u;
   adjoint *= decay;
   return d_b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online softmax (flash attention, the Hopfield update): the scores s_j of one query row arrive
+// a tile of keys at a time. The row keeps the running maximum m and the running sum
+// l = Σ exp(s_j - m) of the scores seen; accumulators Σ exp(s_j - m) v_j are rescaled whenever m
+// grows. A masked score is -inf and weighs exactly 0; a row whose scores so far are all masked
+// has m = -inf, l = 0 and zero accumulators, and rescaling them never forms -inf - -inf.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct OnlineSoftmax {
+  T max = math::negative_infinity<T>();
+  T sum = T(0);
+};
+
+// Raises the running maximum to cover a tile whose largest score is `tile_max`, rescales the
+// running sum, and returns the factor the row's accumulators must be multiplied by.
+template <typename T>
+HV_HOST_DEVICE T online_softmax_advance(OnlineSoftmax<T>& row, T tile_max) {
+  const T new_max = row.max > tile_max ? row.max : tile_max;
+  const T factor = row.max == math::negative_infinity<T>() ? T(0) : math::exp(row.max - new_max);
+  row.sum *= factor;
+  row.max = new_max;
+  return factor;
+}
+
+// What the scores of the current tile are shifted by before exp: the running maximum, or 0 while
+// it is -inf (every score seen masked), so that exp(score - shift) is 0 and never NaN.
+template <typename T>
+HV_HOST_DEVICE T online_softmax_shift(const OnlineSoftmax<T>& row) {
+  return row.max == math::negative_infinity<T>() ? T(0) : row.max;
+}
+
+// exp(score - shift): a score's unnormalised weight in the current tile (the caller adds it to
+// row.sum and weighs the values with it).
+template <typename T>
+HV_HOST_DEVICE T online_softmax_weight(T score, T shift) {
+  return math::exp(score - shift);
+}
+
+// 1 / l, what the accumulators are multiplied by at the end (0 for a row with no allowed key).
+template <typename T>
+HV_HOST_DEVICE T online_softmax_normaliser(const OnlineSoftmax<T>& row) {
+  return row.sum > T(0) ? T(1) / row.sum : T(0);
+}
+
+// log Σ_j exp(s_j), saved by the forward pass so the backward pass can recompute every
+// probability as exp(s - lse) without a second pass over the keys; -inf for a fully masked row.
+template <typename T>
+HV_HOST_DEVICE T online_softmax_lse(const OnlineSoftmax<T>& row) {
+  return row.sum > T(0) ? row.max + math::log(row.sum) : math::negative_infinity<T>();
+}
+
+// The probability of a score, recomputed from the saved log-sum-exp (0 for a fully masked row).
+template <typename T>
+HV_HOST_DEVICE T softmax_probability(T score, T lse) {
+  return lse == math::negative_infinity<T>() ? T(0) : math::exp(score - lse);
+}
+
+// Backward of softmax for one score: ds = p (dp - Σ_k p_k dp_k), where the row's Σ_k p_k dp_k
+// equals dout · out (the output row and its gradient), computed once per row.
+template <typename T>
+HV_HOST_DEVICE T softmax_score_grad(T probability, T d_probability, T row_dot) {
+  return probability * (d_probability - row_dot);
 }
 
 }  // namespace hvision
