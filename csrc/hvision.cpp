@@ -15,4 +15,16 @@ TORCH_LIBRARY(hvision, m) {
       "Tensor? initial_state, bool reverse, Tensor checkpoints) -> (Tensor du, Tensor ddelta, "
       "Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, "
       "Tensor dinitial_state)");
+
+  // Sparse attention: query i attends key j iff (not causal or j <= i) and any of |i - j| <=
+  // window, (i - j) % stride == 0, i < num_global or j < num_global (dense with no term). `lse`
+  // (batch, heads, L), the log-sum-exp of each query's scores, is what the backward pass
+  // recomputes the probabilities from.
+  m.def(
+      "sparse_attention_fwd(Tensor q, Tensor k, Tensor v, int? window, int? stride, "
+      "int num_global, bool causal, float? scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "sparse_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "int? window, int? stride, int num_global, bool causal, float? scale) -> (Tensor dq, "
+      "Tensor dk, Tensor dv)");
 }

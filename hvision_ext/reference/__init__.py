@@ -2,5 +2,6 @@
 written for clarity. They define the semantics and are what the kernels are tested against."""
 
 from .selective_scan import selective_scan
+from .sparse_attention import local_global_attention, sparse_attention, strided_attention
 
-__all__ = ["selective_scan"]
+__all__ = ["local_global_attention", "selective_scan", "sparse_attention", "strided_attention"]
