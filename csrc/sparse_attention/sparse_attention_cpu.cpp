@@ -23,7 +23,7 @@ namespace {
 
 // Rows of a major tile and columns of a minor tile: a 32 x 256 score tile stays in L2 and keeps
 // the wasted corners of a band tile (the pairs beyond the window) small.
-constexpr int64_t kMajorTile = 32;
+constexpr int64_t kMajorTile = 64;
 constexpr int64_t kMinorTile = 256;
 
 // The Fortran BLAS that torch's CPU library exports on x86-64 builds (it links MKL). Weak: with
@@ -126,29 +126,58 @@ struct Tiling {
   }
 };
 
-// Calls visit(b0, n) for each minor tile of the segments of major tile [a0, a1).
-template <typename Visit>
-HV_INLINE void for_each_minor_tile(const SparsePattern& p, int64_t a0, int64_t a1, Visit&& visit) {
-  for (const MinorRange segment :
-       {sparse_global_segment(p, a0, a1), sparse_block_segment(p, a0, a1)}) {
-    for (int64_t b0 = segment.begin; b0 < segment.end; b0 += kMinorTile) {
-      visit(b0, sparse_min(kMinorTile, segment.end - b0));
-    }
-  }
-}
+// The minor tiles of the segments of major tile [a0, a1), in order:
+//   for (MinorTiles t(p, a0, a1); t.next();) use(t.begin, t.size);
+// (A cursor rather than a callback: a lambda would be compiled outside the ISA clones.)
+struct MinorTiles {
+  MinorRange segments[2];
+  int segment = -1;
+  int64_t begin = 0, size = 0, width = 0;
 
-// Calls visit(first, count) for each run of at most kMinorTile strided extras of major a.
-template <typename Visit>
-HV_INLINE void for_each_strided_run(const SparsePattern& p, int64_t a, int64_t a0, int64_t a1,
-                                    Visit&& visit) {
-  if (a1 <= p.dense_majors() || !p.has_stride()) return;
-  const MinorRange block = sparse_block_segment(p, a0, a1);
-  for (const StridedRun run : {sparse_strided_below(p, a, block), sparse_strided_above(p, a, block)}) {
-    for (int64_t done = 0; done < run.count; done += kMinorTile) {
-      visit(run.first + done * p.stride, sparse_min(kMinorTile, run.count - done));
+  MinorTiles(const SparsePattern& p, int64_t a0, int64_t a1)
+      : segments{sparse_global_segment(p, a0, a1), sparse_block_segment(p, a0, a1)} {}
+
+  bool next() {
+    begin += size;
+    while (segment < 0 || begin >= segments[segment].end) {
+      if (++segment == 2) return false;
+      // Equal tiles: a band of 2·window + kMajorTile keys splits into even parts, not a full
+      // tile and a sliver.
+      const int64_t extent = segments[segment].size();
+      const int64_t tiles = (extent + kMinorTile - 1) / kMinorTile;
+      width = tiles > 0 ? (extent + tiles - 1) / tiles : 0;
+      begin = segments[segment].begin;
     }
+    size = sparse_min(width, segments[segment].end - begin);
+    return true;
   }
-}
+};
+
+// The strided extras of major index a of tile [a0, a1), in runs of at most kMinorTile:
+//   for (StridedRuns r(p, a, a0, a1); r.next();) use(r.first, r.count);  // step p.stride
+struct StridedRuns {
+  StridedRun runs[2] = {{0, 0}, {0, 0}};
+  int run = 0;
+  int64_t stride = 0, done = 0, first = 0, count = 0;
+
+  StridedRuns(const SparsePattern& p, int64_t a, int64_t a0, int64_t a1) : stride(p.stride) {
+    if (a1 <= p.dense_majors() || !p.has_stride()) return;
+    const MinorRange block = sparse_block_segment(p, a0, a1);
+    runs[0] = sparse_strided_below(p, a, block);
+    runs[1] = sparse_strided_above(p, a, block);
+  }
+
+  bool next() {
+    done += count;
+    while (done >= runs[run].count) {
+      if (++run == 2) return false;
+      done = 0;
+    }
+    first = runs[run].first + done * stride;
+    count = sparse_min(kMinorTile, runs[run].count - done);
+    return true;
+  }
+};
 
 // Sets the scores of the pairs the pattern forbids to -inf in a (rows x n) tile at (a0, b0).
 template <typename T>
@@ -209,7 +238,8 @@ HV_INLINE void forward_tile(const SparsePattern& p, T scale, int64_t D, const Fo
   OnlineSoftmax<T> state[kMajorTile];
   T* acc = s.acc.data();
   std::fill(acc, acc + rows * D, T(0));
-  for_each_minor_tile(p, a0, tile.end, [&](int64_t b0, int64_t n) {
+  for (MinorTiles t(p, a0, tile.end); t.next();) {
+    const int64_t b0 = t.begin, n = t.size;
     T* scores = s.scores.data();
     matmul_nt(rows, n, D, scale, h.q + a0 * D, D, h.k + b0 * D, D, T(0), scores, n);
     mask_tile(p, a0, rows, b0, n, scores);
@@ -217,17 +247,18 @@ HV_INLINE void forward_tile(const SparsePattern& p, T scale, int64_t D, const Fo
       scale_row(acc + r * D, absorb_scores(state[r], scores + r * n, n), D);
     }
     matmul_nn(rows, D, n, T(1), scores, n, h.v + b0 * D, D, T(1), acc, D);
-  });
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t a = a0 + r;
     const T* q = h.q + a * D;
     T* acc_row = acc + r * D;
-    for_each_strided_run(p, a, a0, tile.end, [&](int64_t first, int64_t count) {
+    for (StridedRuns run(p, a, a0, tile.end); run.next();) {
+      const int64_t first = run.first, count = run.count;
       T* scores = s.scores.data();
       for (int64_t u = 0; u < count; ++u) scores[u] = scale * dot(q, h.k + (first + u * p.stride) * D, D);
       scale_row(acc_row, absorb_scores(state[r], scores, count), D);
       for (int64_t u = 0; u < count; ++u) axpy(acc_row, scores[u], h.v + (first + u * p.stride) * D, D);
-    });
+    }
     T* out = h.out + a * D;
     const T normaliser = online_softmax_normaliser(state[r]);
 #pragma omp simd
@@ -277,7 +308,8 @@ template <typename T>
 HV_INLINE void backward_tile(const SparsePattern& p, T scale, int64_t D, const GradHead<T>& h,
                              MinorRange tile, Scratch<T>& s) {
   const int64_t a0 = tile.begin, rows = tile.size();
-  for_each_minor_tile(p, a0, tile.end, [&](int64_t b0, int64_t n) {
+  for (MinorTiles t(p, a0, tile.end); t.next();) {
+    const int64_t b0 = t.begin, n = t.size;
     T* scores = s.scores.data();
     T* grads = s.grads.data();
     matmul_nt(rows, n, D, scale, h.x + a0 * D, D, h.y + b0 * D, D, T(0), scores, n);
@@ -286,19 +318,19 @@ HV_INLINE void backward_tile(const SparsePattern& p, T scale, int64_t D, const G
     probabilities_and_score_grads(p, scale, h, a0, rows, b0, n, scores, grads);
     matmul_nn(rows, D, n, T(1), grads, n, h.y + b0 * D, D, T(1), h.dx + a0 * D, D);
     if (h.dw_major) matmul_nn(rows, D, n, T(1), scores, n, h.w + b0 * D, D, T(1), h.dw_major + a0 * D, D);
-  });
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t a = a0 + r;
-    for_each_strided_run(p, a, a0, tile.end, [&](int64_t first, int64_t count) {
-      for (int64_t u = 0; u < count; ++u) {
-        const int64_t b = first + u * p.stride;
+    for (StridedRuns run(p, a, a0, tile.end); run.next();) {
+      for (int64_t u = 0; u < run.count; ++u) {
+        const int64_t b = run.first + u * p.stride;
         const int64_t query = p.transposed ? b : a;
         const T prob = softmax_probability(scale * dot(h.x + a * D, h.y + b * D, D), h.lse[query]);
         const T d_prob = dot(h.z + a * D, h.w + b * D, D);
         axpy(h.dx + a * D, scale * softmax_score_grad(prob, d_prob, h.row_dot[query]), h.y + b * D, D);
         if (h.dw_major) axpy(h.dw_major + a * D, prob, h.w + b * D, D);
       }
-    });
+    }
   }
 }
 
