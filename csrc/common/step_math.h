@@ -370,4 +370,86 @@ HV_HOST_DEVICE StridedRun sparse_strided_above(const SparsePattern& p, int64_t a
   return sparse_strided_run(p, a, {block.end, p.length});
 }
 
+// The major tiles of one head: first the dense majors [0, dense_majors), then the rest, each cut
+// into tiles of `tile` indices. Tile t covers tile_range(t).
+struct SparseTiling {
+  int64_t length = 0, dense_majors = 0, tile = 1, dense_tiles = 0, tiles = 0;
+
+  SparseTiling() = default;
+
+  HV_HOST_DEVICE SparseTiling(const SparsePattern& p, int64_t tile_size)
+      : length(p.length),
+        dense_majors(p.dense_majors()),
+        tile(tile_size),
+        dense_tiles((dense_majors + tile_size - 1) / tile_size),
+        tiles(dense_tiles + (length - dense_majors + tile_size - 1) / tile_size) {}
+
+  HV_HOST_DEVICE MinorRange tile_range(int64_t t) const {
+    const bool dense = t < dense_tiles;
+    const int64_t begin = dense ? t * tile : dense_majors + (t - dense_tiles) * tile;
+    return {begin, sparse_min(begin + tile, dense ? dense_majors : length)};
+  }
+};
+
+// The minor tiles (at most `width` indices each) of the segments of major tile [a0, a1), in order:
+//   for (SparseMinorTiles t(p, a0, a1, width); t.next();) use(t.begin, t.size);
+// A segment is cut into equal tiles: a band of 2·window + tile keys splits into even parts, not
+// full tiles and a sliver. (A cursor rather than a callback, so that the CPU loop bodies stay in
+// the functions compiled per instruction set.)
+struct SparseMinorTiles {
+  MinorRange segments[2];
+  int64_t max_width;
+  int segment = -1;
+  int64_t begin = 0, size = 0, width = 0;
+
+  HV_HOST_DEVICE SparseMinorTiles(const SparsePattern& p, int64_t a0, int64_t a1, int64_t width_limit)
+      : segments{sparse_global_segment(p, a0, a1), sparse_block_segment(p, a0, a1)},
+        max_width(width_limit) {}
+
+  HV_HOST_DEVICE bool next() {
+    begin += size;
+    while (segment < 0 || begin >= segments[segment].end) {
+      if (++segment == 2) return false;
+      const int64_t extent = segments[segment].size();
+      const int64_t parts = (extent + max_width - 1) / max_width;
+      width = parts > 0 ? (extent + parts - 1) / parts : 0;
+      begin = segments[segment].begin;
+      size = 0;
+    }
+    size = sparse_min(width, segments[segment].end - begin);
+    return true;
+  }
+};
+
+// The strided extras of major index a of tile [a0, a1), in runs of at most `width`:
+//   for (SparseStridedRuns r(p, a, a0, a1, width); r.next();) use(r.first, r.count);
+// (minor indices r.first + u * p.stride for u < r.count).
+struct SparseStridedRuns {
+  StridedRun runs[2] = {{0, 0}, {0, 0}};
+  int64_t stride, max_width;
+  int run = 0;
+  int64_t done = 0, first = 0, count = 0;
+
+  HV_HOST_DEVICE SparseStridedRuns(const SparsePattern& p, int64_t a, int64_t a0, int64_t a1,
+                                   int64_t width_limit)
+      : stride(p.stride), max_width(width_limit) {
+    if (a1 <= p.dense_majors() || !p.has_stride()) return;
+    const MinorRange block = sparse_block_segment(p, a0, a1);
+    runs[0] = sparse_strided_below(p, a, block);
+    runs[1] = sparse_strided_above(p, a, block);
+  }
+
+  HV_HOST_DEVICE bool next() {
+    done += count;
+    while (done >= runs[run].count) {
+      if (++run == 2) return false;
+      done = 0;
+      count = 0;
+    }
+    first = runs[run].first + done * stride;
+    count = sparse_min(max_width, runs[run].count - done);
+    return true;
+  }
+};
+
 }  // namespace hvision

@@ -105,80 +105,6 @@ HV_INLINE void scale_row(T* y, T factor, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= factor;
 }
 
-// The major tiles of one head: first the dense rows [0, dense_majors), then the rest, each cut
-// into tiles of kMajorTile.
-struct Tiling {
-  int64_t length, dense_majors, dense_tiles, tiles;
-
-  explicit Tiling(const SparsePattern& p)
-      : length(p.length),
-        dense_majors(p.dense_majors()),
-        dense_tiles(ceil_div(dense_majors)),
-        tiles(dense_tiles + ceil_div(length - dense_majors)) {}
-
-  static int64_t ceil_div(int64_t n) { return (n + kMajorTile - 1) / kMajorTile; }
-
-  MinorRange tile(int64_t t) const {
-    const int64_t begin = t < dense_tiles ? t * kMajorTile
-                                          : dense_majors + (t - dense_tiles) * kMajorTile;
-    const int64_t end = t < dense_tiles ? dense_majors : length;
-    return {begin, sparse_min(begin + kMajorTile, end)};
-  }
-};
-
-// The minor tiles of the segments of major tile [a0, a1), in order:
-//   for (MinorTiles t(p, a0, a1); t.next();) use(t.begin, t.size);
-// (A cursor rather than a callback: a lambda would be compiled outside the ISA clones.)
-struct MinorTiles {
-  MinorRange segments[2];
-  int segment = -1;
-  int64_t begin = 0, size = 0, width = 0;
-
-  MinorTiles(const SparsePattern& p, int64_t a0, int64_t a1)
-      : segments{sparse_global_segment(p, a0, a1), sparse_block_segment(p, a0, a1)} {}
-
-  bool next() {
-    begin += size;
-    while (segment < 0 || begin >= segments[segment].end) {
-      if (++segment == 2) return false;
-      // Equal tiles: a band of 2·window + kMajorTile keys splits into even parts, not a full
-      // tile and a sliver.
-      const int64_t extent = segments[segment].size();
-      const int64_t tiles = (extent + kMinorTile - 1) / kMinorTile;
-      width = tiles > 0 ? (extent + tiles - 1) / tiles : 0;
-      begin = segments[segment].begin;
-    }
-    size = sparse_min(width, segments[segment].end - begin);
-    return true;
-  }
-};
-
-// The strided extras of major index a of tile [a0, a1), in runs of at most kMinorTile:
-//   for (StridedRuns r(p, a, a0, a1); r.next();) use(r.first, r.count);  // step p.stride
-struct StridedRuns {
-  StridedRun runs[2] = {{0, 0}, {0, 0}};
-  int run = 0;
-  int64_t stride = 0, done = 0, first = 0, count = 0;
-
-  StridedRuns(const SparsePattern& p, int64_t a, int64_t a0, int64_t a1) : stride(p.stride) {
-    if (a1 <= p.dense_majors() || !p.has_stride()) return;
-    const MinorRange block = sparse_block_segment(p, a0, a1);
-    runs[0] = sparse_strided_below(p, a, block);
-    runs[1] = sparse_strided_above(p, a, block);
-  }
-
-  bool next() {
-    done += count;
-    while (done >= runs[run].count) {
-      if (++run == 2) return false;
-      done = 0;
-    }
-    first = runs[run].first + done * stride;
-    count = sparse_min(kMinorTile, runs[run].count - done);
-    return true;
-  }
-};
-
 // Sets the scores of the pairs the pattern forbids to -inf in a (rows x n) tile at (a0, b0).
 template <typename T>
 HV_INLINE void mask_tile(const SparsePattern& p, int64_t a0, int64_t rows, int64_t b0, int64_t n,
@@ -238,7 +164,7 @@ HV_INLINE void forward_tile(const SparsePattern& p, T scale, int64_t D, const Fo
   OnlineSoftmax<T> state[kMajorTile];
   T* acc = s.acc.data();
   std::fill(acc, acc + rows * D, T(0));
-  for (MinorTiles t(p, a0, tile.end); t.next();) {
+  for (SparseMinorTiles t(p, a0, tile.end, kMinorTile); t.next();) {
     const int64_t b0 = t.begin, n = t.size;
     T* scores = s.scores.data();
     matmul_nt(rows, n, D, scale, h.q + a0 * D, D, h.k + b0 * D, D, T(0), scores, n);
@@ -252,7 +178,7 @@ HV_INLINE void forward_tile(const SparsePattern& p, T scale, int64_t D, const Fo
     const int64_t a = a0 + r;
     const T* q = h.q + a * D;
     T* acc_row = acc + r * D;
-    for (StridedRuns run(p, a, a0, tile.end); run.next();) {
+    for (SparseStridedRuns run(p, a, a0, tile.end, kMinorTile); run.next();) {
       const int64_t first = run.first, count = run.count;
       T* scores = s.scores.data();
       for (int64_t u = 0; u < count; ++u) scores[u] = scale * dot(q, h.k + (first + u * p.stride) * D, D);
@@ -308,7 +234,7 @@ template <typename T>
 HV_INLINE void backward_tile(const SparsePattern& p, T scale, int64_t D, const GradHead<T>& h,
                              MinorRange tile, Scratch<T>& s) {
   const int64_t a0 = tile.begin, rows = tile.size();
-  for (MinorTiles t(p, a0, tile.end); t.next();) {
+  for (SparseMinorTiles t(p, a0, tile.end, kMinorTile); t.next();) {
     const int64_t b0 = t.begin, n = t.size;
     T* scores = s.scores.data();
     T* grads = s.grads.data();
@@ -321,7 +247,7 @@ HV_INLINE void backward_tile(const SparsePattern& p, T scale, int64_t D, const G
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t a = a0 + r;
-    for (StridedRuns run(p, a, a0, tile.end); run.next();) {
+    for (SparseStridedRuns run(p, a, a0, tile.end, kMinorTile); run.next();) {
       for (int64_t u = 0; u < run.count; ++u) {
         const int64_t b = run.first + u * p.stride;
         const int64_t query = p.transposed ? b : a;
@@ -367,12 +293,12 @@ void run_backward_tile(const SparsePattern& p, double scale, int64_t D, const Gr
 // Runs tile_fn(head, tile, scratch) for every major tile of every (batch, head), in parallel.
 template <typename T, typename TileFn>
 void for_each_tile(const AttentionInputs& in, const SparsePattern& p, TileFn&& tile_fn) {
-  const Tiling tiling(p);
+  const SparseTiling tiling(p, kMajorTile);
   const int64_t heads = in.batch * in.heads;
   at::parallel_for(0, heads * tiling.tiles, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> scratch(in.head_dim);
     for (int64_t index = begin; index < end; ++index) {
-      tile_fn(index / tiling.tiles, tiling.tile(index % tiling.tiles), scratch);
+      tile_fn(index / tiling.tiles, tiling.tile_range(index % tiling.tiles), scratch);
     }
   });
 }
