@@ -1,6 +1,6 @@
 // sparse_attention CPU kernels. Flash-style: a tile of major rows (queries in the forward pass
 // and for dq, keys for dk/dv) meets the minor rows its pattern reaches a tile at a time, with
-// BLAS products (at::native::cpublas) for the global and block segments and vector loops for
+// BLAS products (the sgemm torch ships) for the global and block segments and vector loops for
 // each row's strided extras. Work is split over (batch, head, major tile) with at::parallel_for;
 // every output row is owned by one tile, so results do not depend on the thread count. Inputs in
 // fp16/bf16 are widened to float once; everything accumulates in float (double for float64).
@@ -20,9 +20,9 @@
 namespace hvision::sparse_attention {
 namespace {
 
-
-// Rows of a major tile and columns of a minor tile: a 32 x 256 score tile stays in L2 and keeps
-// the wasted corners of a band tile (the pairs beyond the window) small.
+// Rows of a major tile and columns of a minor tile: a 64 x 256 score tile stays in L2, the
+// products are large enough for BLAS to run near its peak, and the wasted corners of a band
+// tile (the pairs beyond the window) stay a fraction of it.
 constexpr int64_t kMajorTile = 64;
 constexpr int64_t kMinorTile = 256;
 
