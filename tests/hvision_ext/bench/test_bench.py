@@ -67,3 +67,20 @@ def test_cpu_peak_memory_counts_what_a_call_allocates():
 
     result = timing.time_impl(two_live_buffers, torch.device("cpu"), budget_s=0.01)
     assert 124 * 2**20 <= result.peak_bytes <= 136 * 2**20
+
+
+def test_sparse_attention_cases_are_registered(capsys):
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("local-global ", "local-global-fwd", "strided ", "strided-fwd", "local-global-L16384", "local-global-gpu"):
+        assert f"sparse_attention/{name}" in listed
+
+
+def test_sparse_attention_case_runs_every_impl():
+    """A small build of the case runs hvision and the masked-SDPA anchor to the same output."""
+    from hvision_ext.bench import sparse_attention as cases
+
+    sizes = dict(batch=1, heads=2, length=300, head_dim=16)
+    case = cases.attention_case(torch.device("cpu"), torch.float32, "fwd", sizes, cases.LOCAL_GLOBAL, flex=False)
+    assert list(case.impls) == ["hvision", "sdpa-masked"]
+    torch.testing.assert_close(case.impls["hvision"](), case.impls["sdpa-masked"](), rtol=1e-4, atol=1e-5)
