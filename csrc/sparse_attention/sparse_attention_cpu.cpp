@@ -273,21 +273,24 @@ HV_CPU_CLONES void backward_tile_float(const SparsePattern& p, float scale, int6
   backward_tile(p, scale, D, h, tile, s);
 }
 
-void run_forward_tile(const SparsePattern& p, float scale, int64_t D, const ForwardHead<float>& h,
-                      MinorRange tile, Scratch<float>& s) {
-  forward_tile_float(p, scale, D, h, tile, s);
+template <typename T>
+void run_forward_tile(const SparsePattern& p, T scale, int64_t D, const ForwardHead<T>& h,
+                      MinorRange tile, Scratch<T>& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    forward_tile_float(p, scale, D, h, tile, s);
+  } else {
+    forward_tile(p, scale, D, h, tile, s);
+  }
 }
-void run_forward_tile(const SparsePattern& p, double scale, int64_t D, const ForwardHead<double>& h,
-                      MinorRange tile, Scratch<double>& s) {
-  forward_tile(p, scale, D, h, tile, s);
-}
-void run_backward_tile(const SparsePattern& p, float scale, int64_t D, const GradHead<float>& h,
-                       MinorRange tile, Scratch<float>& s) {
-  backward_tile_float(p, scale, D, h, tile, s);
-}
-void run_backward_tile(const SparsePattern& p, double scale, int64_t D, const GradHead<double>& h,
-                       MinorRange tile, Scratch<double>& s) {
-  backward_tile(p, scale, D, h, tile, s);
+
+template <typename T>
+void run_backward_tile(const SparsePattern& p, T scale, int64_t D, const GradHead<T>& h,
+                       MinorRange tile, Scratch<T>& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    backward_tile_float(p, scale, D, h, tile, s);
+  } else {
+    backward_tile(p, scale, D, h, tile, s);
+  }
 }
 
 // Runs tile_fn(head, tile, scratch) for every major tile of every (batch, head), in parallel.
@@ -309,9 +312,9 @@ void forward_kernel(const AttentionInputs& in, const at::Tensor& q, const at::Te
   const int64_t L = in.length, D = in.head_dim;
   const T scale = static_cast<T>(in.scale);
   for_each_tile<T>(in, in.pattern, [&](int64_t head, MinorRange tile, Scratch<T>& s) {
-    const int64_t rows = head * L * D;
-    const ForwardHead<T> h{q.const_data_ptr<T>() + rows, k.const_data_ptr<T>() + rows,
-                           v.const_data_ptr<T>() + rows, out.data_ptr<T>() + rows,
+    const int64_t offset = head * L * D;
+    const ForwardHead<T> h{q.const_data_ptr<T>() + offset, k.const_data_ptr<T>() + offset,
+                           v.const_data_ptr<T>() + offset, out.data_ptr<T>() + offset,
                            lse.data_ptr<T>() + head * L};
     run_forward_tile(in.pattern, scale, D, h, tile, s);
   });
