@@ -92,6 +92,15 @@ def test_head_dims(device, head_dim):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [8, 72, 128])
+def test_low_precision_head_dims(device, dtype, head_dim):
+    """fp16/bf16 at head_dims that pad to the tensor-core fragment and at the largest one."""
+    qkv = make_qkv(batch=1, heads=2, length=200, head_dim=head_dim, dtype=dtype, device=device)
+    check_against_reference(qkv, dict(window=7, stride=40, num_global=3, causal=True), dtype, grad_scale=2.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_dtypes(device, dtype, causal):
