@@ -404,3 +404,19 @@ def test_backward_rejects_missing_states():
         torch.ops.hvision.hopfield_retrieval_bwd(torch.ones_like(out), *args[:3], out, states, lse[:1], args[3], 2)
     with pytest.raises(ValueError, match="expected dout of shape"):
         torch.ops.hvision.hopfield_retrieval_bwd(out[..., :3], *args[:3], out, states, lse, args[3], 2)
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+
+def test_bench_cases_compute_the_same_retrieval():
+    from hvision_ext.bench import select_cases
+
+    specs = {spec.name: spec for spec in select_cases("cpu", ops=["hopfield_retrieval"])}
+    assert {"vit-memory-1step", "vit-memory-1step-fwd", "vit-memory-3step", "vit-memory-3step-fwd",
+            "vit-memory-3step-shared"} <= set(specs)
+    case = specs["vit-memory-1step-fwd"].build(torch.device("cpu"), torch.float32)
+    outputs = {name: impl() for name, impl in case.impls.items()}
+    assert set(outputs) == {"hvision", "reference", "sdpa"}
+    for name in ("reference", "sdpa"):
+        torch.testing.assert_close(outputs["hvision"], outputs[name], rtol=1e-4, atol=1e-5)
