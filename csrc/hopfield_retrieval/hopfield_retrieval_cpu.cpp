@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,8 +20,9 @@
 #include "hopfield_retrieval/hopfield_retrieval.h"
 
 // The Fortran BLAS entry points of the BLAS that torch links (MKL in the x86-64 wheels, which
-// export them): called directly, a tile product costs no tensor and no dispatch. Weak, so that
-// a torch without them still loads this library and falls back to at::addmm_ on tile views.
+// export them), for float64 and where ATen's brgemm is unavailable: called directly, a tile
+// product costs no tensor and no dispatch. Weak, so that a torch without them still loads this
+// library and falls back to at::addmm_ on tile views.
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -43,40 +45,69 @@ constexpr int64_t kPatternTile = 256;
 // the buffers are summed in a fixed order, so gradients do not depend on the thread count.
 constexpr int64_t kMaxBatchBlocks = 16;
 
-// Column-major C (m x n) = alpha op(A) op(B) + beta C. Every size here is a tile's (at most a
-// few hundred), so the BLAS's 32-bit integers hold them.
+// Whether ATen's batch-reduce GEMM for float (oneDNN's microkernel: AVX-512 code even where the
+// BLAS picks AVX2 kernels, as MKL does on AMD CPUs, 2-3x faster on these tiles) runs here. A
+// build or CPU without it says so by throwing; tried once.
+bool brgemm_available() {
+  static const bool available = [] {
+    try {
+      const float a = 2, b = 3;
+      float c = 0;
+      at::native::cpublas::brgemm(1, 1, 1, 1, 1, 1, false, &a, &b, &c, false);
+      return c == 6.0f;
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
+  return available;
+}
+
+// Row-major C (m x n) = A (m x k) B (k x n), or C += A B when `accumulate`; the ld are row
+// strides. Tile sizes (at most a few hundred) fit the BLAS's 32-bit integers.
 template <typename T>
-void gemm(bool a_transposed, bool b_transposed, int64_t m, int64_t n, int64_t k, T alpha,
-          const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+void multiply(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+              T* c, int64_t ldc, bool accumulate) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (brgemm_available()) {
+      at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+      return;
+    }
+  }
+  const T one = 1, beta = accumulate ? 1 : 0;
   const bool have_blas = std::is_same_v<T, float> ? sgemm_ != nullptr : dgemm_ != nullptr;
   if (have_blas) {
-    const char ta = a_transposed ? 'T' : 'N', tb = b_transposed ? 'T' : 'N';
+    // The BLAS is column-major, where a row-major matrix reads as its transpose: Cᵀ = Bᵀ Aᵀ.
+    const char no = 'N';
     const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
     const int ia = static_cast<int>(lda), ib = static_cast<int>(ldb), ic = static_cast<int>(ldc);
     if constexpr (std::is_same_v<T, float>) {
-      sgemm_(&ta, &tb, &im, &in, &ik, &alpha, a, &ia, b, &ib, &beta, c, &ic);
+      sgemm_(&no, &no, &in, &im, &ik, &one, b, &ib, a, &ia, &beta, c, &ic);
     } else {
-      dgemm_(&ta, &tb, &im, &in, &ik, &alpha, a, &ia, b, &ib, &beta, c, &ic);
+      dgemm_(&no, &no, &in, &im, &ik, &one, b, &ib, a, &ia, &beta, c, &ic);
     }
     return;
   }
-  // Column-major (rows x cols) with leading dimension ld, as a strided view.
   const auto view = [](const T* data, int64_t rows, int64_t cols, int64_t ld) {
-    return at::from_blob(const_cast<T*>(data), {rows, cols}, {1, ld},
+    return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
                          at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   };
-  const at::Tensor op_a = a_transposed ? view(a, k, m, lda).t() : view(a, m, k, lda);
-  const at::Tensor op_b = b_transposed ? view(b, n, k, ldb).t() : view(b, k, n, ldb);
-  view(c, m, n, ldc).addmm_(op_a, op_b, beta, alpha);
+  view(c, m, n, ldc).addmm_(view(a, m, k, lda), view(b, k, n, ldb), beta, one);
 }
 
-// C (m x n, row stride ldc) = alpha op(A) op(B) + beta C for row-major operands, op(A) (m x k)
-// and op(B) (k x n) each stored as is or, when `transposed`, as its transpose.
-template <typename T>
-void matmul(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, bool a_transposed,
-            const T* b, int64_t ldb, bool b_transposed, T beta, T* c, int64_t ldc) {
-  // A row-major matrix read column-major is its transpose: compute Cᵀ = op(B)ᵀ op(A)ᵀ.
-  gemm(b_transposed, a_transposed, n, m, k, alpha, b, ldb, a, lda, beta, c, ldc);
+// dst (cols x rows, row stride ld_dst) = the transpose of src (rows x cols, row stride ld_src),
+// widened to T; in 16 x 16 blocks, so that both sides stay in cache lines already loaded.
+template <typename T, typename S>
+void transpose(const S* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t i1 = std::min(i0 + kBlock, rows);
+    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+      const int64_t j1 = std::min(j0 + kBlock, cols);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t j = j0; j < j1; ++j) dst[j * ld_dst + i] = static_cast<T>(src[i * ld_src + j]);
+      }
+    }
+  }
 }
 
 // `count` values as type T: the source itself when it already is, else a widened copy.
@@ -128,15 +159,16 @@ HV_INLINE T online_weights(T* row, int64_t count, T beta, OnlineSoftmax<T>& stat
   return factor;
 }
 
-// Backward: the row's dot products become probabilities p (from the saved log-sum-exp) and its
-// dp (dξ·v) become the gradients of the dot products.
+// Backward, one stored pattern against `rows` query rows (the backward tiles are
+// pattern-major): its dot products become probabilities p (from each row's saved log-sum-exp)
+// and its dp (dξ·v) the gradients of the dot products.
 template <typename T>
-HV_INLINE void probabilities_and_dot_grads(T* dots, T* d_probs, int64_t count, T beta, T lse,
-                                           T row_dot) {
+HV_INLINE void probabilities_and_dot_grads(T* dots, T* d_probs, int64_t rows, T beta, const T* lse,
+                                           const T* row_dots) {
 #pragma omp simd
-  for (int64_t j = 0; j < count; ++j) {
-    dots[j] = softmax_probability(hopfield_score(dots[j], beta), lse);
-    d_probs[j] = hopfield_dot_grad(dots[j], d_probs[j], row_dot, beta);
+  for (int64_t r = 0; r < rows; ++r) {
+    dots[r] = softmax_probability(hopfield_score(dots[r], beta), lse[r]);
+    d_probs[r] = hopfield_dot_grad(dots[r], d_probs[r], row_dots[r], beta);
   }
 }
 
@@ -147,13 +179,14 @@ HV_CPU_CLONES float run_online_weights(float* row, int64_t count, float beta,
 double run_online_weights(double* row, int64_t count, double beta, OnlineSoftmax<double>& state) {
   return online_weights(row, count, beta, state);
 }
-HV_CPU_CLONES void run_probabilities_and_dot_grads(float* dots, float* d_probs, int64_t count,
-                                                   float beta, float lse, float row_dot) {
-  probabilities_and_dot_grads(dots, d_probs, count, beta, lse, row_dot);
+HV_CPU_CLONES void run_probabilities_and_dot_grads(float* dots, float* d_probs, int64_t rows,
+                                                   float beta, const float* lse,
+                                                   const float* row_dots) {
+  probabilities_and_dot_grads(dots, d_probs, rows, beta, lse, row_dots);
 }
-void run_probabilities_and_dot_grads(double* dots, double* d_probs, int64_t count, double beta,
-                                     double lse, double row_dot) {
-  probabilities_and_dot_grads(dots, d_probs, count, beta, lse, row_dot);
+void run_probabilities_and_dot_grads(double* dots, double* d_probs, int64_t rows, double beta,
+                                     const double* lse, const double* row_dots) {
+  probabilities_and_dot_grads(dots, d_probs, rows, beta, lse, row_dots);
 }
 
 template <typename T>
@@ -200,18 +233,31 @@ inline StepShape step_shape(const RetrievalInputs& in, int64_t step) {
   return {last, last ? in.value_dim : in.dim};
 }
 
-// A tile of stored patterns in the accumulation type: keys (count, d) and the step's values
-// (count, width), widened into per-thread buffers when the input is fp16/bf16.
+// A tile of stored patterns in the accumulation type: keys (count, d), the same transposed
+// (d, count) with row stride M, and the step's values (count, width); in per-thread buffers,
+// except keys and values already of type T.
 template <typename T>
 struct PatternTile {
   const T* keys;
+  const T* keys_t;
   const T* values;
   int64_t first, count;
 };
 
 template <typename T>
 struct PatternBuffers {
-  std::vector<T> keys, values;
+  std::vector<T> keys, keys_t, values;
+  const void* transposed_set = nullptr;  // the keys that keys_t holds, transposed
+
+  // Transposes the whole set's keys (d, M) once, for every step and query tile that reads them
+  // (a thread's tasks are consecutive, so mostly of one set).
+  template <typename scalar_t>
+  void use_set(const RetrievalInputs& in, const PatternSet<scalar_t>& set) {
+    if (transposed_set == set.keys) return;
+    keys_t.resize(in.dim * in.patterns);
+    transpose(set.keys, in.patterns, in.dim, in.dim, keys_t.data(), in.patterns);
+    transposed_set = set.keys;
+  }
 
   template <typename scalar_t>
   PatternTile<T> load(const RetrievalInputs& in, const PatternSet<scalar_t>& set, StepShape step,
@@ -221,7 +267,7 @@ struct PatternBuffers {
     const T* value_rows =
         distinct_values ? widen(set.values + first * in.value_dim, count * in.value_dim, values)
                         : key_rows;
-    return {key_rows, value_rows, first, count};
+    return {key_rows, keys_t.data() + first, value_rows, first, count};
   }
 };
 
@@ -256,15 +302,14 @@ void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, St
   for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
     const PatternTile<T> tile =
         scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
-    matmul<T>(rows, tile.count, in.dim, 1, scratch.state.data(), in.dim, false, tile.keys, in.dim,
-              true, 0, scores, kPatternTile);
+    multiply(rows, tile.count, in.dim, scratch.state.data(), in.dim, tile.keys_t, in.patterns,
+             scores, kPatternTile, false);
     for (int64_t r = 0; r < rows; ++r) {
       const T factor =
           run_online_weights(scores + r * kPatternTile, tile.count, beta, scratch.softmax[r]);
       if (factor != T(1)) scale_row(next + r * width, width, factor);
     }
-    matmul<T>(rows, width, tile.count, 1, scores, kPatternTile, false, tile.values, width, false,
-              1, next, width);
+    multiply(rows, width, tile.count, scores, kPatternTile, tile.values, width, next, width, true);
   }
   for (int64_t r = 0; r < rows; ++r) {
     scale_row(next + r * width, width, online_softmax_normaliser(scratch.softmax[r]));
@@ -287,6 +332,7 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
       const Span span = split(Q, tiles, task % tiles);
       const int64_t rows = span.size();
       const auto set = pattern_set<scalar_t>(in, head / in.heads, head % in.heads);
+      scratch.patterns.use_set(in, set);
       const int64_t row0 = head * Q + span.begin;  // first row in (batch * heads * Q)
       std::copy_n(in.query.data_ptr<scalar_t>() + row0 * d, rows * d, scratch.state.begin());
       for (int64_t s = 1; s <= in.n_steps; ++s) {
@@ -310,22 +356,29 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
 // Backward: for each tile of query rows, the steps in reverse. Step s recomputes its
 // probabilities P = exp(β ξ_{s-1} Xᵀ - lse_s) a pattern tile at a time and, from dξ_s (dout for
 // the last step), adds Pᵀ dξ_s to the gradient of its values (dV, or dX for s < n), dSᵀ ξ_{s-1}
-// to dX and dS X to dξ_{s-1}, where dS is the gradient of the dot products.
+// to dX and dS X to dξ_{s-1}, where dS is the gradient of the dot products. The tiles of P and
+// dS are computed pattern-major (Pᵀ = X ξ_{s-1}ᵀ), the layout the gradient products of the
+// patterns read, and dξ_{s-1} is accumulated transposed (Xᵀ dSᵀ): every product is a plain
+// row-major one, with ξ_{s-1} and dξ_s transposed once per step and each key tile once.
 // ---------------------------------------------------------------------------------------------
 
 template <typename T>
 struct BackwardScratch {
-  std::vector<T> prev, current, grad, prev_grad;  // ξ_{s-1}, ξ_s, dξ_s, dξ_{s-1}
-  std::vector<T> probs, dot_grads, row_dots;
+  std::vector<T> prev, current, grad;          // ξ_{s-1}, ξ_s (when widened), dξ_s: (rows, ·)
+  std::vector<T> prev_t, grad_t, prev_grad_t;  // ξ_{s-1}ᵀ, dξ_sᵀ, dξ_{s-1}ᵀ: (·, rows)
+  std::vector<T> probs_t, dot_grads_t;         // Pᵀ, dSᵀ of a tile: (patterns, rows)
+  std::vector<T> row_dots;                     // dξ_s·ξ_s
   PatternBuffers<T> patterns;
 
   explicit BackwardScratch(const RetrievalInputs& in)
       : prev(kQueryTile * in.dim),
         current(kQueryTile * std::max(in.dim, in.value_dim)),
         grad(kQueryTile * std::max(in.dim, in.value_dim)),
-        prev_grad(kQueryTile * in.dim),
-        probs(kQueryTile * kPatternTile),
-        dot_grads(kQueryTile * kPatternTile),
+        prev_t(in.dim * kQueryTile),
+        grad_t(std::max(in.dim, in.value_dim) * kQueryTile),
+        prev_grad_t(in.dim * kQueryTile),
+        probs_t(kPatternTile * kQueryTile),
+        dot_grads_t(kPatternTile * kQueryTile),
         row_dots(kQueryTile) {}
 };
 
@@ -368,29 +421,31 @@ void backward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set,
   for (int64_t r = 0; r < rows; ++r) {
     scratch.row_dots[r] = dot_product(grad + r * width, current + r * width, width);
   }
-  T* probs = scratch.probs.data();
-  T* dot_grads = scratch.dot_grads.data();
-  T* prev_grad = scratch.prev_grad.data();
-  std::fill_n(prev_grad, rows * d, T(0));
+  T* prev_t = scratch.prev_t.data();
+  T* grad_t = scratch.grad_t.data();
+  T* prev_grad_t = scratch.prev_grad_t.data();
+  T* probs_t = scratch.probs_t.data();
+  T* dot_grads_t = scratch.dot_grads_t.data();
+  transpose(prev, rows, d, d, prev_t, rows);
+  transpose(grad, rows, width, width, grad_t, rows);
+  std::fill_n(prev_grad_t, d * rows, T(0));
   T* value_grads = step.last ? grads.values : grads.keys;
   for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
     const PatternTile<T> tile =
         scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
     const int64_t n = tile.count;
-    matmul<T>(rows, n, d, 1, prev, d, false, tile.keys, d, true, 0, probs, kPatternTile);
-    matmul<T>(rows, n, width, 1, grad, width, false, tile.values, width, true, 0, dot_grads,
-              kPatternTile);
-    for (int64_t r = 0; r < rows; ++r) {
-      run_probabilities_and_dot_grads(probs + r * kPatternTile, dot_grads + r * kPatternTile, n,
-                                      beta, lse[r], scratch.row_dots[r]);
+    multiply(n, rows, d, tile.keys, d, prev_t, rows, probs_t, rows, false);
+    multiply(n, rows, width, tile.values, width, grad_t, rows, dot_grads_t, rows, false);
+    for (int64_t j = 0; j < n; ++j) {
+      run_probabilities_and_dot_grads(probs_t + j * rows, dot_grads_t + j * rows, rows, beta, lse,
+                                      scratch.row_dots.data());
     }
-    matmul<T>(n, width, rows, 1, probs, kPatternTile, true, grad, width, false, 1,
-              value_grads + first * width, width);
-    matmul<T>(n, d, rows, 1, dot_grads, kPatternTile, true, prev, d, false, 1,
-              grads.keys + first * d, d);
-    matmul<T>(rows, d, n, 1, dot_grads, kPatternTile, false, tile.keys, d, false, 1, prev_grad, d);
+    multiply(n, width, rows, probs_t, rows, grad, width, value_grads + first * width, width, true);
+    multiply(n, d, rows, dot_grads_t, rows, prev, d, grads.keys + first * d, d, true);
+    multiply(d, rows, n, tile.keys_t, in.patterns, dot_grads_t, rows, prev_grad_t, rows, true);
   }
-  std::swap(scratch.grad, scratch.prev_grad);
+  // dξ_{s-1} replaces dξ_s, which no product reads any more.
+  transpose(prev_grad_t, d, rows, rows, scratch.grad.data(), d);
 }
 
 template <typename scalar_t>
@@ -412,6 +467,7 @@ void backward_kernel(const RetrievalInputs& in, const at::Tensor& dout, const at
       const Span batches = split(in.batch, blocks, block);
       for (int64_t b = batches.begin; b < batches.end; ++b) {
         const auto set = pattern_set<scalar_t>(in, b, h);
+        scratch.patterns.use_set(in, set);
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const Span span = split(Q, tiles, tile);
           const int64_t row0 = (b * in.heads + h) * Q + span.begin;
