@@ -1,9 +1,10 @@
 // hopfield_retrieval CPU kernels. The forward pass splits the work over (batch, head, tile of
 // query rows) with at::parallel_for; a tile keeps its state ξ in a scratch buffer through every
 // step while the stored patterns stream past in tiles, with an online softmax. The products of a
-// tile (scores = ξ Xᵀ, ξ' += P V, and the five of the backward pass) are BLAS calls on the tile
-// (ATen's cpublas), the softmax between them vector loops over the step math, compiled per
-// instruction set (HV_CPU_CLONES). fp16/bf16 rows are widened to float a tile at a time.
+// tile (scores = ξ Xᵀ, ξ' += P V, and the five of the backward pass) are row-major GEMM calls on
+// the tile with no tensor in between (ATen's brgemm for float, else the BLAS torch links), the
+// softmax between them vector loops over the step math, compiled per instruction set
+// (HV_CPU_CLONES). fp16/bf16 rows are widened to float a tile at a time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -37,7 +38,7 @@ namespace {
 
 // Query rows per tile (at most; a head's rows are split into equal tiles) and stored patterns
 // per tile: the tile's scores (128 x 256 floats, 128 KiB) stay in L2, and the tile products are
-// large enough for the BLAS to run near its peak (64 x 128 tiles ran ~6% slower).
+// large enough to run near the GEMM's peak.
 constexpr int64_t kQueryTile = 128;
 constexpr int64_t kPatternTile = 256;
 // With stored patterns shared across the batch, the backward pass splits the batch into at most
@@ -45,34 +46,20 @@ constexpr int64_t kPatternTile = 256;
 // the buffers are summed in a fixed order, so gradients do not depend on the thread count.
 constexpr int64_t kMaxBatchBlocks = 16;
 
-// Whether ATen's batch-reduce GEMM for float (oneDNN's microkernel: AVX-512 code even where the
-// BLAS picks AVX2 kernels, as MKL does on AMD CPUs, 2-3x faster on these tiles) runs here. A
-// build or CPU without it says so by throwing; tried once.
-bool brgemm_available() {
-  static const bool available = [] {
-    try {
-      const float a = 2, b = 3;
-      float c = 0;
-      at::native::cpublas::brgemm(1, 1, 1, 1, 1, 1, false, &a, &b, &c, false);
-      return c == 6.0f;
-    } catch (const c10::Error&) {
-      return false;
-    }
-  }();
-  return available;
-}
-
 // Row-major C (m x n) = A (m x k) B (k x n), or C += A B when `accumulate`; the ld are row
 // strides. Tile sizes (at most a few hundred) fit the BLAS's 32-bit integers.
 template <typename T>
 void multiply(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
               T* c, int64_t ldc, bool accumulate) {
+#if defined(CPUBLAS_BRGEMM_F32F32F32)
   if constexpr (std::is_same_v<T, float>) {
-    if (brgemm_available()) {
-      at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
-      return;
-    }
+    // ATen's batch-reduce GEMM: oneDNN's microkernel where it runs (AVX-512 code even where the
+    // BLAS picks AVX2 kernels, as MKL does on AMD CPUs: 2-3x faster on these tiles), ATen's BLAS
+    // call otherwise.
+    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+    return;
   }
+#endif
   const T one = 1, beta = accumulate ? 1 : 0;
   const bool have_blas = std::is_same_v<T, float> ? sgemm_ != nullptr : dgemm_ != nullptr;
   if (have_blas) {
