@@ -192,6 +192,16 @@ def test_shared_patterns_equal_expanded_patterns():
     torch.testing.assert_close(ops.hopfield_retrieval(**kwargs), ops.hopfield_retrieval(**expanded))
 
 
+def test_reference_switch_runs_the_reference():
+    import hvision_ext
+
+    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
+              make_inputs(value_dim=6, n_steps=3, dtype=torch.float32).items()}
+    with hvision_ext.use_reference():
+        switched = ops.hopfield_retrieval(**kwargs)
+    assert torch.equal(switched, reference.hopfield_retrieval(**kwargs))
+
+
 def test_non_contiguous_inputs():
     kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
               make_inputs(value_dim=6, n_steps=2, dtype=torch.float32).items()}
