@@ -193,7 +193,7 @@ T dot_product(const T* a, const T* b, int64_t count) {
 // Raw views of the inputs
 // ---------------------------------------------------------------------------------------------
 
-// The stored patterns and values one (batch, head) reads, and where a step's ξ rows live.
+// The stored patterns and values one (batch, head) reads.
 template <typename scalar_t>
 struct PatternSet {
   const scalar_t* keys;    // (M, d)
@@ -221,26 +221,30 @@ inline StepShape step_shape(const RetrievalInputs& in, int64_t step) {
 }
 
 // A tile of stored patterns in the accumulation type: keys (count, d), the same transposed
-// (d, count) with row stride M, and the step's values (count, width); in per-thread buffers,
-// except keys and values already of type T.
+// (d, count) with row stride keys_t_stride, and the step's values (count, width); in per-thread
+// buffers, except keys and values already of type T.
 template <typename T>
 struct PatternTile {
   const T* keys;
   const T* keys_t;
+  int64_t keys_t_stride;
   const T* values;
-  int64_t first, count;
+  int64_t count;
 };
+
+// A set's keys are transposed whole, once for every step and query tile that reads them, up to
+// this many values per thread (16 MiB of float); a larger set is transposed a tile at a time.
+constexpr int64_t kMaxTransposedSet = int64_t{1} << 22;
 
 template <typename T>
 struct PatternBuffers {
   std::vector<T> keys, keys_t, values;
-  const void* transposed_set = nullptr;  // the keys that keys_t holds, transposed
+  const void* transposed_set = nullptr;  // the set whose keys keys_t holds whole, if any
 
-  // Transposes the whole set's keys (d, M) once, for every step and query tile that reads them
-  // (a thread's tasks are consecutive, so mostly of one set).
+  // Called before a task reads `set` (a thread's tasks are consecutive, so mostly of one set).
   template <typename scalar_t>
   void use_set(const RetrievalInputs& in, const PatternSet<scalar_t>& set) {
-    if (transposed_set == set.keys) return;
+    if (transposed_set == set.keys || in.patterns * in.dim > kMaxTransposedSet) return;
     keys_t.resize(in.dim * in.patterns);
     transpose(set.keys, in.patterns, in.dim, in.dim, keys_t.data(), in.patterns);
     transposed_set = set.keys;
@@ -254,7 +258,12 @@ struct PatternBuffers {
     const T* value_rows =
         distinct_values ? widen(set.values + first * in.value_dim, count * in.value_dim, values)
                         : key_rows;
-    return {key_rows, keys_t.data() + first, value_rows, first, count};
+    if (transposed_set == set.keys) {
+      return {key_rows, keys_t.data() + first, in.patterns, value_rows, count};
+    }
+    keys_t.resize(in.dim * kPatternTile);
+    transpose(key_rows, count, in.dim, in.dim, keys_t.data(), kPatternTile);
+    return {key_rows, keys_t.data(), kPatternTile, value_rows, count};
   }
 };
 
@@ -289,8 +298,8 @@ void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, St
   for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
     const PatternTile<T> tile =
         scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
-    multiply(rows, tile.count, in.dim, scratch.state.data(), in.dim, tile.keys_t, in.patterns,
-             scores, kPatternTile, false);
+    multiply(rows, tile.count, in.dim, scratch.state.data(), in.dim, tile.keys_t,
+             tile.keys_t_stride, scores, kPatternTile, false);
     for (int64_t r = 0; r < rows; ++r) {
       const T factor =
           run_online_weights(scores + r * kPatternTile, tile.count, beta, scratch.softmax[r]);
@@ -429,7 +438,8 @@ void backward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set,
     }
     multiply(n, width, rows, probs_t, rows, grad, width, value_grads + first * width, width, true);
     multiply(n, d, rows, dot_grads_t, rows, prev, d, grads.keys + first * d, d, true);
-    multiply(d, rows, n, tile.keys_t, in.patterns, dot_grads_t, rows, prev_grad_t, rows, true);
+    multiply(d, rows, n, tile.keys_t, tile.keys_t_stride, dot_grads_t, rows, prev_grad_t, rows,
+             true);
   }
   // dξ_{s-1} replaces dξ_s, which no product reads any more.
   transpose(prev_grad_t, d, rows, rows, scratch.grad.data(), d);

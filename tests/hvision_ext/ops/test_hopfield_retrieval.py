@@ -98,6 +98,14 @@ def test_pattern_counts_float32(device, patterns, queries):
     check_against_reference(kwargs, torch.float32)
 
 
+def test_pattern_set_too_large_to_transpose_whole():
+    """Above 2^22 values per set the CPU kernel transposes the keys a tile at a time."""
+    kwargs = make_inputs(batch=1, heads=2, queries=3, patterns=17000, dim=256, value_dim=8, n_steps=2,
+                         dtype=torch.float32)
+    assert kwargs["stored"][0].numel() > 2**22
+    check_against_reference(kwargs, torch.float32)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dim, value_dim", [(1, None), (1, 3), (33, 17), (64, None), (100, 256), (256, None), (256, 5)])
 def test_feature_sizes(device, dim, value_dim):
