@@ -11,7 +11,8 @@ from ._switch import reference_enabled, use_reference
 load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
-from .ops import hopfield_retrieval, selective_scan  # noqa: E402
+from .ops import selective_scan  # noqa: E402
+from .ops import hopfield_retrieval  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["hopfield_retrieval", "ops", "reference", "reference_enabled", "selective_scan", "use_reference"]

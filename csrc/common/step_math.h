@@ -250,7 +250,6 @@ HV_HOST_DEVICE T softmax_score_grad(T probability, T d_probability, T row_dot) {
   return probability * (d_probability - row_dot);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Hopfield retrieval:  ξ_s = softmax(β ξ_{s-1} Xᵀ) X  (s < n),  out = softmax(β ξ_{n-1} Xᵀ) V.
 // Every step is one attention pass whose keys are the stored patterns X; the rows of ξ evolve
