@@ -77,6 +77,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 @torch.library.register_fake("hvision::hopfield_retrieval_fwd")
 def _fwd_fake(query, stored, values, beta, n_steps, save_states):
     check_same_device(_OP, "query", query, stored=stored, values=values)
+    if query.dim() != 4:
+        raise ValueError(f"{_OP}: expected query of shape (batch, heads, Q, d), got {tuple(query.shape)}")
     batch, heads, queries, dim = query.shape
     value_dim = dim if values is None else values.shape[-1]
     acc = _acc_dtype(query.dtype)

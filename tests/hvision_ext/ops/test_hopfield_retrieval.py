@@ -401,6 +401,14 @@ def test_the_kernels_check_beta_and_n_steps_themselves(beta, n_steps, message):
         torch.ops.hvision.hopfield_retrieval_fwd(kwargs["query"], kwargs["stored"], None, beta, n_steps, False)
 
 
+def test_meta_tensors_get_shapes_and_errors_from_the_fake_kernel():
+    out = ops.hopfield_retrieval(torch.empty(2, 3, 5, 8, device="meta"), torch.empty(3, 7, 8, device="meta"),
+                                 torch.empty(3, 7, 6, device="meta"), n_steps=2)
+    assert out.shape == (2, 3, 5, 6) and out.device.type == "meta"
+    with pytest.raises(ValueError, match=r"expected query of shape \(batch, heads, Q, d\), got \(2, 3, 5\)"):
+        ops.hopfield_retrieval(torch.empty(2, 3, 5, device="meta"), torch.empty(3, 7, 5, device="meta"))
+
+
 def test_mixed_devices_are_rejected():
     with pytest.raises(ValueError, match="expected stored on the same device as query"):
         ops.hopfield_retrieval(**bad(stored=torch.randn(2, 3, 5, 8, device="meta")))
