@@ -27,4 +27,16 @@ TORCH_LIBRARY(hvision, m) {
       "sparse_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "int? window, int? stride, int num_global, bool causal, float? scale) -> (Tensor dq, "
       "Tensor dk, Tensor dv)");
+
+  // Modern Hopfield retrieval, all n_steps update steps in one pass. `states` (n_steps - 1,
+  // batch, heads, Q, d) holds ξ_1 … ξ_{n_steps-1} and `lse` (n_steps, batch, heads, Q) each step's
+  // log-sum-exp, both in the accumulation dtype: what the backward pass recomputes the
+  // probabilities from. Both are empty unless save_states.
+  m.def(
+      "hopfield_retrieval_fwd(Tensor query, Tensor stored, Tensor? values, float beta, "
+      "int n_steps, bool save_states) -> (Tensor out, Tensor states, Tensor lse)");
+  m.def(
+      "hopfield_retrieval_bwd(Tensor dout, Tensor query, Tensor stored, Tensor? values, "
+      "Tensor out, Tensor states, Tensor lse, float beta, int n_steps) -> (Tensor dquery, "
+      "Tensor dstored, Tensor dvalues)");
 }

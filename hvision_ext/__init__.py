@@ -11,10 +11,23 @@ from ._switch import reference_enabled, use_reference
 load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
-from .ops import local_global_attention, selective_scan, sparse_attention, strided_attention  # noqa: E402
+from .ops import (  # noqa: E402
+    hopfield_retrieval,
+    local_global_attention,
+    selective_scan,
+    sparse_attention,
+    strided_attention,
+)
 
 __version__ = "0.1.0"
 __all__ = [
-    "ops", "reference", "reference_enabled", "selective_scan", "use_reference",
-    "local_global_attention", "sparse_attention", "strided_attention",
+    "hopfield_retrieval",
+    "local_global_attention",
+    "ops",
+    "reference",
+    "reference_enabled",
+    "selective_scan",
+    "sparse_attention",
+    "strided_attention",
+    "use_reference",
 ]

@@ -1,7 +1,14 @@
 """The fused operators. Each is a ``torch.ops.hvision`` custom op behind a Python function that
 takes the documented arguments; see ``hvision_ext.reference`` for the exact semantics."""
 
+from .hopfield_retrieval import hopfield_retrieval
 from .selective_scan import selective_scan
 from .sparse_attention import local_global_attention, sparse_attention, strided_attention
 
-__all__ = ["local_global_attention", "selective_scan", "sparse_attention", "strided_attention"]
+__all__ = [
+    "hopfield_retrieval",
+    "local_global_attention",
+    "selective_scan",
+    "sparse_attention",
+    "strided_attention",
+]

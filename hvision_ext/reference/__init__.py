@@ -1,7 +1,14 @@
 """Pure-PyTorch references of every operator: the same signatures as ``hvision_ext.ops``,
 written for clarity. They define the semantics and are what the kernels are tested against."""
 
+from .hopfield_retrieval import hopfield_retrieval
 from .selective_scan import selective_scan
 from .sparse_attention import local_global_attention, sparse_attention, strided_attention
 
-__all__ = ["local_global_attention", "selective_scan", "sparse_attention", "strided_attention"]
+__all__ = [
+    "hopfield_retrieval",
+    "local_global_attention",
+    "selective_scan",
+    "sparse_attention",
+    "strided_attention",
+]

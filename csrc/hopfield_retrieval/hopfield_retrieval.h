@@ -1,0 +1,75 @@
+// hopfield_retrieval: validation and the per-device kernel entry points. The schema is in
+// csrc/hvision.cpp; the math of a step is in csrc/common/step_math.h.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace hvision::hopfield_retrieval {
+
+// The inputs of one call after validation: contiguous tensors and the sizes read off once.
+struct RetrievalInputs {
+  at::Tensor query;   // (batch, heads, Q, d)
+  at::Tensor stored;  // (batch, heads, M, d), or (heads, M, d) when shared
+  at::Tensor values;  // like stored with last dim dv; undefined when the values are the patterns
+  int64_t batch = 0, heads = 0, queries = 0, patterns = 0, dim = 0, value_dim = 0, n_steps = 1;
+  double beta = 1.0;
+  bool shared = false;  // one set of stored patterns (and values) for the whole batch
+
+  bool values_given() const { return values.defined(); }
+  at::ScalarType acc_dtype() const { return at::toOpMathType(query.scalar_type()); }
+  // Which (heads, M, ·) slab of stored/values the rows of (b, h) read: b * heads + h, or h.
+  int64_t pattern_set(int64_t b, int64_t h) const { return shared ? h : b * heads + h; }
+  int64_t pattern_sets() const { return shared ? heads : batch * heads; }
+};
+
+RetrievalInputs check_inputs(const at::Tensor& query, const at::Tensor& stored,
+                             const std::optional<at::Tensor>& values, double beta,
+                             int64_t n_steps);
+
+// (out, states, lse): states (n_steps - 1, batch, heads, Q, d) and lse (n_steps, batch, heads, Q)
+// in the accumulation dtype, or empty tensors when not asked for.
+using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+// (dquery, dstored, dvalues); dvalues is empty when the values are the patterns.
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// The outputs of the forward pass, allocated for `in` (shared by every device).
+ForwardResult empty_forward_outputs(const RetrievalInputs& in, bool save_states);
+
+// Checks the backward-only arguments against the validated inputs.
+void check_backward_inputs(const RetrievalInputs& in, const at::Tensor& dout,
+                           const at::Tensor& out, const at::Tensor& states,
+                           const at::Tensor& lse);
+
+ForwardResult forward_cpu(const RetrievalInputs& in, bool save_states);
+BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
+                            const at::Tensor& out, const at::Tensor& states,
+                            const at::Tensor& lse);
+ForwardResult forward_cuda(const RetrievalInputs& in, bool save_states);
+BackwardResult backward_cuda(const RetrievalInputs& in, const at::Tensor& dout,
+                             const at::Tensor& out, const at::Tensor& states,
+                             const at::Tensor& lse);
+
+// The schema-shaped operator functions, instantiated once per device with its kernels.
+template <ForwardResult (*Kernel)(const RetrievalInputs&, bool)>
+ForwardResult forward_op(const at::Tensor& query, const at::Tensor& stored,
+                         const std::optional<at::Tensor>& values, double beta, int64_t n_steps,
+                         bool save_states) {
+  return Kernel(check_inputs(query, stored, values, beta, n_steps), save_states);
+}
+
+template <BackwardResult (*Kernel)(const RetrievalInputs&, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, const at::Tensor&)>
+BackwardResult backward_op(const at::Tensor& dout, const at::Tensor& query,
+                           const at::Tensor& stored, const std::optional<at::Tensor>& values,
+                           const at::Tensor& out, const at::Tensor& states, const at::Tensor& lse,
+                           double beta, int64_t n_steps) {
+  const RetrievalInputs in = check_inputs(query, stored, values, beta, n_steps);
+  check_backward_inputs(in, dout, out, states, lse);
+  return Kernel(in, dout.contiguous(), out.contiguous(), states.contiguous(), lse.contiguous());
+}
+
+}  // namespace hvision::hopfield_retrieval

@@ -1,0 +1,534 @@
+// hopfield_retrieval CPU kernels. The forward pass splits the work over (batch, head, tile of
+// query rows) with at::parallel_for; a tile keeps its state ξ in a scratch buffer through every
+// step while the stored patterns stream past in tiles, with an online softmax. The products of a
+// tile (scores = ξ Xᵀ, ξ' += P V, and the five of the backward pass) are row-major GEMM calls on
+// the tile with no tensor in between (ATen's brgemm for float, else the BLAS torch links), the
+// softmax between them vector loops over the step math, compiled per instruction set
+// (HV_CPU_CLONES). fp16/bf16 rows are widened to float a tile at a time.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_dispatch.h"
+#include "common/step_math.h"
+#include "hopfield_retrieval/hopfield_retrieval.h"
+
+// The Fortran BLAS entry points of the BLAS that torch links (MKL in the x86-64 wheels, which
+// export them), for float64 and where ATen's brgemm is unavailable: called directly, a tile
+// product costs no tensor and no dispatch. Weak, so that a torch without them still loads this
+// library and falls back to at::addmm_ on tile views.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace hvision::hopfield_retrieval {
+namespace {
+
+// Query rows per tile (at most; a head's rows are split into equal tiles) and stored patterns
+// per tile: the tile's scores (128 x 256 floats, 128 KiB) stay in L2, and the tile products are
+// large enough to run near the GEMM's peak.
+constexpr int64_t kQueryTile = 128;
+constexpr int64_t kPatternTile = 256;
+// With stored patterns shared across the batch, the backward pass splits the batch into at most
+// this many blocks, one task per (block, head): each sums its dX/dV into a private buffer and
+// the buffers are summed in a fixed order, so gradients do not depend on the thread count.
+constexpr int64_t kMaxBatchBlocks = 16;
+
+// Row-major C (m x n) = A (m x k) B (k x n), or C += A B when `accumulate`; the ld are row
+// strides. Tile sizes (at most a few hundred) fit the BLAS's 32-bit integers.
+template <typename T>
+void multiply(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+              T* c, int64_t ldc, bool accumulate) {
+#if defined(CPUBLAS_BRGEMM_F32F32F32)
+  if constexpr (std::is_same_v<T, float>) {
+    // ATen's batch-reduce GEMM: oneDNN's microkernel where it runs (AVX-512 code even where the
+    // BLAS picks AVX2 kernels, as MKL does on AMD CPUs: 2-3x faster on these tiles), ATen's BLAS
+    // call otherwise.
+    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+    return;
+  }
+#endif
+  const T one = 1, beta = accumulate ? 1 : 0;
+  const bool have_blas = std::is_same_v<T, float> ? sgemm_ != nullptr : dgemm_ != nullptr;
+  if (have_blas) {
+    // The BLAS is column-major, where a row-major matrix reads as its transpose: Cᵀ = Bᵀ Aᵀ.
+    const char no = 'N';
+    const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
+    const int ia = static_cast<int>(lda), ib = static_cast<int>(ldb), ic = static_cast<int>(ldc);
+    if constexpr (std::is_same_v<T, float>) {
+      sgemm_(&no, &no, &in, &im, &ik, &one, b, &ib, a, &ia, &beta, c, &ic);
+    } else {
+      dgemm_(&no, &no, &in, &im, &ik, &one, b, &ib, a, &ia, &beta, c, &ic);
+    }
+    return;
+  }
+  const auto view = [](const T* data, int64_t rows, int64_t cols, int64_t ld) {
+    return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
+                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  };
+  view(c, m, n, ldc).addmm_(view(a, m, k, lda), view(b, k, n, ldb), beta, one);
+}
+
+// dst (cols x rows, row stride ld_dst) = the transpose of src (rows x cols, row stride ld_src),
+// widened to T; in 16 x 16 blocks, so that both sides stay in cache lines already loaded.
+template <typename T, typename S>
+void transpose(const S* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t i1 = std::min(i0 + kBlock, rows);
+    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+      const int64_t j1 = std::min(j0 + kBlock, cols);
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t j = j0; j < j1; ++j) dst[j * ld_dst + i] = static_cast<T>(src[i * ld_src + j]);
+      }
+    }
+  }
+}
+
+// `count` values as type T: the source itself when it already is, else a widened copy.
+template <typename T, typename scalar_t>
+const T* widen(const scalar_t* source, int64_t count, std::vector<T>& buffer) {
+  if constexpr (std::is_same_v<T, scalar_t>) {
+    return source;
+  } else {
+    buffer.resize(count);
+    std::copy_n(source, count, buffer.begin());
+    return buffer.data();
+  }
+}
+
+// The rows [begin, end) of one of `tiles` equal splits of `count` rows.
+struct Span {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+inline Span split(int64_t count, int64_t tiles, int64_t tile) {
+  return {tile * count / tiles, (tile + 1) * count / tiles};
+}
+inline int64_t num_query_tiles(int64_t queries) { return (queries + kQueryTile - 1) / kQueryTile; }
+
+// ---------------------------------------------------------------------------------------------
+// Softmax over a tile of scores (one row of `count` raw dot products per query row).
+// ---------------------------------------------------------------------------------------------
+
+// Forward: turns the row's dot products into unnormalised weights exp(β dot - m) against the
+// running maximum m, which it raises first; returns the factor the row's accumulator must be
+// rescaled by.
+template <typename T>
+HV_INLINE T online_weights(T* row, int64_t count, T beta, OnlineSoftmax<T>& state) {
+  T tile_max = math::negative_infinity<T>();
+#pragma omp simd reduction(max : tile_max)
+  for (int64_t j = 0; j < count; ++j) {
+    row[j] = hopfield_score(row[j], beta);
+    tile_max = std::max(tile_max, row[j]);
+  }
+  const T factor = online_softmax_advance(state, tile_max);
+  const T shift = online_softmax_shift(state);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < count; ++j) {
+    row[j] = online_softmax_weight(row[j], shift);
+    sum += row[j];
+  }
+  state.sum += sum;
+  return factor;
+}
+
+// Backward, one stored pattern against `rows` query rows (the backward tiles are
+// pattern-major): its dot products become probabilities p (from each row's saved log-sum-exp)
+// and its dp (dξ·v) the gradients of the dot products.
+template <typename T>
+HV_INLINE void probabilities_and_dot_grads(T* dots, T* d_probs, int64_t rows, T beta, const T* lse,
+                                           const T* row_dots) {
+#pragma omp simd
+  for (int64_t r = 0; r < rows; ++r) {
+    dots[r] = softmax_probability(hopfield_score(dots[r], beta), lse[r]);
+    d_probs[r] = hopfield_dot_grad(dots[r], d_probs[r], row_dots[r], beta);
+  }
+}
+
+HV_CPU_CLONES float run_online_weights(float* row, int64_t count, float beta,
+                                       OnlineSoftmax<float>& state) {
+  return online_weights(row, count, beta, state);
+}
+double run_online_weights(double* row, int64_t count, double beta, OnlineSoftmax<double>& state) {
+  return online_weights(row, count, beta, state);
+}
+HV_CPU_CLONES void run_probabilities_and_dot_grads(float* dots, float* d_probs, int64_t rows,
+                                                   float beta, const float* lse,
+                                                   const float* row_dots) {
+  probabilities_and_dot_grads(dots, d_probs, rows, beta, lse, row_dots);
+}
+void run_probabilities_and_dot_grads(double* dots, double* d_probs, int64_t rows, double beta,
+                                     const double* lse, const double* row_dots) {
+  probabilities_and_dot_grads(dots, d_probs, rows, beta, lse, row_dots);
+}
+
+template <typename T>
+void scale_row(T* row, int64_t count, T factor) {
+#pragma omp simd
+  for (int64_t c = 0; c < count; ++c) row[c] *= factor;
+}
+
+template <typename T>
+T dot_product(const T* a, const T* b, int64_t count) {
+  T sum = 0;
+  for (int64_t c = 0; c < count; ++c) sum += a[c] * b[c];
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw views of the inputs
+// ---------------------------------------------------------------------------------------------
+
+// The stored patterns and values one (batch, head) reads.
+template <typename scalar_t>
+struct PatternSet {
+  const scalar_t* keys;    // (M, d)
+  const scalar_t* values;  // (M, dv); == keys when the values are the patterns
+};
+
+template <typename scalar_t>
+PatternSet<scalar_t> pattern_set(const RetrievalInputs& in, int64_t b, int64_t h) {
+  const int64_t set = in.pattern_set(b, h);
+  const scalar_t* keys = in.stored.data_ptr<scalar_t>() + set * in.patterns * in.dim;
+  const scalar_t* values =
+      in.values_given() ? in.values.data_ptr<scalar_t>() + set * in.patterns * in.value_dim : keys;
+  return {keys, values};
+}
+
+// Step s of an update reads the patterns as keys and, as values, the patterns again (s < n) or
+// the values (s = n).
+struct StepShape {
+  bool last;
+  int64_t width;  // of the step's output rows: d, or dv for the last step
+};
+inline StepShape step_shape(const RetrievalInputs& in, int64_t step) {
+  const bool last = step == in.n_steps;
+  return {last, last ? in.value_dim : in.dim};
+}
+
+// A tile of stored patterns in the accumulation type: keys (count, d), the same transposed
+// (d, count) with row stride keys_t_stride, and the step's values (count, width); in per-thread
+// buffers, except keys and values already of type T.
+template <typename T>
+struct PatternTile {
+  const T* keys;
+  const T* keys_t;
+  int64_t keys_t_stride;
+  const T* values;
+  int64_t count;
+};
+
+// A set's keys are transposed whole, once for every step and query tile that reads them, up to
+// this many values per thread (16 MiB of float); a larger set is transposed a tile at a time.
+constexpr int64_t kMaxTransposedSet = int64_t{1} << 22;
+
+template <typename T>
+struct PatternBuffers {
+  std::vector<T> keys, keys_t, values;
+  const void* transposed_set = nullptr;  // the set whose keys keys_t holds whole, if any
+
+  // Called before a task reads `set` (a thread's tasks are consecutive, so mostly of one set).
+  template <typename scalar_t>
+  void use_set(const RetrievalInputs& in, const PatternSet<scalar_t>& set) {
+    if (transposed_set == set.keys || in.patterns * in.dim > kMaxTransposedSet) return;
+    keys_t.resize(in.dim * in.patterns);
+    transpose(set.keys, in.patterns, in.dim, in.dim, keys_t.data(), in.patterns);
+    transposed_set = set.keys;
+  }
+
+  template <typename scalar_t>
+  PatternTile<T> load(const RetrievalInputs& in, const PatternSet<scalar_t>& set, StepShape step,
+                      int64_t first, int64_t count) {
+    const T* key_rows = widen(set.keys + first * in.dim, count * in.dim, keys);
+    const bool distinct_values = step.last && set.values != set.keys;
+    const T* value_rows =
+        distinct_values ? widen(set.values + first * in.value_dim, count * in.value_dim, values)
+                        : key_rows;
+    if (transposed_set == set.keys) {
+      return {key_rows, keys_t.data() + first, in.patterns, value_rows, count};
+    }
+    keys_t.resize(in.dim * kPatternTile);
+    transpose(key_rows, count, in.dim, in.dim, keys_t.data(), kPatternTile);
+    return {key_rows, keys_t.data(), kPatternTile, value_rows, count};
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+struct ForwardScratch {
+  std::vector<T> state, next, scores;  // ξ (rows, d), ξ' (rows, max(d, dv)), (rows, kPatternTile)
+  std::vector<OnlineSoftmax<T>> softmax;
+  PatternBuffers<T> patterns;
+
+  explicit ForwardScratch(const RetrievalInputs& in)
+      : state(kQueryTile * in.dim),
+        next(kQueryTile * std::max(in.dim, in.value_dim)),
+        scores(kQueryTile * kPatternTile),
+        softmax(kQueryTile) {}
+};
+
+// One step for a tile of `rows` query rows whose state is in scratch.state: scratch.next =
+// softmax(β ξ Xᵀ) V (rows of step.width), and each row's log-sum-exp in `lse`.
+template <typename scalar_t, typename T>
+void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, StepShape step,
+                  int64_t rows, ForwardScratch<T>& scratch, T* lse) {
+  const T beta = static_cast<T>(in.beta);
+  const int64_t width = step.width;
+  T* next = scratch.next.data();
+  T* scores = scratch.scores.data();
+  std::fill_n(next, rows * width, T(0));
+  std::fill_n(scratch.softmax.begin(), rows, OnlineSoftmax<T>{});
+  for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
+    const PatternTile<T> tile =
+        scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
+    multiply(rows, tile.count, in.dim, scratch.state.data(), in.dim, tile.keys_t,
+             tile.keys_t_stride, scores, kPatternTile, false);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T factor =
+          run_online_weights(scores + r * kPatternTile, tile.count, beta, scratch.softmax[r]);
+      if (factor != T(1)) scale_row(next + r * width, width, factor);
+    }
+    multiply(rows, width, tile.count, scores, kPatternTile, tile.values, width, next, width, true);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    scale_row(next + r * width, width, online_softmax_normaliser(scratch.softmax[r]));
+    lse[r] = online_softmax_lse(scratch.softmax[r]);
+  }
+}
+
+template <typename scalar_t>
+void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& states,
+                    at::Tensor& lse, bool save_states) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t tiles = num_query_tiles(in.queries);
+  const int64_t heads_total = in.batch * in.heads;
+  const int64_t Q = in.queries, d = in.dim, dv = in.value_dim;
+  at::parallel_for(0, heads_total * tiles, 1, [&](int64_t begin, int64_t end) {
+    ForwardScratch<T> scratch(in);
+    std::vector<T> lse_rows(kQueryTile);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t head = task / tiles;  // b * heads + h
+      const Span span = split(Q, tiles, task % tiles);
+      const int64_t rows = span.size();
+      const auto set = pattern_set<scalar_t>(in, head / in.heads, head % in.heads);
+      scratch.patterns.use_set(in, set);
+      const int64_t row0 = head * Q + span.begin;  // first row in (batch * heads * Q)
+      std::copy_n(in.query.data_ptr<scalar_t>() + row0 * d, rows * d, scratch.state.begin());
+      for (int64_t s = 1; s <= in.n_steps; ++s) {
+        const StepShape step = step_shape(in, s);
+        T* step_lse = save_states ? lse.data_ptr<T>() + (s - 1) * heads_total * Q + row0
+                                  : lse_rows.data();
+        forward_step(in, set, step, rows, scratch, step_lse);
+        if (step.last) break;
+        std::copy_n(scratch.next.begin(), rows * d, scratch.state.begin());
+        if (save_states) {
+          std::copy_n(scratch.next.begin(), rows * d,
+                      states.data_ptr<T>() + ((s - 1) * heads_total * Q + row0) * d);
+        }
+      }
+      std::copy_n(scratch.next.begin(), rows * dv, out.data_ptr<scalar_t>() + row0 * dv);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: for each tile of query rows, the steps in reverse. Step s recomputes its
+// probabilities P = exp(β ξ_{s-1} Xᵀ - lse_s) a pattern tile at a time and, from dξ_s (dout for
+// the last step), adds Pᵀ dξ_s to the gradient of its values (dV, or dX for s < n), dSᵀ ξ_{s-1}
+// to dX and dS X to dξ_{s-1}, where dS is the gradient of the dot products. The tiles of P and
+// dS are computed pattern-major (Pᵀ = X ξ_{s-1}ᵀ), the layout the gradient products of the
+// patterns read, and dξ_{s-1} is accumulated transposed (Xᵀ dSᵀ): every product is a plain
+// row-major one, with ξ_{s-1} and dξ_s transposed once per step and each key tile once.
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+struct BackwardScratch {
+  std::vector<T> prev, current, grad;          // ξ_{s-1}, ξ_s (when widened), dξ_s: (rows, ·)
+  std::vector<T> prev_t, grad_t, prev_grad_t;  // ξ_{s-1}ᵀ, dξ_sᵀ, dξ_{s-1}ᵀ: (·, rows)
+  std::vector<T> probs_t, dot_grads_t;         // Pᵀ, dSᵀ of a tile: (patterns, rows)
+  std::vector<T> row_dots;                     // dξ_s·ξ_s
+  PatternBuffers<T> patterns;
+
+  explicit BackwardScratch(const RetrievalInputs& in)
+      : prev(kQueryTile * in.dim),
+        current(kQueryTile * std::max(in.dim, in.value_dim)),
+        grad(kQueryTile * std::max(in.dim, in.value_dim)),
+        prev_t(in.dim * kQueryTile),
+        grad_t(std::max(in.dim, in.value_dim) * kQueryTile),
+        prev_grad_t(in.dim * kQueryTile),
+        probs_t(kPatternTile * kQueryTile),
+        dot_grads_t(kPatternTile * kQueryTile),
+        row_dots(kQueryTile) {}
+};
+
+// Where one (batch block, head) task adds its pattern gradients: (M, d) and (M, dv) rows.
+template <typename T>
+struct PatternGrads {
+  T* keys;
+  T* values;  // == keys when the values are the patterns
+};
+
+// The saved forward rows of one tile: ξ_{s} for s = 0 … n (query, states, out) and lse_s.
+template <typename scalar_t, typename T>
+struct SavedRows {
+  const RetrievalInputs& in;
+  const scalar_t *query, *out;
+  const T *states, *lse;
+  int64_t row0, rows;
+
+  int64_t step_offset(int64_t s) const { return (s * in.batch * in.heads * in.queries + row0); }
+  // ξ_s (rows, width) into `buffer` (or in place when already of type T).
+  const T* state(int64_t s, std::vector<T>& buffer) const {
+    if (s == 0) return widen(query + row0 * in.dim, rows * in.dim, buffer);
+    if (s == in.n_steps) return widen(out + row0 * in.value_dim, rows * in.value_dim, buffer);
+    return states + step_offset(s - 1) * in.dim;
+  }
+  const T* step_lse(int64_t s) const { return lse + step_offset(s - 1); }
+};
+
+template <typename scalar_t, typename T>
+void backward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set,
+                   const SavedRows<scalar_t, T>& saved, int64_t s, BackwardScratch<T>& scratch,
+                   const PatternGrads<T>& grads) {
+  const StepShape step = step_shape(in, s);
+  const int64_t rows = saved.rows, d = in.dim, width = step.width;
+  const T beta = static_cast<T>(in.beta);
+  const T* prev = saved.state(s - 1, scratch.prev);
+  const T* current = saved.state(s, scratch.current);
+  const T* grad = scratch.grad.data();
+  const T* lse = saved.step_lse(s);
+  for (int64_t r = 0; r < rows; ++r) {
+    scratch.row_dots[r] = dot_product(grad + r * width, current + r * width, width);
+  }
+  T* prev_t = scratch.prev_t.data();
+  T* grad_t = scratch.grad_t.data();
+  T* prev_grad_t = scratch.prev_grad_t.data();
+  T* probs_t = scratch.probs_t.data();
+  T* dot_grads_t = scratch.dot_grads_t.data();
+  transpose(prev, rows, d, d, prev_t, rows);
+  transpose(grad, rows, width, width, grad_t, rows);
+  std::fill_n(prev_grad_t, d * rows, T(0));
+  T* value_grads = step.last ? grads.values : grads.keys;
+  for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
+    const PatternTile<T> tile =
+        scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
+    const int64_t n = tile.count;
+    multiply(n, rows, d, tile.keys, d, prev_t, rows, probs_t, rows, false);
+    multiply(n, rows, width, tile.values, width, grad_t, rows, dot_grads_t, rows, false);
+    for (int64_t j = 0; j < n; ++j) {
+      run_probabilities_and_dot_grads(probs_t + j * rows, dot_grads_t + j * rows, rows, beta, lse,
+                                      scratch.row_dots.data());
+    }
+    multiply(n, width, rows, probs_t, rows, grad, width, value_grads + first * width, width, true);
+    multiply(n, d, rows, dot_grads_t, rows, prev, d, grads.keys + first * d, d, true);
+    multiply(d, rows, n, tile.keys_t, tile.keys_t_stride, dot_grads_t, rows, prev_grad_t, rows,
+             true);
+  }
+  // dξ_{s-1} replaces dξ_s, which no product reads any more.
+  transpose(prev_grad_t, d, rows, rows, scratch.grad.data(), d);
+}
+
+template <typename scalar_t>
+void backward_kernel(const RetrievalInputs& in, const at::Tensor& dout, const at::Tensor& out,
+                     const at::Tensor& states, const at::Tensor& lse, at::Tensor& dquery,
+                     at::Tensor& dkeys, at::Tensor& dvalues, int64_t blocks) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t tiles = num_query_tiles(in.queries);
+  const int64_t Q = in.queries, d = in.dim, dv = in.value_dim;
+  const int64_t M = in.patterns;
+  // Per-batch patterns: block = batch entry. Shared: block = a fixed split of the batch.
+  at::parallel_for(0, blocks * in.heads, 1, [&](int64_t begin, int64_t end) {
+    BackwardScratch<T> scratch(in);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t block = task / in.heads, h = task % in.heads;
+      T* key_grads = dkeys.data_ptr<T>() + task * M * d;
+      const PatternGrads<T> grads{
+          key_grads, in.values_given() ? dvalues.data_ptr<T>() + task * M * dv : key_grads};
+      const Span batches = split(in.batch, blocks, block);
+      for (int64_t b = batches.begin; b < batches.end; ++b) {
+        const auto set = pattern_set<scalar_t>(in, b, h);
+        scratch.patterns.use_set(in, set);
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          const Span span = split(Q, tiles, tile);
+          const int64_t row0 = (b * in.heads + h) * Q + span.begin;
+          const SavedRows<scalar_t, T> saved{in, in.query.data_ptr<scalar_t>(),
+                                             out.data_ptr<scalar_t>(), states.data_ptr<T>(),
+                                             lse.data_ptr<T>(), row0, span.size()};
+          std::copy_n(dout.data_ptr<scalar_t>() + row0 * dv, span.size() * dv,
+                      scratch.grad.begin());
+          for (int64_t s = in.n_steps; s >= 1; --s) backward_step(in, set, saved, s, scratch, grads);
+          std::copy_n(scratch.grad.begin(), span.size() * d,
+                      dquery.data_ptr<scalar_t>() + row0 * d);
+        }
+      }
+    }
+  });
+}
+
+// A pattern gradient from its (blocks, heads, M, width) partials: per-batch as is, shared summed
+// over the blocks in order; in the input dtype.
+at::Tensor finish_pattern_grad(const at::Tensor& partials, const RetrievalInputs& in) {
+  if (!in.shared) return partials.to(in.query.scalar_type());
+  at::Tensor total = partials[0].clone();
+  for (int64_t block = 1; block < partials.size(0); ++block) total.add_(partials[block]);
+  return total.to(in.query.scalar_type());
+}
+
+}  // namespace
+
+ForwardResult forward_cpu(const RetrievalInputs& in, bool save_states) {
+  auto [out, states, lse] = empty_forward_outputs(in, save_states);
+  if (out.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
+                                    "hopfield_retrieval_fwd_cpu", [&] {
+                                      forward_kernel<scalar_t>(in, out, states, lse, save_states);
+                                    });
+  }
+  return {out, states, lse};
+}
+
+BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
+                            const at::Tensor& out, const at::Tensor& states,
+                            const at::Tensor& lse) {
+  const int64_t blocks = in.shared ? std::clamp<int64_t>(in.batch, 1, kMaxBatchBlocks) : in.batch;
+  const auto acc = in.query.options().dtype(in.acc_dtype());
+  at::Tensor dquery = at::empty_like(in.query);
+  at::Tensor dkeys = at::zeros({blocks, in.heads, in.patterns, in.dim}, acc);
+  at::Tensor dvalues = in.values_given()
+                           ? at::zeros({blocks, in.heads, in.patterns, in.value_dim}, acc)
+                           : at::empty({0}, acc);
+  if (in.query.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
+                                    "hopfield_retrieval_bwd_cpu", [&] {
+                                      backward_kernel<scalar_t>(in, dout, out, states, lse, dquery,
+                                                                dkeys, dvalues, blocks);
+                                    });
+  }
+  return {dquery, finish_pattern_grad(dkeys, in).reshape(in.stored.sizes()),
+          in.values_given() ? finish_pattern_grad(dvalues, in).reshape(in.values.sizes())
+                            : at::empty({0}, in.query.options())};
+}
+
+TORCH_LIBRARY_IMPL(hvision, CPU, m) {
+  m.impl("hopfield_retrieval_fwd", &forward_op<forward_cpu>);
+  m.impl("hopfield_retrieval_bwd", &backward_op<backward_cpu>);
+}
+
+}  // namespace hvision::hopfield_retrieval

@@ -1,0 +1,105 @@
+"""Bench cases for ``hopfield_retrieval``: a memory read of ViT tokens (197 queries of a 224²
+image at patch 16) from 1024 stored patterns per head, against the reference (matmul–softmax–
+matmul per step, as ml-jku/hopfield-layers iterates) and, for one step, against
+``scaled_dot_product_attention`` with scale=beta (one step is attention)."""
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import reference
+from ..ops import hopfield_retrieval
+from .registry import BenchCase, Impl, Mode, bench_case
+
+Retrieval = Callable[..., Tensor]
+
+VIT_MEMORY = {"batch": 8, "heads": 4, "queries": 197, "patterns": 1024, "dim": 64}
+
+
+def make_inputs(
+    device: torch.device, dtype: torch.dtype, *, batch: int, heads: int, queries: int, patterns: int, dim: int,
+    shared: bool, seed: int = 0,
+) -> dict[str, Tensor]:
+    """Standard normal queries, stored patterns and values (values of width d)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pattern_shape = (heads, patterns, dim) if shared else (batch, heads, patterns, dim)
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen, device=device).to(dtype)
+
+    return {"query": randn(batch, heads, queries, dim), "stored": randn(*pattern_shape), "values": randn(*pattern_shape)}
+
+
+def sdpa_retrieval(query: Tensor, stored: Tensor, values: Tensor, *, beta: float, n_steps: int) -> Tensor:
+    """One Hopfield step as ``scaled_dot_product_attention`` (shared patterns broadcast)."""
+    assert n_steps == 1, "SDPA computes one step"
+    batch = query.shape[0]
+    return F.scaled_dot_product_attention(
+        query, stored.expand(batch, *stored.shape[-3:]), values.expand(batch, *values.shape[-3:]), scale=beta
+    )
+
+
+def retrieval_call(
+    retrieval: Retrieval, inputs: dict[str, Tensor], n_steps: int, mode: Mode, cotangent: Tensor
+) -> Impl:
+    """One call at beta = 1/sqrt(d); for fwd+bwd, also the backward of ``(out * cotangent).sum()``
+    to every input (``torch.autograd.grad``, so nothing accumulates between calls)."""
+    beta = inputs["query"].shape[-1] ** -0.5
+
+    def forward() -> Tensor:
+        return retrieval(**inputs, beta=beta, n_steps=n_steps)
+
+    if mode == "fwd":
+        return forward
+    leaves = list(inputs.values())
+
+    def forward_backward() -> Sequence[Tensor]:
+        return torch.autograd.grad(forward(), leaves, cotangent)
+
+    return forward_backward
+
+
+def retrieval_case(device: torch.device, dtype: torch.dtype, mode: Mode, n_steps: int, shared: bool) -> BenchCase:
+    inputs = make_inputs(device, dtype, shared=shared, **VIT_MEMORY)
+    for tensor in inputs.values():
+        tensor.requires_grad_(mode == "fwd+bwd")
+    gen = torch.Generator(device=device).manual_seed(1)
+    cotangent = torch.randn(inputs["query"].shape, generator=gen, device=device).to(dtype)
+    impls: dict[str, Retrieval] = {"hvision": hopfield_retrieval, "reference": reference.hopfield_retrieval}
+    if n_steps == 1:
+        impls["sdpa"] = sdpa_retrieval
+    return BenchCase(
+        shape="batch {batch}, heads {heads}, Q {queries}, M {patterns}, d {dim}".format(**VIT_MEMORY)
+        + f", n_steps {n_steps}",
+        impls={name: retrieval_call(fn, inputs, n_steps, mode, cotangent) for name, fn in impls.items()},
+        mode=mode,
+        notes=("stored/values shared across the batch (heads, M, d)" if shared else "stored/values per batch")
+        + ", beta 1/sqrt(d)",
+    )
+
+
+@bench_case(op="hopfield_retrieval", name="vit-memory-1step")
+def vit_memory_1step(device: torch.device, dtype: torch.dtype) -> BenchCase:
+    return retrieval_case(device, dtype, "fwd+bwd", n_steps=1, shared=False)
+
+
+@bench_case(op="hopfield_retrieval", name="vit-memory-1step-fwd")
+def vit_memory_1step_fwd(device: torch.device, dtype: torch.dtype) -> BenchCase:
+    return retrieval_case(device, dtype, "fwd", n_steps=1, shared=False)
+
+
+@bench_case(op="hopfield_retrieval", name="vit-memory-3step")
+def vit_memory_3step(device: torch.device, dtype: torch.dtype) -> BenchCase:
+    return retrieval_case(device, dtype, "fwd+bwd", n_steps=3, shared=False)
+
+
+@bench_case(op="hopfield_retrieval", name="vit-memory-3step-fwd")
+def vit_memory_3step_fwd(device: torch.device, dtype: torch.dtype) -> BenchCase:
+    return retrieval_case(device, dtype, "fwd", n_steps=3, shared=False)
+
+
+@bench_case(op="hopfield_retrieval", name="vit-memory-3step-shared")
+def vit_memory_3step_shared(device: torch.device, dtype: torch.dtype) -> BenchCase:
+    return retrieval_case(device, dtype, "fwd+bwd", n_steps=3, shared=True)

@@ -1,0 +1,37 @@
+"""Reference modern Hopfield retrieval (Ramsauer et al., "Hopfield Networks is All You Need"):
+the update rule ξ ← softmax(β ξ Xᵀ) X, one matmul–softmax–matmul per step."""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def hopfield_retrieval(
+    query: Tensor,
+    stored: Tensor,
+    values: Optional[Tensor] = None,
+    *,
+    beta: Optional[float] = None,
+    n_steps: int = 1,
+) -> Tensor:
+    """Retrieves from the stored patterns X by ``n_steps`` Hopfield updates.
+
+    query (batch, heads, Q, d); stored X (batch, heads, M, d), or (heads, M, d) shared across the
+    batch; values V like stored with last dim dv, or None for V = X. beta defaults to 1/sqrt(d).
+    ξ₀ = query;  ξ_s = softmax(β ξ_{s-1} Xᵀ) X for s = 1 … n_steps-1;
+    out = softmax(β ξ_{n_steps-1} Xᵀ) V, in the dtype of query (computed in float32, or float64
+    for float64 inputs).
+    """
+    acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+    if beta is None:
+        beta = 1.0 / math.sqrt(query.shape[-1])
+    # A shared (heads, M, d) set broadcasts over the batch.
+    keys = stored.to(acc)
+    targets = keys if values is None else values.to(acc)
+    state = query.to(acc)
+    for _ in range(n_steps - 1):
+        state = torch.softmax(beta * state @ keys.transpose(-1, -2), dim=-1) @ keys
+    out = torch.softmax(beta * state @ keys.transpose(-1, -2), dim=-1) @ targets
+    return out.to(query.dtype)
