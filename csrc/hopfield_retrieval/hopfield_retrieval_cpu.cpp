@@ -2,14 +2,13 @@
 // query rows) with at::parallel_for; a tile keeps its state ξ in a scratch buffer through every
 // step while the stored patterns stream past in tiles, with an online softmax. The products of a
 // tile (scores = ξ Xᵀ, ξ' += P V, and the five of the backward pass) are row-major GEMM calls on
-// the tile with no tensor in between (ATen's brgemm for float, else the BLAS torch links), the
+// the tile with no tensor in between (csrc/common/cpu_gemm.h), the
 // softmax between them vector loops over the step math, compiled per instruction set
 // (HV_CPU_CLONES). fp16/bf16 rows are widened to float a tile at a time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,21 +16,9 @@
 #include <vector>
 
 #include "common/cpu_dispatch.h"
+#include "common/cpu_gemm.h"
 #include "common/step_math.h"
 #include "hopfield_retrieval/hopfield_retrieval.h"
-
-// The Fortran BLAS entry points of the BLAS that torch links (MKL in the x86-64 wheels, which
-// export them), for float64 and where ATen's brgemm is unavailable: called directly, a tile
-// product costs no tensor and no dispatch. Weak, so that a torch without them still loads this
-// library and falls back to at::addmm_ on tile views.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
-}
 
 namespace hvision::hopfield_retrieval {
 namespace {
@@ -47,38 +34,11 @@ constexpr int64_t kPatternTile = 256;
 constexpr int64_t kMaxBatchBlocks = 16;
 
 // Row-major C (m x n) = A (m x k) B (k x n), or C += A B when `accumulate`; the ld are row
-// strides. Tile sizes (at most a few hundred) fit the BLAS's 32-bit integers.
+// strides.
 template <typename T>
 void multiply(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
               T* c, int64_t ldc, bool accumulate) {
-#if defined(CPUBLAS_BRGEMM_F32F32F32)
-  if constexpr (std::is_same_v<T, float>) {
-    // ATen's batch-reduce GEMM: oneDNN's microkernel where it runs (AVX-512 code even where the
-    // BLAS picks AVX2 kernels, as MKL does on AMD CPUs: 2-3x faster on these tiles), ATen's BLAS
-    // call otherwise.
-    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
-    return;
-  }
-#endif
-  const T one = 1, beta = accumulate ? 1 : 0;
-  const bool have_blas = std::is_same_v<T, float> ? sgemm_ != nullptr : dgemm_ != nullptr;
-  if (have_blas) {
-    // The BLAS is column-major, where a row-major matrix reads as its transpose: Cᵀ = Bᵀ Aᵀ.
-    const char no = 'N';
-    const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
-    const int ia = static_cast<int>(lda), ib = static_cast<int>(ldb), ic = static_cast<int>(ldc);
-    if constexpr (std::is_same_v<T, float>) {
-      sgemm_(&no, &no, &in, &im, &ik, &one, b, &ib, a, &ia, &beta, c, &ic);
-    } else {
-      dgemm_(&no, &no, &in, &im, &ik, &one, b, &ib, a, &ia, &beta, c, &ic);
-    }
-    return;
-  }
-  const auto view = [](const T* data, int64_t rows, int64_t cols, int64_t ld) {
-    return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
-                         at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-  };
-  view(c, m, n, ldc).addmm_(view(a, m, k, lda), view(b, k, n, ldb), beta, one);
+  cpu::gemm(false, m, n, k, T(1), a, lda, b, ldb, accumulate ? T(1) : T(0), c, ldc);
 }
 
 // dst (cols x rows, row stride ld_dst) = the transpose of src (rows x cols, row stride ld_src),

@@ -1,6 +1,6 @@
 // sparse_attention CPU kernels. Flash-style: a tile of major rows (queries in the forward pass
 // and for dq, keys for dk/dv) meets the minor rows its pattern reaches a tile at a time, with
-// BLAS products (the sgemm torch ships) for the global and block segments and vector loops for
+// tile GEMMs (csrc/common/cpu_gemm.h) for the global and block segments and vector loops for
 // each row's strided extras. Work is split over (batch, head, major tile) with at::parallel_for;
 // every output row is owned by one tile, so results do not depend on the thread count. Inputs in
 // fp16/bf16 are widened to float once; everything accumulates in float (double for float64).
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/cpu_dispatch.h"
+#include "common/cpu_gemm.h"
 #include "common/step_math.h"
 #include "sparse_attention/sparse_attention.h"
 
@@ -26,62 +27,16 @@ namespace {
 constexpr int64_t kMajorTile = 64;
 constexpr int64_t kMinorTile = 256;
 
-// The Fortran BLAS that torch's CPU library exports on x86-64 builds (it links MKL). Weak: with
-// a torch that lacks them they are null and the products go through at::addmm_ instead.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
-            const double* beta, double* c, const int* ldc) __attribute__((weak));
-}
-
-template <typename T>
-using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*, const T*,
-                             const T*, const int*, const T*, const int*, const T*, T*, const int*);
-
-template <typename T>
-FortranGemm<T> fortran_gemm() {
-  if constexpr (std::is_same_v<T, float>) {
-    return &sgemm_;
-  } else {
-    return &dgemm_;
-  }
-}
-
-template <typename T>
-at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
-// Row-major C (m x n) = alpha A op(B) + beta C, with A (m x k) and B (n x k) when transpose_b,
-// else (k x n). A row-major matrix is its transpose in BLAS's column-major terms, so BLAS
-// computes C^T = op(B)^T A^T. Tile sizes and leading dimensions here are far below 2^31.
-template <typename T>
-void matmul(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
-            const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  if (const FortranGemm<T> blas = fortran_gemm<T>()) {
-    const char op_b = transpose_b ? 'T' : 'N', op_a = 'N';
-    const int mi = n, ni = m, ki = k, ldb_i = ldb, lda_i = lda, ldc_i = ldc;
-    blas(&op_b, &op_a, &mi, &ni, &ki, &alpha, b, &ldb_i, a, &lda_i, &beta, c, &ldc_i);
-    return;
-  }
-  const at::Tensor b_view = transpose_b ? matrix_view(b, n, k, ldb).t() : matrix_view(b, k, n, ldb);
-  matrix_view(c, m, n, ldc).addmm_(matrix_view(a, m, k, lda), b_view, beta, alpha);
-}
-
 template <typename T>
 void matmul_nt(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
                int64_t ldb, T beta, T* c, int64_t ldc) {
-  matmul(true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cpu::gemm(true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <typename T>
 void matmul_nn(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
                int64_t ldb, T beta, T* c, int64_t ldc) {
-  matmul(false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cpu::gemm(false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <typename T>

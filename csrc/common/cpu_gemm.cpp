@@ -1,0 +1,94 @@
+// The tile GEMM of csrc/common/cpu_gemm.h. In order of preference:
+//   1. ATen's batch-reduce GEMM (float, B not transposed, alpha 1, beta 0 or 1): oneDNN's
+//      micro-kernel, which runs AVX-512 code even where the BLAS picks AVX2 kernels (as MKL does
+//      on AMD CPUs: 2-3x faster on these tiles);
+//   2. the Fortran BLAS that torch's CPU library exports (MKL in the x86-64 wheels): no tensor,
+//      no dispatch;
+//   3. at::addmm_ on views of the tiles, for a torch that exports no BLAS (the symbols are weak,
+//      so the library still loads).
+#include "common/cpu_gemm.h"
+
+#include <ATen/ATen.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <type_traits>
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+namespace hvision::cpu {
+namespace {
+
+template <typename T>
+using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*,
+                             const T*, const T*, const int*, const T*, const int*, const T*, T*,
+                             const int*);
+
+template <typename T>
+FortranGemm<T> fortran_gemm() {
+  if constexpr (std::is_same_v<T, float>) {
+    return &sgemm_;
+  } else {
+    return &dgemm_;
+  }
+}
+
+template <typename T>
+at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+template <typename T>
+bool try_brgemm(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+#if defined(CPUBLAS_BRGEMM_F32F32F32)
+  if constexpr (std::is_same_v<T, float>) {
+    if (!transpose_b && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
+      at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, /*add_C=*/beta == 1.0f, a, b, c,
+                                  /*is_vnni=*/false);
+      return true;
+    }
+  }
+#endif
+  return false;
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {  // C = beta C; the BLAS would reject the zero leading dimensions
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    }
+    return;
+  }
+  if (try_brgemm(transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
+  if (const FortranGemm<T> blas = fortran_gemm<T>()) {
+    // The BLAS is column-major, where a row-major matrix reads as its transpose: Cᵀ = op(B)ᵀ Aᵀ.
+    const char op_b = transpose_b ? 'T' : 'N', op_a = 'N';
+    const int rows = static_cast<int>(n), cols = static_cast<int>(m), inner = static_cast<int>(k);
+    const int ld_b = static_cast<int>(ldb), ld_a = static_cast<int>(lda), ld_c = static_cast<int>(ldc);
+    blas(&op_b, &op_a, &rows, &cols, &inner, &alpha, b, &ld_b, a, &ld_a, &beta, c, &ld_c);
+    return;
+  }
+  const at::Tensor b_view =
+      transpose_b ? matrix_view(b, n, k, ldb).t() : matrix_view(b, k, n, ldb);
+  matrix_view(c, m, n, ldc).addmm_(matrix_view(a, m, k, lda), b_view, beta, alpha);
+}
+
+template void gemm<float>(bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
+
+}  // namespace hvision::cpu
