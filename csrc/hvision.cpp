@@ -15,4 +15,17 @@ TORCH_LIBRARY(hvision, m) {
       "Tensor? initial_state, bool reverse, Tensor checkpoints) -> (Tensor du, Tensor ddelta, "
       "Tensor dA, Tensor dB, Tensor dC, Tensor dD, Tensor dz, Tensor ddelta_bias, "
       "Tensor dinitial_state)");
+  // Motion–saliency scores of video patches, (batch, T, P) in float32 (float64 for float64
+  // frames). Not differentiable.
+  m.def("motion_saliency(Tensor frames, int patch_size, float alpha) -> Tensor");
+  // ToMe bipartite token merging; `assign` maps every input token to its output row.
+  m.def(
+      "merge_tokens_fwd(Tensor x, Tensor metric, int r, Tensor? importance, Tensor? size, "
+      "int protect, float importance_weight) -> (Tensor merged, Tensor merged_size, "
+      "Tensor assign)");
+  m.def(
+      "merge_tokens_bwd(Tensor dmerged, Tensor assign, Tensor? size, Tensor merged_size) -> "
+      "Tensor");
+  m.def("unmerge_tokens_fwd(Tensor y, Tensor assign) -> Tensor");
+  m.def("unmerge_tokens_bwd(Tensor dout, Tensor assign, int rows) -> Tensor");
 }

@@ -11,7 +11,16 @@ from ._switch import reference_enabled, use_reference
 load_library()
 
 from . import ops, reference  # noqa: E402  (ops need the library loaded)
-from .ops import selective_scan  # noqa: E402
+from .ops import merge_tokens, motion_saliency, selective_scan, unmerge_tokens  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "reference_enabled", "selective_scan", "use_reference"]
+__all__ = [
+    "merge_tokens",
+    "motion_saliency",
+    "ops",
+    "reference",
+    "reference_enabled",
+    "selective_scan",
+    "unmerge_tokens",
+    "use_reference",
+]
