@@ -316,12 +316,14 @@ HV_HOST_DEVICE T motion_saliency_score(T motion, T motion_max, T saliency, T sal
 // merge score of an A token, and the size-weighted average of the tokens merged into a row.
 // ---------------------------------------------------------------------------------------------
 
-// 1 / max(||m||, 1e-12), as torch.nn.functional.normalize divides by: a zero metric has zero
-// similarity to everything.
+// What a metric row is divided by to make it a unit vector: max(||m||, 1e-12), as
+// torch.nn.functional.normalize does (a zero metric has zero similarity to everything). Rows are
+// normalised before the dot products, so that equal or proportional rows give bitwise equal
+// similarities and their ties resolve by index.
 template <typename T>
-HV_HOST_DEVICE T inverse_norm(T sum_of_squares) {
+HV_HOST_DEVICE T norm_divisor(T sum_of_squares) {
   const T norm = math::sqrt(sum_of_squares);
-  return T(1) / (norm > T(1e-12) ? norm : T(1e-12));
+  return norm > T(1e-12) ? norm : T(1e-12);
 }
 
 // A NaN ranks below every number (as -inf), so that matching and selection are total orders.
@@ -330,9 +332,10 @@ HV_HOST_DEVICE T nan_as_lowest(T value) {
   return value == value ? value : math::negative_infinity<T>();
 }
 
+// The cosine similarity from the dot product of two unit rows, as the matching ranks it.
 template <typename T>
-HV_HOST_DEVICE T cosine_similarity(T dot, T inverse_norm_a, T inverse_norm_b) {
-  return nan_as_lowest(dot * inverse_norm_a * inverse_norm_b);
+HV_HOST_DEVICE T cosine_similarity(T unit_dot) {
+  return nan_as_lowest(unit_dot);
 }
 
 // An A token's best B (its cosine similarity and index among the B tokens).

@@ -1,10 +1,10 @@
 // merge_tokens CPU kernels.
 //
-// best_matches: the similarities of a tile of A tokens against a tile of B tokens are one BLAS
-// call (sgemm/dgemm on the metric rows in place, into a per-thread tile buffer); the tile is then
-// scaled by the inverse norms and folded into each A token's running best match, so the
-// Na x Nb similarity matrix never exists. Tasks are (batch, tile of A rows), each walking the B
-// tiles in order, so the result does not depend on the thread count.
+// best_matches: tasks are (batch, tile of A rows). A thread normalises the B rows of a batch once
+// (into its own buffer) and the A rows of each task; the similarities of the task's A rows
+// against a tile of B rows are then one BLAS call (sgemm/dgemm) into a per-thread tile, folded at
+// once into each A row's running best match, so the Na x Nb similarity matrix never exists.
+// Each task walks the B tiles in order, so the result does not depend on the thread count.
 // segment_sum and gather_rows walk output rows in parallel, each row's sources in token order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -35,50 +35,60 @@ namespace {
 constexpr int64_t kRowTile = 64;   // A tokens per task
 constexpr int64_t kColTile = 512;  // B tokens per BLAS call
 
-// A row-major matrix of `rows` rows `stride` values apart (the A or the B tokens of the metric).
-template <typename T>
-struct Rows {
-  const T* data;
-  int64_t rows, stride;
-};
-
-// tile[i][j] = a_i · b_j for `rows` A rows and `cols` B rows of length k (tile row-major,
-// `cols` wide). In column-major BLAS terms: tileᵀ (cols x rows) = B (cols x k) · Aᵀ.
+// tile[i][j] = a_i · b_j for `rows` A rows and `cols` B rows of length k, all `k` apart (tile
+// row-major, `cols` wide). In column-major BLAS terms: tileᵀ (cols x rows) = B (cols x k) · Aᵀ.
 template <typename T, typename Gemm>
 void tile_dot_products(Gemm* gemm, const T* a, const T* b, int64_t rows, int64_t cols, int64_t k,
-                       int64_t stride, T* tile) {
+                       T* tile) {
   if (gemm != nullptr) {
     const int m = static_cast<int>(cols), n = static_cast<int>(rows), depth = static_cast<int>(k);
-    const int ld = static_cast<int>(stride), ldc = static_cast<int>(cols);
+    const int ld = static_cast<int>(std::max<int64_t>(k, 1)), ldc = static_cast<int>(cols);
     const T one = 1, zero = 0;
     gemm("T", "N", &m, &n, &depth, &one, b, &ld, a, &ld, &zero, tile, &ldc);
     return;
   }
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor out = at::from_blob(tile, {rows, cols}, options);
-  at::mm_out(out, at::from_blob(const_cast<T*>(a), {rows, k}, {stride, 1}, options),
-             at::from_blob(const_cast<T*>(b), {cols, k}, {stride, 1}, options).t());
+  at::mm_out(out, at::from_blob(const_cast<T*>(a), {rows, k}, options),
+             at::from_blob(const_cast<T*>(b), {cols, k}, options).t());
 }
 
 void tile_dot_products(const float* a, const float* b, int64_t rows, int64_t cols, int64_t k,
-                       int64_t stride, float* tile) {
-  tile_dot_products(sgemm_, a, b, rows, cols, k, stride, tile);
+                       float* tile) {
+  tile_dot_products(sgemm_, a, b, rows, cols, k, tile);
 }
 void tile_dot_products(const double* a, const double* b, int64_t rows, int64_t cols, int64_t k,
-                       int64_t stride, double* tile) {
-  tile_dot_products(dgemm_, a, b, rows, cols, k, stride, tile);
+                       double* tile) {
+  tile_dot_products(dgemm_, a, b, rows, cols, k, tile);
 }
 
-// Turns one row of dot products (B tokens first .. first + cols) into cosine similarities and
-// folds them into the A token's best match. A later tile only wins with a strictly higher
-// value, so equal values keep the lower index.
+// `count` metric rows `stride` rows apart, as unit rows in the accumulation type.
+template <typename scalar_t, typename T>
+HV_INLINE void normalise_rows(const scalar_t* rows, int64_t count, int64_t stride, int64_t k,
+                              T* units) {
+  for (int64_t i = 0; i < count; ++i) {
+    const scalar_t* row = rows + i * stride * k;
+    T* unit = units + i * k;
+    T sum_of_squares = 0;
+#pragma omp simd reduction(+ : sum_of_squares)
+    for (int64_t c = 0; c < k; ++c) {
+      unit[c] = T(row[c]);
+      sum_of_squares += unit[c] * unit[c];
+    }
+    const T divisor = norm_divisor(sum_of_squares);
+#pragma omp simd
+    for (int64_t c = 0; c < k; ++c) unit[c] /= divisor;
+  }
+}
+
+// Folds one row of similarities (B tokens first .. first + cols) into the A token's best match.
+// A later tile only wins with a strictly higher value, so equal values keep the lower index.
 template <typename T>
-HV_INLINE void fold_row(T* row, const T* inverse_norm_b, T inverse_norm_a, int64_t first,
-                        int64_t cols, Match<T>& best) {
+HV_INLINE void fold_row(T* row, int64_t first, int64_t cols, Match<T>& best) {
   T tile_max = math::negative_infinity<T>();
 #pragma omp simd reduction(max : tile_max)
   for (int64_t j = 0; j < cols; ++j) {
-    row[j] = cosine_similarity(row[j], inverse_norm_a, inverse_norm_b[j]);
+    row[j] = cosine_similarity(row[j]);
     tile_max = row[j] > tile_max ? row[j] : tile_max;
   }
   if (!(tile_max > best.value)) return;
@@ -87,75 +97,87 @@ HV_INLINE void fold_row(T* row, const T* inverse_norm_b, T inverse_norm_a, int64
   best = {tile_max, first + j};
 }
 
-HV_CPU_CLONES void fold_tile(float* tile, const float* inverse_norm_b, const float* inverse_norm_a,
-                             int64_t a_stride, int64_t rows, int64_t first, int64_t cols,
-                             Match<float>* best) {
-  for (int64_t i = 0; i < rows; ++i) {
-    fold_row(tile + i * cols, inverse_norm_b, inverse_norm_a[i * a_stride], first, cols, best[i]);
-  }
-}
-void fold_tile(double* tile, const double* inverse_norm_b, const double* inverse_norm_a,
-               int64_t a_stride, int64_t rows, int64_t first, int64_t cols, Match<double>* best) {
-  for (int64_t i = 0; i < rows; ++i) {
-    fold_row(tile + i * cols, inverse_norm_b, inverse_norm_a[i * a_stride], first, cols, best[i]);
-  }
+template <typename T>
+HV_INLINE void fold_tile(T* tile, int64_t rows, int64_t first, int64_t cols, Match<T>* best) {
+  for (int64_t i = 0; i < rows; ++i) fold_row(tile + i * cols, first, cols, best[i]);
 }
 
-// 1 / ||metric row|| of every token, (batch, N).
-template <typename T>
-at::Tensor inverse_norms(const at::Tensor& metric) {
-  const int64_t tokens = metric.size(0) * metric.size(1), k = metric.size(2);
-  at::Tensor out = at::empty({metric.size(0), metric.size(1)}, metric.options());
-  const T* data = metric.const_data_ptr<T>();
-  T* norms = out.mutable_data_ptr<T>();
-  at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t token = begin; token < end; ++token) {
-      const T* row = data + token * k;
-      T sum = 0;
-      for (int64_t c = 0; c < k; ++c) sum += row[c] * row[c];
-      norms[token] = inverse_norm(sum);
-    }
-  });
-  return out;
+// The float paths are compiled per instruction set; double (gradcheck) runs the baseline build.
+HV_CPU_CLONES void fold_tile_clone(float* tile, int64_t rows, int64_t first, int64_t cols,
+                                   Match<float>* best) {
+  fold_tile(tile, rows, first, cols, best);
+}
+void fold_tile_clone(double* tile, int64_t rows, int64_t first, int64_t cols, Match<double>* best) {
+  fold_tile(tile, rows, first, cols, best);
+}
+HV_CPU_CLONES void normalise_rows_clone(const float* rows, int64_t count, int64_t stride,
+                                        int64_t k, float* units) {
+  normalise_rows(rows, count, stride, k, units);
+}
+HV_CPU_CLONES void normalise_rows_clone(const at::BFloat16* rows, int64_t count, int64_t stride,
+                                        int64_t k, float* units) {
+  normalise_rows(rows, count, stride, k, units);
+}
+template <typename scalar_t, typename T>
+void normalise_rows_clone(const scalar_t* rows, int64_t count, int64_t stride, int64_t k,
+                          T* units) {
+  normalise_rows(rows, count, stride, k, units);
 }
 
+// One thread's buffers: the unit B rows of the batch it is in (normalised once per batch it
+// visits), the unit A rows of its task, and a tile of dot products. ATen's allocator aligns them
+// to 64 bytes, so BLAS takes the same path in every run.
 template <typename T>
+struct MatchScratch {
+  at::Tensor b_units, a_units, tile;
+  int64_t batch = -1;
+
+  MatchScratch(int64_t b_count, int64_t k, const at::TensorOptions& options)
+      : b_units(at::empty({b_count * k}, options)),
+        a_units(at::empty({kRowTile * k}, options)),
+        tile(at::empty({kRowTile * kColTile}, options)) {}
+};
+
+template <typename scalar_t>
 void best_matches_kernel(const at::Tensor& metric, const std::optional<at::Tensor>& importance,
-                         int64_t protect, T importance_weight, at::Tensor& score,
+                         int64_t protect, double importance_weight, at::Tensor& score,
                          at::Tensor& best) {
-  const int64_t batch = metric.size(0), tokens = metric.size(1), k = metric.size(2);
+  using T = at::opmath_type<scalar_t>;
+  const int64_t tokens = metric.size(1), k = metric.size(2);
   const int64_t a_count = score.size(1), b_count = (tokens - protect) / 2;
   const int64_t row_tiles = (a_count + kRowTile - 1) / kRowTile;
-  const at::Tensor inverse_norm = inverse_norms<T>(metric);
-  const T* metric_data = metric.const_data_ptr<T>();
-  const T* norm_data = inverse_norm.const_data_ptr<T>();
+  const scalar_t* metric_data = metric.const_data_ptr<scalar_t>();
   const T* importance_data = importance ? importance->const_data_ptr<T>() : nullptr;
   T* score_data = score.mutable_data_ptr<T>();
   int64_t* best_data = best.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, batch * row_tiles, 1, [&](int64_t begin, int64_t end) {
-    // A 64-byte aligned buffer (ATen's allocator), so BLAS takes the same path in every run.
-    at::Tensor tile_buffer = at::empty({kRowTile * kColTile}, metric.options());
-    T* tile = tile_buffer.mutable_data_ptr<T>();
+  at::parallel_for(0, metric.size(0) * row_tiles, 1, [&](int64_t begin, int64_t end) {
+    MatchScratch<T> s(b_count, k, score.options());
+    T* b_units = s.b_units.template mutable_data_ptr<T>();
+    T* a_units = s.a_units.template mutable_data_ptr<T>();
+    T* tile = s.tile.template mutable_data_ptr<T>();
     Match<T> matches[kRowTile];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / row_tiles, first_a = task % row_tiles * kRowTile;
       const int64_t rows = std::min(kRowTile, a_count - first_a);
-      const int64_t a_token = protect + 2 * first_a;  // A tokens are 2 apart, B tokens too
-      const T* a = metric_data + (b * tokens + a_token) * k;
-      const T* b_rows = metric_data + (b * tokens + protect + 1) * k;
-      const T* norms = norm_data + b * tokens;
+      const scalar_t* batch_metric = metric_data + b * tokens * k;
+      if (s.batch != b) {  // B tokens are the odd unprotected ones, 2 rows apart
+        normalise_rows_clone(batch_metric + (protect + 1) * k, b_count, 2, k, b_units);
+        s.batch = b;
+      }
+      const int64_t a_token = protect + 2 * first_a;
+      normalise_rows_clone(batch_metric + a_token * k, rows, 2, k, a_units);
       std::fill_n(matches, rows, Match<T>{math::negative_infinity<T>(), 0});
       for (int64_t first_b = 0; first_b < b_count; first_b += kColTile) {
         const int64_t cols = std::min(kColTile, b_count - first_b);
-        tile_dot_products(a, b_rows + 2 * first_b * k, rows, cols, k, 2 * k, tile);
-        std::vector<T> b_norms(cols);
-        for (int64_t j = 0; j < cols; ++j) b_norms[j] = norms[protect + 1 + 2 * (first_b + j)];
-        fold_tile(tile, b_norms.data(), norms + a_token, 2, rows, first_b, cols, matches);
+        tile_dot_products(a_units, b_units + first_b * k, rows, cols, k, tile);
+        fold_tile_clone(tile, rows, first_b, cols, matches);
       }
       for (int64_t i = 0; i < rows; ++i) {
+        const int64_t token = b * tokens + a_token + 2 * i;
         const int64_t out = b * a_count + first_a + i;
-        const T importance_i = importance_data ? importance_data[b * tokens + a_token + 2 * i] : T(0);
-        score_data[out] = merge_score(matches[i].value, importance_i, importance_weight);
+        score_data[out] = merge_score(matches[i].value,
+                                      importance_data ? importance_data[token] : T(0),
+                                      static_cast<T>(importance_weight));
         best_data[out] = matches[i].index;
       }
     }
@@ -165,16 +187,16 @@ void best_matches_kernel(const at::Tensor& metric, const std::optional<at::Tenso
 std::tuple<at::Tensor, at::Tensor> best_matches_cpu(const at::Tensor& metric,
                                                     const std::optional<at::Tensor>& importance,
                                                     int64_t protect, double importance_weight) {
-  const at::ScalarType acc = at::toOpMathType(metric.scalar_type());
-  const at::Tensor metric_acc = metric.to(acc).contiguous();
+  const auto acc_options = metric.options().dtype(at::toOpMathType(metric.scalar_type()));
   const int64_t a_count = (metric.size(1) - protect + 1) / 2;
-  at::Tensor score = at::empty({metric.size(0), a_count}, metric_acc.options());
-  at::Tensor best = at::empty({metric.size(0), a_count}, metric_acc.options().dtype(at::kLong));
+  at::Tensor score = at::empty({metric.size(0), a_count}, acc_options);
+  at::Tensor best = at::empty({metric.size(0), a_count}, acc_options.dtype(at::kLong));
   if (score.numel() == 0) return {score, best};
-  AT_DISPATCH_FLOATING_TYPES(acc, "merge_tokens_best_matches_cpu", [&] {
-    best_matches_kernel<scalar_t>(metric_acc, importance, protect,
-                                  static_cast<scalar_t>(importance_weight), score, best);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, metric.scalar_type(),
+                                  "merge_tokens_best_matches_cpu", [&] {
+                                    best_matches_kernel<scalar_t>(metric, importance, protect,
+                                                                  importance_weight, score, best);
+                                  });
   return {score, best};
 }
 

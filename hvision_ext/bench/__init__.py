@@ -4,7 +4,7 @@ A case is registered per operator with ``@bench_case`` (see ``registry``); each 
 live in a module here named after it, imported below so that they register.
 """
 
-from . import selective_scan  # noqa: F401  (importing it registers its cases)
+from . import merge_tokens, motion_saliency, selective_scan  # noqa: F401  (importing registers their cases)
 from .registry import BenchCase, CaseSpec, all_cases, bench_case, select_cases
 from .timing import Timing, copy_bandwidth, time_impl
 
