@@ -14,16 +14,21 @@ from .registry import BenchCase, Impl, Mode, bench_case
 VIDEO_VIT = {"batch": 8, "tokens": 1 + 8 * 196, "channels": 384, "r": 784}
 
 
-def tome_merge(x: Tensor, metric: Tensor, r: int, protect: int = 1) -> tuple[Tensor, Tensor]:
+def tome_merge(x: Tensor, metric: Tensor, r: int, class_token: bool = True) -> tuple[Tensor, Tensor]:
     """Token merging the way ToMe's ``bipartite_soft_matching`` + ``merge_wavg`` do it in plain
     PyTorch: normalise, the full A x B score matrix, max/argmax, argsort, then gather and
     scatter_reduce (the merged tokens go to the end, not in place). The matching runs without
-    grad, as in ToMe; the weighted merge is differentiated by autograd. Returns (merged, size)."""
+    grad, as in ToMe; the weighted merge is differentiated by autograd. Returns (merged, size).
+
+    As in ToMe, A and B are the tokens at even and odd positions of the whole sequence and a class
+    token (token 0, in A) is kept by a -inf score; ``merge_tokens`` alternates the tokens after
+    the protected ones instead, so the two split the tokens alike only without a class token."""
     with torch.no_grad():
         unit = metric / metric.norm(dim=-1, keepdim=True)
         a, b = unit[:, ::2], unit[:, 1::2]
         scores = a @ b.transpose(-1, -2)
-        scores[:, :protect, :] = -math.inf  # the class token (ToMe protects token 0 this way)
+        if class_token:
+            scores[:, 0, :] = -math.inf
         best, best_index = scores.max(dim=-1)
         order = best.argsort(dim=-1, descending=True)[..., None]
         kept, merged_away = order[:, r:], order[:, :r]
