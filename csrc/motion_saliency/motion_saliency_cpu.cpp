@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_dispatch.h"
@@ -23,8 +24,8 @@ namespace {
 template <typename scalar_t, typename T>
 struct FrameTask {
   const scalar_t* frame;     // (C, H, W)
-  const scalar_t* current;   // motion: |current - previous|, frames t and t-1 (t = 1 for t = 0)
-  const scalar_t* previous;  // nullptr when T = 1 (no motion)
+  const scalar_t* current;   // motion: |current - previous|, frames t and t-1 (t = 1 for t = 0);
+  const scalar_t* previous;  // both nullptr when T = 1 (no motion)
   T* scores;                 // (P,)
   int64_t channels, height, width, patch;
   T alpha;
@@ -176,10 +177,11 @@ void score_frames(const Frames& in, at::Tensor& scores) {
       const int64_t t = index % in.time;
       const int64_t video_start = index - t;
       const int64_t motion_t = std::max<int64_t>(t, 1);  // t = 0 takes t = 1's motion
+      const bool has_motion = in.time > 1;
       const FrameTask<scalar_t, T> task{
           frames + index * frame_size,
-          frames + (video_start + motion_t) * frame_size,
-          in.time > 1 ? frames + (video_start + motion_t - 1) * frame_size : nullptr,
+          has_motion ? frames + (video_start + motion_t) * frame_size : nullptr,
+          has_motion ? frames + (video_start + motion_t - 1) * frame_size : nullptr,
           out + index * in.patches(),
           in.channels,
           in.height,

@@ -82,8 +82,8 @@ __global__ void patch_means_kernel(const PatchArgs<scalar_t, T> args) {
   const int64_t frame_size = args.channels * args.height * args.width;
   const scalar_t* frame = args.frames + index * frame_size;
   const int64_t motion_t = t > 0 ? t : 1;  // t = 0 takes t = 1's motion
-  const scalar_t* current = args.frames + (index - t + motion_t) * frame_size;
   const bool has_motion = args.time > 1;
+  const scalar_t* current = has_motion ? args.frames + (index - t + motion_t) * frame_size : frame;
 
   const int64_t y0 = p / patches_x * args.patch, x0 = p % patches_x * args.patch;
   T saliency = 0, motion = 0;
