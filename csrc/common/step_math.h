@@ -357,6 +357,22 @@ HV_HOST_DEVICE T merge_score(T best_similarity, T importance, T importance_weigh
   return nan_as_lowest(best_similarity - importance_weight * importance);
 }
 
+// Where the sources of output row `row` start in a batch's assign sorted by row: the first of
+// the `count` sorted entries that is >= row (binary search). Row j's sources are
+// [sources_begin(j), sources_begin(j + 1)).
+HV_HOST_DEVICE int64_t sources_begin(const int64_t* sorted_rows, int64_t count, int64_t row) {
+  int64_t low = 0, high = count;
+  while (low < high) {
+    const int64_t mid = low + (high - low) / 2;
+    if (sorted_rows[mid] < row) {
+      low = mid + 1;
+    } else {
+      high = mid;
+    }
+  }
+  return low;
+}
+
 // The size-weighted average of the tokens merged into one row: sum size·x over the sources in
 // token order, then divide by the summed size.
 template <typename T>

@@ -51,12 +51,10 @@ at::Tensor check_assign(const char* op, const at::Tensor& assign, const at::Tens
 }
 
 // The tokens of each output row, in token order: a stable sort of assign keeps equal rows in
-// token order, and the row boundaries are where each row's run starts.
+// token order.
 RowSources row_sources(const at::Tensor& assign, int64_t rows) {
   auto [sorted, sources] = at::sort(assign, /*stable=*/true, /*dim=*/-1, /*descending=*/false);
-  const at::Tensor boundaries =
-      at::arange(rows + 1, assign.options()).expand({assign.size(0), rows + 1}).contiguous();
-  return {sources.contiguous(), at::searchsorted(sorted, boundaries), rows};
+  return {sorted.contiguous(), sources.contiguous(), rows};
 }
 
 // assign of a merge: the r A tokens with the highest scores (ties to the lower index: a stable

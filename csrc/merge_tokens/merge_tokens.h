@@ -16,11 +16,12 @@
 
 namespace hvision::merge_tokens {
 
-// The sources of every output row, in token order: row j of batch b reads the tokens
-// sources[b, offsets[b, j] : offsets[b, j + 1]].
+// The sources of every output row, in token order: assign sorted by row (stable, so a row's
+// tokens stay in token order) and the tokens in that order. Row j of batch b reads the tokens
+// sources[b, k] for the k where sorted_rows[b, k] == j (found by sources_begin, step_math.h).
 struct RowSources {
-  at::Tensor sources;  // (batch, N) int64
-  at::Tensor offsets;  // (batch, rows + 1) int64
+  at::Tensor sorted_rows;  // (batch, N) int64
+  at::Tensor sources;      // (batch, N) int64
   int64_t rows = 0;
 };
 

@@ -216,18 +216,20 @@ void segment_sum_kernel(const at::Tensor& values, const std::optional<at::Tensor
   const int64_t tokens = values.size(1), channels = values.size(2), count = rows.rows;
   const scalar_t* value_data = values.const_data_ptr<scalar_t>();
   const T* weight_data = weights ? weights->const_data_ptr<T>() : nullptr;
+  const int64_t* sorted_rows = rows.sorted_rows.const_data_ptr<int64_t>();
   const int64_t* sources = rows.sources.const_data_ptr<int64_t>();
-  const int64_t* offsets = rows.offsets.const_data_ptr<int64_t>();
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
   T* total_data = totals.mutable_data_ptr<T>();
   at::parallel_for(0, values.size(0) * count, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(channels);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / count;
-      const int64_t* row_offsets = offsets + b * (count + 1) + row % count;
+      const int64_t* batch_rows = sorted_rows + b * tokens;
+      const int64_t first = sources_begin(batch_rows, tokens, row % count);
+      const int64_t last = sources_begin(batch_rows, tokens, row % count + 1);
       std::fill(acc.begin(), acc.end(), T(0));
       T total = 0;
-      for (int64_t k = row_offsets[0]; k < row_offsets[1]; ++k) {
+      for (int64_t k = first; k < last; ++k) {
         const int64_t token = b * tokens + sources[b * tokens + k];
         const T weight = weight_data ? weight_data[token] : T(1);
         accumulate_row(acc.data(), value_data + token * channels, weight, channels);

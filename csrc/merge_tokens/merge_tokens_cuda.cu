@@ -203,13 +203,13 @@ std::tuple<at::Tensor, at::Tensor> best_matches_cuda(const at::Tensor& metric,
 
 template <typename scalar_t, typename T>
 __global__ void segment_sum_kernel(const scalar_t* values, const T* weights,
-                                   const int64_t* sources, const int64_t* offsets, scalar_t* out,
-                                   T* totals, int64_t tokens, int64_t rows, int64_t channels,
-                                   bool average) {
+                                   const int64_t* sorted_rows, const int64_t* sources,
+                                   scalar_t* out, T* totals, int64_t tokens, int64_t rows,
+                                   int64_t channels, bool average) {
   const int64_t row = blockIdx.x;
   const int64_t b = row / rows;
-  const int64_t begin = offsets[b * (rows + 1) + row % rows];
-  const int64_t end = offsets[b * (rows + 1) + row % rows + 1];
+  const int64_t begin = sources_begin(sorted_rows + b * tokens, tokens, row % rows);
+  const int64_t end = sources_begin(sorted_rows + b * tokens, tokens, row % rows + 1);
   const int64_t* row_sources = sources + b * tokens;
   const auto weight_of = [&](int64_t token) { return weights ? weights[b * tokens + token] : T(1); };
   if (threadIdx.x == 0) {
@@ -250,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> segment_sum_cuda(const at::Tensor& values,
     segment_sum_kernel<<<grid_size(totals.numel(), "the merge"), row_threads(channels), 0,
                          at::cuda::getCurrentCUDAStream()>>>(
         values.const_data_ptr<scalar_t>(), weights ? weights->const_data_ptr<T>() : nullptr,
-        rows.sources.const_data_ptr<int64_t>(), rows.offsets.const_data_ptr<int64_t>(),
+        rows.sorted_rows.const_data_ptr<int64_t>(), rows.sources.const_data_ptr<int64_t>(),
         out.mutable_data_ptr<scalar_t>(), totals.mutable_data_ptr<T>(), tokens, rows.rows,
         channels, average);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
