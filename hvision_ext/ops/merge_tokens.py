@@ -70,6 +70,8 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def _merge_fwd_fake(x, metric, r, importance, size, protect, importance_weight):
     check_same_device("merge_tokens", "x", x, metric=metric, importance=importance, size=size)
     batch, tokens, channels = x.shape
+    if not 0 <= protect <= tokens:
+        raise ValueError(f"merge_tokens: expected protect in [0, N] = [0, {tokens}], got {protect}")
     max_r = (tokens - protect) // 2
     if not 0 <= r <= max_r:
         raise ValueError(f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {max_r}], got {r}")
