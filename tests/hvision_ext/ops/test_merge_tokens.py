@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hvision_ext
 from hvision_ext import ops, reference
 from tests.helpers import DEVICES, assert_close, seeded
 
@@ -367,3 +368,14 @@ def test_merge_backward_rejects_bad_merged_size():
     assign = torch.zeros(2, 7, dtype=torch.long)
     with pytest.raises(ValueError, match=r"expected merged_size of shape \(batch, N - r\) = \(2, 4\)"):
         torch.ops.hvision.merge_tokens_bwd(y, assign, None, torch.ones(2, 5))
+
+
+def test_reference_switch_routes_both_operators():
+    x, metric, extras = make_inputs(tokens=15, importance=True, size=True)
+    with hvision_ext.use_reference():
+        switched = ops.merge_tokens(x, metric, 5, **extras)
+        unmerged = ops.unmerge_tokens(switched[0], switched[2])
+    expected = reference.merge_tokens(x, metric, 5, **extras)
+    for got, want in zip(switched, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(unmerged, reference.unmerge_tokens(expected[0], expected[2]), rtol=0, atol=0)

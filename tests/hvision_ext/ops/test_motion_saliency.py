@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hvision_ext
 from hvision_ext import ops, reference
 from tests.helpers import DEVICES, seeded
 
@@ -256,3 +257,10 @@ def test_bad_input_is_named(changes, error, message):
     kwargs.update(changes)
     with pytest.raises(error, match=message):
         ops.motion_saliency(**kwargs)
+
+
+def test_reference_switch_routes_to_the_reference():
+    frames = random_frames()
+    with hvision_ext.use_reference():
+        switched = ops.motion_saliency(frames, 4, 0.3)
+    torch.testing.assert_close(switched, reference.motion_saliency(frames, 4, 0.3), rtol=0, atol=0)
