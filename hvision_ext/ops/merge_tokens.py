@@ -57,6 +57,7 @@ def unmerge_tokens(y: Tensor, assign: Tensor) -> Tensor:
     """Spreads merged tokens back: out[b, i] = y[b, assign[b, i]], (batch, N, C) in y's dtype.
 
     y: (batch, M, C); assign: (batch, N) int64 with values in [0, M) (as merge_tokens returns).
+    An assign value out of range raises ValueError (checking it waits for the device on CUDA).
     Gradients flow to y (summed over the tokens that share a row, in token order).
     """
     return _unmerge_fwd(y, assign)
