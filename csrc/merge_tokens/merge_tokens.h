@@ -2,11 +2,12 @@
 // and the per-device kernels it is built from. The schemas are in csrc/hvision.cpp; the math of
 // a step is in csrc/common/step_math.h.
 //
-// A merge runs three kernels per device: best_matches (fused normalise + A x B cosine
-// similarity + each A token's best B, never storing the similarity matrix), then, once the
-// r merged tokens are chosen and `assign` is built from tensor ops, segment_sum (the
-// size-weighted average of each output row's sources, in token order). Its backward and
-// unmerge's forward are gather_rows; unmerge's backward is segment_sum again (a plain sum).
+// Three kernels per device serve the four operators. A merge runs best_matches (fused
+// normalise + A x B cosine similarity + each A token's best B, never storing the similarity
+// matrix), then, once the r merged tokens are chosen and `assign` is built from tensor ops,
+// segment_sum (the size-weighted average of each output row's sources, in token order). Its
+// backward and unmerge's forward are gather_rows; unmerge's backward is segment_sum again (a
+// plain sum).
 #pragma once
 
 #include <ATen/core/Tensor.h>
