@@ -311,9 +311,9 @@ HV_HOST_DEVICE T motion_saliency_score(T motion, T motion_max, T saliency, T sal
 }
 
 // ---------------------------------------------------------------------------------------------
-// Token merging (ToMe bipartite soft matching): cosine similarities from dot products and
-// inverse norms, the (value, index) order of matches in which ties go to the lower index, the
-// merge score of an A token, and the size-weighted average of the tokens merged into a row.
+// Token merging (ToMe bipartite soft matching): unit metric rows and their cosine similarities,
+// the (value, index) order of matches in which ties go to the lower index, the merge score of an
+// A token, the source range of an output row, and the size-weighted average of its sources.
 // ---------------------------------------------------------------------------------------------
 
 // What a metric row is divided by to make it a unit vector: max(||m||, 1e-12), as
