@@ -39,4 +39,18 @@ TORCH_LIBRARY(hvision, m) {
       "hopfield_retrieval_bwd(Tensor dout, Tensor query, Tensor stored, Tensor? values, "
       "Tensor out, Tensor states, Tensor lse, float beta, int n_steps) -> (Tensor dquery, "
       "Tensor dstored, Tensor dvalues)");
+
+  // Motion–saliency scores of video patches, (batch, T, P) in float32 (float64 for float64
+  // frames). Not differentiable.
+  m.def("motion_saliency(Tensor frames, int patch_size, float alpha) -> Tensor");
+  // ToMe bipartite token merging; `assign` maps every input token to its output row.
+  m.def(
+      "merge_tokens_fwd(Tensor x, Tensor metric, int r, Tensor? importance, Tensor? size, "
+      "int protect, float importance_weight) -> (Tensor merged, Tensor merged_size, "
+      "Tensor assign)");
+  m.def(
+      "merge_tokens_bwd(Tensor dmerged, Tensor assign, Tensor? size, Tensor merged_size) -> "
+      "Tensor");
+  m.def("unmerge_tokens_fwd(Tensor y, Tensor assign) -> Tensor");
+  m.def("unmerge_tokens_bwd(Tensor dout, Tensor assign, int rows) -> Tensor");
 }

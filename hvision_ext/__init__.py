@@ -14,20 +14,26 @@ from . import ops, reference  # noqa: E402  (ops need the library loaded)
 from .ops import (  # noqa: E402
     hopfield_retrieval,
     local_global_attention,
+    merge_tokens,
+    motion_saliency,
     selective_scan,
     sparse_attention,
     strided_attention,
+    unmerge_tokens,
 )
 
 __version__ = "0.1.0"
 __all__ = [
     "hopfield_retrieval",
     "local_global_attention",
+    "merge_tokens",
+    "motion_saliency",
     "ops",
     "reference",
     "reference_enabled",
     "selective_scan",
     "sparse_attention",
     "strided_attention",
+    "unmerge_tokens",
     "use_reference",
 ]

@@ -85,6 +85,9 @@ HV_HOST_DEVICE double log1p_unit(double y) { return ::log1p(y); }
 HV_HOST_DEVICE float log(float x) { return ::logf(x); }
 HV_HOST_DEVICE double log(double x) { return ::log(x); }
 
+HV_HOST_DEVICE float sqrt(float x) { return ::sqrtf(x); }
+HV_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
+
 template <typename T>
 HV_HOST_DEVICE constexpr T negative_infinity() {
   return -std::numeric_limits<T>::infinity();
@@ -452,7 +455,7 @@ struct SparseStridedRuns {
   }
 };
 
-
+// ---------------------------------------------------------------------------------------------
 // Hopfield retrieval:  ξ_s = softmax(β ξ_{s-1} Xᵀ) X  (s < n),  out = softmax(β ξ_{n-1} Xᵀ) V.
 // Every step is one attention pass whose keys are the stored patterns X; the rows of ξ evolve
 // independently, so one query row (or a tile of rows) can run all the steps on chip. The score
@@ -472,6 +475,136 @@ HV_HOST_DEVICE T hopfield_score(T dot, T beta) {
 template <typename T>
 HV_HOST_DEVICE T hopfield_dot_grad(T probability, T d_probability, T row_dot, T beta) {
   return beta * softmax_score_grad(probability, d_probability, row_dot);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Motion–saliency scores of video patches: per-pixel luma, the 3x3 Sobel gradient magnitude
+// (separable: a vertical pass per column, then a horizontal pass per pixel), reflect-101 borders,
+// and the blend of the per-frame normalised motion and saliency.
+// ---------------------------------------------------------------------------------------------
+
+// The index a reflect-101 border (OpenCV's default, "gfedcb|abcdefgh|gfedcba") reads for i in
+// [-1, n]; a line of one pixel reflects onto itself.
+HV_HOST_DEVICE int64_t reflect101(int64_t i, int64_t n) {
+  if (n == 1) return 0;
+  return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i);
+}
+
+template <typename T>
+HV_HOST_DEVICE T luma(T red, T green, T blue) {
+  return T(0.299) * red + T(0.587) * green + T(0.114) * blue;
+}
+
+// The vertical half of both Sobel kernels at one column, from the pixels above, at and below:
+// `smooth` (1, 2, 1) feeds the x-gradient and `diff` (-1, 0, 1) the y-gradient.
+template <typename T>
+struct SobelColumn {
+  T smooth, diff;
+};
+
+template <typename T>
+HV_HOST_DEVICE SobelColumn<T> sobel_column(T up, T mid, T down) {
+  return {up + T(2) * mid + down, down - up};
+}
+
+// sqrt(gx² + gy²) at a pixel from the column terms of its left, own and right columns:
+// gx = smooth(right) - smooth(left), gy = diff(left) + 2 diff(mid) + diff(right).
+template <typename T>
+HV_HOST_DEVICE T sobel_magnitude(T smooth_left, T smooth_right, T diff_left, T diff_mid,
+                                 T diff_right) {
+  const T gx = smooth_right - smooth_left;
+  const T gy = diff_left + T(2) * diff_mid + diff_right;
+  return math::sqrt(gx * gx + gy * gy);
+}
+
+template <typename T>
+HV_HOST_DEVICE T abs_difference(T a, T b) {
+  return a > b ? a - b : b - a;
+}
+
+// Each of motion and saliency is divided by its maximum over the frame's patches (+1e-6).
+constexpr double kMotionSaliencyEpsilon = 1e-6;
+
+template <typename T>
+HV_HOST_DEVICE T motion_saliency_score(T motion, T motion_max, T saliency, T saliency_max,
+                                       T alpha) {
+  const T eps = T(kMotionSaliencyEpsilon);
+  return alpha * (motion / (motion_max + eps)) + (T(1) - alpha) * (saliency / (saliency_max + eps));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token merging (ToMe bipartite soft matching): unit metric rows and their cosine similarities,
+// the (value, index) order of matches in which ties go to the lower index, the merge score of an
+// A token, the source range of an output row, and the size-weighted average of its sources.
+// ---------------------------------------------------------------------------------------------
+
+// What a metric row is divided by to make it a unit vector: max(||m||, 1e-12), as
+// torch.nn.functional.normalize does (a zero metric has zero similarity to everything). Rows are
+// normalised before the dot products, so that equal or proportional rows give bitwise equal
+// similarities and their ties resolve by index.
+template <typename T>
+HV_HOST_DEVICE T norm_divisor(T sum_of_squares) {
+  const T norm = math::sqrt(sum_of_squares);
+  return norm > T(1e-12) ? norm : T(1e-12);
+}
+
+// A NaN ranks below every number (as -inf), so that matching and selection are total orders.
+template <typename T>
+HV_HOST_DEVICE T nan_as_lowest(T value) {
+  return value == value ? value : math::negative_infinity<T>();
+}
+
+// The cosine similarity from the dot product of two unit rows, as the matching ranks it.
+template <typename T>
+HV_HOST_DEVICE T cosine_similarity(T unit_dot) {
+  return nan_as_lowest(unit_dot);
+}
+
+// An A token's best B (its cosine similarity and index among the B tokens).
+template <typename T>
+struct Match {
+  T value;
+  int64_t index;
+};
+
+// Whether `a` is the better match: the higher value, and of equal values the lower index.
+template <typename T>
+HV_HOST_DEVICE bool better_match(const Match<T>& a, const Match<T>& b) {
+  return a.value > b.value || (a.value == b.value && a.index < b.index);
+}
+
+// What the r merged A tokens are chosen by: their best similarity less their importance.
+template <typename T>
+HV_HOST_DEVICE T merge_score(T best_similarity, T importance, T importance_weight) {
+  return nan_as_lowest(best_similarity - importance_weight * importance);
+}
+
+// Where the sources of output row `row` start in a batch's assign sorted by row: the first of
+// the `count` sorted entries that is >= row (binary search). Row j's sources are
+// [sources_begin(j), sources_begin(j + 1)).
+HV_HOST_DEVICE int64_t sources_begin(const int64_t* sorted_rows, int64_t count, int64_t row) {
+  int64_t low = 0, high = count;
+  while (low < high) {
+    const int64_t mid = low + (high - low) / 2;
+    if (sorted_rows[mid] < row) {
+      low = mid + 1;
+    } else {
+      high = mid;
+    }
+  }
+  return low;
+}
+
+// The size-weighted average of the tokens merged into one row: sum size·x over the sources in
+// token order, then divide by the summed size.
+template <typename T>
+HV_HOST_DEVICE T merge_accumulate(T sum, T size, T x) {
+  return sum + size * x;
+}
+
+template <typename T>
+HV_HOST_DEVICE T merge_average(T weighted_sum, T total_size) {
+  return weighted_sum / total_size;
 }
 
 }  // namespace hvision

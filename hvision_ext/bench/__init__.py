@@ -7,6 +7,7 @@ live in a module here named after it, imported below so that they register.
 from . import selective_scan  # noqa: F401  (importing it registers its cases)
 from . import sparse_attention  # noqa: F401
 from . import hopfield_retrieval  # noqa: F401
+from . import merge_tokens, motion_saliency, selective_scan  # noqa: F401  (importing registers their cases)
 from .registry import BenchCase, CaseSpec, all_cases, bench_case, select_cases
 from .timing import Timing, copy_bandwidth, time_impl
 
