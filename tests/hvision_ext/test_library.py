@@ -9,9 +9,26 @@ import hvision_ext
 from hvision_ext import _build_info, _library
 
 
-def test_operators_are_registered():
-    for name in ("selective_scan_fwd", "selective_scan_bwd"):
-        assert hasattr(torch.ops.hvision, name)
+OPERATORS = [
+    "selective_scan_fwd", "selective_scan_bwd",
+    "sparse_attention_fwd", "sparse_attention_bwd",
+    "hopfield_retrieval_fwd", "hopfield_retrieval_bwd",
+    "motion_saliency",
+    "merge_tokens_fwd", "merge_tokens_bwd", "unmerge_tokens_fwd", "unmerge_tokens_bwd",
+]
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_operators_are_registered(name):
+    assert hasattr(torch.ops.hvision, name)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hvision::{name}", "CPU")
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_cuda_kernels_are_registered_when_built_with_cuda(name):
+    if not _library.built_with_cuda():
+        pytest.skip("built without CUDA kernels (HVISION_CPU_ONLY or no nvcc)")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hvision::{name}", "CUDA")
 
 
 def test_build_matches_running_torch():
