@@ -18,16 +18,30 @@ from .layers import DropPath, RMSNorm
 
 class DirectionalConv1d(nn.Module):
     """Depthwise conv over the sequence that sees only the current and earlier tokens in the
-    scan's direction: causal (left padding) forwards, anti-causal (right padding) in reverse."""
+    scan's direction: causal (left padding) forwards, anti-causal (right padding) in reverse.
+
+    Computed as a sum of shifted, per-channel scaled copies: for Mamba's short kernels this is
+    several times faster on the CPU than a grouped ``conv1d``, forward and backward. The
+    parameters are laid out as ``nn.Conv1d``'s (weight (C, 1, k), bias (C,)).
+    """
 
     def __init__(self, channels: int, kernel_size: int, reverse: bool = False):
         super().__init__()
-        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels)
+        self.kernel_size = kernel_size
         self.padding = (0, kernel_size - 1) if reverse else (kernel_size - 1, 0)
+        reference = nn.Conv1d(channels, channels, kernel_size, groups=channels)
+        self.weight = nn.Parameter(reference.weight.detach())
+        self.bias = nn.Parameter(reference.bias.detach())
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, self.padding))
-
+        """x: (batch, channels, L) → (batch, channels, L)."""
+        length = x.shape[-1]
+        padded = F.pad(x, self.padding)
+        taps = self.weight[:, 0, :, None]  # (C, k, 1)
+        out = self.bias[:, None] + taps[:, 0] * padded[..., :length]
+        for k in range(1, self.kernel_size):
+            out = out + taps[:, k] * padded[..., k : k + length]
+        return out
 
 class SSMDirection(nn.Module):
     """One scan direction: conv → SiLU → x-projection to (dt, B, C) → dt-projection → scan."""
@@ -65,14 +79,15 @@ class SSMDirection(nn.Module):
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """x, z: (batch, d_inner, L) → (batch, d_inner, L)."""
         x = F.silu(self.conv(x))
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
+        # Projections as weight @ x keep every scan input channel-major, (batch, ·, L), without copies.
+        dt, B, C = torch.matmul(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = torch.matmul(self.dt_proj.weight, dt)
         return selective_scan(
             x,
             delta,
             -torch.exp(self.A_log.float()),
-            B.transpose(1, 2),
-            C.transpose(1, 2),
+            B,
+            C,
             D=self.D.float(),
             z=z,
             delta_bias=self.dt_proj.bias.float(),
@@ -95,7 +110,8 @@ class BiMamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+        tokens = hidden.transpose(1, 2)  # (batch, dim, L)
+        x, z = (torch.matmul(weight, tokens) for weight in self.in_proj.weight.chunk(2))
         y = (self.forward_ssm(x, z) + self.backward_ssm(x, z)) / 2
         return self.out_proj(y.transpose(1, 2))
 

@@ -31,6 +31,8 @@ class VisionMamba(nn.Module):
         num_heads: heads of those attention blocks.
         drop_rate: dropout on the embedded tokens and before the head.
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        pool: features for the head: "cls" (the middle class token, as Vim) or "mean" (the mean
+            of all tokens, which learns faster from scratch on small data sets).
     """
 
     def __init__(
@@ -49,12 +51,16 @@ class VisionMamba(nn.Module):
         num_heads: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        pool: str = "cls",
     ):
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"VisionMamba: pool must be 'cls' or 'mean', got {pool!r}")
         bad_layers = [i for i in attn_layers if not 0 <= i < depth]
         if bad_layers:
             raise ValueError(f"VisionMamba: attn_layers must lie in [0, {depth}), got {bad_layers}")
         self.num_classes = num_classes
+        self.pool = pool
         self.embed_dim = embed_dim
         self.attn_layers = tuple(sorted(attn_layers))
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -101,9 +107,9 @@ class VisionMamba(nn.Module):
         return self.norm(x), cls_index
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """The class token's features, (batch, embed_dim)."""
+        """Pooled features, (batch, embed_dim): the class token's, or the mean token's."""
         x, cls_index = self.encode(self.embed(images))
-        return x[:, cls_index]
+        return x[:, cls_index] if self.pool == "cls" else x.mean(dim=1)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.head_drop(self.forward_features(images)))
