@@ -69,24 +69,24 @@ def _background(n: int, size: int, gen: torch.Generator) -> Tensor:
     """A smooth random colour field with line segments and dots painted on it: (n, 3, size, size)."""
     field = F.interpolate(torch.rand(n, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)
     xs, ys = _pixel_grid(size)
-    segments, dots = 4, 5
+    segments, dots = 3, 4
     start = _uniform((n, segments, 2), 0, size, gen)
-    end = start + _uniform((n, segments, 2), -10, 10, gen)
+    end = start + _uniform((n, segments, 2), -8, 8, gen)
     strokes = _segment_distance(xs, ys, start, end) <= 0.6
     centres = _uniform((n, dots, 2), 0, size, gen)
-    dot_radius = _uniform((n, dots, 1, 1), 0.8, 1.8, gen)
+    dot_radius = _uniform((n, dots, 1, 1), 0.7, 1.5, gen)
     blobs = _segment_distance(xs, ys, centres, centres) <= dot_radius
     marks = torch.cat([strokes, blobs], dim=1)  # (n, segments + dots, H, W)
     colours = torch.rand(n, segments + dots, 3, 1, 1, generator=gen)
-    for k in range(segments + dots):
-        field = torch.where(marks[:, k, None], colours[:, k], field)
+    for k in range(segments + dots):  # marks half-blended into the field: clutter, not shapes
+        field = torch.where(marks[:, k, None], 0.5 * (field + colours[:, k]), field)
     return field
 
 
 def _shape_masks(labels: Tensor, size: int, gen: torch.Generator) -> Tensor:
     """Each image's shape at a random radius, position and rotation: (n, size, size) bool."""
     n = labels.shape[0]
-    radius = _uniform((n, 1, 1), 5.5, 10.0, gen)
+    radius = _uniform((n, 1, 1), 6.5, 11.0, gen)
     centre = _uniform((n, 2, 1, 1), 0, 1, gen) * (size - 1.4 * radius[:, None]) + 0.7 * radius[:, None]
     angle = _uniform((n, 1, 1), 0, 2 * math.pi, gen)
     xs, ys = _pixel_grid(size)
@@ -110,5 +110,5 @@ def generate_shapes(num_images: int, seed: int, size: int = IMAGE_SIZE) -> tuple
     offset = _uniform((num_images, 3, 1, 1), 0.3, 0.7, gen)
     colour = (background.mean(dim=(2, 3), keepdim=True) + offset) % 1.0
     images = torch.where(masks[:, None], colour, background)
-    images = images + 0.06 * torch.randn(images.shape, generator=gen)
+    images = images + 0.05 * torch.randn(images.shape, generator=gen)
     return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
