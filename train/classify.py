@@ -12,6 +12,8 @@ and prints, beside its test accuracy, the accuracy of a linear classifier on the
 import dataclasses
 import time
 
+import torch
+
 from . import distributed
 from .baselines import linear_probe_accuracy
 from .classification import ClassificationTask
@@ -38,8 +40,9 @@ class ClassifyConfig(EngineConfig, DataConfig):
     out_dir: str = field("runs/classify", "where checkpoints, metrics and plots go")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = load_config(ClassifyConfig, argv, "python -m train.classify", __doc__.splitlines()[0])
+def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
+    """Trains as configured (inside a started process group, if any); returns the trainer and a
+    summary: wall time, final and best test accuracy, and the linear baseline when asked for."""
     started = time.perf_counter()
     device = start(config)
     splits, transform = data_for(config)
@@ -51,18 +54,29 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = Trainer(model, task, train_loader, test_loader, config, plain(config), device)
     if distributed.is_main():
         params = sum(p.numel() for p in model.parameters())
-        print(f"{config.model} ({params / 1e6:.2f} M parameters) on {config.dataset}: "
-              f"{len(splits.train)} train / {len(splits.test)} test images, device {device}", flush=True)
+        print(
+            f"{config.model} ({params / 1e6:.2f} M parameters) on {config.dataset}: {len(splits.train)} train / "
+            f"{len(splits.test)} test images, device {device}, {torch.get_num_threads()} threads",
+            flush=True,
+        )
     record = trainer.fit()
-    summary = {"time_s": time.perf_counter() - started, "test_acc": record["val_acc"], "best_test_acc": trainer.best}
+    summary = {"test_acc": record.get("val_acc"), "best_test_acc": trainer.best}
     if distributed.is_main() and config.linear_baseline and isinstance(splits.train, ImageTensorDataset):
         summary["linear_probe_acc"] = linear_probe_accuracy(splits.train, splits.test)
+    summary["time_s"] = time.perf_counter() - started
     if distributed.is_main():
-        print(f"done in {summary['time_s']:.0f} s: test accuracy {summary['test_acc']:.4f} (best epoch {trainer.best:.4f})", flush=True)
+        print(f"done in {summary['time_s']:.0f} s: test accuracy {summary['test_acc']:.4f} (best epoch {trainer.best:.4f})")
         if "linear_probe_acc" in summary:
             print(f"linear classifier on raw pixels, same data: test accuracy {summary['linear_probe_acc']:.4f}")
-    distributed.cleanup()
-    return summary
+    return trainer, summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = load_config(ClassifyConfig, argv, "python -m train.classify", __doc__.splitlines()[0])
+    try:
+        return run(config)[1]
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -158,8 +158,9 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Trains to the last epoch (or until early stopping); returns the last epoch's record."""
-        record: dict[str, Any] = {}
+        """Trains to the last epoch (or until early stopping); returns the last epoch's record
+        (every process has it; after a resume with nothing left to train, the main process)."""
+        record: dict[str, Any] = self.logger.records[-1] if self.logger.records else {}
         while self.epoch < self.config.epochs and not self._should_stop():
             start = time.perf_counter()
             train_loss, images = self.train_one_epoch()

@@ -188,7 +188,7 @@ def plot_reconstructions(model, loader, transform: BatchTransform, config: Evalu
     for r, (title, batch) in enumerate(rows):
         for c in range(len(images)):
             ax = axes[r][c]
-            picture = batch[c].cpu().permute(1, 2, 0)
+            picture = batch[c].cpu().permute(1, 2, 0).numpy()
             ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray")
             ax.set_xticks([])
             ax.set_yticks([])

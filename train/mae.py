@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
     splits, transform = data_for(config)
     model = build_mae(config, splits)
     train_loader, test_loader = loaders_for(config, splits)
-    record = Trainer(model, MAETask(transform), train_loader, test_loader, config, plain(config), device).fit()
-    distributed.cleanup()
-    return record
+    try:
+        return Trainer(model, MAETask(transform), train_loader, test_loader, config, plain(config), device).fit()
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IMAGE_SIZE = 32
+MAX_ROTATION = math.radians(25)  # each shape is drawn upright ± this
 
 # Each shape as a test on shape-frame coordinates (u, v), whose unit is the shape's radius.
 Shape = Callable[[Tensor, Tensor], Tensor]
@@ -66,8 +67,11 @@ def _segment_distance(xs: Tensor, ys: Tensor, start: Tensor, end: Tensor) -> Ten
 
 
 def _background(n: int, size: int, gen: torch.Generator) -> Tensor:
-    """A smooth random colour field with line segments and dots painted on it: (n, 3, size, size)."""
-    field = F.interpolate(torch.rand(n, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)
+    """A smooth random colour field around a base colour, with line segments and dots painted
+    on it: (n, 3, size, size)."""
+    base = _uniform((n, 3, 1, 1), 0.15, 0.85, gen)
+    variation = F.interpolate(torch.rand(n, 3, 4, 4, generator=gen) - 0.5, size=(size, size), mode="bilinear")
+    field = (base + 0.3 * variation).clamp(0, 1)
     xs, ys = _pixel_grid(size)
     segments, dots = 3, 4
     start = _uniform((n, segments, 2), 0, size, gen)
@@ -88,7 +92,7 @@ def _shape_masks(labels: Tensor, size: int, gen: torch.Generator) -> Tensor:
     n = labels.shape[0]
     radius = _uniform((n, 1, 1), 6.5, 11.0, gen)
     centre = _uniform((n, 2, 1, 1), 0, 1, gen) * (size - 1.4 * radius[:, None]) + 0.7 * radius[:, None]
-    angle = _uniform((n, 1, 1), 0, 2 * math.pi, gen)
+    angle = _uniform((n, 1, 1), -MAX_ROTATION, MAX_ROTATION, gen)
     xs, ys = _pixel_grid(size)
     dx, dy = xs - centre[:, 0], ys - centre[:, 1]
     u = (dx * torch.cos(angle) + dy * torch.sin(angle)) / radius
@@ -106,9 +110,10 @@ def generate_shapes(num_images: int, seed: int, size: int = IMAGE_SIZE) -> tuple
     labels = torch.randint(len(SHAPES), (num_images,), generator=gen)
     masks = _shape_masks(labels, size, gen)
     background = _background(num_images, size, gen)
-    # The shape's colour differs from the background's mean by 0.3-0.7 in every channel (cyclic).
-    offset = _uniform((num_images, 3, 1, 1), 0.3, 0.7, gen)
-    colour = (background.mean(dim=(2, 3), keepdim=True) + offset) % 1.0
+    # The shape stands out from the background's mean colour by 0.3-0.55 in every channel.
+    mean = background.mean(dim=(2, 3), keepdim=True)
+    contrast = _uniform((num_images, 3, 1, 1), 0.3, 0.55, gen)
+    colour = torch.where(mean > 0.5, mean - contrast, mean + contrast)
     images = torch.where(masks[:, None], colour, background)
     images = images + 0.05 * torch.randn(images.shape, generator=gen)
     return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
