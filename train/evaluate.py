@@ -198,5 +198,10 @@ def plot_reconstructions(model, loader, transform: BatchTransform, config: Evalu
     plt.close(fig)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (``main`` returns results for programmatic use)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

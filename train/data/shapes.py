@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IMAGE_SIZE = 32
-MAX_ROTATION = math.radians(25)  # each shape is drawn upright ± this
+MAX_ROTATION = math.radians(15)  # each shape is drawn upright ± this
 
 # Each shape as a test on shape-frame coordinates (u, v), whose unit is the shape's radius.
 Shape = Callable[[Tensor, Tensor], Tensor]
@@ -90,7 +90,7 @@ def _background(n: int, size: int, gen: torch.Generator) -> Tensor:
 def _shape_masks(labels: Tensor, size: int, gen: torch.Generator) -> Tensor:
     """Each image's shape at a random radius, position and rotation: (n, size, size) bool."""
     n = labels.shape[0]
-    radius = _uniform((n, 1, 1), 6.5, 11.0, gen)
+    radius = _uniform((n, 1, 1), 7.0, 10.5, gen)
     centre = _uniform((n, 2, 1, 1), 0, 1, gen) * (size - 1.4 * radius[:, None]) + 0.7 * radius[:, None]
     angle = _uniform((n, 1, 1), -MAX_ROTATION, MAX_ROTATION, gen)
     xs, ys = _pixel_grid(size)
