@@ -35,7 +35,7 @@ class ClassifyConfig(EngineConfig, DataConfig):
     init_from: str = field("", "start from this checkpoint's weights (classifier or MAE encoder)")
     linear_baseline: bool = field(True, "also fit a linear classifier on raw pixels (in-memory data sets)")
     # Engine and data settings whose defaults differ for this job.
-    epochs: int = field(6, "training epochs")
+    epochs: int = field(5, "training epochs")
     batch_size: int = field(64, "images per step on each process")
     lr: float = field(3e-3, "peak learning rate (AdamW)")
     warmup_epochs: float = field(0.5, "linear warm-up, in epochs")
