@@ -47,8 +47,9 @@ class ClassifyConfig(EngineConfig, DataConfig):
 
 
 def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
-    """Trains as configured (inside a started process group, if any); returns the trainer and a
-    summary: wall time, final and best test accuracy, and the linear baseline when asked for."""
+    """Trains as configured (starting the process group under torchrun); returns the trainer
+    and a summary: final and best test accuracy, the linear baseline when asked for, wall and
+    CPU time."""
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
     splits, transform = data_for(config)
