@@ -16,32 +16,19 @@ from hvision_ext.ops import selective_scan
 from .layers import DropPath, RMSNorm
 
 
-class DirectionalConv1d(nn.Module):
+class DirectionalConv1d(nn.Conv1d):
     """Depthwise conv over the sequence that sees only the current and earlier tokens in the
-    scan's direction: causal (left padding) forwards, anti-causal (right padding) in reverse.
-
-    Computed as a sum of shifted, per-channel scaled copies: for Mamba's short kernels this is
-    several times faster on the CPU than a grouped ``conv1d``, forward and backward. The
-    parameters are laid out as ``nn.Conv1d``'s (weight (C, 1, k), bias (C,)).
-    """
+    scan's direction: causal (left padding) forwards, anti-causal (right padding) in reverse,
+    so the reverse direction needs no flipped copy of the sequence."""
 
     def __init__(self, channels: int, kernel_size: int, reverse: bool = False):
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.padding = (0, kernel_size - 1) if reverse else (kernel_size - 1, 0)
-        reference = nn.Conv1d(channels, channels, kernel_size, groups=channels)
-        self.weight = nn.Parameter(reference.weight.detach())
-        self.bias = nn.Parameter(reference.bias.detach())
+        super().__init__(channels, channels, kernel_size, groups=channels)
+        self.direction_padding = (0, kernel_size - 1) if reverse else (kernel_size - 1, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (batch, channels, L) → (batch, channels, L)."""
-        length = x.shape[-1]
-        padded = F.pad(x, self.padding)
-        taps = self.weight[:, 0, :, None]  # (C, k, 1)
-        out = self.bias[:, None] + taps[:, 0] * padded[..., :length]
-        for k in range(1, self.kernel_size):
-            out = out + taps[:, k] * padded[..., k : k + length]
-        return out
+        return super().forward(F.pad(x, self.direction_padding))
+
 
 class SSMDirection(nn.Module):
     """One scan direction: conv → SiLU → x-projection to (dt, B, C) → dt-projection → scan."""
