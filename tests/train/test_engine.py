@@ -76,3 +76,11 @@ def test_metrics_jsonl_is_valid_json(tiny_job, tmp_path):
     classify.main(tiny_job("--epochs", "1"))
     line = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
     assert set(json.loads(line)) >= {"epoch", "train_loss", "val_loss", "val_acc", "lr"}
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_saves_the_scaler(tiny_job, tmp_path, amp):
+    summary = classify.main(tiny_job("--epochs", "1", "--amp", amp))
+    state = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert summary["test_acc"] is not None and state["config"]["amp"] == amp
+    assert bool(state["scaler"]) == (amp == "fp16")  # a grad scaler only for fp16
