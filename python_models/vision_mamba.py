@@ -1,0 +1,153 @@
+"""Vision Mamba (Vim): patch tokens with a class token in the middle of the sequence, learned
+positional embeddings, a stack of bidirectional Mamba blocks (attention blocks at chosen depths
+make a hybrid), RMSNorm and a linear head on the class token."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .layers import AttentionBlock, PatchEmbed, RMSNorm
+from .mamba import MambaBlock
+from .registry import register_model
+
+
+class VisionMamba(nn.Module):
+    """Vision Mamba classifier.
+
+    Args:
+        img_size: side of the square input images.
+        patch_size: side of the square patches (img_size must be a multiple).
+        in_chans: image channels.
+        num_classes: classes of the linear head; 0 leaves the head out (``forward`` then returns
+            the class-token features).
+        embed_dim: token width.
+        depth: number of blocks.
+        d_state: SSM state size N.
+        expand: inner width of the Mamba mixer = expand · embed_dim.
+        d_conv: kernel size of the depthwise conv before each scan.
+        dt_rank: rank of the dt projection (default ceil(embed_dim / 16)).
+        attn_layers: indices of the blocks that are attention blocks instead (a hybrid).
+        num_heads: heads of those attention blocks.
+        drop_rate: dropout on the embedded tokens and before the head.
+        drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        pool: features for the head: "cls" (the middle class token, as Vim) or "mean" (the mean
+            of all tokens, which learns faster from scratch on small data sets).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 192,
+        depth: int = 24,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+        attn_layers: Sequence[int] = (),
+        num_heads: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        pool: str = "cls",
+    ):
+        super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"VisionMamba: pool must be 'cls' or 'mean', got {pool!r}")
+        bad_layers = [i for i in attn_layers if not 0 <= i < depth]
+        if bad_layers:
+            raise ValueError(f"VisionMamba: attn_layers must lie in [0, {depth}), got {bad_layers}")
+        self.num_classes = num_classes
+        self.pool = pool
+        self.embed_dim = embed_dim
+        self.attn_layers = tuple(sorted(attn_layers))
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            AttentionBlock(embed_dim, num_heads, drop_path=rate)
+            if i in self.attn_layers
+            else MambaBlock(embed_dim, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank, drop_path=rate)
+            for i, rate in enumerate(rates)
+        )
+        self.norm = RMSNorm(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for name, module in self.named_modules():
+            # The dt projections keep Mamba's own initialisation (see SSMDirection).
+            if isinstance(module, nn.Linear) and not name.endswith("dt_proj"):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch tokens plus their positional embeddings: (batch, num_patches, embed_dim)."""
+        return self.patch_embed(images) + self.pos_embed[:, 1:]
+
+    def encode(self, tokens: Tensor) -> tuple[Tensor, int]:
+        """Runs the blocks on embedded patch tokens (all of them, or a subset in sequence order)
+        with the class token inserted in the middle. Returns the normalised sequence
+        (batch, L + 1, embed_dim) and the class token's index."""
+        cls_index = tokens.shape[1] // 2
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+        x = torch.cat([tokens[:, :cls_index], cls, tokens[:, cls_index:]], dim=1)
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x), cls_index
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Pooled features, (batch, embed_dim): the class token's, or the mean token's."""
+        x, cls_index = self.encode(self.embed(images))
+        return x[:, cls_index] if self.pool == "cls" else x.mean(dim=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.head_drop(self.forward_features(images)))
+
+
+def _preset(defaults: dict, overrides: dict) -> VisionMamba:
+    return VisionMamba(**{**defaults, **overrides})
+
+
+_IMAGENET = dict(img_size=224, patch_size=16, depth=24, d_state=16, expand=2)
+_CIFAR = dict(img_size=32, patch_size=4, num_classes=10, d_state=16, expand=2)
+
+
+@register_model
+def vim_tiny(**overrides) -> VisionMamba:
+    """Vim-Ti: 224², patch 16, dim 192, depth 24."""
+    return _preset({**_IMAGENET, "embed_dim": 192, "num_heads": 3}, overrides)
+
+
+@register_model
+def vim_small(**overrides) -> VisionMamba:
+    """Vim-S: 224², patch 16, dim 384, depth 24."""
+    return _preset({**_IMAGENET, "embed_dim": 384, "num_heads": 6}, overrides)
+
+
+@register_model
+def vim_base(**overrides) -> VisionMamba:
+    """Vim-B: 224², patch 16, dim 768, depth 24."""
+    return _preset({**_IMAGENET, "embed_dim": 768, "num_heads": 12}, overrides)
+
+
+@register_model
+def vim_tiny_cifar(**overrides) -> VisionMamba:
+    """Vim-Ti for 32² images: patch 4 (64 tokens), dim 192, depth 12."""
+    return _preset({**_CIFAR, "embed_dim": 192, "depth": 12, "num_heads": 3}, overrides)
+
+
+@register_model
+def vim_small_cifar(**overrides) -> VisionMamba:
+    """Vim-S for 32² images: patch 4 (64 tokens), dim 384, depth 12."""
+    return _preset({**_CIFAR, "embed_dim": 384, "depth": 12, "num_heads": 6}, overrides)

@@ -1,0 +1,34 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from train.classify import ClassifyConfig
+from train.config import load_config, read_yaml
+from train.mae import MAEConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    (tmp_path / "c.yaml").write_text("epochs: 7\nlr: 0.01\nmodel_args: {depth: 3}\n")
+    config = load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml"), "--lr", "0.5", "--no-flip"], "t", "t")
+    assert (config.epochs, config.lr, config.model_args, config.flip) == (7, 0.5, {"depth": 3}, False)
+    assert config.batch_size == ClassifyConfig().batch_size
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    (tmp_path / "c.yaml").write_text("epocs: 7\n")
+    with pytest.raises(ValueError, match=r"unknown settings \['epocs'\]"):
+        load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml")], "t", "t")
+
+
+def test_builtin_default_config_file_is_the_default_job():
+    assert read_yaml(ClassifyConfig, CONFIGS / "classify_shapes.yaml") == dataclasses.asdict(ClassifyConfig())
+    assert read_yaml(MAEConfig, CONFIGS / "mae_shapes.yaml") == dataclasses.asdict(MAEConfig())
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads(path):
+    cls = MAEConfig if path.name.startswith("mae") else ClassifyConfig
+    load_config(cls, ["--config", str(path)], "t", "t")

@@ -1,0 +1,27 @@
+"""MAE pre-training → fine-tuning → evaluation, end to end on tiny settings."""
+
+import json
+
+from train import classify, evaluate, mae
+from train.metrics import read_jsonl
+
+MAE_FLAGS = ("--decoder-dim", "16", "--decoder-depth", "1", "--decoder-heads", "2", "--lr", "3e-3", "--warmup-epochs", "0.5")
+
+
+def test_mae_pretrain_finetune_and_evaluate(tiny_job, tmp_path):
+    mae.main(tiny_job("--epochs", "3", *MAE_FLAGS, out="mae", classify=False))
+    records = read_jsonl(tmp_path / "mae" / "metrics.jsonl")
+    assert records[-1]["val_loss"] < records[0]["val_loss"]  # the masked-patch loss falls
+
+    results = evaluate.main(["--checkpoint", str(tmp_path / "mae" / "best.pt"), "--threads", "1"])
+    assert set(results["mask_ratio_sweep"]) == {"0.25", "0.5", "0.75", "0.9"}
+    sweep = results["mask_ratio_sweep"]
+    assert all(0 < r["ssim"] <= 1 and r["psnr_db"] > 0 for r in sweep.values())
+    assert (tmp_path / "mae" / "reconstructions.png").stat().st_size > 0
+
+    classify.main(tiny_job("--epochs", "1", "--init-from", str(tmp_path / "mae" / "best.pt"), out="finetune"))
+    results = evaluate.main(["--checkpoint", str(tmp_path / "finetune" / "best.pt"), "--threads", "1"])
+    assert (tmp_path / "finetune" / "confusion_matrix.png").stat().st_size > 0
+    assert sum(map(sum, results["confusion_matrix"])) == 64
+    assert set(results["per_class"]["disk"]) == {"precision", "recall", "f1"}
+    assert json.loads((tmp_path / "finetune" / "evaluation.json").read_text())["accuracy"] == results["accuracy"]

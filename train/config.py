@@ -1,0 +1,67 @@
+"""Job configuration: a dataclass of defaults, a YAML file over it, command-line flags over that.
+
+Every field of a job's config dataclass becomes a flag (``batch_size`` → ``--batch-size``;
+booleans also get ``--no-…``; dict and list fields take YAML, e.g. ``--model-args '{depth: 4}'``).
+"""
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+Config = TypeVar("Config")
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[field.name]
+
+
+def _parser_for(field_type: Any):
+    """How a flag's text becomes the field's value."""
+    if field_type in (int, float, str):
+        return field_type
+    return yaml.safe_load  # dicts, lists and optional values: YAML text
+
+
+def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, help="YAML file of settings; flags override it")
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        field_type = _field_type(cls, field)
+        help_text = field.metadata.get("help", "")
+        if field_type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=_parser_for(field_type), default=None, metavar=field.name.upper(), help=help_text)
+    return parser
+
+
+def load_config(cls: type[Config], argv: list[str] | None, prog: str, description: str) -> Config:
+    """The dataclass defaults, overridden by ``--config FILE`` and then by the flags given."""
+    args = build_parser(cls, prog, description).parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(read_yaml(cls, args.config))
+    values.update({name: value for name, value in vars(args).items() if name != "config" and value is not None})
+    return cls(**values)
+
+
+def read_yaml(cls: type, path: Path) -> dict[str, Any]:
+    """A YAML mapping of ``cls`` fields; unknown keys are an error, not silently ignored."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    return values
+
+
+def field(default: Any, help: str) -> Any:
+    """A dataclass field with a help text for its flag (mutable defaults are copied)."""
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})

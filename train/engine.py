@@ -1,0 +1,291 @@
+"""The training engine every job uses.
+
+A job supplies a model, data loaders and a ``Task`` (how a batch becomes a loss, how a model is
+evaluated, which metric decides the best checkpoint); the engine supplies the rest: AMP (bf16 or
+fp16 with a gradient scaler), AdamW with linear warm-up and a cosine schedule, gradient clipping,
+an optional EMA of the weights, early stopping, atomic best/last checkpoints with exact resume,
+progress bars, metric logs and plots, and DistributedDataParallel under ``torchrun``.
+"""
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import checkpoint, distributed
+from .config import field
+from .metrics import MetricsLogger
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    """Settings of the training loop, shared by every job."""
+
+    epochs: int = field(10, "training epochs")
+    batch_size: int = field(128, "images per step on each process")
+    lr: float = field(1e-3, "peak learning rate (AdamW)")
+    min_lr: float = field(1e-5, "learning rate at the end of the cosine schedule")
+    warmup_epochs: float = field(1.0, "linear warm-up, in epochs")
+    weight_decay: float = field(0.05, "AdamW weight decay (not applied to norms, biases, embeddings)")
+    clip_grad: float = field(1.0, "clip the gradient norm to this (0: off)")
+    amp: str = field("none", "mixed precision: none, bf16 or fp16")
+    ema_decay: float = field(0.0, "keep an EMA of the weights with this decay and evaluate it (0: off)")
+    patience: int = field(0, "stop after this many epochs without a better validation metric (0: off)")
+    seed: int = field(0, "random seed")
+    device: str = field("auto", "auto, cpu, cuda or cuda:N")
+    threads: int = field(0, "CPU threads for torch (0: torch's default)")
+    num_workers: int = field(2, "data-loader worker processes")
+    out_dir: str = field("runs/job", "where checkpoints, metrics and plots go")
+    resume: str = field("", "checkpoint to resume from exactly ('last' = OUT_DIR/last.pt)")
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("none", *AMP_DTYPES):
+            raise ValueError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+
+
+class Task(Protocol):
+    """What a job tells the engine."""
+
+    monitor: str  # the validation metric that picks the best checkpoint
+    mode: Literal["min", "max"]
+
+    def training_loss(self, model: nn.Module, batch: list[Tensor]) -> Tensor:
+        """The loss of one training batch (already on the device)."""
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """Validation metrics, reduced over every process."""
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for biases, norm scales, SSM vectors and embedding tokens."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token", "A_log"))
+        (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Learning-rate multiplier per step: linear warm-up, then cosine down to ``min_ratio``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+class ModelEma:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.module.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.module.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+class Trainer:
+    """Runs ``config.epochs`` epochs of ``task`` on ``model`` (or resumes a run).
+
+    ``job_config`` is saved in every checkpoint (plain values only) so that a checkpoint can be
+    evaluated or fine-tuned without its original command line.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        train_loader: DataLoader,
+        val_loader: DataLoader,
+        config: EngineConfig,
+        job_config: dict[str, Any],
+        device: torch.device,
+    ):
+        self.config = config
+        self.job_config = job_config
+        self.task = task
+        self.device = device
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.out_dir = Path(config.out_dir)
+        self.model = model.to(device)
+        self.ddp_model = (
+            DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if distributed.is_distributed()
+            else self.model
+        )
+        steps_per_epoch = len(train_loader)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            warmup_cosine(
+                round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch, config.min_lr / config.lr
+            ),
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.epoch = 0
+        self.best: float | None = None
+        self.epochs_since_best = 0
+        resume_path = self._resume_path()
+        if resume_path is not None:
+            self._load(resume_path)
+        self.logger = MetricsLogger(
+            self.out_dir, enabled=distributed.is_main(), resume_epoch=self.epoch if resume_path else None
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Trains to the last epoch (or until early stopping); returns the last epoch's record
+        (every process has it; after a resume with nothing left to train, the main process)."""
+        record: dict[str, Any] = self.logger.records[-1] if self.logger.records else {}
+        while self.epoch < self.config.epochs and not self._should_stop():
+            start = time.perf_counter()
+            train_loss, images = self.train_one_epoch()
+            val_metrics = self.task.evaluate(self.eval_model, self.val_loader, self.device)
+            self.epoch += 1
+            improved = self._track_best(val_metrics[self.task.monitor])
+            seconds = time.perf_counter() - start
+            record = {
+                "epoch": self.epoch,
+                "train_loss": train_loss,
+                **{f"val_{k}": v for k, v in val_metrics.items()},
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_time_s": seconds,
+                "images_per_s": images / seconds,
+            }
+            self.logger.log(record)
+            self._save(improved)
+            if distributed.is_main():
+                summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+                print(f"epoch {self.epoch}/{self.config.epochs}: {summary}", flush=True)
+        self.logger.close()
+        return record
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_one_epoch(self) -> tuple[float, int]:
+        """One pass over the training data; returns the mean loss (over every process) and the
+        number of images this process saw."""
+        self.ddp_model.train()
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        images = 0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=not _show_progress())
+        for batch in bar:
+            batch = [t.to(self.device, non_blocking=True) for t in batch]
+            loss = self.train_step(batch)
+            total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=self.device)])
+            images += batch[0].shape[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        distributed.all_reduce_sum(total)
+        return (total[0] / total[1]).item(), images
+
+    def train_step(self, batch: list[Tensor]) -> Tensor:
+        amp_dtype = AMP_DTYPES.get(self.config.amp)
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = self.task.training_loss(self.ddp_model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss
+
+    # -- best metric, early stopping -----------------------------------------------------------
+
+    def _track_best(self, value: float) -> bool:
+        better = self.best is None or (value < self.best if self.task.mode == "min" else value > self.best)
+        if better:
+            self.best = value
+            self.epochs_since_best = 0
+        else:
+            self.epochs_since_best += 1
+        return better
+
+    def _should_stop(self) -> bool:
+        stop = self.config.patience > 0 and self.epochs_since_best >= self.config.patience
+        if stop and distributed.is_main():
+            print(f"early stopping: no better {self.task.monitor} for {self.epochs_since_best} epochs", flush=True)
+        return stop
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "rng": checkpoint.rng_state(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "epochs_since_best": self.epochs_since_best,
+            "config": self.job_config,
+        }
+
+    def _save(self, improved: bool) -> None:
+        if distributed.is_main():
+            state = self.state_dict()
+            checkpoint.save_atomic(state, self.out_dir / "last.pt")
+            if improved:
+                checkpoint.save_atomic(state, self.out_dir / "best.pt")
+        distributed.barrier()
+
+    def _resume_path(self) -> Path | None:
+        if not self.config.resume:
+            return None
+        return self.out_dir / "last.pt" if self.config.resume == "last" else Path(self.config.resume)
+
+    def _load(self, path: Path) -> None:
+        state = checkpoint.load(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise checkpoint.CheckpointError(f"{path} holds no EMA weights but ema_decay > 0 was asked for")
+            self.ema.module.load_state_dict(state["ema"])
+        checkpoint.set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.best = state["best"]
+        self.epochs_since_best = state["epochs_since_best"]
+        if distributed.is_main():
+            print(f"resumed from {path} after epoch {self.epoch}", flush=True)
+
+
+def _show_progress() -> bool:
+    return distributed.is_main() and sys.stderr.isatty()

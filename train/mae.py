@@ -1,0 +1,104 @@
+"""``python -m train.mae``: masked-autoencoder pre-training of a Vision Mamba encoder.
+
+    python -m train.mae                                   # built-in shapes data set
+    python -m train.classify --init-from runs/mae/best.pt # then fine-tune the encoder
+
+The encoder's configuration (``model`` and ``model_args``) must be the classifier's (the
+defaults of both jobs are the same small Vision Mamba).
+"""
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from python_models import VisionMambaMAE
+
+from . import distributed
+from .common import DataConfig, build_backbone, data_for, loaders_for, plain, start
+from .config import field, load_config
+from .data import BatchTransform
+from .engine import EngineConfig, Trainer
+
+
+@dataclasses.dataclass
+class MAEConfig(EngineConfig, DataConfig):
+    model: str = field("vim_tiny_cifar", "registered encoder name")
+    model_args: dict = field({"embed_dim": 64, "depth": 4, "d_state": 8, "pool": "mean"}, "overrides of the encoder's preset")
+    mask_ratio: float = field(0.75, "fraction of the patches hidden from the encoder")
+    decoder_dim: int = field(128, "decoder width")
+    decoder_depth: int = field(2, "decoder transformer blocks")
+    decoder_heads: int = field(4, "decoder attention heads")
+    norm_pix_loss: bool = field(False, "per-patch normalised pixel targets")
+    # Engine and data settings whose defaults differ for this job (the built-in job on the CPU).
+    epochs: int = field(5, "training epochs")
+    batch_size: int = field(64, "images per step on each process")
+    lr: float = field(1.5e-3, "peak learning rate (AdamW)")
+    warmup_epochs: float = field(0.5, "linear warm-up, in epochs")
+    threads: int = field(1, "CPU threads for torch (0: torch's default)")
+    num_workers: int = field(0, "data-loader worker processes")
+    shapes_train_size: int = field(8000, "training images of the built-in data set")
+    crop_padding: int = field(0, "random crop after zero padding by this many pixels (0: off)")
+    out_dir: str = field("runs/mae", "where checkpoints, metrics and plots go")
+
+
+class MAETask:
+    """Masked-patch reconstruction loss; the best checkpoint has the lowest validation loss."""
+
+    monitor = "loss"
+    mode = "min"
+
+    def __init__(self, transform: BatchTransform):
+        self.transform = transform
+
+    def training_loss(self, model: nn.Module, batch: list[Tensor]) -> Tensor:
+        return model(self.transform(batch[0], train=True)).loss
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """Masked-patch loss over the test set; the masks are seeded, so every evaluation (and
+        every resumed run) hides the same patches."""
+        model.eval()
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(distributed.rank())
+            for images, _ in loader:
+                images = images.to(device, non_blocking=True)
+                loss = model(self.transform(images, train=False)).loss
+                totals += torch.tensor([loss.item() * images.shape[0], images.shape[0]], dtype=torch.float64, device=device)
+        distributed.all_reduce_sum(totals)
+        return {"loss": (totals[0] / totals[1]).item()}
+
+
+def build_mae(config: MAEConfig, splits) -> VisionMambaMAE:
+    encoder = build_backbone(config.model, config.model_args, splits, num_classes=0)
+    return VisionMambaMAE(
+        encoder,
+        mask_ratio=config.mask_ratio,
+        decoder_dim=config.decoder_dim,
+        decoder_depth=config.decoder_depth,
+        decoder_heads=config.decoder_heads,
+        norm_pix_loss=config.norm_pix_loss,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = load_config(MAEConfig, argv, "python -m train.mae", __doc__.splitlines()[0])
+    device = start(config)
+    splits, transform = data_for(config)
+    model = build_mae(config, splits)
+    train_loader, test_loader = loaders_for(config, splits)
+    try:
+        return Trainer(model, MAETask(transform), train_loader, test_loader, config, plain(config), device).fit()
+    finally:
+        distributed.cleanup()
+
+
+def cli() -> None:
+    """Console-script entry point (``main`` returns results for programmatic use)."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()
