@@ -17,6 +17,7 @@
 
 #include "common/cpu_dispatch.h"
 #include "common/cpu_gemm.h"
+#include "common/cpu_softmax.h"
 #include "common/step_math.h"
 #include "hopfield_retrieval/hopfield_retrieval.h"
 
@@ -83,29 +84,6 @@ inline int64_t num_query_tiles(int64_t queries) { return (queries + kQueryTile -
 // Softmax over a tile of scores (one row of `count` raw dot products per query row).
 // ---------------------------------------------------------------------------------------------
 
-// Forward: turns the row's dot products into unnormalised weights exp(β dot - m) against the
-// running maximum m, which it raises first; returns the factor the row's accumulator must be
-// rescaled by.
-template <typename T>
-HV_INLINE T online_weights(T* row, int64_t count, T beta, OnlineSoftmax<T>& state) {
-  T tile_max = math::negative_infinity<T>();
-#pragma omp simd reduction(max : tile_max)
-  for (int64_t j = 0; j < count; ++j) {
-    row[j] = hopfield_score(row[j], beta);
-    tile_max = std::max(tile_max, row[j]);
-  }
-  const T factor = online_softmax_advance(state, tile_max);
-  const T shift = online_softmax_shift(state);
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < count; ++j) {
-    row[j] = online_softmax_weight(row[j], shift);
-    sum += row[j];
-  }
-  state.sum += sum;
-  return factor;
-}
-
 // Backward, one stored pattern against `rows` query rows (the backward tiles are
 // pattern-major): its dot products become probabilities p (from each row's saved log-sum-exp)
 // and its dp (dξ·v) the gradients of the dot products.
@@ -121,10 +99,10 @@ HV_INLINE void probabilities_and_dot_grads(T* dots, T* d_probs, int64_t rows, T 
 
 HV_CPU_CLONES float run_online_weights(float* row, int64_t count, float beta,
                                        OnlineSoftmax<float>& state) {
-  return online_weights(row, count, beta, state);
+  return cpu::online_softmax_absorb(state, row, count, beta);
 }
 double run_online_weights(double* row, int64_t count, double beta, OnlineSoftmax<double>& state) {
-  return online_weights(row, count, beta, state);
+  return cpu::online_softmax_absorb(state, row, count, beta);
 }
 HV_CPU_CLONES void run_probabilities_and_dot_grads(float* dots, float* d_probs, int64_t rows,
                                                    float beta, const float* lse,

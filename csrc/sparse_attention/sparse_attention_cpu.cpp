@@ -15,6 +15,7 @@
 
 #include "common/cpu_dispatch.h"
 #include "common/cpu_gemm.h"
+#include "common/cpu_softmax.h"
 #include "common/step_math.h"
 #include "sparse_attention/sparse_attention.h"
 
@@ -77,25 +78,6 @@ HV_INLINE void mask_tile(const SparsePattern& p, int64_t a0, int64_t rows, int64
   }
 }
 
-// Folds one row of scores into the row's online softmax: the scores become their weights;
-// returns the factor the row's accumulator must be rescaled by.
-template <typename T>
-HV_INLINE T absorb_scores(OnlineSoftmax<T>& row, T* scores, int64_t n) {
-  T tile_max = math::negative_infinity<T>();
-#pragma omp simd reduction(max : tile_max)
-  for (int64_t c = 0; c < n; ++c) tile_max = scores[c] > tile_max ? scores[c] : tile_max;
-  const T factor = online_softmax_advance(row, tile_max);
-  const T shift = online_softmax_shift(row);
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t c = 0; c < n; ++c) {
-    scores[c] = online_softmax_weight(scores[c], shift);
-    sum += scores[c];
-  }
-  row.sum += sum;
-  return factor;
-}
-
 // Per-thread buffers: a score tile, a second tile for the backward pass and the forward
 // accumulators.
 template <typename T>
@@ -125,7 +107,7 @@ HV_INLINE void forward_tile(const SparsePattern& p, T scale, int64_t D, const Fo
     matmul_nt(rows, n, D, scale, h.q + a0 * D, D, h.k + b0 * D, D, T(0), scores, n);
     mask_tile(p, a0, rows, b0, n, scores);
     for (int64_t r = 0; r < rows; ++r) {
-      scale_row(acc + r * D, absorb_scores(state[r], scores + r * n, n), D);
+      scale_row(acc + r * D, cpu::online_softmax_absorb(state[r], scores + r * n, n, T(1)), D);
     }
     matmul_nn(rows, D, n, T(1), scores, n, h.v + b0 * D, D, T(1), acc, D);
   }
@@ -137,7 +119,7 @@ HV_INLINE void forward_tile(const SparsePattern& p, T scale, int64_t D, const Fo
       const int64_t first = run.first, count = run.count;
       T* scores = s.scores.data();
       for (int64_t u = 0; u < count; ++u) scores[u] = scale * dot(q, h.k + (first + u * p.stride) * D, D);
-      scale_row(acc_row, absorb_scores(state[r], scores, count), D);
+      scale_row(acc_row, cpu::online_softmax_absorb(state[r], scores, count, T(1)), D);
       for (int64_t u = 0; u < count; ++u) axpy(acc_row, scores[u], h.v + (first + u * p.stride) * D, D);
     }
     T* out = h.out + a * D;

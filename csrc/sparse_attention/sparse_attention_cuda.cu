@@ -462,17 +462,15 @@ int shared_memory_limit() {
   return limit;
 }
 
-// Launches the kernel for tiles of kTile when its shared memory fits the device; false if not.
-template <int kTile, typename S, typename T>
-bool launch_forward_with(ForwardParams<S, T> params, int64_t heads, int limit) {
-  const Layout layout(kTile, params.head_dim);
-  const size_t bytes = forward_shared_bytes<S, T>(layout);
+// Launches `kernel` over every (head, tile) with tiles of kTile rows when the `bytes` of shared
+// memory it needs fit the device; false if not.
+template <int kTile, typename Params>
+bool launch_tiles(void (*kernel)(Params), size_t bytes, Params params, int64_t heads, int limit) {
   if (bytes > static_cast<size_t>(limit)) return false;
   params.tiling = SparseTiling(params.pattern, kTile);
   const int64_t blocks = heads * params.tiling.tiles;
   if (blocks == 0) return true;
   TORCH_CHECK(blocks <= INT32_MAX, "sparse_attention: too many tiles for one launch (", blocks, ")");
-  auto kernel = forward_kernel<S, T, kTile>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -480,41 +478,27 @@ bool launch_forward_with(ForwardParams<S, T> params, int64_t heads, int limit) {
 }
 
 template <int kTile, typename S, typename T>
-bool launch_backward_with(GradParams<S, T> params, int64_t heads, int limit) {
-  const Layout layout(kTile, params.head_dim);
-  const size_t bytes = backward_shared_bytes<S, T>(layout);
-  if (bytes > static_cast<size_t>(limit)) return false;
-  params.tiling = SparseTiling(params.pattern, kTile);
-  const int64_t blocks = heads * params.tiling.tiles;
-  if (blocks == 0) return true;
-  TORCH_CHECK(blocks <= INT32_MAX, "sparse_attention: too many tiles for one launch (", blocks, ")");
-  auto kernel = backward_kernel<S, T, kTile>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, at::cuda::getCurrentCUDAStream()>>>(params);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
+bool launch_with(const ForwardParams<S, T>& params, int64_t heads, int limit) {
+  const size_t bytes = forward_shared_bytes<S, T>(Layout(kTile, params.head_dim));
+  return launch_tiles<kTile>(forward_kernel<S, T, kTile>, bytes, params, heads, limit);
 }
 
-// Tiles of 64 rows for 2-byte types, 32 for fp32, 16 for float64 (shared memory grows with
-// the element size), halved while the device's shared memory per block is too small.
-template <typename S, typename T>
-void launch_forward(const ForwardParams<S, T>& params, int64_t heads) {
-  const int limit = shared_memory_limit();
-  bool launched = false;
-  if constexpr (sizeof(S) == 2) launched = launch_forward_with<64>(params, heads, limit);
-  if constexpr (sizeof(S) <= 4) launched = launched || launch_forward_with<32>(params, heads, limit);
-  launched = launched || launch_forward_with<16>(params, heads, limit);
-  TORCH_CHECK(launched, "sparse_attention: head_dim ", params.head_dim,
-              " needs more shared memory per block than this device has (", limit, " bytes)");
+template <int kTile, typename S, typename T>
+bool launch_with(const GradParams<S, T>& params, int64_t heads, int limit) {
+  const size_t bytes = backward_shared_bytes<S, T>(Layout(kTile, params.head_dim));
+  return launch_tiles<kTile>(backward_kernel<S, T, kTile>, bytes, params, heads, limit);
 }
 
-template <typename S, typename T>
-void launch_backward(const GradParams<S, T>& params, int64_t heads) {
+// Launches a pass (forward or backward, by its Params) with tiles of 64 rows for 2-byte types,
+// 32 for fp32, 16 for float64 (shared memory grows with the element size), halved while the
+// device's shared memory per block is too small.
+template <typename S, typename T, template <typename, typename> class Params>
+void launch(const Params<S, T>& params, int64_t heads) {
   const int limit = shared_memory_limit();
   bool launched = false;
-  if constexpr (sizeof(S) == 2) launched = launch_backward_with<64>(params, heads, limit);
-  if constexpr (sizeof(S) <= 4) launched = launched || launch_backward_with<32>(params, heads, limit);
-  launched = launched || launch_backward_with<16>(params, heads, limit);
+  if constexpr (sizeof(S) == 2) launched = launch_with<64>(params, heads, limit);
+  if constexpr (sizeof(S) <= 4) launched = launched || launch_with<32>(params, heads, limit);
+  launched = launched || launch_with<16>(params, heads, limit);
   TORCH_CHECK(launched, "sparse_attention: head_dim ", params.head_dim,
               " needs more shared memory per block than this device has (", limit, " bytes)");
 }
@@ -544,7 +528,7 @@ ForwardResult forward_cuda(const AttentionInputs& in) {
                                device_data<scalar_t>(in.v), device_data_mut<scalar_t>(out),
                                lse.mutable_data_ptr<T>(), in.pattern, SparseTiling{},
                                static_cast<T>(in.scale), in.head_dim};
-    launch_forward(params, in.batch * in.heads);
+    launch(params, in.batch * in.heads);
   });
   return {out, lse};
 }
@@ -564,14 +548,14 @@ BackwardResult backward_cuda(const AttentionInputs& in, const SavedForward& save
     const T* dots = row_dot.const_data_ptr<T>();
     const int64_t heads = in.batch * in.heads;
     // dq: query-major, scores q · k^T, dp = dout · v^T.
-    launch_backward(GradParams<S, T>{device_data<scalar_t>(in.q), device_data<scalar_t>(in.k),
+    launch(GradParams<S, T>{device_data<scalar_t>(in.q), device_data<scalar_t>(in.k),
                                      device_data<scalar_t>(saved.dout), device_data<scalar_t>(in.v),
                                      lse, dots, device_data_mut<scalar_t>(dq), nullptr, in.pattern,
                                      SparseTiling{}, scale, in.head_dim},
                     heads);
     // dk, dv: key-major, scores k · q^T, dp = v · dout^T, dv += p · dout.
     const SparsePattern transposed = in.transposed_pattern();
-    launch_backward(GradParams<S, T>{device_data<scalar_t>(in.k), device_data<scalar_t>(in.q),
+    launch(GradParams<S, T>{device_data<scalar_t>(in.k), device_data<scalar_t>(in.q),
                                      device_data<scalar_t>(in.v), device_data<scalar_t>(saved.dout),
                                      lse, dots, device_data_mut<scalar_t>(dk),
                                      device_data_mut<scalar_t>(dv), transposed, SparseTiling{}, scale,
