@@ -17,32 +17,22 @@ import torch
 from . import distributed
 from .baselines import linear_probe_accuracy
 from .classification import ClassificationTask
-from .common import DataConfig, build_backbone, data_for, load_pretrained, loaders_for, plain, start
+from .common import BuiltinJobConfig, build_backbone, data_for, load_pretrained, loaders_for, plain, start
 from .config import field, load_config
 from .data import ImageTensorDataset
-from .engine import EngineConfig, Trainer
+from .engine import Trainer
 
 
 @dataclasses.dataclass
-class ClassifyConfig(EngineConfig, DataConfig):
+class ClassifyConfig(BuiltinJobConfig):
     """The defaults are the built-in job: a small Vision Mamba on the shapes data set."""
 
-    model: str = field("vim_tiny_cifar", "registered model name (python_models.list_models())")
-    model_args: dict = field({"embed_dim": 64, "depth": 4, "d_state": 8, "pool": "mean"}, "overrides of the model's preset")
     label_smoothing: float = field(0.1, "label smoothing")
     mixup_alpha: float = field(0.0, "mixup Beta(alpha, alpha) (0: off)")
     cutmix_alpha: float = field(0.0, "cutmix Beta(alpha, alpha) (0: off)")
     init_from: str = field("", "start from this checkpoint's weights (classifier or MAE encoder)")
     linear_baseline: bool = field(True, "also fit a linear classifier on raw pixels (in-memory data sets)")
-    # Engine and data settings whose defaults differ for this job.
-    epochs: int = field(5, "training epochs")
-    batch_size: int = field(64, "images per step on each process")
     lr: float = field(3e-3, "peak learning rate (AdamW)")
-    warmup_epochs: float = field(0.5, "linear warm-up, in epochs")
-    threads: int = field(1, "CPU threads for torch (0: torch's default)")
-    num_workers: int = field(0, "data-loader worker processes")
-    shapes_train_size: int = field(8000, "training images of the built-in data set")
-    crop_padding: int = field(0, "random crop after zero padding by this many pixels (0: off)")
     out_dir: str = field("runs/classify", "where checkpoints, metrics and plots go")
 
 

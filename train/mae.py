@@ -16,30 +16,22 @@ from torch.utils.data import DataLoader
 from python_models import VisionMambaMAE
 
 from . import distributed
-from .common import DataConfig, build_backbone, data_for, loaders_for, plain, start
+from .common import BuiltinJobConfig, build_backbone, data_for, loaders_for, plain, start
 from .config import field, load_config
 from .data import BatchTransform
-from .engine import EngineConfig, Trainer
+from .engine import Trainer
 
 
 @dataclasses.dataclass
-class MAEConfig(EngineConfig, DataConfig):
-    model: str = field("vim_tiny_cifar", "registered encoder name")
-    model_args: dict = field({"embed_dim": 64, "depth": 4, "d_state": 8, "pool": "mean"}, "overrides of the encoder's preset")
+class MAEConfig(BuiltinJobConfig):
+    """The defaults pre-train the built-in classification job's encoder."""
+
     mask_ratio: float = field(0.75, "fraction of the patches hidden from the encoder")
     decoder_dim: int = field(128, "decoder width")
     decoder_depth: int = field(2, "decoder transformer blocks")
     decoder_heads: int = field(4, "decoder attention heads")
     norm_pix_loss: bool = field(False, "per-patch normalised pixel targets")
-    # Engine and data settings whose defaults differ for this job (the built-in job on the CPU).
-    epochs: int = field(5, "training epochs")
-    batch_size: int = field(64, "images per step on each process")
     lr: float = field(1.5e-3, "peak learning rate (AdamW)")
-    warmup_epochs: float = field(0.5, "linear warm-up, in epochs")
-    threads: int = field(1, "CPU threads for torch (0: torch's default)")
-    num_workers: int = field(0, "data-loader worker processes")
-    shapes_train_size: int = field(8000, "training images of the built-in data set")
-    crop_padding: int = field(0, "random crop after zero padding by this many pixels (0: off)")
     out_dir: str = field("runs/mae", "where checkpoints, metrics and plots go")
 
 
