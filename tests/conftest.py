@@ -1,4 +1,5 @@
-"""Shared pytest setup: tests marked `cuda` are skipped on machines without a CUDA device."""
+"""Shared pytest setup: tests marked `cuda` are skipped on machines without a CUDA device; the
+`deterministic_algorithms` fixture turns torch's deterministic mode on for one test."""
 
 import pytest
 import torch
@@ -11,3 +12,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous)

@@ -1,6 +1,6 @@
 """Helpers shared by the operator tests: devices, dtype tolerances, comparisons."""
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -30,6 +30,18 @@ def grads(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotan
     """Gradients of sum(output * cotangent) with respect to the inputs."""
     loss = sum((out.double() * cot.double()).sum() for out, cot in zip(outputs, cotangents))
     return torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)
+
+
+def assert_compiled_matches_eager(loss_fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor]) -> None:
+    """loss_fn compiled with fullgraph=True (aot_eager, so the fake kernels and autograd
+    registrations are traced) gives the eager loss and the eager gradients of `tensors`."""
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    eager_loss = loss_fn(*tensors)
+    compiled_loss = compiled(*tensors)
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    eager_grads = torch.autograd.grad(eager_loss, tensors)
+    for compiled_grad, eager_grad in zip(torch.autograd.grad(compiled_loss, tensors), eager_grads):
+        torch.testing.assert_close(compiled_grad, eager_grad)
 
 
 def seeded(seed: int) -> torch.Generator:

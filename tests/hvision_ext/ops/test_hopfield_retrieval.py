@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hvision_ext import ops, reference
-from tests.helpers import DEVICES, assert_close, grads, seeded
+from tests.helpers import DEVICES, assert_close, assert_compiled_matches_eager, grads, seeded
 
 
 def make_inputs(
@@ -267,14 +267,6 @@ def test_cpu_backward_is_deterministic_whatever_the_thread_count():
             assert torch.equal(a, b)
 
 
-@pytest.fixture
-def deterministic_algorithms():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(previous)
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("shared", [False, True])
 def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, shared):
@@ -333,13 +325,7 @@ def test_torch_compile_fullgraph(device):
         out = ops.hopfield_retrieval(**{**kwargs, **dict(zip(names, tensors))})
         return (out * 2).square().sum()
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    tensors = [kwargs[n] for n in names]
-    eager_loss = step(*tensors)
-    compiled_loss = compiled(*tensors)
-    torch.testing.assert_close(compiled_loss, eager_loss)
-    for a, b in zip(torch.autograd.grad(compiled_loss, tensors), torch.autograd.grad(eager_loss, tensors)):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, [kwargs[n] for n in names])
 
 
 def test_torch_compile_inductor():

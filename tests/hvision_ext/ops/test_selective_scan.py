@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hvision_ext import ops, reference
 from hvision_ext.ops.selective_scan import SCAN_CHUNK
-from tests.helpers import DEVICES, assert_close, grads, seeded
+from tests.helpers import DEVICES, assert_close, assert_compiled_matches_eager, grads, seeded
 
 KINDS = ("fixed", "variable", "grouped")
 FEATURES = ("D", "z", "delta_bias", "delta_softplus", "initial_state", "reverse", "return_last_state")
@@ -246,14 +246,6 @@ def test_checkpoints_are_saved_only_for_backward():
     assert saved.shape == (2, 4, -(-130 // SCAN_CHUNK), 5) and skipped.numel() == 0
 
 
-@pytest.fixture
-def deterministic_algorithms():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(previous)
-
-
 def test_cpu_backward_is_deterministic_whatever_the_thread_count():
     kwargs = make_inputs(dtype=torch.float32, dim=32, length=200, state=16)
     inputs = list(tensor_inputs(kwargs).values())
@@ -340,13 +332,7 @@ def test_torch_compile_fullgraph(device):
         out, last = ops.selective_scan(**{**kwargs, **dict(zip(names, tensors))})
         return (out * 2).sum() + last.square().sum()
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    tensors = [kwargs[n] for n in names]
-    eager_loss = step(*tensors)
-    compiled_loss = compiled(*tensors)
-    torch.testing.assert_close(compiled_loss, eager_loss)
-    for a, b in zip(torch.autograd.grad(compiled_loss, tensors), torch.autograd.grad(eager_loss, tensors)):
-        torch.testing.assert_close(a, b)
+    assert_compiled_matches_eager(step, [kwargs[n] for n in names])
 
 
 def test_torch_compile_inductor():

@@ -207,14 +207,6 @@ def test_cpu_results_are_deterministic_whatever_the_thread_count():
         assert torch.equal(a, b)
 
 
-@pytest.fixture
-def deterministic_algorithms():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(previous)
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, dtype):
