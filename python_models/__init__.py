@@ -1,24 +1,33 @@
 """Models built on ``hvision_ext.ops``: ``create_model(name, **overrides)`` builds a registered
 preset (``list_models()`` names them)."""
 
-from .layers import Attention, AttentionBlock, DropPath, Mlp, PatchEmbed, RMSNorm
+from .hierarchical_vit import ConvStem, GridPooling, HierarchicalViT
+from .layers import Attention, AttentionBlock, DropPath, Mlp, PatchEmbed, PostNormBlock, RMSNorm, SwiGLU
 from .mamba import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
 from .registry import create_model, list_models, register_model
 from .vision_mamba import VisionMamba
 from .vim_mae import MAEOutput, VisionMambaMAE
+from .vision_hrm import ReasoningModule, VisionHRM
 
 __all__ = [
     "Attention",
     "AttentionBlock",
     "BiMamba",
+    "ConvStem",
     "DirectionalConv1d",
     "DropPath",
+    "GridPooling",
+    "HierarchicalViT",
     "MAEOutput",
     "MambaBlock",
     "Mlp",
     "PatchEmbed",
+    "PostNormBlock",
     "RMSNorm",
+    "ReasoningModule",
     "SSMDirection",
+    "SwiGLU",
+    "VisionHRM",
     "VisionMamba",
     "VisionMambaMAE",
     "create_model",

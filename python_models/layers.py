@@ -1,9 +1,14 @@
-"""Layers shared by the models: patch embedding, RMSNorm, DropPath, MLP and a pre-norm
-attention block."""
+"""Layers shared by the models: patch embedding, RMSNorm, DropPath, MLPs (GELU and SwiGLU),
+multi-head attention (dense, or local-global through the fused kernel) and pre-/post-norm
+transformer blocks."""
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hvision_ext.ops import local_global_attention
 
 
 class PatchEmbed(nn.Module):
@@ -75,16 +80,53 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through ``scaled_dot_product_attention``."""
+class SwiGLU(nn.Module):
+    """Gated MLP of LLaMA and HRM: linear → SiLU(gate) · value → linear, no biases. The hidden
+    width is 2/3 · mlp_ratio · dim rounded up to a multiple of 16, so its parameter count
+    matches a GELU MLP of the same ratio."""
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(self, dim: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.hidden_dim = swiglu_hidden_dim(dim, mlp_ratio)
+        self.gate_value = nn.Linear(dim, 2 * self.hidden_dim, bias=False)
+        self.out = nn.Linear(self.hidden_dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.gate_value(x).chunk(2, dim=-1)
+        return self.out(F.silu(gate) * value)
+
+
+def swiglu_hidden_dim(dim: int, mlp_ratio: float) -> int:
+    return 16 * math.ceil(2 * mlp_ratio * dim / 3 / 16)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: dense through ``scaled_dot_product_attention``, or, with
+    ``window`` set, ``local_global_attention`` (the band |i − j| ≤ window plus the first
+    ``num_global`` tokens attending and attended everywhere) through the fused kernel."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        bias: bool = True,
+        window: int | None = None,
+        num_global: int = 0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Attention: dim must be divisible by num_heads, got {dim} and {num_heads}")
+        if window is None and num_global:
+            raise ValueError(f"Attention: num_global needs a window (local-global attention), got num_global={num_global}")
+        if window is not None and attn_drop:
+            raise ValueError(f"Attention: attention dropout needs dense attention (window=None), got window={window}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.window = window
+        self.num_global = num_global
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -92,12 +134,20 @@ class Attention(nn.Module):
         batch, length, dim = x.shape
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        if self.window is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        else:
+            out = local_global_attention(q, k, v, self.window, self.num_global)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
+
+    def extra_repr(self) -> str:
+        pattern = "dense" if self.window is None else f"window={self.window}, num_global={self.num_global}"
+        return f"num_heads={self.num_heads}, {pattern}"
 
 
 class AttentionBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); ``window`` and
+    ``num_global`` make the attention local-global (see ``Attention``)."""
 
     def __init__(
         self,
@@ -107,10 +157,12 @@ class AttentionBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        window: int | None = None,
+        num_global: int = 0,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop, window=window, num_global=num_global)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
@@ -118,3 +170,20 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PostNormBlock(nn.Module):
+    """Post-norm transformer block of HRM: x = norm(x + attn(x)), then x = norm(x + swiglu(x)),
+    with RMSNorm and bias-free projections; its output is always normalised, which keeps a
+    recurrent state bounded however many times the block is applied."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.attn = Attention(dim, num_heads, bias=False)
+        self.norm1 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio)
+        self.norm2 = RMSNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))
