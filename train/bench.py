@@ -1,55 +1,88 @@
-"""``python -m train.bench``: training throughput (images/s, forward + backward) of a model with
-the fused kernels and with every operator routed through its pure-PyTorch reference.
+"""``python -m train.bench``: training throughput (images/s, forward + backward) and peak memory
+of a model with the fused kernels and with every operator routed through its pure-PyTorch
+reference, for one model configuration or a grid of them.
 
     python -m train.bench                                 # vim_tiny_cifar on the CPU
     python -m train.bench --device cuda --amp bf16 --batch-size 256
+    python -m train.bench --model hrm_vision_cifar10 --impl kernels \\
+        --grid '{h_cycles: [2, 4], l_cycles: [2, 4], one_step_gradient: [true, false]}'
 """
 
 import argparse
+import itertools
 import json
-import time
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 import hvision_ext
+from hvision_ext.bench.timing import time_impl
 from python_models import create_model
 
 from .engine import AMP_DTYPES
+
+IMPLS = {"kernels": False, "reference": True}  # name → use_reference
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vim_tiny_cifar", help="registered model (default: vim_tiny_cifar)")
+    parser.add_argument("--model-args", type=yaml.safe_load, default={}, help="YAML overrides of the preset")
+    parser.add_argument("--grid", type=yaml.safe_load, default={}, help="YAML mapping of argument → list of values: every combination is timed")
+    parser.add_argument("--impl", choices=("both", *IMPLS), default="both", help="which paths to time")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--budget-s", type=float, default=3.0, help="seconds of timed steps per measurement")
+    parser.add_argument("--min-steps", type=int, default=3, help="timed steps at least")
     parser.add_argument("--amp", choices=("none", *AMP_DTYPES), default="none")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args(argv)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, in order: [{}] for an empty grid."""
+    for name, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"--grid: expected a non-empty list of values for {name!r}, got {values!r}")
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def images_per_second(model, images, labels, steps: int, warmup: int, amp: str) -> float:
-    """Forward + backward of a classification loss (no optimizer step), timed over ``steps``."""
+def training_step(model, images, labels, amp: str):
+    """Forward + backward of a classification loss (no optimizer step); the gradients are
+    dropped after each step so every step allocates them anew."""
     dtype = AMP_DTYPES.get(amp)
-    device = images.device
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(device)
-            start = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(images), labels)
+
+    def step() -> None:
+        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+            loss = F.cross_entropy(logits.flatten(0, -2), labels.expand(logits.shape[:-1]).flatten())
         loss.backward()
         model.zero_grad(set_to_none=True)
-    synchronize(device)
-    return steps * images.shape[0] / (time.perf_counter() - start)
+
+    return step
+
+
+def measure(args: argparse.Namespace, model_args: dict, device: torch.device) -> dict:
+    """images/s and peak MiB of each asked-for path for one configuration."""
+    torch.manual_seed(0)
+    model = create_model(args.model, **model_args).to(device).train()
+    size = model.patch_embed.img_size
+    images = torch.randn(args.batch_size, model.patch_embed.proj.in_channels, size, size, device=device)
+    labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
+    step = training_step(model, images, labels, args.amp)
+    results = {}
+    for name, use_reference in IMPLS.items():
+        if args.impl not in ("both", name):
+            continue
+        with hvision_ext.use_reference(use_reference):
+            timing = time_impl(step, device, budget_s=args.budget_s, min_runs=args.min_steps)
+        results[name] = {
+            "images_per_s": args.batch_size / timing.median_s,
+            "peak_mib": None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,23 +90,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = create_model(args.model).to(device).train()
-    size = model.patch_embed.img_size
-    images = torch.randn(args.batch_size, model.patch_embed.proj.in_channels, size, size, device=device)
-    labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
-    results = {}
-    for name, reference in (("kernels", False), ("reference", True)):
-        with hvision_ext.use_reference(reference):
-            results[name] = images_per_second(model, images, labels, args.steps, args.warmup, args.amp)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}, batch {args.batch_size}, {size}x{size}, forward+backward, amp {args.amp}, {where}")
-    for name, value in results.items():
-        print(f"  {name:<10} {value:10.1f} images/s")
-    speedup = results["kernels"] / results["reference"]
-    print(f"  speed-up   {speedup:10.1f}x")
-    summary = {"model": args.model, "batch_size": args.batch_size, "device": where, "amp": args.amp,
-               "images_per_s": results, "speedup": speedup}
+    print(f"{args.model} {args.model_args or ''}, batch {args.batch_size}, forward+backward, amp {args.amp}, {where}")
+    print(f"  {'settings':<48} {'path':<10} {'images/s':>10} {'peak MiB':>9}")
+    rows = []
+    for point in grid_points(args.grid):
+        results = measure(args, {**args.model_args, **point}, device)
+        for name, result in results.items():
+            peak = "" if result["peak_mib"] is None else f"{result['peak_mib']:.0f}"
+            print(f"  {str(point or '-'):<48} {name:<10} {result['images_per_s']:>10.1f} {peak:>9}", flush=True)
+        if len(results) == 2:
+            speedup = results["kernels"]["images_per_s"] / results["reference"]["images_per_s"]
+            print(f"  {'':<48} {'speed-up':<10} {speedup:>9.1f}x")
+        rows.append({"settings": point, **results})
+    summary = {"model": args.model, "model_args": args.model_args, "batch_size": args.batch_size, "device": where,
+               "amp": args.amp, "results": rows}
     if args.json:
         with open(args.json, "w") as file:
             json.dump(summary, file, indent=2)

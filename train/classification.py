@@ -31,10 +31,14 @@ class ClassificationTask:
         self.cutmix_alpha = cutmix_alpha
 
     def training_loss(self, model: nn.Module, batch: list[Tensor]) -> Tensor:
+        """The loss of one batch. A model may return (segments, batch, classes) logits while
+        training (deep supervision, e.g. VisionHRM): the loss is then the mean over segments."""
         images, labels = batch
         x = self.transform(images, train=True)
         if self.mixup_alpha <= 0 and self.cutmix_alpha <= 0:
-            return F.cross_entropy(model(x), labels, label_smoothing=self.label_smoothing)
+            logits = model(x)
+            labels = labels.expand(logits.shape[:-1])
+            return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), label_smoothing=self.label_smoothing)
         smooth = self.label_smoothing
         targets = F.one_hot(labels, self.num_classes).float() * (1 - smooth) + smooth / self.num_classes
         x, targets = mix_batch(x, targets, self.mixup_alpha, self.cutmix_alpha)

@@ -6,6 +6,7 @@ and prints, beside its test accuracy, the accuracy of a linear classifier on the
     python -m train.classify
     python -m train.classify --config configs/classify_cifar10.yaml --epochs 50
     python -m train.classify --init-from runs/mae/best.pt       # fine-tune an MAE encoder
+    python -m train.classify --config configs/hvit_shapes.yaml --depths 1,2,2
     torchrun --nproc_per_node=2 -m train.classify --device cpu  # DistributedDataParallel
 """
 
@@ -34,6 +35,14 @@ class ClassifyConfig(BuiltinJobConfig):
     linear_baseline: bool = field(True, "also fit a linear classifier on raw pixels (in-memory data sets)")
     lr: float = field(3e-3, "peak learning rate (AdamW)")
     out_dir: str = field("runs/classify", "where checkpoints, metrics and plots go")
+    # Shorthands for the stage layout of hierarchical models (HierarchicalViT).
+    embed_dims: list = field([], "widths of the stages (empty: the preset's); put into model_args")
+    depths: list = field([], "blocks of the stages (empty: the preset's); put into model_args")
+    num_heads: list = field([], "attention heads of the stages (empty: the preset's); put into model_args")
+
+    def __post_init__(self) -> None:
+        stage_layout = {name: getattr(self, name) for name in ("embed_dims", "depths", "num_heads")}
+        self.model_args = {**self.model_args, **{name: value for name, value in stage_layout.items() if value}}
 
 
 def run(config: ClassifyConfig) -> tuple[Trainer, dict]:

@@ -33,14 +33,13 @@ class DataConfig:
     rand_augment_magnitude: float = field(9.0, "RandAugment magnitude (0-10)")
 
 
-
 @dataclasses.dataclass
 class BuiltinJobConfig(EngineConfig, DataConfig):
     """What every image job shares, with the defaults of the built-in jobs: a small Vision Mamba
     on the shapes data set, on the CPU."""
 
-    model: str = field("vim_tiny_cifar", "registered model name (python_models.list_models())")
-    model_args: dict = field({"embed_dim": 64, "depth": 4, "d_state": 8, "pool": "mean"}, "overrides of the model's preset")
+    model: str = field("vim_shapes", "registered model name (python_models.list_models())")
+    model_args: dict = field({}, "overrides of the model's preset")
     # Engine and data settings whose defaults differ for the built-in jobs.
     epochs: int = field(5, "training epochs")
     batch_size: int = field(64, "images per step on each process")
@@ -49,6 +48,7 @@ class BuiltinJobConfig(EngineConfig, DataConfig):
     num_workers: int = field(0, "data-loader worker processes")
     shapes_train_size: int = field(8000, "training images of the built-in data set")
     crop_padding: int = field(0, "random crop after zero padding by this many pixels (0: off)")
+
 
 def start(config: Any) -> torch.device:
     """Seeds every generator (differently on each process), sets the thread count and starts

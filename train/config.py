@@ -1,7 +1,8 @@
 """Job configuration: a dataclass of defaults, a YAML file over it, command-line flags over that.
 
 Every field of a job's config dataclass becomes a flag (``batch_size`` → ``--batch-size``;
-booleans also get ``--no-…``; dict and list fields take YAML, e.g. ``--model-args '{depth: 4}'``).
+booleans also get ``--no-…``; dict fields take YAML, e.g. ``--model-args '{depth: 4}'``; list
+fields take YAML or comma-separated values, e.g. ``--depths 2,6,4``).
 """
 
 import argparse
@@ -23,7 +24,17 @@ def _parser_for(field_type: Any):
     """How a flag's text becomes the field's value."""
     if field_type in (int, float, str):
         return field_type
-    return yaml.safe_load  # dicts, lists and optional values: YAML text
+    if field_type is list:
+        return parse_list
+    return yaml.safe_load  # dicts and optional values: YAML text
+
+
+def parse_list(text: str) -> list:
+    """A YAML list, or comma-separated YAML scalars: "2,6,4" and "[2, 6, 4]" are [2, 6, 4]."""
+    value = yaml.safe_load(text if text.lstrip().startswith("[") else f"[{text}]")
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a list, got {text!r}")
+    return value
 
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:

@@ -1,14 +1,39 @@
-import sys
 import subprocess
+import sys
+
+import pytest
 
 from train import bench
 
 
+FAST = ["--batch-size", "2", "--budget-s", "0", "--min-steps", "1", "--threads", "1"]
+
+
 def test_bench_times_both_paths(tmp_path):
-    summary = bench.main(["--batch-size", "2", "--steps", "1", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "b.json")])
-    assert set(summary["images_per_s"]) == {"kernels", "reference"}
-    assert all(v > 0 for v in summary["images_per_s"].values())
+    summary = bench.main([*FAST, "--model-args", "{depth: 2}", "--json", str(tmp_path / "b.json")])
+    (row,) = summary["results"]
+    assert set(row) == {"settings", "kernels", "reference"}
+    assert all(row[impl]["images_per_s"] > 0 for impl in ("kernels", "reference"))
     assert (tmp_path / "b.json").is_file()
+
+
+def test_bench_grid_covers_every_combination():
+    grid = "{h_cycles: [1, 2], one_step_gradient: [true, false]}"
+    model_args = "{hidden_dim: 16, num_heads: 2, h_layers: 1, l_layers: 1, segments: 2}"
+    summary = bench.main([*FAST, "--model", "hrm_vision_cifar10", "--model-args", model_args, "--grid", grid, "--impl", "kernels"])
+    settings = [row["settings"] for row in summary["results"]]
+    assert settings == [
+        {"h_cycles": 1, "one_step_gradient": True},
+        {"h_cycles": 1, "one_step_gradient": False},
+        {"h_cycles": 2, "one_step_gradient": True},
+        {"h_cycles": 2, "one_step_gradient": False},
+    ]
+    assert all(set(row) == {"settings", "kernels"} for row in summary["results"])
+
+
+def test_bench_rejects_a_grid_value_that_is_not_a_list():
+    with pytest.raises(ValueError, match="expected a non-empty list of values for 'depth'"):
+        bench.main([*FAST, "--grid", "{depth: 2}"])
 
 
 def test_hvision_ext_does_not_import_the_models():

@@ -17,6 +17,12 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert config.batch_size == ClassifyConfig().batch_size
 
 
+def test_stage_layout_flags_go_into_the_model_arguments():
+    config = load_config(ClassifyConfig, ["--model-args", "{mlp_ratio: 2}", "--depths", "1,2,2", "--num-heads", "[1, 2, 4]"], "t", "t")
+    assert config.model_args == {"mlp_ratio": 2, "depths": [1, 2, 2], "num_heads": [1, 2, 4]}
+    assert ClassifyConfig(**dataclasses.asdict(config)).model_args == config.model_args  # as a checkpoint reloads it
+
+
 def test_unknown_yaml_key_is_an_error(tmp_path):
     (tmp_path / "c.yaml").write_text("epocs: 7\n")
     with pytest.raises(ValueError, match=r"unknown settings \['epocs'\]"):
