@@ -13,8 +13,9 @@ from .registry import register_model
 
 
 class ConvStem(nn.Module):
-    """Non-overlapping strided conv with LayerNorm: (batch, C, H, W) → (batch, (H/p)·(W/p), dim),
-    tokens in row-major order."""
+    """PiT's overlapping patch stem with LayerNorm: a conv of stride p whose kernel reaches p // 2
+    pixels past the patch on every side (kernel p + 2·(p // 2), as PiT's 16/8), padded so that
+    (batch, C, H, W) → (batch, (H/p)·(W/p), dim), tokens in row-major order."""
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
@@ -23,7 +24,8 @@ class ConvStem(nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        margin = patch_size // 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size + 2 * margin, stride=patch_size, padding=margin)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -56,7 +58,7 @@ class HierarchicalViT(nn.Module):
 
     Args:
         img_size: side of the square input images.
-        patch_size: stride and kernel of the patch stem (img_size must be a multiple).
+        patch_size: stride of the patch stem (img_size must be a multiple).
         in_chans: image channels.
         num_classes: classes of the linear head; 0 leaves the head out (``forward`` then returns
             the pooled features).

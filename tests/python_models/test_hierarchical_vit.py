@@ -17,7 +17,8 @@ def block_params(dim: int, mlp_ratio: float) -> int:
 def hvit_params(img_size, patch_size, in_chans, num_classes, embed_dims, depths, mlp_ratio=4.0, global_tokens=0) -> int:
     """The parameter count of HierarchicalViT, layer by layer."""
     first = embed_dims[0]
-    stem = in_chans * first * patch_size**2 + first + 2 * first
+    kernel = patch_size + 2 * (patch_size // 2)  # overlapping PiT stem
+    stem = in_chans * first * kernel**2 + first + 2 * first
     positions = (img_size // patch_size) ** 2 * first + global_tokens * first
     blocks = sum(depth * block_params(dim, mlp_ratio) for dim, depth in zip(embed_dims, depths))
     pools = sum(9 * a + a + a * b + b for a, b in zip(embed_dims[:-1], embed_dims[1:]))

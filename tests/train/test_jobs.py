@@ -1,6 +1,9 @@
-"""MAE pre-training → fine-tuning → evaluation, end to end on tiny settings."""
+"""The jobs end to end on tiny settings: MAE pre-training → fine-tuning → evaluation, and the
+hierarchical models trained and evaluated from the CLI."""
 
 import json
+
+import pytest
 
 from train import classify, evaluate, mae
 from train.metrics import read_jsonl
@@ -25,3 +28,20 @@ def test_mae_pretrain_finetune_and_evaluate(tiny_job, tmp_path):
     assert sum(map(sum, results["confusion_matrix"])) == 64
     assert set(results["per_class"]["disk"]) == {"precision", "recall", "f1"}
     assert json.loads((tmp_path / "finetune" / "evaluation.json").read_text())["accuracy"] == results["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "model, layout",
+    [
+        ("hvit_cifar100", ["--model-args", "{mlp_ratio: 2}", "--embed-dims", "8,16", "--depths", "1,1", "--num-heads", "1,2"]),
+        ("hvit_cifar100", ["--model-args", "{embed_dims: [8, 16], depths: [1, 1], num_heads: [1, 2], local_window: 16, global_tokens: 1}"]),
+        ("hrm_vision_cifar10", ["--model-args", "{hidden_dim: 16, num_heads: 2, h_layers: 1, l_layers: 1, segments: 2}"]),
+    ],
+    ids=["hvit", "hvit-local", "hrm-deep-supervision"],
+)
+def test_hierarchical_models_train_and_evaluate_from_the_cli(tiny_job, tmp_path, model, layout):
+    classify.main(tiny_job("--model", model, *layout, "--epochs", "3", "--lr", "3e-3"))
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    results = evaluate.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--threads", "1"])
+    assert sum(map(sum, results["confusion_matrix"])) == 64 and 0 <= results["accuracy"] <= 1
