@@ -73,7 +73,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token", "A_log"))
+        skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "global_tokens", "mask_token", "A_log"))
         (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
