@@ -92,16 +92,19 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model} {args.model_args or ''}, batch {args.batch_size}, forward+backward, amp {args.amp}, {where}")
-    print(f"  {'settings':<48} {'path':<10} {'images/s':>10} {'peak MiB':>9}")
+    points = grid_points(args.grid)
+    labels = [" ".join(f"{name}={value}" for name, value in point.items()) or "-" for point in points]
+    width = max(len("settings"), *map(len, labels))
+    print(f"  {'settings':<{width}} {'path':<10} {'images/s':>10} {'peak MiB':>9}")
     rows = []
-    for point in grid_points(args.grid):
+    for point, label in zip(points, labels):
         results = measure(args, {**args.model_args, **point}, device)
         for name, result in results.items():
             peak = "" if result["peak_mib"] is None else f"{result['peak_mib']:.0f}"
-            print(f"  {str(point or '-'):<48} {name:<10} {result['images_per_s']:>10.1f} {peak:>9}", flush=True)
+            print(f"  {label:<{width}} {name:<10} {result['images_per_s']:>10.1f} {peak:>9}", flush=True)
         if len(results) == 2:
             speedup = results["kernels"]["images_per_s"] / results["reference"]["images_per_s"]
-            print(f"  {'':<48} {'speed-up':<10} {speedup:>9.1f}x")
+            print(f"  {'':<{width}} {'speed-up':<10} {speedup:>9.1f}x")
         rows.append({"settings": point, **results})
     summary = {"model": args.model, "model_args": args.model_args, "batch_size": args.batch_size, "device": where,
                "amp": args.amp, "results": rows}
