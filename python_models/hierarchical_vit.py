@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import AttentionBlock
+from .layers import AttentionBlock, init_vit_weights
 from .registry import register_model
 
 
@@ -119,16 +119,7 @@ class HierarchicalViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.global_tokens, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_vit_weights(self, self.pos_embed, self.global_tokens)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """Mean of the final stage's normalised tokens: (batch, embed_dims[-1])."""

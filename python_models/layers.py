@@ -33,6 +33,19 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
+def init_vit_weights(model: nn.Module, *embeddings: Tensor, keep: tuple[str, ...] = ()) -> None:
+    """ViT's initialisation: truncated normal (std 0.02) for the learned ``embeddings`` (class
+    tokens, positions) and for every linear weight, zero linear biases. Linear layers whose
+    names end with one of ``keep`` keep their own initialisation."""
+    for embedding in embeddings:
+        nn.init.trunc_normal_(embedding, std=0.02)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not name.endswith(keep):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation over the last axis with a learned scale (no mean removal,
     no bias), computed in float32."""

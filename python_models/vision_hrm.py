@@ -12,7 +12,7 @@ returns every segment's logits for deep supervision.
 import torch
 from torch import Tensor, nn
 
-from .layers import PatchEmbed, PostNormBlock, RMSNorm
+from .layers import PatchEmbed, PostNormBlock, RMSNorm, init_vit_weights
 from .registry import register_model
 
 
@@ -86,16 +86,7 @@ class VisionHRM(nn.Module):
         self.register_buffer("z_h_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0))
         self.register_buffer("z_l_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0))
         self.head = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_vit_weights(self, self.pos_embed, self.cls_token)
 
     def embed(self, images: Tensor) -> Tensor:
         """The injected input: class token and patch tokens with positions, RMS-normalised so

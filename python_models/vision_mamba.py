@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import AttentionBlock, PatchEmbed, RMSNorm
+from .layers import AttentionBlock, PatchEmbed, RMSNorm, init_vit_weights
 from .mamba import MambaBlock
 from .registry import register_model
 
@@ -78,17 +78,8 @@ class VisionMamba(nn.Module):
         self.norm = RMSNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for name, module in self.named_modules():
-            # The dt projections keep Mamba's own initialisation (see SSMDirection).
-            if isinstance(module, nn.Linear) and not name.endswith("dt_proj"):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        # The dt projections keep Mamba's own initialisation (see SSMDirection).
+        init_vit_weights(self, self.pos_embed, self.cls_token, keep=("dt_proj",))
 
     def embed(self, images: Tensor) -> Tensor:
         """Patch tokens plus their positional embeddings: (batch, num_patches, embed_dim)."""
