@@ -125,7 +125,8 @@ class HierarchicalViT(nn.Module):
         """Mean of the final stage's normalised tokens: (batch, embed_dims[-1])."""
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)
         num_global = self.global_tokens.shape[1]
-        x = torch.cat([self.global_tokens.expand(x.shape[0], -1, -1), x], dim=1)
+        if num_global:
+            x = torch.cat([self.global_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.stages[0](x)[:, num_global:]
         grid_size = self.patch_embed.grid_size
         for pool, stage in zip(self.pools, self.stages[1:]):
