@@ -128,6 +128,13 @@ struct Args {
   HV_DEVICE int64_t pattern_sets() const { return shared ? heads : batch * heads; }
   HV_DEVICE const scalar_t* step_values(bool last) const { return last ? values : stored; }
   HV_DEVICE int64_t step_width(bool last) const { return last ? value_dim : dim; }
+  // The patterns a query row scores against, and the rows a step of it averages.
+  HV_DEVICE const scalar_t* row_keys(int64_t row) const {
+    return stored + pattern_set(row / queries) * patterns * dim;
+  }
+  HV_DEVICE const scalar_t* row_step_values(int64_t row, bool last) const {
+    return step_values(last) + pattern_set(row / queries) * patterns * step_width(last);
+  }
 };
 
 // One warp per row of the flattened (batch * heads * Q) queries; the warp index is uniform over
@@ -144,15 +151,14 @@ __global__ void __launch_bounds__(kThreads)
   if (row >= args.rows()) return;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t rows = args.rows(), d = args.dim, M = args.patterns;
-  const int64_t set = args.pattern_set(row / args.queries);
-  const scalar_t* keys = args.stored + set * M * d;
+  const scalar_t* keys = args.row_keys(row);
 
   LaneRow<T, kPerLane> state, next;
   state.load(args.query + row * d, d, lane);
   for (int64_t s = 1; s <= args.n_steps; ++s) {
     const bool last = s == args.n_steps;
     const int64_t width = args.step_width(last);
-    const scalar_t* values = args.step_values(last) + set * M * width;
+    const scalar_t* values = args.row_step_values(row, last);
     OnlineSoftmax<T> softmax;
     next.fill(T(0));
     for (int64_t first = 0; first < M; first += kWarpSize) {
@@ -215,15 +221,14 @@ __global__ void __launch_bounds__(kThreads)
   if (row >= args.rows()) return;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t rows = args.rows(), d = args.dim, M = args.patterns;
-  const int64_t set = args.pattern_set(row / args.queries);
-  const scalar_t* keys = args.stored + set * M * d;
+  const scalar_t* keys = args.row_keys(row);
 
   LaneRow<T, kPerLane> grad, prev, current, prev_grad;
   load_state_grad(grad, args, args.n_steps, row, lane);
   for (int64_t s = args.n_steps; s >= 1; --s) {
     const bool last = s == args.n_steps;
     const int64_t width = args.step_width(last);
-    const scalar_t* values = args.step_values(last) + set * M * width;
+    const scalar_t* values = args.row_step_values(row, last);
     load_state(prev, args, s - 1, row, lane);
     load_state(current, args, s, row, lane);
     const T row_dot = grad.dot(current);

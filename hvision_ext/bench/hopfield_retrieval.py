@@ -80,26 +80,15 @@ def retrieval_case(device: torch.device, dtype: torch.dtype, mode: Mode, n_steps
     )
 
 
-@bench_case(op="hopfield_retrieval", name="vit-memory-1step")
-def vit_memory_1step(device: torch.device, dtype: torch.dtype) -> BenchCase:
-    return retrieval_case(device, dtype, "fwd+bwd", n_steps=1, shared=False)
+def register_retrieval_case(name: str, mode: Mode, n_steps: int, shared: bool) -> None:
+    def build(device: torch.device, dtype: torch.dtype) -> BenchCase:
+        return retrieval_case(device, dtype, mode, n_steps=n_steps, shared=shared)
+
+    bench_case(op="hopfield_retrieval", name=name)(build)
 
 
-@bench_case(op="hopfield_retrieval", name="vit-memory-1step-fwd")
-def vit_memory_1step_fwd(device: torch.device, dtype: torch.dtype) -> BenchCase:
-    return retrieval_case(device, dtype, "fwd", n_steps=1, shared=False)
-
-
-@bench_case(op="hopfield_retrieval", name="vit-memory-3step")
-def vit_memory_3step(device: torch.device, dtype: torch.dtype) -> BenchCase:
-    return retrieval_case(device, dtype, "fwd+bwd", n_steps=3, shared=False)
-
-
-@bench_case(op="hopfield_retrieval", name="vit-memory-3step-fwd")
-def vit_memory_3step_fwd(device: torch.device, dtype: torch.dtype) -> BenchCase:
-    return retrieval_case(device, dtype, "fwd", n_steps=3, shared=False)
-
-
-@bench_case(op="hopfield_retrieval", name="vit-memory-3step-shared")
-def vit_memory_3step_shared(device: torch.device, dtype: torch.dtype) -> BenchCase:
-    return retrieval_case(device, dtype, "fwd+bwd", n_steps=3, shared=True)
+register_retrieval_case("vit-memory-1step", "fwd+bwd", n_steps=1, shared=False)
+register_retrieval_case("vit-memory-1step-fwd", "fwd", n_steps=1, shared=False)
+register_retrieval_case("vit-memory-3step", "fwd+bwd", n_steps=3, shared=False)
+register_retrieval_case("vit-memory-3step-fwd", "fwd", n_steps=3, shared=False)
+register_retrieval_case("vit-memory-3step-shared", "fwd+bwd", n_steps=3, shared=True)
