@@ -10,11 +10,10 @@ them). Environment switches:
 
 import glob
 import importlib.util
-import os
-from pathlib import Path
-
 import logging
+import os
 import shutil
+from pathlib import Path
 
 import torch
 from setuptools import find_packages, setup
@@ -79,7 +78,9 @@ def extension():
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=LINK_FLAGS,
         )
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("HVISION_CUDA_ARCH", DEFAULT_CUDA_ARCH))
+    os.environ.setdefault(
+        "TORCH_CUDA_ARCH_LIST", os.environ.get("HVISION_CUDA_ARCH", DEFAULT_CUDA_ARCH)
+    )
     sources += sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cu"))
     nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DHVISION_WITH_CUDA"]
     return cpp_extension.CUDAExtension(

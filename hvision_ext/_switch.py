@@ -2,7 +2,8 @@
 model can be checked and timed against the reference path without changing its code."""
 
 import functools
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 _Op = TypeVar("_Op", bound=Callable)
 

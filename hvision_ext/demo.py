@@ -25,14 +25,24 @@ def vim_inputs(batch: int, tokens: int, dim: int, state: int) -> dict[str, Tenso
     backward direction's are suffixed ``_b``), as Vision Mamba's x_proj_b and dt_proj_b make."""
     forward = make_inputs(torch.device("cpu"), torch.float32, batch, dim, tokens, state, seed=0)
     backward = make_inputs(torch.device("cpu"), torch.float32, batch, dim, tokens, state, seed=1)
-    inputs = forward | {f"{name}_b": backward[name] for name in ("delta", "A", "B", "C", "D", "delta_bias")}
+    inputs = forward | {
+        f"{name}_b": backward[name] for name in ("delta", "A", "B", "C", "D", "delta_bias")
+    }
     return {name: tensor.requires_grad_() for name, tensor in inputs.items()}
 
 
 def bidirectional(scan: Scan, x: dict[str, Tensor]) -> Tensor:
     """(forward scan + reverse scan) / 2, both gated by z, as in a Vision Mamba block."""
     common = {"u": x["u"], "z": x["z"], "delta_softplus": True}
-    out = scan(delta=x["delta"], A=x["A"], B=x["B"], C=x["C"], D=x["D"], delta_bias=x["delta_bias"], **common)
+    out = scan(
+        delta=x["delta"],
+        A=x["A"],
+        B=x["B"],
+        C=x["C"],
+        D=x["D"],
+        delta_bias=x["delta_bias"],
+        **common,
+    )
     out_b = scan(
         delta=x["delta_b"],
         A=x["A_b"],
@@ -71,10 +81,14 @@ def main(argv: list[str] | None = None) -> None:
         description="Vision Mamba bidirectional scans: fused kernels vs the reference, on CPU.",
     )
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=197, help="196 patches of a 224² image + a class token")
+    parser.add_argument(
+        "--tokens", type=int, default=197, help="196 patches of a 224² image + a class token"
+    )
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--state", type=int, default=16)
-    parser.add_argument("--budget", type=float, default=1.0, metavar="SECONDS", help="timing per measurement")
+    parser.add_argument(
+        "--budget", type=float, default=1.0, metavar="SECONDS", help="timing per measurement"
+    )
     args = parser.parse_args(argv)
 
     x = vim_inputs(args.batch, args.tokens, args.dim, args.state)

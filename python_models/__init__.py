@@ -2,12 +2,21 @@
 preset (``list_models()`` names them)."""
 
 from .hierarchical_vit import ConvStem, GridPooling, HierarchicalViT
-from .layers import Attention, AttentionBlock, DropPath, Mlp, PatchEmbed, PostNormBlock, RMSNorm, SwiGLU
+from .layers import (
+    Attention,
+    AttentionBlock,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    PostNormBlock,
+    RMSNorm,
+    SwiGLU,
+)
 from .mamba import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
 from .registry import create_model, list_models, register_model
-from .vision_mamba import VisionMamba
 from .vim_mae import MAEOutput, VisionMambaMAE
 from .vision_hrm import ReasoningModule, VisionHRM
+from .vision_mamba import VisionMamba
 
 __all__ = [
     "Attention",

@@ -20,12 +20,20 @@ class ConvStem(nn.Module):
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"ConvStem: img_size must be divisible by patch_size, got {img_size} and {patch_size}")
+            raise ValueError(
+                f"ConvStem: img_size must be divisible by patch_size, got {img_size} and {patch_size}"
+            )
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
         margin = patch_size // 2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size + 2 * margin, stride=patch_size, padding=margin)
+        self.proj = nn.Conv2d(
+            in_chans,
+            embed_dim,
+            kernel_size=patch_size + 2 * margin,
+            stride=patch_size,
+            padding=margin,
+        )
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -42,7 +50,9 @@ class GridPooling(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
-        self.depthwise = nn.Conv2d(in_dim, in_dim, kernel_size=3, stride=2, padding=1, groups=in_dim)
+        self.depthwise = nn.Conv2d(
+            in_dim, in_dim, kernel_size=3, stride=2, padding=1, groups=in_dim
+        )
         self.pointwise = nn.Conv2d(in_dim, out_dim, kernel_size=1)
 
     def forward(self, tokens: Tensor, grid_size: int) -> tuple[Tensor, int]:
@@ -98,7 +108,9 @@ class HierarchicalViT(nn.Module):
                 f"{len(embed_dims)}, {len(depths)} and {len(num_heads)}"
             )
         if global_tokens and local_window is None:
-            raise ValueError(f"HierarchicalViT: global_tokens needs local_window, got global_tokens={global_tokens}")
+            raise ValueError(
+                f"HierarchicalViT: global_tokens needs local_window, got global_tokens={global_tokens}"
+            )
         self.num_classes = num_classes
         self.embed_dims = tuple(embed_dims)
         self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dims[0])
@@ -112,10 +124,17 @@ class HierarchicalViT(nn.Module):
             stage_rates, rates = rates[:depth], rates[depth:]
             self.stages.append(
                 nn.Sequential(
-                    *(AttentionBlock(dim, heads, mlp_ratio, drop=drop_rate, drop_path=rate, **local) for rate in stage_rates)
+                    *(
+                        AttentionBlock(
+                            dim, heads, mlp_ratio, drop=drop_rate, drop_path=rate, **local
+                        )
+                        for rate in stage_rates
+                    )
                 )
             )
-        self.pools = nn.ModuleList(GridPooling(a, b) for a, b in zip(embed_dims[:-1], embed_dims[1:]))
+        self.pools = nn.ModuleList(
+            GridPooling(a, b) for a, b in zip(embed_dims[:-1], embed_dims[1:])
+        )
         self.norm = nn.LayerNorm(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()

@@ -15,10 +15,14 @@ class PatchEmbed(nn.Module):
     """Splits (batch, C, H, W) images into non-overlapping patches and projects each to a token:
     (batch, num_patches, embed_dim), patches in row-major order."""
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+    def __init__(
+        self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768
+    ):
         super().__init__()
         if img_size % patch_size:
-            raise ValueError(f"PatchEmbed: img_size must be divisible by patch_size, got {img_size} and {patch_size}")
+            raise ValueError(
+                f"PatchEmbed: img_size must be divisible by patch_size, got {img_size} and {patch_size}"
+            )
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
@@ -130,11 +134,17 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"Attention: dim must be divisible by num_heads, got {dim} and {num_heads}")
+            raise ValueError(
+                f"Attention: dim must be divisible by num_heads, got {dim} and {num_heads}"
+            )
         if window is None and num_global:
-            raise ValueError(f"Attention: num_global needs a window (local-global attention), got num_global={num_global}")
+            raise ValueError(
+                f"Attention: num_global needs a window (local-global attention), got num_global={num_global}"
+            )
         if window is not None and attn_drop:
-            raise ValueError(f"Attention: attention dropout needs dense attention (window=None), got window={window}")
+            raise ValueError(
+                f"Attention: attention dropout needs dense attention (window=None), got window={window}"
+            )
         self.num_heads = num_heads
         self.window = window
         self.num_global = num_global
@@ -148,13 +158,19 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.window is None:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop if self.training else 0.0
+            )
         else:
             out = local_global_attention(q, k, v, self.window, self.num_global)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, length, dim)))
 
     def extra_repr(self) -> str:
-        pattern = "dense" if self.window is None else f"window={self.window}, num_global={self.num_global}"
+        pattern = (
+            "dense"
+            if self.window is None
+            else f"window={self.window}, num_global={self.num_global}"
+        )
         return f"num_heads={self.num_heads}, {pattern}"
 
 
@@ -175,7 +191,14 @@ class AttentionBlock(nn.Module):
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop, window=window, num_global=num_global)
+        self.attn = Attention(
+            dim,
+            num_heads,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            window=window,
+            num_global=num_global,
+        )
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)

@@ -59,7 +59,10 @@ class SSMDirection(nn.Module):
     def _init_dt(self, dt_min: float, dt_max: float) -> None:
         """Mamba's initialisation: softplus(dt bias) log-uniform in [dt_min, dt_max]."""
         nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
-        dt = torch.exp(torch.rand(self.dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.exp(
+            torch.rand(self.dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        )
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
@@ -67,7 +70,9 @@ class SSMDirection(nn.Module):
         """x, z: (batch, d_inner, L) → (batch, d_inner, L)."""
         x = F.silu(self.conv(x))
         # Projections as weight @ x keep every scan input channel-major, (batch, ·, L), without copies.
-        dt, B, C = torch.matmul(self.x_proj.weight, x).split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt, B, C = torch.matmul(self.x_proj.weight, x).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=1
+        )
         delta = torch.matmul(self.dt_proj.weight, dt)
         return selective_scan(
             x,
@@ -87,7 +92,14 @@ class BiMamba(nn.Module):
     """Vision Mamba's bidirectional mixer: in-projection to x and gate z, a forward and a reverse
     SSM direction each gated by silu(z), their mean, out-projection. (batch, L, dim) → same."""
 
-    def __init__(self, dim: int, d_state: int = 16, expand: int = 2, d_conv: int = 4, dt_rank: int | None = None):
+    def __init__(
+        self,
+        dim: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+    ):
         super().__init__()
         self.d_inner = expand * dim
         dt_rank = dt_rank or math.ceil(dim / 16)

@@ -35,10 +35,14 @@ def unpatchify(patches: Tensor, patch_size: int, channels: int = 3) -> Tensor:
     batch, num_patches, _ = patches.shape
     grid = int(round(num_patches**0.5))
     x = patches.reshape(batch, grid, grid, patch_size, patch_size, channels)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, grid * patch_size, grid * patch_size)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(
+        batch, channels, grid * patch_size, grid * patch_size
+    )
 
 
-def random_masking(batch: int, length: int, mask_ratio: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def random_masking(
+    batch: int, length: int, mask_ratio: float, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
     """Draws, per sample, which patches stay visible.
 
     Returns ``keep`` (batch, n_keep): the visible patch indices in increasing order; ``mask``
@@ -89,7 +93,9 @@ class VisionMambaMAE(nn.Module):
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_dim))
-        self.decoder_blocks = nn.ModuleList(AttentionBlock(decoder_dim, decoder_heads) for _ in range(decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            AttentionBlock(decoder_dim, decoder_heads) for _ in range(decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * self.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -100,7 +106,9 @@ class VisionMambaMAE(nn.Module):
         configuration with ``load_state_dict(..., strict=False)`` (only the head is missing)."""
         return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("head.")}
 
-    def encode_visible(self, images: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def encode_visible(
+        self, images: Tensor, mask_ratio: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Encodes the visible patches. Returns (class token (batch, dim), visible tokens
         (batch, n_keep, dim), mask, restore) — see ``random_masking``."""
         tokens = self.encoder.embed(images)

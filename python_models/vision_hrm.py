@@ -22,7 +22,9 @@ class ReasoningModule(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, depth: int, mlp_ratio: float):
         super().__init__()
-        self.blocks = nn.Sequential(*(PostNormBlock(dim, num_heads, mlp_ratio) for _ in range(depth)))
+        self.blocks = nn.Sequential(
+            *(PostNormBlock(dim, num_heads, mlp_ratio) for _ in range(depth))
+        )
 
     def forward(self, state: Tensor, injection: Tensor) -> Tensor:
         return self.blocks(state + injection)
@@ -67,7 +69,13 @@ class VisionHRM(nn.Module):
         one_step_gradient: bool = True,
     ):
         super().__init__()
-        for name, value in dict(h_layers=h_layers, l_layers=l_layers, h_cycles=h_cycles, l_cycles=l_cycles, segments=segments).items():
+        for name, value in dict(
+            h_layers=h_layers,
+            l_layers=l_layers,
+            h_cycles=h_cycles,
+            l_cycles=l_cycles,
+            segments=segments,
+        ).items():
             if value < 1:
                 raise ValueError(f"VisionHRM: expected {name} >= 1, got {value}")
         self.num_classes = num_classes
@@ -83,8 +91,12 @@ class VisionHRM(nn.Module):
         self.h_module = ReasoningModule(hidden_dim, num_heads, h_layers, mlp_ratio)
         self.l_module = ReasoningModule(hidden_dim, num_heads, l_layers, mlp_ratio)
         # Fixed random initial states, as HRM: not learned, saved with the weights.
-        self.register_buffer("z_h_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0))
-        self.register_buffer("z_l_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0))
+        self.register_buffer(
+            "z_h_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0)
+        )
+        self.register_buffer(
+            "z_l_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0)
+        )
         self.head = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
         init_vit_weights(self, self.pos_embed, self.cls_token)
 
@@ -128,7 +140,16 @@ class VisionHRM(nn.Module):
         return self.head(features[-1])
 
 
-_CIFAR = dict(img_size=32, patch_size=4, hidden_dim=512, num_heads=8, h_layers=4, l_layers=4, h_cycles=2, l_cycles=2)
+_CIFAR = dict(
+    img_size=32,
+    patch_size=4,
+    hidden_dim=512,
+    num_heads=8,
+    h_layers=4,
+    l_layers=4,
+    h_cycles=2,
+    l_cycles=2,
+)
 
 
 @register_model

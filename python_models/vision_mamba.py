@@ -72,7 +72,14 @@ class VisionMamba(nn.Module):
         self.blocks = nn.ModuleList(
             AttentionBlock(embed_dim, num_heads, drop_path=rate)
             if i in self.attn_layers
-            else MambaBlock(embed_dim, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank, drop_path=rate)
+            else MambaBlock(
+                embed_dim,
+                d_state=d_state,
+                expand=expand,
+                d_conv=d_conv,
+                dt_rank=dt_rank,
+                drop_path=rate,
+            )
             for i, rate in enumerate(rates)
         )
         self.norm = RMSNorm(embed_dim)
@@ -148,4 +155,7 @@ def vim_small_cifar(**overrides) -> VisionMamba:
 def vim_shapes(**overrides) -> VisionMamba:
     """The built-in classification job's model: vim_tiny_cifar narrowed to width 64, depth 4,
     d_state 8, with mean pooling (0.15 M parameters; trains in minutes on two CPU cores)."""
-    return _preset({**_CIFAR, "embed_dim": 64, "depth": 4, "d_state": 8, "num_heads": 2, "pool": "mean"}, overrides)
+    return _preset(
+        {**_CIFAR, "embed_dim": 64, "depth": 4, "d_state": 8, "num_heads": 2, "pool": "mean"},
+        overrides,
+    )

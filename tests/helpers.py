@@ -1,6 +1,6 @@
 """Helpers shared by the operator tests: devices, dtype tolerances, comparisons."""
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -22,17 +22,27 @@ def assert_close(actual, expected, dtype: torch.dtype, scale: float = 1.0, what:
     """Compares in float64 with the tolerance of `dtype` (multiplied by `scale`)."""
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(
-        actual.double().cpu(), expected.double().cpu(), rtol=rtol * scale, atol=atol * scale, msg=lambda m: f"{what}: {m}"
+        actual.double().cpu(),
+        expected.double().cpu(),
+        rtol=rtol * scale,
+        atol=atol * scale,
+        msg=lambda m: f"{what}: {m}",
     )
 
 
-def grads(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor]):
+def grads(
+    outputs: Sequence[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    cotangents: Sequence[torch.Tensor],
+):
     """Gradients of sum(output * cotangent) with respect to the inputs."""
     loss = sum((out.double() * cot.double()).sum() for out, cot in zip(outputs, cotangents))
     return torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)
 
 
-def assert_compiled_matches_eager(loss_fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor]) -> None:
+def assert_compiled_matches_eager(
+    loss_fn: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor]
+) -> None:
     """loss_fn compiled with fullgraph=True (aot_eager, so the fake kernels and autograd
     registrations are traced) gives the eager loss and the eager gradients of `tensors`."""
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")

@@ -26,14 +26,29 @@ IMPLS = {"kernels": False, "reference": True}  # name → use_reference
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vim_tiny_cifar", help="registered model (default: vim_tiny_cifar)")
-    parser.add_argument("--model-args", type=yaml.safe_load, default={}, help="YAML overrides of the preset")
-    parser.add_argument("--grid", type=yaml.safe_load, default={}, help="YAML mapping of argument → list of values: every combination is timed")
-    parser.add_argument("--impl", choices=("both", *IMPLS), default="both", help="which paths to time")
+    parser = argparse.ArgumentParser(
+        prog="python -m train.bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model", default="vim_tiny_cifar", help="registered model (default: vim_tiny_cifar)"
+    )
+    parser.add_argument(
+        "--model-args", type=yaml.safe_load, default={}, help="YAML overrides of the preset"
+    )
+    parser.add_argument(
+        "--grid",
+        type=yaml.safe_load,
+        default={},
+        help="YAML mapping of argument → list of values: every combination is timed",
+    )
+    parser.add_argument(
+        "--impl", choices=("both", *IMPLS), default="both", help="which paths to time"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--budget-s", type=float, default=3.0, help="seconds of timed steps per measurement")
+    parser.add_argument(
+        "--budget-s", type=float, default=3.0, help="seconds of timed steps per measurement"
+    )
     parser.add_argument("--min-steps", type=int, default=3, help="timed steps at least")
     parser.add_argument("--amp", choices=("none", *AMP_DTYPES), default="none")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -45,7 +60,9 @@ def grid_points(grid: dict) -> list[dict]:
     """Every combination of the grid's values, in order: [{}] for an empty grid."""
     for name, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"--grid: expected a non-empty list of values for {name!r}, got {values!r}")
+            raise ValueError(
+                f"--grid: expected a non-empty list of values for {name!r}, got {values!r}"
+            )
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
@@ -57,7 +74,9 @@ def training_step(model, images, labels, amp: str):
     def step() -> None:
         with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(images)
-            loss = F.cross_entropy(logits.flatten(0, -2), labels.expand(logits.shape[:-1]).flatten())
+            loss = F.cross_entropy(
+                logits.flatten(0, -2), labels.expand(logits.shape[:-1]).flatten()
+            )
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -69,7 +88,9 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
     torch.manual_seed(0)
     model = create_model(args.model, **model_args).to(device).train()
     size = model.patch_embed.img_size
-    images = torch.randn(args.batch_size, model.patch_embed.proj.in_channels, size, size, device=device)
+    images = torch.randn(
+        args.batch_size, model.patch_embed.proj.in_channels, size, size, device=device
+    )
     labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
     step = training_step(model, images, labels, args.amp)
     results = {}
@@ -90,10 +111,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model} {args.model_args or ''}, batch {args.batch_size}, forward+backward, amp {args.amp}, {where}")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{args.model} {args.model_args or ''}, batch {args.batch_size}, forward+backward, amp {args.amp}, {where}"
+    )
     points = grid_points(args.grid)
-    labels = [" ".join(f"{name}={value}" for name, value in point.items()) or "-" for point in points]
+    labels = [
+        " ".join(f"{name}={value}" for name, value in point.items()) or "-" for point in points
+    ]
     width = max(len("settings"), *map(len, labels))
     print(f"  {'settings':<{width}} {'path':<10} {'images/s':>10} {'peak MiB':>9}")
     rows = []
@@ -101,13 +130,22 @@ def main(argv: list[str] | None = None) -> dict:
         results = measure(args, {**args.model_args, **point}, device)
         for name, result in results.items():
             peak = "" if result["peak_mib"] is None else f"{result['peak_mib']:.0f}"
-            print(f"  {label:<{width}} {name:<10} {result['images_per_s']:>10.1f} {peak:>9}", flush=True)
+            print(
+                f"  {label:<{width}} {name:<10} {result['images_per_s']:>10.1f} {peak:>9}",
+                flush=True,
+            )
         if len(results) == 2:
             speedup = results["kernels"]["images_per_s"] / results["reference"]["images_per_s"]
             print(f"  {'':<{width}} {'speed-up':<10} {speedup:>9.1f}x")
         rows.append({"settings": point, **results})
-    summary = {"model": args.model, "model_args": args.model_args, "batch_size": args.batch_size, "device": where,
-               "amp": args.amp, "results": rows}
+    summary = {
+        "model": args.model,
+        "model_args": args.model_args,
+        "batch_size": args.batch_size,
+        "device": where,
+        "amp": args.amp,
+        "results": rows,
+    }
     if args.json:
         with open(args.json, "w") as file:
             json.dump(summary, file, indent=2)

@@ -38,13 +38,19 @@ class ClassificationTask:
         if self.mixup_alpha <= 0 and self.cutmix_alpha <= 0:
             logits = model(x)
             labels = labels.expand(logits.shape[:-1])
-            return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), label_smoothing=self.label_smoothing)
+            return F.cross_entropy(
+                logits.flatten(0, -2), labels.flatten(), label_smoothing=self.label_smoothing
+            )
         smooth = self.label_smoothing
-        targets = F.one_hot(labels, self.num_classes).float() * (1 - smooth) + smooth / self.num_classes
+        targets = (
+            F.one_hot(labels, self.num_classes).float() * (1 - smooth) + smooth / self.num_classes
+        )
         x, targets = mix_batch(x, targets, self.mixup_alpha, self.cutmix_alpha)
         return torch.sum(-targets * F.log_softmax(model(x).float(), dim=-1), dim=-1).mean()
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
         matrix, loss_sum = confusion_matrix(model, loader, self.transform, self.num_classes, device)
         total = matrix.sum().item()
         return {"loss": loss_sum / total, "acc": matrix.diag().sum().item() / total}
@@ -52,7 +58,11 @@ class ClassificationTask:
 
 @torch.no_grad()
 def confusion_matrix(
-    model: nn.Module, loader: DataLoader, transform: BatchTransform, num_classes: int, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    transform: BatchTransform,
+    num_classes: int,
+    device: torch.device,
 ) -> tuple[Tensor, float]:
     """(classes × classes) counts, rows = true class, columns = prediction, summed over every
     process; and the summed cross-entropy."""
@@ -63,7 +73,9 @@ def confusion_matrix(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(transform(images, train=False)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        counts += torch.bincount(labels * num_classes + logits.argmax(-1), minlength=num_classes**2).double()
+        counts += torch.bincount(
+            labels * num_classes + logits.argmax(-1), minlength=num_classes**2
+        ).double()
     distributed.all_reduce_sum(counts)
     distributed.all_reduce_sum(loss_sum)
     return counts.view(num_classes, num_classes).cpu(), loss_sum.item()

@@ -18,7 +18,15 @@ import torch
 from . import distributed
 from .baselines import linear_probe_accuracy
 from .classification import ClassificationTask
-from .common import BuiltinJobConfig, build_backbone, data_for, load_pretrained, loaders_for, plain, start
+from .common import (
+    BuiltinJobConfig,
+    build_backbone,
+    data_for,
+    load_pretrained,
+    loaders_for,
+    plain,
+    start,
+)
 from .config import field, load_config
 from .data import ImageTensorDataset
 from .engine import Trainer
@@ -32,17 +40,24 @@ class ClassifyConfig(BuiltinJobConfig):
     mixup_alpha: float = field(0.0, "mixup Beta(alpha, alpha) (0: off)")
     cutmix_alpha: float = field(0.0, "cutmix Beta(alpha, alpha) (0: off)")
     init_from: str = field("", "start from this checkpoint's weights (classifier or MAE encoder)")
-    linear_baseline: bool = field(True, "also fit a linear classifier on raw pixels (in-memory data sets)")
+    linear_baseline: bool = field(
+        True, "also fit a linear classifier on raw pixels (in-memory data sets)"
+    )
     lr: float = field(3e-3, "peak learning rate (AdamW)")
     out_dir: str = field("runs/classify", "where checkpoints, metrics and plots go")
     # Shorthands for the stage layout of hierarchical models (HierarchicalViT).
     embed_dims: list = field([], "widths of the stages (empty: the preset's); put into model_args")
     depths: list = field([], "blocks of the stages (empty: the preset's); put into model_args")
-    num_heads: list = field([], "attention heads of the stages (empty: the preset's); put into model_args")
+    num_heads: list = field(
+        [], "attention heads of the stages (empty: the preset's); put into model_args"
+    )
 
     def __post_init__(self) -> None:
         stage_layout = {name: getattr(self, name) for name in ("embed_dims", "depths", "num_heads")}
-        self.model_args = {**self.model_args, **{name: value for name, value in stage_layout.items() if value}}
+        self.model_args = {
+            **self.model_args,
+            **{name: value for name, value in stage_layout.items() if value},
+        }
 
 
 def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
@@ -55,7 +70,13 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
     model = build_backbone(config.model, config.model_args, splits, len(splits.classes))
     if config.init_from:
         load_pretrained(model, config.init_from)
-    task = ClassificationTask(transform, len(splits.classes), config.label_smoothing, config.mixup_alpha, config.cutmix_alpha)
+    task = ClassificationTask(
+        transform,
+        len(splits.classes),
+        config.label_smoothing,
+        config.mixup_alpha,
+        config.cutmix_alpha,
+    )
     train_loader, test_loader = loaders_for(config, splits)
     trainer = Trainer(model, task, train_loader, test_loader, config, plain(config), device)
     if distributed.is_main():
@@ -67,7 +88,11 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
         )
     record = trainer.fit()
     summary = {"test_acc": record.get("val_acc"), "best_test_acc": trainer.best}
-    if distributed.is_main() and config.linear_baseline and isinstance(splits.train, ImageTensorDataset):
+    if (
+        distributed.is_main()
+        and config.linear_baseline
+        and isinstance(splits.train, ImageTensorDataset)
+    ):
         summary["linear_probe_acc"] = linear_probe_accuracy(splits.train, splits.test)
     summary["time_s"] = time.perf_counter() - started
     summary["cpu_time_s"] = time.process_time() - cpu_started
@@ -77,7 +102,9 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
             f"test accuracy {summary['test_acc']:.4f} (best epoch {trainer.best:.4f})"
         )
         if "linear_probe_acc" in summary:
-            print(f"linear classifier on raw pixels, same data: test accuracy {summary['linear_probe_acc']:.4f}")
+            print(
+                f"linear classifier on raw pixels, same data: test accuracy {summary['linear_probe_acc']:.4f}"
+            )
     return trainer, summary
 
 

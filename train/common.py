@@ -89,10 +89,14 @@ def loaders_for(config: Any, splits: DataSplits):
     return train, test
 
 
-def build_backbone(name: str, model_args: dict[str, Any], splits: DataSplits, num_classes: int) -> nn.Module:
+def build_backbone(
+    name: str, model_args: dict[str, Any], splits: DataSplits, num_classes: int
+) -> nn.Module:
     """The registered model sized for the data: image side, channels and classes."""
     channels, height, _ = splits.image_shape
-    return create_model(name, img_size=height, in_chans=channels, num_classes=num_classes, **model_args)
+    return create_model(
+        name, img_size=height, in_chans=channels, num_classes=num_classes, **model_args
+    )
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
@@ -101,7 +105,11 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     kept their initial values."""
     weights = checkpoint.load(path)["model"]
     if any(key.startswith("encoder.") for key in weights):
-        weights = {key[len("encoder.") :]: value for key, value in weights.items() if key.startswith("encoder.")}
+        weights = {
+            key[len("encoder.") :]: value
+            for key, value in weights.items()
+            if key.startswith("encoder.")
+        }
     weights = {key: value for key, value in weights.items() if not key.startswith("head.")}
     result = model.load_state_dict(weights, strict=False)
     not_head = [key for key in result.missing_keys if not key.startswith("head.")]

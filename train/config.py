@@ -45,9 +45,17 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         field_type = _field_type(cls, field)
         help_text = field.metadata.get("help", "")
         if field_type is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            parser.add_argument(flag, type=_parser_for(field_type), default=None, metavar=field.name.upper(), help=help_text)
+            parser.add_argument(
+                flag,
+                type=_parser_for(field_type),
+                default=None,
+                metavar=field.name.upper(),
+                help=help_text,
+            )
     return parser
 
 
@@ -57,7 +65,13 @@ def load_config(cls: type[Config], argv: list[str] | None, prog: str, descriptio
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(read_yaml(cls, args.config))
-    values.update({name: value for name, value in vars(args).items() if name != "config" and value is not None})
+    values.update(
+        {
+            name: value
+            for name, value in vars(args).items()
+            if name != "config" and value is not None
+        }
+    )
     return cls(**values)
 
 
@@ -74,5 +88,7 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
 def field(default: Any, help: str) -> Any:
     """A dataclass field with a help text for its flag (mutable defaults are copied)."""
     if isinstance(default, (dict, list)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help}
+        )
     return dataclasses.field(default=default, metadata={"help": help})

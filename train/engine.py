@@ -37,11 +37,17 @@ class EngineConfig:
     lr: float = field(1e-3, "peak learning rate (AdamW)")
     min_lr: float = field(1e-5, "learning rate at the end of the cosine schedule")
     warmup_epochs: float = field(1.0, "linear warm-up, in epochs")
-    weight_decay: float = field(0.05, "AdamW weight decay (not applied to norms, biases, embeddings)")
+    weight_decay: float = field(
+        0.05, "AdamW weight decay (not applied to norms, biases, embeddings)"
+    )
     clip_grad: float = field(1.0, "clip the gradient norm to this (0: off)")
     amp: str = field("none", "mixed precision: none, bf16 or fp16")
-    ema_decay: float = field(0.0, "keep an EMA of the weights with this decay and evaluate it (0: off)")
-    patience: int = field(0, "stop after this many epochs without a better validation metric (0: off)")
+    ema_decay: float = field(
+        0.0, "keep an EMA of the weights with this decay and evaluate it (0: off)"
+    )
+    patience: int = field(
+        0, "stop after this many epochs without a better validation metric (0: off)"
+    )
     seed: int = field(0, "random seed")
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     threads: int = field(0, "CPU threads for torch (0: torch's default)")
@@ -63,7 +69,9 @@ class Task(Protocol):
     def training_loss(self, model: nn.Module, batch: list[Tensor]) -> Tensor:
         """The loss of one training batch (already on the device)."""
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
         """Validation metrics, reduced over every process."""
 
 
@@ -73,9 +81,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "global_tokens", "mask_token", "A_log"))
+        skip = param.ndim <= 1 or name.endswith(
+            ("pos_embed", "cls_token", "global_tokens", "mask_token", "A_log")
+        )
         (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
@@ -131,16 +144,22 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.model = model.to(device)
         self.ddp_model = (
-            DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
             if distributed.is_distributed()
             else self.model
         )
         steps_per_epoch = len(train_loader)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, config.weight_decay), lr=config.lr
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             warmup_cosine(
-                round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch, config.min_lr / config.lr
+                round(config.warmup_epochs * steps_per_epoch),
+                config.epochs * steps_per_epoch,
+                config.min_lr / config.lr,
             ),
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
@@ -152,7 +171,9 @@ class Trainer:
         if resume_path is not None:
             self._load(resume_path)
         self.logger = MetricsLogger(
-            self.out_dir, enabled=distributed.is_main(), resume_epoch=self.epoch if resume_path else None
+            self.out_dir,
+            enabled=distributed.is_main(),
+            resume_epoch=self.epoch if resume_path else None,
         )
 
     # -- the loop ---------------------------------------------------------------------------
@@ -197,11 +218,18 @@ class Trainer:
             sampler.set_epoch(self.epoch)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         images = 0
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}", leave=False, disable=not _show_progress())
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {self.epoch + 1}",
+            leave=False,
+            disable=not _show_progress(),
+        )
         for batch in bar:
             batch = [t.to(self.device, non_blocking=True) for t in batch]
             loss = self.train_step(batch)
-            total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=self.device)])
+            total += torch.stack(
+                [loss.detach().double(), torch.ones((), dtype=torch.float64, device=self.device)]
+            )
             images += batch[0].shape[0]
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         distributed.all_reduce_sum(total)
@@ -226,7 +254,9 @@ class Trainer:
     # -- best metric, early stopping -----------------------------------------------------------
 
     def _track_best(self, value: float) -> bool:
-        better = self.best is None or (value < self.best if self.task.mode == "min" else value > self.best)
+        better = self.best is None or (
+            value < self.best if self.task.mode == "min" else value > self.best
+        )
         if better:
             self.best = value
             self.epochs_since_best = 0
@@ -237,7 +267,10 @@ class Trainer:
     def _should_stop(self) -> bool:
         stop = self.config.patience > 0 and self.epochs_since_best >= self.config.patience
         if stop and distributed.is_main():
-            print(f"early stopping: no better {self.task.monitor} for {self.epochs_since_best} epochs", flush=True)
+            print(
+                f"early stopping: no better {self.task.monitor} for {self.epochs_since_best} epochs",
+                flush=True,
+            )
         return stop
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -267,7 +300,9 @@ class Trainer:
     def _resume_path(self) -> Path | None:
         if not self.config.resume:
             return None
-        return self.out_dir / "last.pt" if self.config.resume == "last" else Path(self.config.resume)
+        return (
+            self.out_dir / "last.pt" if self.config.resume == "last" else Path(self.config.resume)
+        )
 
     def _load(self, path: Path) -> None:
         state = checkpoint.load(path, map_location=self.device)
@@ -277,7 +312,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state["ema"] is None:
-                raise checkpoint.CheckpointError(f"{path} holds no EMA weights but ema_decay > 0 was asked for")
+                raise checkpoint.CheckpointError(
+                    f"{path} holds no EMA weights but ema_decay > 0 was asked for"
+                )
             self.ema.module.load_state_dict(state["ema"])
         checkpoint.set_rng_state(state["rng"])
         self.epoch = state["epoch"]

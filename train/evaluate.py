@@ -35,7 +35,9 @@ from .mae import MAEConfig, build_mae  # noqa: E402
 
 @dataclasses.dataclass
 class EvaluateConfig:
-    checkpoint: str = field("runs/classify/best.pt", "checkpoint written by train.classify or train.mae")
+    checkpoint: str = field(
+        "runs/classify/best.pt", "checkpoint written by train.classify or train.mae"
+    )
     out_dir: str = field("", "where results go (default: the checkpoint's folder)")
     data_dir: str = field("", "data folder (default: the one the checkpoint was trained with)")
     batch_size: int = field(256, "images per batch")
@@ -75,20 +77,29 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def evaluate_classifier(model, loader, transform: BatchTransform, splits: DataSplits, out_dir: Path, device) -> dict:
+def evaluate_classifier(
+    model, loader, transform: BatchTransform, splits: DataSplits, out_dir: Path, device
+) -> dict:
     matrix, _ = confusion_matrix(model, loader, transform, len(splits.classes), device)
     metrics = per_class_metrics(matrix)
     accuracy = matrix.diag().sum().item() / matrix.sum().item()
     per_class = {
-        name: {key: round(values[i].item(), 4) for key, values in metrics.items()} for i, name in enumerate(splits.classes)
+        name: {key: round(values[i].item(), 4) for key, values in metrics.items()}
+        for i, name in enumerate(splits.classes)
     }
     if distributed.is_main():
         print(f"test accuracy {accuracy:.4f} on {int(matrix.sum().item())} images")
         print(f"{'class':>14} {'precision':>9} {'recall':>9} {'f1':>9}")
         for name, values in per_class.items():
-            print(f"{name:>14} {values['precision']:>9.4f} {values['recall']:>9.4f} {values['f1']:>9.4f}")
+            print(
+                f"{name:>14} {values['precision']:>9.4f} {values['recall']:>9.4f} {values['f1']:>9.4f}"
+            )
         plot_confusion(matrix, splits.classes, out_dir / "confusion_matrix.png")
-    return {"accuracy": accuracy, "per_class": per_class, "confusion_matrix": matrix.long().tolist()}
+    return {
+        "accuracy": accuracy,
+        "per_class": per_class,
+        "confusion_matrix": matrix.long().tolist(),
+    }
 
 
 def plot_confusion(matrix: Tensor, classes: tuple[str, ...], path: Path) -> None:
@@ -101,22 +112,37 @@ def plot_confusion(matrix: Tensor, classes: tuple[str, ...], path: Path) -> None
     ax.set_ylabel("true")
     if len(classes) <= 20:
         threshold = matrix.max().item() / 2
-        for (row, col), count in zip(torch.cartesian_prod(*(torch.arange(len(classes)),) * 2).tolist(), matrix.flatten().tolist()):
-            ax.text(col, row, int(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
+        for (row, col), count in zip(
+            torch.cartesian_prod(*(torch.arange(len(classes)),) * 2).tolist(),
+            matrix.flatten().tolist(),
+        ):
+            ax.text(
+                col,
+                row,
+                int(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if count > threshold else "black",
+            )
     ax.set_title(f"accuracy {matrix.diag().sum().item() / matrix.sum().item():.4f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def reconstruct(model, images: Tensor, transform: BatchTransform, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
+def reconstruct(
+    model, images: Tensor, transform: BatchTransform, mask_ratio: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, reconstruction in [0, 1] with the visible patches taken from the input, pixel mask
     (1 = hidden)) for images already normalised by ``transform``."""
     out = model(images, mask_ratio=mask_ratio)
     pred = out.pred.float()
     if model.norm_pix_loss:  # undo the per-patch normalisation with the true patches' statistics
         target = patchify(images, model.patch_size)
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(dim=-1, keepdim=True)
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(
+            dim=-1, keepdim=True
+        )
     channels = images.shape[1]
     patch_mask = out.mask[..., None].expand(-1, -1, model.patch_size**2 * channels)
     pixel_mask = unpatchify(patch_mask, model.patch_size, channels)
@@ -137,25 +163,37 @@ def ssim(x: Tensor, y: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return value.flatten(1).mean(1)
 
 
 @torch.no_grad()
-def evaluate_mae(model, loader, transform: BatchTransform, config: EvaluateConfig, out_dir: Path, device) -> dict:
+def evaluate_mae(
+    model, loader, transform: BatchTransform, config: EvaluateConfig, out_dir: Path, device
+) -> dict:
     model.eval()
     sweep = {}
     for ratio in config.mask_ratios:
         torch.manual_seed(config.seed + distributed.rank())
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, masked sq. error, masked pixels, ssim
+        sums = torch.zeros(
+            4, dtype=torch.float64, device=device
+        )  # loss, masked sq. error, masked pixels, ssim
         images_seen = torch.zeros((), dtype=torch.float64, device=device)
         for images, _ in loader:
             images = transform(images.to(device), train=False)
             loss, recon, pixel_mask = reconstruct(model, images, transform, ratio)
             original = transform.denormalize(images)
             squared = ((recon - original) ** 2 * pixel_mask).sum()
-            sums += torch.stack([loss.double() * images.shape[0], squared.double(), pixel_mask.sum().double(),
-                                 ssim(recon, original).sum().double()])
+            sums += torch.stack(
+                [
+                    loss.double() * images.shape[0],
+                    squared.double(),
+                    pixel_mask.sum().double(),
+                    ssim(recon, original).sum().double(),
+                ]
+            )
             images_seen += images.shape[0]
         distributed.all_reduce_sum(sums)
         distributed.all_reduce_sum(images_seen)
@@ -168,14 +206,21 @@ def evaluate_mae(model, loader, transform: BatchTransform, config: EvaluateConfi
         }
         if distributed.is_main():
             r = sweep[f"{ratio:g}"]
-            print(f"mask ratio {ratio:>4.0%}: masked-patch loss {r['masked_patch_loss']:.4f}, pixel MSE {r['pixel_mse']:.5f}, "
-                  f"PSNR {r['psnr_db']:.2f} dB, SSIM {r['ssim']:.4f}")
+            print(
+                f"mask ratio {ratio:>4.0%}: masked-patch loss {r['masked_patch_loss']:.4f}, "
+                f"pixel MSE {r['pixel_mse']:.5f}, "
+                f"PSNR {r['psnr_db']:.2f} dB, SSIM {r['ssim']:.4f}"
+            )
     if distributed.is_main():
-        plot_reconstructions(model, loader, transform, config, out_dir / "reconstructions.png", device)
+        plot_reconstructions(
+            model, loader, transform, config, out_dir / "reconstructions.png", device
+        )
     return {"mask_ratio_sweep": sweep, "trained_mask_ratio": model.mask_ratio}
 
 
-def plot_reconstructions(model, loader, transform: BatchTransform, config: EvaluateConfig, path: Path, device) -> None:
+def plot_reconstructions(
+    model, loader, transform: BatchTransform, config: EvaluateConfig, path: Path, device
+) -> None:
     """Rows: input, what the encoder sees, reconstruction, for each swept mask ratio."""
     torch.manual_seed(config.seed)
     images = transform(next(iter(loader))[0][: config.grid_images].to(device), train=False)
@@ -183,8 +228,13 @@ def plot_reconstructions(model, loader, transform: BatchTransform, config: Evalu
     rows = [("input", original)]
     for ratio in config.mask_ratios:
         _, recon, pixel_mask = reconstruct(model, images, transform, ratio)
-        rows += [(f"visible {ratio:.0%}", original * (1 - pixel_mask)), (f"recon. {ratio:.0%}", recon)]
-    fig, axes = plt.subplots(len(rows), len(images), figsize=(1.1 * len(images) + 1, 1.1 * len(rows)), squeeze=False)
+        rows += [
+            (f"visible {ratio:.0%}", original * (1 - pixel_mask)),
+            (f"recon. {ratio:.0%}", recon),
+        ]
+    fig, axes = plt.subplots(
+        len(rows), len(images), figsize=(1.1 * len(images) + 1, 1.1 * len(rows)), squeeze=False
+    )
     for r, (title, batch) in enumerate(rows):
         for c in range(len(images)):
             ax = axes[r][c]

@@ -48,7 +48,9 @@ class MAETask:
         return model(self.transform(batch[0], train=True)).loss
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, loader: DataLoader, device: torch.device
+    ) -> dict[str, float]:
         """Masked-patch loss over the test set; the masks are seeded, so every evaluation (and
         every resumed run) hides the same patches."""
         model.eval()
@@ -58,7 +60,11 @@ class MAETask:
             for images, _ in loader:
                 images = images.to(device, non_blocking=True)
                 loss = model(self.transform(images, train=False)).loss
-                totals += torch.tensor([loss.item() * images.shape[0], images.shape[0]], dtype=torch.float64, device=device)
+                totals += torch.tensor(
+                    [loss.item() * images.shape[0], images.shape[0]],
+                    dtype=torch.float64,
+                    device=device,
+                )
         distributed.all_reduce_sum(totals)
         return {"loss": (totals[0] / totals[1]).item()}
 
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_mae(config, splits)
     train_loader, test_loader = loaders_for(config, splits)
     try:
-        return Trainer(model, MAETask(transform), train_loader, test_loader, config, plain(config), device).fit()
+        return Trainer(
+            model, MAETask(transform), train_loader, test_loader, config, plain(config), device
+        ).fit()
     finally:
         distributed.cleanup()
 

@@ -85,7 +85,9 @@ def plot_curves(records: list[Record], path: Path) -> None:
     keys = [k for k in records[-1] if k != "epoch" and isinstance(records[-1][k], (int, float))]
     panels = {
         "loss": [k for k in keys if "loss" in k],
-        "metric": [k for k in keys if "loss" not in k and k not in ("lr", "epoch_time_s", "images_per_s")],
+        "metric": [
+            k for k in keys if "loss" not in k and k not in ("lr", "epoch_time_s", "images_per_s")
+        ],
         "learning rate": [k for k in keys if k == "lr"],
     }
     panels = {title: ks for title, ks in panels.items() if ks}

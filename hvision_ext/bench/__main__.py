@@ -13,7 +13,15 @@ import torch
 
 from . import all_cases, select_cases
 from .registry import CaseSpec
-from .report import Result, RunInfo, device_name, format_table, speedup_summary, table_rows, write_json
+from .report import (
+    Result,
+    RunInfo,
+    device_name,
+    format_table,
+    speedup_summary,
+    table_rows,
+    write_json,
+)
 from .timing import copy_bandwidth, time_impl
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -26,8 +34,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m hvision_ext.bench",
         description="Time the registered cases and compare hvision with the other implementations.",
     )
-    parser.add_argument("--op", nargs="+", action="extend", metavar="NAME", help="only these operators")
-    parser.add_argument("--case", nargs="+", action="extend", metavar="NAME", help="only these cases")
+    parser.add_argument(
+        "--op", nargs="+", action="extend", metavar="NAME", help="only these operators"
+    )
+    parser.add_argument(
+        "--case", nargs="+", action="extend", metavar="NAME", help="only these cases"
+    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -38,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=float, default=1.0, metavar="SECONDS", help="time per implementation"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write every result and sample here")
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="write every result and sample here"
+    )
     parser.add_argument("--list", action="store_true", help="list the registered cases and exit")
     return parser.parse_args(argv)
 
@@ -47,7 +61,9 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_case(spec: CaseSpec, device: torch.device, dtype: torch.dtype, budget_s: float) -> list[Result]:
+def run_case(
+    spec: CaseSpec, device: torch.device, dtype: torch.dtype, budget_s: float
+) -> list[Result]:
     """Every implementation of one case. A failure (of the builder or of one implementation, e.g.
     out of memory) is recorded as that result's error so the other results still come back."""
     try:
@@ -65,7 +81,15 @@ def run_case(spec: CaseSpec, device: torch.device, dtype: torch.dtype, budget_s:
             error = describe(err)
         results.append(
             Result(
-                spec.op, spec.name, case.shape, case.mode, name, timing, error, case.bytes_moved, case.notes
+                spec.op,
+                spec.name,
+                case.shape,
+                case.mode,
+                name,
+                timing,
+                error,
+                case.bytes_moved,
+                case.notes,
             )
         )
     return results
@@ -125,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(table_rows(results, info)))
     print()
-    print(f"hvision speed-up (other implementation's median time / hvision's), {info.device}, {info.dtype}:")
+    print(
+        f"hvision speed-up (other implementation's median time / hvision's), {info.device}, {info.dtype}:"
+    )
     print("\n".join(speedup_summary(results)))
     errors = [r for r in results if r.error is not None]
     for result in errors:

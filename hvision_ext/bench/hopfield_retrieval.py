@@ -19,8 +19,16 @@ VIT_MEMORY = {"batch": 8, "heads": 4, "queries": 197, "patterns": 1024, "dim": 6
 
 
 def make_inputs(
-    device: torch.device, dtype: torch.dtype, *, batch: int, heads: int, queries: int, patterns: int, dim: int,
-    shared: bool, seed: int = 0,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    batch: int,
+    heads: int,
+    queries: int,
+    patterns: int,
+    dim: int,
+    shared: bool,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """Standard normal queries, stored patterns and values (values of width d)."""
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -29,15 +37,24 @@ def make_inputs(
     def randn(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=gen, device=device).to(dtype)
 
-    return {"query": randn(batch, heads, queries, dim), "stored": randn(*pattern_shape), "values": randn(*pattern_shape)}
+    return {
+        "query": randn(batch, heads, queries, dim),
+        "stored": randn(*pattern_shape),
+        "values": randn(*pattern_shape),
+    }
 
 
-def sdpa_retrieval(query: Tensor, stored: Tensor, values: Tensor, *, beta: float, n_steps: int) -> Tensor:
+def sdpa_retrieval(
+    query: Tensor, stored: Tensor, values: Tensor, *, beta: float, n_steps: int
+) -> Tensor:
     """One Hopfield step as ``scaled_dot_product_attention`` (shared patterns broadcast)."""
     assert n_steps == 1, "SDPA computes one step"
     batch = query.shape[0]
     return F.scaled_dot_product_attention(
-        query, stored.expand(batch, *stored.shape[-3:]), values.expand(batch, *values.shape[-3:]), scale=beta
+        query,
+        stored.expand(batch, *stored.shape[-3:]),
+        values.expand(batch, *values.shape[-3:]),
+        scale=beta,
     )
 
 
@@ -61,21 +78,34 @@ def retrieval_call(
     return forward_backward
 
 
-def retrieval_case(device: torch.device, dtype: torch.dtype, mode: Mode, n_steps: int, shared: bool) -> BenchCase:
+def retrieval_case(
+    device: torch.device, dtype: torch.dtype, mode: Mode, n_steps: int, shared: bool
+) -> BenchCase:
     inputs = make_inputs(device, dtype, shared=shared, **VIT_MEMORY)
     for tensor in inputs.values():
         tensor.requires_grad_(mode == "fwd+bwd")
     gen = torch.Generator(device=device).manual_seed(1)
     cotangent = torch.randn(inputs["query"].shape, generator=gen, device=device).to(dtype)
-    impls: dict[str, Retrieval] = {"hvision": hopfield_retrieval, "reference": reference.hopfield_retrieval}
+    impls: dict[str, Retrieval] = {
+        "hvision": hopfield_retrieval,
+        "reference": reference.hopfield_retrieval,
+    }
     if n_steps == 1:
         impls["sdpa"] = sdpa_retrieval
     return BenchCase(
-        shape="batch {batch}, heads {heads}, Q {queries}, M {patterns}, d {dim}".format(**VIT_MEMORY)
+        shape="batch {batch}, heads {heads}, Q {queries}, M {patterns}, d {dim}".format(
+            **VIT_MEMORY
+        )
         + f", n_steps {n_steps}",
-        impls={name: retrieval_call(fn, inputs, n_steps, mode, cotangent) for name, fn in impls.items()},
+        impls={
+            name: retrieval_call(fn, inputs, n_steps, mode, cotangent) for name, fn in impls.items()
+        },
         mode=mode,
-        notes=("stored/values shared across the batch (heads, M, d)" if shared else "stored/values per batch")
+        notes=(
+            "stored/values shared across the batch (heads, M, d)"
+            if shared
+            else "stored/values per batch"
+        )
         + ", beta 1/sqrt(d)",
     )
 

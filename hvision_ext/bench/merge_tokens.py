@@ -14,7 +14,9 @@ from .registry import BenchCase, Impl, Mode, bench_case
 VIDEO_VIT = {"batch": 8, "tokens": 1 + 8 * 196, "channels": 384, "r": 784}
 
 
-def tome_merge(x: Tensor, metric: Tensor, r: int, class_token: bool = True) -> tuple[Tensor, Tensor]:
+def tome_merge(
+    x: Tensor, metric: Tensor, r: int, class_token: bool = True
+) -> tuple[Tensor, Tensor]:
     """Token merging the way ToMe's ``bipartite_soft_matching`` + ``merge_wavg`` do it in plain
     PyTorch: normalise, the full A x B score matrix, max/argmax, argsort, then gather and
     scatter_reduce (the merged tokens go to the end, not in place). The matching runs without
@@ -66,17 +68,24 @@ def merge_call(merge, x: Tensor, metric: Tensor, r: int, mode: Mode, cotangent: 
     return lambda: torch.autograd.grad(merge(x, metric, r), x, cotangent)
 
 
-def merge_case(device: torch.device, dtype: torch.dtype, mode: Mode, sizes: dict[str, int]) -> BenchCase:
+def merge_case(
+    device: torch.device, dtype: torch.dtype, mode: Mode, sizes: dict[str, int]
+) -> BenchCase:
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (sizes["batch"], sizes["tokens"], sizes["channels"])
     x = torch.randn(shape, generator=gen, device=device).to(dtype).requires_grad_(mode == "fwd+bwd")
     keys = torch.randn(shape, generator=gen, device=device).to(dtype)
     rows = sizes["tokens"] - sizes["r"]
-    cotangent = torch.randn(sizes["batch"], rows, sizes["channels"], generator=gen, device=device).to(dtype)
+    cotangent = torch.randn(
+        sizes["batch"], rows, sizes["channels"], generator=gen, device=device
+    ).to(dtype)
     merges = {"hvision": hvision_merge, "reference": reference_merge, "tome-pytorch": ours_tome}
     return BenchCase(
         shape="batch {batch}, N {tokens}, C {channels}, metric C {channels}, r {r}".format(**sizes),
-        impls={name: merge_call(fn, x, keys, sizes["r"], mode, cotangent) for name, fn in merges.items()},
+        impls={
+            name: merge_call(fn, x, keys, sizes["r"], mode, cotangent)
+            for name, fn in merges.items()
+        },
         mode=mode,
         notes="1 protected class token; fwd+bwd = gradient of x",
     )

@@ -21,12 +21,19 @@ def opencv_scores():
         import cv2
         import numpy as np
     except ImportError as err:
-        print(f"motion_saliency bench: no numpy/OpenCV anchor ({err}); pip install opencv-python-headless", file=sys.stderr)
+        print(
+            f"motion_saliency bench: no numpy/OpenCV anchor ({err}); pip install opencv-python-headless",
+            file=sys.stderr,
+        )
         return None
 
     def patch_means(maps, patch):
         *lead, height, width = maps.shape
-        return maps.reshape(*lead, height // patch, patch, width // patch, patch).mean(axis=(-3, -1)).reshape(*lead, -1)
+        return (
+            maps.reshape(*lead, height // patch, patch, width // patch, patch)
+            .mean(axis=(-3, -1))
+            .reshape(*lead, -1)
+        )
 
     def normalise(scores):
         return scores / (scores.max(axis=-1, keepdims=True) + 1e-6)
@@ -35,11 +42,17 @@ def opencv_scores():
         video = frames.astype(np.float32)  # (batch, T, C, H, W)
         difference = np.abs(np.diff(video, axis=1)).mean(axis=2)
         difference = np.concatenate([difference[:, :1], difference], axis=1)
-        luma = np.tensordot(np.asarray(LUMA, np.float32), video, axes=([0], [2]))  # (batch, T, H, W)
+        luma = np.tensordot(
+            np.asarray(LUMA, np.float32), video, axes=([0], [2])
+        )  # (batch, T, H, W)
         magnitude = np.empty_like(luma)
         for index in np.ndindex(*luma.shape[:2]):
-            gx = cv2.Sobel(luma[index], cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT_101)
-            gy = cv2.Sobel(luma[index], cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT_101)
+            gx = cv2.Sobel(
+                luma[index], cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT_101
+            )
+            gy = cv2.Sobel(
+                luma[index], cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT_101
+            )
             magnitude[index] = cv2.magnitude(gx, gy)
         motion = normalise(patch_means(difference, patch_size))
         saliency = normalise(patch_means(magnitude, patch_size))
@@ -67,7 +80,9 @@ def clips_224(device: torch.device, dtype: torch.dtype) -> BenchCase:
         as_numpy = frames.numpy()
         impls["numpy+opencv"] = lambda: opencv(as_numpy, patch)
     return BenchCase(
-        shape="batch {batch}, T {time}, {channels} x {height} x {width} uint8, patch {patch_size}".format(**CLIPS),
+        shape="batch {batch}, T {time}, {channels} x {height} x {width} uint8, patch {patch_size}".format(
+            **CLIPS
+        ),
         impls=impls,
         mode="fwd",
         bytes_moved=frames.nbytes,

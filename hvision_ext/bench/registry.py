@@ -103,10 +103,14 @@ def select_cases(
     return [
         case
         for case in _CASES.values()
-        if device in case.devices and (not ops or case.op in ops) and (not names or case.name in names)
+        if device in case.devices
+        and (not ops or case.op in ops)
+        and (not names or case.name in names)
     ]
 
 
 def _check_known(what: str, wanted: set[str], known: set[str]) -> None:
     if wanted - known:
-        raise ValueError(f"unknown bench {what}(s) {sorted(wanted - known)}; known: {sorted(known)}")
+        raise ValueError(
+            f"unknown bench {what}(s) {sorted(wanted - known)}; known: {sorted(known)}"
+        )

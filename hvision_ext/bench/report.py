@@ -114,7 +114,8 @@ def format_table(rows: list[list[str]]) -> str:
     """The rows (the first is the header) with columns padded to their widest cell."""
     widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
@@ -131,7 +132,9 @@ def speedup_summary(results: list[Result]) -> list[str]:
             if r.impl != HVISION and speedup(r, results) is not None
         ]
         if factors:
-            lines.append(f"  {'/'.join(key)} ({case_results[0].mode}): hvision is " + ", ".join(factors))
+            lines.append(
+                f"  {'/'.join(key)} ({case_results[0].mode}): hvision is " + ", ".join(factors)
+            )
     return lines
 
 

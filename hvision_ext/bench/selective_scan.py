@@ -18,7 +18,14 @@ Scan = Callable[..., Tensor]
 
 
 def make_inputs(
-    device: torch.device, dtype: torch.dtype, batch: int, dim: int, length: int, state: int, *, seed: int = 0
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    dim: int,
+    length: int,
+    state: int,
+    *,
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """Inputs as a Mamba layer produces them: A from the S4D-real initialisation (-1 … -N),
     delta_bias the inverse softplus of step sizes log-uniform in [1e-3, 1e-1], small delta.
@@ -29,7 +36,8 @@ def make_inputs(
         return (scale * torch.randn(*shape, generator=gen, device=device)).to(dtype)
 
     step = torch.exp(
-        torch.rand(dim, generator=gen, device=device) * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3)
+        torch.rand(dim, generator=gen, device=device) * (math.log(1e-1) - math.log(1e-3))
+        + math.log(1e-3)
     )
     return {
         "u": randn(batch, dim, length),
@@ -168,4 +176,6 @@ def vim_cpu_fwd(device: torch.device, dtype: torch.dtype) -> BenchCase:
 def vim_gpu(device: torch.device, dtype: torch.dtype) -> BenchCase:
     # No sliced loop: its O(L²) backward would move some 20 TB here, spending scarce GPU time on
     # an anchor GPU users do not run (they have mamba_ssm's kernel).
-    return scan_case(device, dtype, "fwd+bwd", VIM_GPU, sliced_loop=False, bytes_moved=fwd_bwd_min_bytes)
+    return scan_case(
+        device, dtype, "fwd+bwd", VIM_GPU, sliced_loop=False, bytes_moved=fwd_bwd_min_bytes
+    )

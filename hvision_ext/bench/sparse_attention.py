@@ -4,7 +4,6 @@ boolean mask and against compiled FlexAttention with the same pattern as a block
 length sweep showing that hvision's peak memory grows linearly in L."""
 
 from collections.abc import Callable, Sequence
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +22,14 @@ GPU_SIZES = dict(batch=4, heads=8, length=16384, head_dim=64)
 GPU_LOCAL_GLOBAL = dict(window=256, num_global=16)
 
 
-def make_qkv(device: torch.device, dtype: torch.dtype, batch: int, heads: int, length: int, head_dim: int) -> list[Tensor]:
+def make_qkv(
+    device: torch.device, dtype: torch.dtype, batch: int, heads: int, length: int, head_dim: int
+) -> list[Tensor]:
     gen = torch.Generator(device=device).manual_seed(0)
-    return [torch.randn(batch, heads, length, head_dim, generator=gen, device=device).to(dtype) for _ in range(3)]
+    return [
+        torch.randn(batch, heads, length, head_dim, generator=gen, device=device).to(dtype)
+        for _ in range(3)
+    ]
 
 
 def hvision_attention(pattern: dict) -> Attention:
@@ -38,7 +42,7 @@ def masked_sdpa(pattern: dict, length: int, device: torch.device) -> Attention:
     return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def flex_attention(pattern: dict, length: int, device: torch.device) -> Optional[Attention]:
+def flex_attention(pattern: dict, length: int, device: torch.device) -> Attention | None:
     """Compiled FlexAttention with the pattern as a block mask (blocks of 128), or None when
     this torch has no FlexAttention. Compilation happens in the first (warm-up) call."""
     try:
@@ -64,7 +68,9 @@ def flex_attention(pattern: dict, length: int, device: torch.device) -> Optional
     return lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
 
 
-def attention_call(attention: Attention, qkv: Sequence[Tensor], mode: Mode, cotangent: Tensor) -> Impl:
+def attention_call(
+    attention: Attention, qkv: Sequence[Tensor], mode: Mode, cotangent: Tensor
+) -> Impl:
     """One call; for fwd+bwd also the gradients of (out * cotangent).sum() to q, k, v."""
     if mode == "fwd":
         detached = [t.detach() for t in qkv]
@@ -90,13 +96,19 @@ def attention_case(
     qkv = make_qkv(device, dtype, **sizes)
     for tensor in qkv:
         tensor.requires_grad_(mode == "fwd+bwd")
-    cotangent = torch.randn(qkv[0].shape, generator=torch.Generator(device=device).manual_seed(1), device=device).to(dtype)
+    cotangent = torch.randn(
+        qkv[0].shape, generator=torch.Generator(device=device).manual_seed(1), device=device
+    ).to(dtype)
     length = sizes["length"]
     attentions: dict[str, Attention] = {"hvision": hvision_attention(pattern)}
     if sdpa:
         attentions["sdpa-masked"] = masked_sdpa(pattern, length, device)
     # FlexAttention on the CPU is inference-only: its backward is not implemented there.
-    flex_fn = flex_attention(pattern, length, device) if flex and (device.type == "cuda" or mode == "fwd") else None
+    flex_fn = (
+        flex_attention(pattern, length, device)
+        if flex and (device.type == "cuda" or mode == "fwd")
+        else None
+    )
     if flex_fn is not None:
         attentions["flex-compiled"] = flex_fn
     shape = "batch {batch}, heads {heads}, L {length}, head_dim {head_dim}".format(**sizes)
@@ -105,7 +117,8 @@ def attention_case(
         shape=f"{shape}; {terms}",
         impls={name: attention_call(fn, qkv, mode, cotangent) for name, fn in attentions.items()},
         mode=mode,
-        notes=notes or "sdpa-masked: dense SDPA with the (L, L) bool mask; flex-compiled: FlexAttention block mask",
+        notes=notes
+        or "sdpa-masked: dense SDPA with the (L, L) bool mask; flex-compiled: FlexAttention block mask",
     )
 
 
@@ -126,11 +139,19 @@ def register_memory_case(length: int, sdpa: bool) -> None:
     def build(device: torch.device, dtype: torch.dtype) -> BenchCase:
         sizes = {**CPU_SIZES, "length": length}
         return attention_case(
-            device, dtype, "fwd+bwd", sizes, LOCAL_GLOBAL, sdpa=sdpa, flex=False,
+            device,
+            dtype,
+            "fwd+bwd",
+            sizes,
+            LOCAL_GLOBAL,
+            sdpa=sdpa,
+            flex=False,
             notes="peak memory against L (linear for hvision, quadratic for dense SDPA)",
         )
 
-    bench_case(op="sparse_attention", name=f"local-global-L{length}", devices=("cpu", "cuda"))(build)
+    bench_case(op="sparse_attention", name=f"local-global-L{length}", devices=("cpu", "cuda"))(
+        build
+    )
 
 
 # Dense SDPA's fp32 (L, L) scores and their gradients take 4 GiB per head-batch at L 16384.

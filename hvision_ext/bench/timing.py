@@ -118,7 +118,9 @@ def _time_with_cpu_peak(fn: Callable[[], object], device: torch.device) -> tuple
     return seconds, max(0, _resident_bytes("VmHWM") - before)
 
 
-def _warm_up(fn: Callable[[], object], device: torch.device, duration_s: float, max_calls: int = 5) -> None:
+def _warm_up(
+    fn: Callable[[], object], device: torch.device, duration_s: float, max_calls: int = 5
+) -> None:
     start = time.perf_counter()
     for _ in range(max_calls):
         time_call(fn, device)

@@ -3,7 +3,6 @@
 
 import math
 from numbers import Real
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -17,7 +16,7 @@ _fwd = torch.ops.hvision.hopfield_retrieval_fwd.default
 _bwd = torch.ops.hvision.hopfield_retrieval_bwd.default
 
 
-def resolve_beta(query: Tensor, beta: Optional[float]) -> float:
+def resolve_beta(query: Tensor, beta: float | None) -> float:
     """beta as the kernels take it: 1/sqrt(d) by default; raises for one that is not a finite
     positive number (the kernels' wording)."""
     if beta is None:
@@ -41,9 +40,9 @@ def check_n_steps(n_steps: int) -> None:
 def hopfield_retrieval(
     query: Tensor,
     stored: Tensor,
-    values: Optional[Tensor] = None,
+    values: Tensor | None = None,
     *,
-    beta: Optional[float] = None,
+    beta: float | None = None,
     n_steps: int = 1,
 ) -> Tensor:
     """Modern Hopfield retrieval: ``n_steps`` updates ξ ← softmax(β ξ Xᵀ) X of the query, the
@@ -78,7 +77,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _fwd_fake(query, stored, values, beta, n_steps, save_states):
     check_same_device(_OP, "query", query, stored=stored, values=values)
     if query.dim() != 4:
-        raise ValueError(f"{_OP}: expected query of shape (batch, heads, Q, d), got {tuple(query.shape)}")
+        raise ValueError(
+            f"{_OP}: expected query of shape (batch, heads, Q, d), got {tuple(query.shape)}"
+        )
     batch, heads, queries, dim = query.shape
     value_dim = dim if values is None else values.shape[-1]
     acc = _acc_dtype(query.dtype)
@@ -91,7 +92,17 @@ def _fwd_fake(query, stored, values, beta, n_steps, save_states):
 
 @torch.library.register_fake("hvision::hopfield_retrieval_bwd")
 def _bwd_fake(dout, query, stored, values, out, states, lse, beta, n_steps):
-    check_same_device(_OP, "query", query, dout=dout, stored=stored, values=values, out=out, states=states, lse=lse)
+    check_same_device(
+        _OP,
+        "query",
+        query,
+        dout=dout,
+        stored=stored,
+        values=values,
+        out=out,
+        states=states,
+        lse=lse,
+    )
     dvalues = values.new_empty(values.shape) if values is not None else query.new_empty((0,))
     return query.new_empty(query.shape), stored.new_empty(stored.shape), dvalues
 
@@ -111,8 +122,12 @@ def _backward(ctx, dout, _dstates, _dlse):
             f"{_OP}: backward needs the states of a forward pass run with save_states=True "
             "(hvision_ext.ops.hopfield_retrieval sets it when a gradient is needed)"
         )
-    dquery, dstored, dvalues = _bwd(dout, query, stored, values, out, states, lse, ctx.beta, ctx.n_steps)
+    dquery, dstored, dvalues = _bwd(
+        dout, query, stored, values, out, states, lse, ctx.beta, ctx.n_steps
+    )
     return dquery, dstored, dvalues if values is not None else None, None, None, None
 
 
-torch.library.register_autograd("hvision::hopfield_retrieval_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "hvision::hopfield_retrieval_fwd", _backward, setup_context=_setup_context
+)

@@ -1,8 +1,6 @@
 """``merge_tokens`` / ``unmerge_tokens``: ToMe bipartite token merging as fused operators that
 keep the surviving tokens in their original order and return where every token went."""
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -22,8 +20,8 @@ def merge_tokens(
     metric: Tensor,
     r: int,
     *,
-    importance: Optional[Tensor] = None,
-    size: Optional[Tensor] = None,
+    importance: Tensor | None = None,
+    size: Tensor | None = None,
     protect: int = 1,
     importance_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,7 +73,9 @@ def _merge_fwd_fake(x, metric, r, importance, size, protect, importance_weight):
         raise ValueError(f"merge_tokens: expected protect in [0, N] = [0, {tokens}], got {protect}")
     max_r = (tokens - protect) // 2
     if not 0 <= r <= max_r:
-        raise ValueError(f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {max_r}], got {r}")
+        raise ValueError(
+            f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {max_r}], got {r}"
+        )
     rows = tokens - r
     return (
         x.new_empty((batch, rows, channels)),
@@ -86,7 +86,9 @@ def _merge_fwd_fake(x, metric, r, importance, size, protect, importance_weight):
 
 @torch.library.register_fake("hvision::merge_tokens_bwd")
 def _merge_bwd_fake(dmerged, assign, size, merged_size):
-    check_same_device("merge_tokens", "dmerged", dmerged, assign=assign, size=size, merged_size=merged_size)
+    check_same_device(
+        "merge_tokens", "dmerged", dmerged, assign=assign, size=size, merged_size=merged_size
+    )
     return dmerged.new_empty((dmerged.shape[0], assign.shape[1], dmerged.shape[2]))
 
 
@@ -126,7 +128,9 @@ def _unmerge_backward(ctx, dout):
     return _unmerge_bwd(dout, assign, ctx.rows), None
 
 
-torch.library.register_autograd("hvision::merge_tokens_fwd", _merge_backward, setup_context=_merge_setup_context)
+torch.library.register_autograd(
+    "hvision::merge_tokens_fwd", _merge_backward, setup_context=_merge_setup_context
+)
 torch.library.register_autograd(
     "hvision::unmerge_tokens_fwd", _unmerge_backward, setup_context=_unmerge_setup_context
 )

@@ -32,7 +32,9 @@ def motion_saliency(frames: Tensor, patch_size: int, alpha: float = 0.5) -> Tens
 @torch.library.register_fake("hvision::motion_saliency")
 def _fake(frames, patch_size, alpha):
     if frames.dim() != 5:
-        raise ValueError(f"motion_saliency: expected frames of shape (batch, T, C, H, W), got {tuple(frames.shape)}")
+        raise ValueError(
+            f"motion_saliency: expected frames of shape (batch, T, C, H, W), got {tuple(frames.shape)}"
+        )
     batch, time, _, height, width = frames.shape
     if patch_size < 1 or height % patch_size or width % patch_size:
         raise ValueError(

@@ -1,7 +1,5 @@
 """``selective_scan``: the Mamba SSM scan as a fused operator (CPU and CUDA kernels)."""
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -24,12 +22,12 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    initial_state: Optional[Tensor] = None,
+    initial_state: Tensor | None = None,
     reverse: bool = False,
 ):
     """Selective scan, compatible with ``mamba_ssm``'s ``selective_scan_fn``.
@@ -50,7 +48,8 @@ def selective_scan(
     including through ``last_state``. See ``hvision_ext.reference.selective_scan``.
     """
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
+        t is not None and t.requires_grad
+        for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
     )
     out, last_state, _ = _fwd(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, needs_grad
@@ -59,9 +58,21 @@ def selective_scan(
 
 
 @torch.library.register_fake("hvision::selective_scan_fwd")
-def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, save_checkpoints):
+def _fwd_fake(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, save_checkpoints
+):
     check_same_device(
-        "selective_scan", "u", u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state
+        "selective_scan",
+        "u",
+        u,
+        delta=delta,
+        A=A,
+        B=B,
+        C=C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        initial_state=initial_state,
     )
     batch, dim, length = u.shape
     state = A.shape[1]
@@ -75,10 +86,37 @@ def _fwd_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
 
 
 @torch.library.register_fake("hvision::selective_scan_bwd")
-def _bwd_fake(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, checkpoints):
+def _bwd_fake(
+    dout,
+    dlast_state,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    delta_softplus,
+    initial_state,
+    reverse,
+    checkpoints,
+):
     check_same_device(
-        "selective_scan", "u", u, dout=dout, dlast_state=dlast_state, delta=delta, A=A, B=B, C=C, D=D, z=z,
-        delta_bias=delta_bias, initial_state=initial_state, checkpoints=checkpoints,
+        "selective_scan",
+        "u",
+        u,
+        dout=dout,
+        dlast_state=dlast_state,
+        delta=delta,
+        A=A,
+        B=B,
+        C=C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        initial_state=initial_state,
+        checkpoints=checkpoints,
     )
     batch, dim, _ = u.shape
     like_u = lambda: torch.empty_like(u, memory_format=torch.contiguous_format)  # noqa: E731
@@ -110,14 +148,38 @@ def _backward(ctx, dout, dlast_state, _dcheckpoints):
             "save_checkpoints=True (hvision_ext.ops.selective_scan sets it when a gradient is needed)"
         )
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state = _bwd(
-        dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state,
-        ctx.reverse, checkpoints,
+        dout,
+        dlast_state,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        ctx.delta_softplus,
+        initial_state,
+        ctx.reverse,
+        checkpoints,
     )
     given = lambda tensor, grad: grad if tensor is not None else None  # noqa: E731
     return (
-        du, ddelta, dA, dB, dC, given(D, dD), given(z, dz), given(delta_bias, ddelta_bias), None,
-        given(initial_state, dinitial_state), None, None,
+        du,
+        ddelta,
+        dA,
+        dB,
+        dC,
+        given(D, dD),
+        given(z, dz),
+        given(delta_bias, ddelta_bias),
+        None,
+        given(initial_state, dinitial_state),
+        None,
+        None,
     )
 
 
-torch.library.register_autograd("hvision::selective_scan_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "hvision::selective_scan_fwd", _backward, setup_context=_setup_context
+)

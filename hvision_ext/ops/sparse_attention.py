@@ -1,8 +1,6 @@
 """``sparse_attention``: strided and local-global attention as one fused operator (CPU and CUDA
 kernels): flash-style tiles over only the key tiles the pattern reaches, memory O(L·head_dim)."""
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -17,7 +15,7 @@ _fwd = torch.ops.hvision.sparse_attention_fwd.default
 _bwd = torch.ops.hvision.sparse_attention_bwd.default
 
 
-def _check_pattern(window: Optional[int], stride: Optional[int], num_global: int) -> None:
+def _check_pattern(window: int | None, stride: int | None, num_global: int) -> None:
     """The kernels' range checks, raised before anything is traced (the same wording)."""
     if window is not None and window < 0:
         raise ValueError(f"{OP}: expected window >= 0 or None, got {window}")
@@ -33,11 +31,11 @@ def sparse_attention(
     k: Tensor,
     v: Tensor,
     *,
-    window: Optional[int] = None,
-    stride: Optional[int] = None,
+    window: int | None = None,
+    stride: int | None = None,
     num_global: int = 0,
     causal: bool = False,
-    scale: Optional[float] = None,
+    scale: float | None = None,
 ) -> Tensor:
     """Attention restricted to a local / strided / global pattern, without an L×L matrix.
 
@@ -111,4 +109,6 @@ def _backward(ctx, dout, _dlse):
     return dq, dk, dv, None, None, None, None, None
 
 
-torch.library.register_autograd("hvision::sparse_attention_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "hvision::sparse_attention_fwd", _backward, setup_context=_setup_context
+)

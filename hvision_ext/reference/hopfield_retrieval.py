@@ -2,7 +2,6 @@
 the update rule ξ ← softmax(β ξ Xᵀ) X, one matmul–softmax–matmul per step."""
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -11,9 +10,9 @@ from torch import Tensor
 def hopfield_retrieval(
     query: Tensor,
     stored: Tensor,
-    values: Optional[Tensor] = None,
+    values: Tensor | None = None,
     *,
-    beta: Optional[float] = None,
+    beta: float | None = None,
     n_steps: int = 1,
 ) -> Tensor:
     """Retrieves from the stored patterns X by ``n_steps`` Hopfield updates.

@@ -1,8 +1,6 @@
 """Reference token merging (ToMe bipartite soft matching, order-preserving), with whole-tensor
 PyTorch ops: the similarity matrix is built in full."""
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,8 +28,8 @@ def merge_tokens(
     metric: Tensor,
     r: int,
     *,
-    importance: Optional[Tensor] = None,
-    size: Optional[Tensor] = None,
+    importance: Tensor | None = None,
+    size: Tensor | None = None,
     protect: int = 1,
     importance_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -49,7 +47,9 @@ def merge_tokens(
     acc = _accumulation_dtype(x.dtype)
     batch, tokens, _ = x.shape
     if not 0 <= r <= (tokens - protect) // 2:
-        raise ValueError(f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {(tokens - protect) // 2}], got {r}")
+        raise ValueError(
+            f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {(tokens - protect) // 2}], got {r}"
+        )
     token_index = torch.arange(tokens, device=x.device).expand(batch, tokens)
     if r > 0:
         best, best_index = best_matches(metric, protect)
@@ -60,7 +60,9 @@ def merge_tokens(
         chosen = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :r]
         merged_tokens = protect + 2 * chosen
         destinations = protect + 1 + 2 * best_index.gather(-1, chosen)
-        kept = torch.ones(batch, tokens, dtype=torch.long, device=x.device).scatter(-1, merged_tokens, 0)
+        kept = torch.ones(batch, tokens, dtype=torch.long, device=x.device).scatter(
+            -1, merged_tokens, 0
+        )
         output_row = kept.cumsum(-1) - 1
         assign = output_row.scatter(-1, merged_tokens, output_row.gather(-1, destinations))
     else:
@@ -70,7 +72,9 @@ def merge_tokens(
     rows = tokens - r
     merged_size = size.new_zeros(batch, rows).scatter_add(-1, assign, size)
     weighted = x.to(acc) * size[..., None]
-    summed = weighted.new_zeros(batch, rows, x.shape[-1]).scatter_add(1, assign[..., None].expand_as(weighted), weighted)
+    summed = weighted.new_zeros(batch, rows, x.shape[-1]).scatter_add(
+        1, assign[..., None].expand_as(weighted), weighted
+    )
     merged = (summed / merged_size[..., None]).to(x.dtype)
     return merged, merged_size, assign
 

@@ -1,7 +1,5 @@
 """Reference selective scan (Mamba's S6 recurrence), one time step at a time."""
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,12 +21,12 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
-    D: Optional[Tensor] = None,
-    z: Optional[Tensor] = None,
-    delta_bias: Optional[Tensor] = None,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
-    initial_state: Optional[Tensor] = None,
+    initial_state: Tensor | None = None,
     reverse: bool = False,
 ):
     """Selective scan over the last axis of u (batch, dim, L).
@@ -52,7 +50,9 @@ def selective_scan(
     drive = (delta * u_acc).unsqueeze(-1) * expand_projection(B, dim).to(acc)
     readout = expand_projection(C, dim).to(acc).expand(batch, dim, length, -1)
 
-    state = u_acc.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.to(acc)
+    state = (
+        u_acc.new_zeros(batch, dim, A.shape[1]) if initial_state is None else initial_state.to(acc)
+    )
     steps = list(zip(decay.unbind(2), drive.unbind(2), readout.unbind(2)))
     ys = [None] * length
     for t in reversed(range(length)) if reverse else range(length):

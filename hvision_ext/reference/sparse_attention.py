@@ -1,8 +1,6 @@
 """Reference sparse attention: the boolean mask of the pattern, built in full, and dense
 ``scaled_dot_product_attention``. O(L²) memory: the definition, not a way to run long sequences."""
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -11,8 +9,8 @@ from torch import Tensor
 def sparse_attention_mask(
     length: int,
     *,
-    window: Optional[int] = None,
-    stride: Optional[int] = None,
+    window: int | None = None,
+    stride: int | None = None,
     num_global: int = 0,
     causal: bool = False,
     device: torch.device | str | None = None,
@@ -40,20 +38,27 @@ def sparse_attention(
     k: Tensor,
     v: Tensor,
     *,
-    window: Optional[int] = None,
-    stride: Optional[int] = None,
+    window: int | None = None,
+    stride: int | None = None,
     num_global: int = 0,
     causal: bool = False,
-    scale: Optional[float] = None,
+    scale: float | None = None,
 ) -> Tensor:
     """Attention of q, k, v (batch, heads, L, head_dim) restricted to the pattern of
     ``sparse_attention_mask``; softmax(scale · q kᵀ) v with scale = 1/sqrt(head_dim) by default.
     Computed in float32 (float64 for float64 inputs); returns q's dtype."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     mask = sparse_attention_mask(
-        q.shape[-2], window=window, stride=stride, num_global=num_global, causal=causal, device=q.device
+        q.shape[-2],
+        window=window,
+        stride=stride,
+        num_global=num_global,
+        causal=causal,
+        device=q.device,
     )
-    out = F.scaled_dot_product_attention(q.to(acc), k.to(acc), v.to(acc), attn_mask=mask, scale=scale)
+    out = F.scaled_dot_product_attention(
+        q.to(acc), k.to(acc), v.to(acc), attn_mask=mask, scale=scale
+    )
     return out.to(q.dtype)
 
 

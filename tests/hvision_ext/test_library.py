@@ -8,13 +8,18 @@ import torch
 import hvision_ext
 from hvision_ext import _build_info, _library
 
-
 OPERATORS = [
-    "selective_scan_fwd", "selective_scan_bwd",
-    "sparse_attention_fwd", "sparse_attention_bwd",
-    "hopfield_retrieval_fwd", "hopfield_retrieval_bwd",
+    "selective_scan_fwd",
+    "selective_scan_bwd",
+    "sparse_attention_fwd",
+    "sparse_attention_bwd",
+    "hopfield_retrieval_fwd",
+    "hopfield_retrieval_bwd",
     "motion_saliency",
-    "merge_tokens_fwd", "merge_tokens_bwd", "unmerge_tokens_fwd", "unmerge_tokens_bwd",
+    "merge_tokens_fwd",
+    "merge_tokens_bwd",
+    "unmerge_tokens_fwd",
+    "unmerge_tokens_bwd",
 ]
 
 
@@ -38,12 +43,16 @@ def test_build_matches_running_torch():
 
 def test_library_built_for_another_torch_is_refused(monkeypatch):
     monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
-    with pytest.raises(ImportError, match=r"built against torch 0\.0\.1 .* pip install --no-build-isolation -e \."):
+    with pytest.raises(
+        ImportError, match=r"built against torch 0\.0\.1 .* pip install --no-build-isolation -e \."
+    ):
         _library.load_library()
 
 
 def test_missing_library_says_what_to_run(monkeypatch):
     monkeypatch.delattr(hvision_ext, "_C")
     monkeypatch.setitem(sys.modules, "hvision_ext._C", None)  # makes the import fail
-    with pytest.raises(ImportError, match="could not be loaded .* pip install --no-build-isolation -e"):
+    with pytest.raises(
+        ImportError, match="could not be loaded .* pip install --no-build-isolation -e"
+    ):
         _library.load_library()

@@ -14,7 +14,9 @@ def block_params(dim: int, mlp_ratio: float) -> int:
     return norms + attention + mlp
 
 
-def hvit_params(img_size, patch_size, in_chans, num_classes, embed_dims, depths, mlp_ratio=4.0, global_tokens=0) -> int:
+def hvit_params(
+    img_size, patch_size, in_chans, num_classes, embed_dims, depths, mlp_ratio=4.0, global_tokens=0
+) -> int:
     """The parameter count of HierarchicalViT, layer by layer."""
     first = embed_dims[0]
     kernel = patch_size + 2 * (patch_size // 2)  # overlapping PiT stem
@@ -37,7 +39,14 @@ def test_cifar100_preset_parameter_count_matches_the_formula():
 
 
 def test_stages_halve_the_grid_and_widen_the_tokens():
-    model = HierarchicalViT(img_size=32, patch_size=2, embed_dims=(8, 16, 24), depths=(1, 1, 1), num_heads=(1, 2, 3), num_classes=5)
+    model = HierarchicalViT(
+        img_size=32,
+        patch_size=2,
+        embed_dims=(8, 16, 24),
+        depths=(1, 1, 1),
+        num_heads=(1, 2, 3),
+        num_classes=5,
+    )
     shapes = []
     for module in model.stages:
         module.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
@@ -52,14 +61,24 @@ def test_grid_pooling_halves_the_grid(side, pooled_side):
     pooled, new_side = pool(tokens, side)
     assert new_side == pooled_side and pooled.shape == (3, pooled_side**2, 10)
     grid = tokens.transpose(1, 2).reshape(3, 6, side, side)
-    expected = pool.pointwise(F.conv2d(grid, pool.depthwise.weight, pool.depthwise.bias, stride=2, padding=1, groups=6))
+    expected = pool.pointwise(
+        F.conv2d(grid, pool.depthwise.weight, pool.depthwise.bias, stride=2, padding=1, groups=6)
+    )
     torch.testing.assert_close(pooled, expected.flatten(2).transpose(1, 2))
 
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    model = HierarchicalViT(img_size=16, patch_size=2, embed_dims=(8, 16), depths=(1, 2), num_heads=(2, 2), num_classes=4,
-                            local_window=4, global_tokens=2)
+    model = HierarchicalViT(
+        img_size=16,
+        patch_size=2,
+        embed_dims=(8, 16),
+        depths=(1, 2),
+        num_heads=(2, 2),
+        num_classes=4,
+        local_window=4,
+        global_tokens=2,
+    )
     F.cross_entropy(model(torch.randn(3, 3, 16, 16)), torch.tensor([0, 1, 2])).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -67,8 +86,16 @@ def test_gradients_reach_every_parameter():
 
 def test_local_first_stage_matches_the_reference_and_is_dense_afterwards():
     torch.manual_seed(0)
-    model = HierarchicalViT(img_size=16, patch_size=2, embed_dims=(8, 16), depths=(1, 1), num_heads=(2, 2), num_classes=3,
-                            local_window=8, global_tokens=1).eval()
+    model = HierarchicalViT(
+        img_size=16,
+        patch_size=2,
+        embed_dims=(8, 16),
+        depths=(1, 1),
+        num_heads=(2, 2),
+        num_classes=3,
+        local_window=8,
+        global_tokens=1,
+    ).eval()
     assert (model.stages[0][0].attn.window, model.stages[0][0].attn.num_global) == (8, 1)
     assert model.stages[1][0].attn.window is None
     images = torch.randn(2, 3, 16, 16)
@@ -81,7 +108,9 @@ def test_local_first_stage_matches_the_reference_and_is_dense_afterwards():
 
 def test_a_window_covering_the_grid_is_dense_attention():
     torch.manual_seed(0)
-    args = dict(img_size=8, patch_size=2, embed_dims=(8, 8), depths=(1, 1), num_heads=(2, 2), num_classes=3)
+    args = dict(
+        img_size=8, patch_size=2, embed_dims=(8, 8), depths=(1, 1), num_heads=(2, 2), num_classes=3
+    )
     dense = HierarchicalViT(**args).eval()
     local = HierarchicalViT(**args, local_window=16).eval()
     local.load_state_dict(dense.state_dict())
@@ -98,4 +127,6 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="img_size must be divisible by patch_size, got 32 and 3"):
         HierarchicalViT(patch_size=3)
     with pytest.raises(ValueError, match="expected images of 32x32, got \\(16, 16\\)"):
-        create_model("hvit_cifar100", embed_dims=(8,), depths=(1,), num_heads=(1,))(torch.randn(1, 3, 16, 16))
+        create_model("hvit_cifar100", embed_dims=(8,), depths=(1,), num_heads=(1,))(
+            torch.randn(1, 3, 16, 16)
+        )

@@ -2,7 +2,16 @@ import pytest
 import torch
 
 import hvision_ext
-from python_models import Attention, AttentionBlock, DropPath, Mlp, PatchEmbed, PostNormBlock, RMSNorm, SwiGLU
+from python_models import (
+    Attention,
+    AttentionBlock,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    PostNormBlock,
+    RMSNorm,
+    SwiGLU,
+)
 
 
 def test_patch_embed_tokens_are_row_major_patches():
@@ -10,7 +19,9 @@ def test_patch_embed_tokens_are_row_major_patches():
     images = torch.randn(2, 3, 8, 8)
     tokens = embed(images)
     assert tokens.shape == (2, 4, 5)
-    top_right = torch.nn.functional.conv2d(images[:, :, :4, 4:], embed.proj.weight, embed.proj.bias).flatten(1)
+    top_right = torch.nn.functional.conv2d(
+        images[:, :, :4, 4:], embed.proj.weight, embed.proj.bias
+    ).flatten(1)
     torch.testing.assert_close(tokens[:, 1], top_right)
 
 

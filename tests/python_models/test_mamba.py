@@ -30,7 +30,9 @@ def test_directional_conv_matches_padded_conv1d(kernel_size, reverse):
     conv = DirectionalConv1d(5, kernel_size, reverse=reverse)
     x = torch.randn(2, 5, 9)
     pad = (0, kernel_size - 1) if reverse else (kernel_size - 1, 0)
-    expected = torch.nn.functional.conv1d(torch.nn.functional.pad(x, pad), conv.weight, conv.bias, groups=5)
+    expected = torch.nn.functional.conv1d(
+        torch.nn.functional.pad(x, pad), conv.weight, conv.bias, groups=5
+    )
     torch.testing.assert_close(conv(x), expected)
 
 
@@ -54,7 +56,9 @@ def test_reverse_direction_equals_flip_scan_flip():
     forward.load_state_dict(reverse.state_dict())
     forward.conv.weight.data = reverse.conv.weight.data.flip(-1)
     x, z = torch.randn(2, 8, 11), torch.randn(2, 8, 11)
-    torch.testing.assert_close(reverse(x, z), forward(x.flip(-1), z.flip(-1)).flip(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        reverse(x, z), forward(x.flip(-1), z.flip(-1)).flip(-1), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_bimamba_is_the_mean_of_both_directions():

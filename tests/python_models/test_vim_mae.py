@@ -6,11 +6,22 @@ from python_models.vim_mae import patchify, random_masking, unpatchify
 
 
 def small_encoder(**overrides) -> VisionMamba:
-    return VisionMamba(**{"img_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 2, "num_classes": 0, **overrides})
+    return VisionMamba(
+        **{
+            "img_size": 16,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depth": 2,
+            "num_classes": 0,
+            **overrides,
+        }
+    )
 
 
 def small_mae(**overrides) -> VisionMambaMAE:
-    return VisionMambaMAE(small_encoder(), decoder_dim=16, decoder_depth=1, decoder_heads=2, **overrides)
+    return VisionMambaMAE(
+        small_encoder(), decoder_dim=16, decoder_depth=1, decoder_heads=2, **overrides
+    )
 
 
 def test_patchify_round_trip():
@@ -43,7 +54,9 @@ def test_masking_rejects_bad_ratio():
 def test_encoder_sees_only_the_visible_patches():
     mae = small_mae(mask_ratio=0.75)
     lengths = []
-    mae.encoder.blocks[0].register_forward_hook(lambda module, inputs, output: lengths.append(inputs[0].shape[1]))
+    mae.encoder.blocks[0].register_forward_hook(
+        lambda module, inputs, output: lengths.append(inputs[0].shape[1])
+    )
     out = mae(torch.randn(3, 3, 16, 16))
     assert lengths == [4 + 1]  # 25 % of 16 patches, plus the class token
     assert out.pred.shape == (3, 16, 48) and out.mask.shape == (3, 16)
@@ -57,7 +70,9 @@ def test_loss_is_the_mse_over_masked_patches(norm_pix_loss):
     out = mae(images)
     target = patchify(images, 4)
     if norm_pix_loss:
-        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        target = (target - target.mean(-1, keepdim=True)) / (
+            target.var(-1, keepdim=True) + 1e-6
+        ).sqrt()
     per_patch = (out.pred - target).pow(2).mean(-1)
     torch.testing.assert_close(out.loss, per_patch[out.mask.bool()].mean())
 
@@ -84,6 +99,10 @@ def test_encoder_weights_load_into_a_classifier():
     mae = small_mae()
     classifier = VisionMamba(img_size=16, patch_size=4, embed_dim=16, depth=2, num_classes=10)
     result = classifier.load_state_dict(mae.encoder_state_dict(), strict=False)
-    assert sorted(result.missing_keys) == ["head.bias", "head.weight"] and not result.unexpected_keys
+    assert (
+        sorted(result.missing_keys) == ["head.bias", "head.weight"] and not result.unexpected_keys
+    )
     images = torch.randn(2, 3, 16, 16)
-    torch.testing.assert_close(classifier.forward_features(images), mae.encoder.forward_features(images))
+    torch.testing.assert_close(
+        classifier.forward_features(images), mae.encoder.forward_features(images)
+    )

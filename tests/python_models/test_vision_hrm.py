@@ -5,20 +5,30 @@ import torch.nn.functional as F
 from python_models import VisionHRM, create_model
 from python_models.layers import swiglu_hidden_dim
 
-TINY = dict(img_size=16, patch_size=4, hidden_dim=16, num_heads=2, h_layers=1, l_layers=2, num_classes=3)
+TINY = dict(
+    img_size=16, patch_size=4, hidden_dim=16, num_heads=2, h_layers=1, l_layers=2, num_classes=3
+)
 
 
-def hrm_params(img_size, patch_size, in_chans, num_classes, hidden_dim, h_layers, l_layers, mlp_ratio=4.0) -> int:
+def hrm_params(
+    img_size, patch_size, in_chans, num_classes, hidden_dim, h_layers, l_layers, mlp_ratio=4.0
+) -> int:
     """The parameter count of VisionHRM, layer by layer (the initial states are buffers)."""
     d = hidden_dim
     tokens = (img_size // patch_size) ** 2 + 1
-    embedding = in_chans * d * patch_size**2 + d + d + d + tokens * d  # conv, its bias, norm, class token, positions
-    block = 4 * d * d + 3 * d * swiglu_hidden_dim(d, mlp_ratio) + 2 * d  # attention, SwiGLU, two RMSNorms
+    embedding = (
+        in_chans * d * patch_size**2 + d + d + d + tokens * d
+    )  # conv, its bias, norm, class token, positions
+    block = (
+        4 * d * d + 3 * d * swiglu_hidden_dim(d, mlp_ratio) + 2 * d
+    )  # attention, SwiGLU, two RMSNorms
     head = d * num_classes + num_classes
     return embedding + (h_layers + l_layers) * block + head
 
 
-@pytest.mark.parametrize("name, classes", [("hrm_vision_cifar10", 10), ("hrm_vision_cifar100", 100)])
+@pytest.mark.parametrize(
+    "name, classes", [("hrm_vision_cifar10", 10), ("hrm_vision_cifar100", 100)]
+)
 def test_presets_have_hrm_defaults_and_the_formula_parameter_count(name, classes):
     model = create_model(name)
     count = sum(p.numel() for p in model.parameters())
@@ -42,7 +52,9 @@ def record_updates(model: VisionHRM) -> list[tuple[str, bool]]:
     """Which module runs, in order, and whether it builds a graph."""
     calls = []
     for name in ("h_module", "l_module"):
-        getattr(model, name).register_forward_hook(lambda _m, _i, out, name=name: calls.append((name[0].upper(), out.requires_grad)))
+        getattr(model, name).register_forward_hook(
+            lambda _m, _i, out, name=name: calls.append((name[0].upper(), out.requires_grad))
+        )
     return calls
 
 
@@ -83,9 +95,13 @@ def test_graph_memory_does_not_grow_with_the_cycles():
     graph = {}
     for cycles in [(1, 2), (2, 2), (4, 4)]:
         torch.manual_seed(0)
-        graph[cycles] = saved_bytes(VisionHRM(**TINY, h_cycles=cycles[0], l_cycles=cycles[1]).train(), images)
+        graph[cycles] = saved_bytes(
+            VisionHRM(**TINY, h_cycles=cycles[0], l_cycles=cycles[1]).train(), images
+        )
     assert graph[(1, 2)] == graph[(2, 2)] == graph[(4, 4)] > 0
-    full = saved_bytes(VisionHRM(**TINY, h_cycles=4, l_cycles=4, one_step_gradient=False).train(), images)
+    full = saved_bytes(
+        VisionHRM(**TINY, h_cycles=4, l_cycles=4, one_step_gradient=False).train(), images
+    )
     assert full > 5 * graph[(4, 4)]  # 16 L and 4 H updates against 1 and 1
 
 
@@ -104,11 +120,15 @@ def test_deep_supervision_returns_each_segment_and_carries_the_state():
     images = torch.randn(2, 3, 16, 16)
     logits = model.train()(images)
     assert logits.shape == (3, 2, 3)
-    assert not torch.allclose(logits[0], logits[1])  # the second segment starts from the first's state
+    assert not torch.allclose(
+        logits[0], logits[1]
+    )  # the second segment starts from the first's state
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(images), logits[-1].detach())
     graph_one = saved_bytes(VisionHRM(**TINY).train(), images)
-    assert saved_bytes(model.train(), images) == pytest.approx(3 * graph_one, rel=0.05)  # detached between segments
+    assert saved_bytes(model.train(), images) == pytest.approx(
+        3 * graph_one, rel=0.05
+    )  # detached between segments
 
 
 def test_bad_arguments_are_named():

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from python_models import AttentionBlock, MambaBlock, VisionMamba, create_model, list_models, register_model
+from python_models import (
+    AttentionBlock,
+    MambaBlock,
+    VisionMamba,
+    create_model,
+    list_models,
+    register_model,
+)
 
 
 @pytest.mark.parametrize(
@@ -11,7 +18,12 @@ from python_models import AttentionBlock, MambaBlock, VisionMamba, create_model,
 def test_imagenet_presets_match_the_paper(name, dim, params_m):
     with torch.device("meta"):
         model = create_model(name)
-    assert (model.embed_dim, len(model.blocks), model.patch_embed.patch_size, model.patch_embed.img_size) == (dim, 24, 16, 224)
+    assert (
+        model.embed_dim,
+        len(model.blocks),
+        model.patch_embed.patch_size,
+        model.patch_embed.img_size,
+    ) == (dim, 24, 16, 224)
     assert model.blocks[0].mixer.forward_ssm.d_state == 16
     assert model.blocks[0].mixer.d_inner == 2 * dim
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -28,7 +40,11 @@ def test_vim_tiny_forward_shape():
 def test_cifar_presets(name):
     with torch.device("meta"):
         model = create_model(name)
-    assert (model.patch_embed.img_size, model.patch_embed.patch_size, model.patch_embed.num_patches) == (32, 4, 64)
+    assert (
+        model.patch_embed.img_size,
+        model.patch_embed.patch_size,
+        model.patch_embed.num_patches,
+    ) == (32, 4, 64)
     assert len(model.blocks) < 24
 
 
@@ -47,7 +63,9 @@ def test_register_model_decorator(monkeypatch):
 
     @register_model
     def tiny_test_model(**overrides):
-        return VisionMamba(**{"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, **overrides})
+        return VisionMamba(
+            **{"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, **overrides}
+        )
 
     assert create_model("tiny_test_model", num_classes=2).head.out_features == 2
     with pytest.raises(ValueError, match="already registered"):
@@ -62,7 +80,15 @@ def test_class_token_sits_in_the_middle():
 
 
 def test_hybrid_places_attention_blocks():
-    model = VisionMamba(img_size=16, patch_size=4, embed_dim=12, depth=4, attn_layers=[1, 3], num_heads=3, num_classes=5)
+    model = VisionMamba(
+        img_size=16,
+        patch_size=4,
+        embed_dim=12,
+        depth=4,
+        attn_layers=[1, 3],
+        num_heads=3,
+        num_classes=5,
+    )
     kinds = [type(block) for block in model.blocks]
     assert kinds == [MambaBlock, AttentionBlock, MambaBlock, AttentionBlock]
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
@@ -73,8 +99,19 @@ def test_hybrid_places_attention_blocks():
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_gradients_reach_every_parameter(pool):
     torch.manual_seed(0)
-    model = VisionMamba(img_size=16, patch_size=4, embed_dim=16, depth=3, attn_layers=[1], num_heads=2, num_classes=4, pool=pool)
-    loss = torch.nn.functional.cross_entropy(model(torch.randn(3, 3, 16, 16)), torch.tensor([0, 1, 2]))
+    model = VisionMamba(
+        img_size=16,
+        patch_size=4,
+        embed_dim=16,
+        depth=3,
+        attn_layers=[1],
+        num_heads=2,
+        num_classes=4,
+        pool=pool,
+    )
+    loss = torch.nn.functional.cross_entropy(
+        model(torch.randn(3, 3, 16, 16)), torch.tensor([0, 1, 2])
+    )
     loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name

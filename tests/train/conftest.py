@@ -4,12 +4,18 @@ hundred built-in images, no loader workers, one thread."""
 import pytest
 
 TINY_JOB = [
-    "--shapes-train-size", "128",
-    "--shapes-test-size", "64",
-    "--batch-size", "32",
-    "--model-args", "{embed_dim: 16, depth: 2}",
-    "--num-workers", "0",
-    "--threads", "1",
+    "--shapes-train-size",
+    "128",
+    "--shapes-test-size",
+    "64",
+    "--batch-size",
+    "32",
+    "--model-args",
+    "{embed_dim: 16, depth: 2}",
+    "--num-workers",
+    "0",
+    "--threads",
+    "1",
 ]
 
 

@@ -10,15 +10,36 @@ from train.config import load_config
 
 out_dir = sys.argv[1]
 flags = [
-    "--shapes-train-size", "128", "--shapes-test-size", "30", "--batch-size", "32", "--epochs", "1",
-    "--model-args", "{embed_dim: 16, depth: 1}", "--num-workers", "0", "--threads", "1", "--device", "cpu",
-    "--no-linear-baseline", "--out-dir", out_dir,
+    "--shapes-train-size",
+    "128",
+    "--shapes-test-size",
+    "30",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "1",
+    "--model-args",
+    "{embed_dim: 16, depth: 1}",
+    "--num-workers",
+    "0",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+    "--no-linear-baseline",
+    "--out-dir",
+    out_dir,
 ]
 config = load_config(classify.ClassifyConfig, flags, "ddp_worker", "")
 trainer, summary = classify.run(config)
 parameters = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 torch.save(
-    {"parameters": parameters, "steps": trainer.scheduler.last_epoch, "summary": summary, "world": distributed.world_size()},
+    {
+        "parameters": parameters,
+        "steps": trainer.scheduler.last_epoch,
+        "summary": summary,
+        "world": distributed.world_size(),
+    },
     f"{out_dir}/rank{distributed.rank()}.pt",
 )
 distributed.cleanup()

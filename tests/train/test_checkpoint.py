@@ -5,10 +5,17 @@ from train import checkpoint, classify
 
 
 def test_atomic_save_and_load_round_trip(tmp_path):
-    state = {"model": {"w": torch.arange(3.0)}, "epoch": 1, "config": {"a": [1, 2]}, "rng": checkpoint.rng_state()}
+    state = {
+        "model": {"w": torch.arange(3.0)},
+        "epoch": 1,
+        "config": {"a": [1, 2]},
+        "rng": checkpoint.rng_state(),
+    }
     checkpoint.save_atomic(state, tmp_path / "ck.pt")
     loaded = checkpoint.load(tmp_path / "ck.pt")
-    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["config"] == {"a": [1, 2]}
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"]) and loaded["config"] == {
+        "a": [1, 2]
+    }
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
 
 

@@ -12,15 +12,29 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     (tmp_path / "c.yaml").write_text("epochs: 7\nlr: 0.01\nmodel_args: {depth: 3}\n")
-    config = load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml"), "--lr", "0.5", "--no-flip"], "t", "t")
-    assert (config.epochs, config.lr, config.model_args, config.flip) == (7, 0.5, {"depth": 3}, False)
+    config = load_config(
+        ClassifyConfig, ["--config", str(tmp_path / "c.yaml"), "--lr", "0.5", "--no-flip"], "t", "t"
+    )
+    assert (config.epochs, config.lr, config.model_args, config.flip) == (
+        7,
+        0.5,
+        {"depth": 3},
+        False,
+    )
     assert config.batch_size == ClassifyConfig().batch_size
 
 
 def test_stage_layout_flags_go_into_the_model_arguments():
-    config = load_config(ClassifyConfig, ["--model-args", "{mlp_ratio: 2}", "--depths", "1,2,2", "--num-heads", "[1, 2, 4]"], "t", "t")
+    config = load_config(
+        ClassifyConfig,
+        ["--model-args", "{mlp_ratio: 2}", "--depths", "1,2,2", "--num-heads", "[1, 2, 4]"],
+        "t",
+        "t",
+    )
     assert config.model_args == {"mlp_ratio": 2, "depths": [1, 2, 2], "num_heads": [1, 2, 4]}
-    assert ClassifyConfig(**dataclasses.asdict(config)).model_args == config.model_args  # as a checkpoint reloads it
+    assert (
+        ClassifyConfig(**dataclasses.asdict(config)).model_args == config.model_args
+    )  # as a checkpoint reloads it
 
 
 def test_unknown_yaml_key_is_an_error(tmp_path):
@@ -30,7 +44,9 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
 
 
 def test_builtin_default_config_file_is_the_default_job():
-    assert read_yaml(ClassifyConfig, CONFIGS / "classify_shapes.yaml") == dataclasses.asdict(ClassifyConfig())
+    assert read_yaml(ClassifyConfig, CONFIGS / "classify_shapes.yaml") == dataclasses.asdict(
+        ClassifyConfig()
+    )
     assert read_yaml(MAEConfig, CONFIGS / "mae_shapes.yaml") == dataclasses.asdict(MAEConfig())
 
 

@@ -16,6 +16,7 @@ def write_cifar10(path, per_batch=3):
     """A CIFAR-10 tarball in the official layout, with `per_batch` images in each batch."""
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as archive:
+
         def add(name, payload):
             data = pickle.dumps(payload)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
@@ -52,7 +53,9 @@ def test_cifar_offline_message(tmp_path):
 
 
 def write_idx(path, array):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     with gzip.open(path, "wb") as file:
         file.write(header + array.astype(np.uint8).tobytes())
 
@@ -103,10 +106,14 @@ def test_random_crop_is_a_shifted_window():
 
 def test_batch_transform_and_rand_augment_keep_shape_and_range():
     images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
-    transform = BatchTransform((0.5,) * 3, (0.25,) * 3, crop_padding=2, flip=True, rand_augment_ops=2)
+    transform = BatchTransform(
+        (0.5,) * 3, (0.25,) * 3, crop_padding=2, flip=True, rand_augment_ops=2
+    )
     out = transform(images, train=True)
     assert out.shape == (8, 3, 16, 16) and out.dtype == torch.float32
-    torch.testing.assert_close(transform.denormalize(transform(images, train=False)), images.float() / 255)
+    torch.testing.assert_close(
+        transform.denormalize(transform(images, train=False)), images.float() / 255
+    )
     augmented = rand_augment(images.float() / 255, num_ops=3, magnitude=9)
     assert augmented.min() >= 0 and augmented.max() <= 1
 

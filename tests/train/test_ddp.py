@@ -11,9 +11,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_torchrun_two_cpu_processes_train_in_step(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(Path(__file__).with_name("ddp_worker.py")),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -24,4 +35,6 @@ def test_torchrun_two_cpu_processes_train_in_step(tmp_path):
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert len(records) == 1 and (tmp_path / "last.pt").is_file()
     assert result.stdout.count("epoch 1/1") == 1
-    assert ranks[0]["summary"]["test_acc"] == ranks[1]["summary"]["test_acc"] == records[0]["val_acc"]
+    assert (
+        ranks[0]["summary"]["test_acc"] == ranks[1]["summary"]["test_acc"] == records[0]["val_acc"]
+    )

@@ -29,7 +29,18 @@ def test_tiny_run_trains_and_writes_its_outputs(tiny_job, tmp_path):
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_job, tmp_path, monkeypatch):
-    flags = ("--epochs", "3", "--ema-decay", "0.9", "--mixup-alpha", "0.2", "--cutmix-alpha", "0.2", "--rand-augment-ops", "1")
+    flags = (
+        "--epochs",
+        "3",
+        "--ema-decay",
+        "0.9",
+        "--mixup-alpha",
+        "0.2",
+        "--cutmix-alpha",
+        "0.2",
+        "--rand-augment-ops",
+        "1",
+    )
     classify.main(tiny_job(*flags, out="straight"))
 
     real_epoch = Trainer.train_one_epoch
@@ -52,14 +63,18 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_job, tmp_pat
     straight = without_timings(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
     resumed = without_timings(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
     assert resumed == straight
-    final = [checkpoint.load(tmp_path / run / "last.pt")["model"] for run in ("straight", "resumed")]
+    final = [
+        checkpoint.load(tmp_path / run / "last.pt")["model"] for run in ("straight", "resumed")
+    ]
     for name in final[0]:
         assert torch.equal(final[0][name], final[1][name]), name
 
 
 def test_early_stopping(tiny_job, tmp_path):
     # A learning rate of ~0 never improves on the first epoch's accuracy: stop after `patience`.
-    classify.main(tiny_job("--epochs", "6", "--lr", "1e-12", "--min-lr", "1e-12", "--patience", "2"))
+    classify.main(
+        tiny_job("--epochs", "6", "--lr", "1e-12", "--min-lr", "1e-12", "--patience", "2")
+    )
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert len(records) == 3
 

@@ -8,7 +8,18 @@ import pytest
 from train import classify, evaluate, mae
 from train.metrics import read_jsonl
 
-MAE_FLAGS = ("--decoder-dim", "16", "--decoder-depth", "1", "--decoder-heads", "2", "--lr", "3e-3", "--warmup-epochs", "0.5")
+MAE_FLAGS = (
+    "--decoder-dim",
+    "16",
+    "--decoder-depth",
+    "1",
+    "--decoder-heads",
+    "2",
+    "--lr",
+    "3e-3",
+    "--warmup-epochs",
+    "0.5",
+)
 
 
 def test_mae_pretrain_finetune_and_evaluate(tiny_job, tmp_path):
@@ -22,20 +33,51 @@ def test_mae_pretrain_finetune_and_evaluate(tiny_job, tmp_path):
     assert all(0 < r["ssim"] <= 1 and r["psnr_db"] > 0 for r in sweep.values())
     assert (tmp_path / "mae" / "reconstructions.png").stat().st_size > 0
 
-    classify.main(tiny_job("--epochs", "1", "--init-from", str(tmp_path / "mae" / "best.pt"), out="finetune"))
-    results = evaluate.main(["--checkpoint", str(tmp_path / "finetune" / "best.pt"), "--threads", "1"])
+    classify.main(
+        tiny_job("--epochs", "1", "--init-from", str(tmp_path / "mae" / "best.pt"), out="finetune")
+    )
+    results = evaluate.main(
+        ["--checkpoint", str(tmp_path / "finetune" / "best.pt"), "--threads", "1"]
+    )
     assert (tmp_path / "finetune" / "confusion_matrix.png").stat().st_size > 0
     assert sum(map(sum, results["confusion_matrix"])) == 64
     assert set(results["per_class"]["disk"]) == {"precision", "recall", "f1"}
-    assert json.loads((tmp_path / "finetune" / "evaluation.json").read_text())["accuracy"] == results["accuracy"]
+    assert (
+        json.loads((tmp_path / "finetune" / "evaluation.json").read_text())["accuracy"]
+        == results["accuracy"]
+    )
 
 
 @pytest.mark.parametrize(
     "model, layout",
     [
-        ("hvit_cifar100", ["--model-args", "{mlp_ratio: 2}", "--embed-dims", "8,16", "--depths", "1,1", "--num-heads", "1,2"]),
-        ("hvit_cifar100", ["--model-args", "{embed_dims: [8, 16], depths: [1, 1], num_heads: [1, 2], local_window: 16, global_tokens: 1}"]),
-        ("hrm_vision_cifar10", ["--model-args", "{hidden_dim: 16, num_heads: 2, h_layers: 1, l_layers: 1, segments: 2}"]),
+        (
+            "hvit_cifar100",
+            [
+                "--model-args",
+                "{mlp_ratio: 2}",
+                "--embed-dims",
+                "8,16",
+                "--depths",
+                "1,1",
+                "--num-heads",
+                "1,2",
+            ],
+        ),
+        (
+            "hvit_cifar100",
+            [
+                "--model-args",
+                "{embed_dims: [8, 16], depths: [1, 1], num_heads: [1, 2], local_window: 16, global_tokens: 1}",
+            ],
+        ),
+        (
+            "hrm_vision_cifar10",
+            [
+                "--model-args",
+                "{hidden_dim: 16, num_heads: 2, h_layers: 1, l_layers: 1, segments: 2}",
+            ],
+        ),
     ],
     ids=["hvit", "hvit-local", "hrm-deep-supervision"],
 )

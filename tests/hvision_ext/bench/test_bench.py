@@ -29,14 +29,19 @@ def sleep_case():
 
 def test_run_writes_table_and_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    assert main(["--op", "test_sleep", "--device", "cpu", "--budget", "0.05", "--json", str(path)]) == 0
+    assert (
+        main(["--op", "test_sleep", "--device", "cpu", "--budget", "0.05", "--json", str(path)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "test_sleep" in printed and "reference" in printed
     record = json.loads(path.read_text())
     by_impl = {r["impl"]: r for r in record["results"]}
     hvision, reference = by_impl["hvision"], by_impl["reference"]
     assert hvision["median_s"] >= 0.002 and reference["median_s"] >= 0.004
-    assert reference["hvision_speedup"] == pytest.approx(reference["median_s"] / hvision["median_s"])
+    assert reference["hvision_speedup"] == pytest.approx(
+        reference["median_s"] / hvision["median_s"]
+    )
     assert record["torch_version"] == torch.__version__
 
 
@@ -57,7 +62,9 @@ def test_selective_scan_cases_are_registered(capsys):
         assert name in listed
 
 
-@pytest.mark.skipif(not timing.cpu_peak_supported(), reason="needs Linux's /proc/self/clear_refs and glibc")
+@pytest.mark.skipif(
+    not timing.cpu_peak_supported(), reason="needs Linux's /proc/self/clear_refs and glibc"
+)
 def test_cpu_peak_memory_counts_what_a_call_allocates():
     def two_live_buffers():
         # 64 MiB each: above what glibc ever serves from its heap, so each is a fresh mapping.
@@ -72,7 +79,14 @@ def test_cpu_peak_memory_counts_what_a_call_allocates():
 def test_sparse_attention_cases_are_registered(capsys):
     assert main(["--list"]) == 0
     listed = capsys.readouterr().out
-    for name in ("local-global ", "local-global-fwd", "strided ", "strided-fwd", "local-global-L16384", "local-global-gpu"):
+    for name in (
+        "local-global ",
+        "local-global-fwd",
+        "strided ",
+        "strided-fwd",
+        "local-global-L16384",
+        "local-global-gpu",
+    ):
         assert f"sparse_attention/{name}" in listed
 
 
@@ -81,6 +95,10 @@ def test_sparse_attention_case_runs_every_impl():
     from hvision_ext.bench import sparse_attention as cases
 
     sizes = dict(batch=1, heads=2, length=300, head_dim=16)
-    case = cases.attention_case(torch.device("cpu"), torch.float32, "fwd", sizes, cases.LOCAL_GLOBAL, flex=False)
+    case = cases.attention_case(
+        torch.device("cpu"), torch.float32, "fwd", sizes, cases.LOCAL_GLOBAL, flex=False
+    )
     assert list(case.impls) == ["hvision", "sdpa-masked"]
-    torch.testing.assert_close(case.impls["hvision"](), case.impls["sdpa-masked"](), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        case.impls["hvision"](), case.impls["sdpa-masked"](), rtol=1e-4, atol=1e-5
+    )

@@ -14,7 +14,11 @@ from tests.helpers import seeded
 def test_cases_are_registered(capsys):
     assert main(["--list"]) == 0
     listed = capsys.readouterr().out
-    for name in ("merge_tokens/video-vit-s ", "merge_tokens/video-vit-s-fwd", "motion_saliency/clips-224"):
+    for name in (
+        "merge_tokens/video-vit-s ",
+        "merge_tokens/video-vit-s-fwd",
+        "motion_saliency/clips-224",
+    ):
         assert name in listed
 
 
@@ -36,7 +40,9 @@ def test_tome_baseline_merges_the_same_tokens():
 
 
 def test_opencv_anchor_computes_the_same_scores():
-    pytest.importorskip("cv2", reason="OpenCV (cv2) is not installed: pip install opencv-python-headless")
+    pytest.importorskip(
+        "cv2", reason="OpenCV (cv2) is not installed: pip install opencv-python-headless"
+    )
     frames = torch.randint(0, 256, (2, 3, 3, 32, 48), generator=seeded(1), dtype=torch.uint8)
     expected = ops.motion_saliency(frames, 8)
     scores = motion_bench.opencv_scores()(frames.numpy(), 8)

@@ -33,7 +33,11 @@ def make_inputs(
     gen = seeded(seed)
 
     def tensor(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_()
+        return (
+            torch.randn(*shape, generator=gen, dtype=torch.float64)
+            .to(device=device, dtype=dtype)
+            .requires_grad_()
+        )
 
     pattern_shape = (heads, patterns) if shared else (batch, heads, patterns)
     return dict(
@@ -52,7 +56,9 @@ def tensor_inputs(kwargs):
 def float64_copy(kwargs):
     """The same call in float64 on the CPU: the ground truth for every device and dtype."""
     return {
-        name: value.detach().double().cpu().requires_grad_() if isinstance(value, torch.Tensor) else value
+        name: value.detach().double().cpu().requires_grad_()
+        if isinstance(value, torch.Tensor)
+        else value
         for name, value in kwargs.items()
     }
 
@@ -83,7 +89,9 @@ def check_against_reference(kwargs, dtype, grad_scale=1.0):
 @pytest.mark.parametrize("value_dim", [None, 9])
 @pytest.mark.parametrize("beta", [None, 0.7])
 def test_matches_reference_float64(device, n_steps, shared, value_dim, beta):
-    kwargs = make_inputs(n_steps=n_steps, shared=shared, value_dim=value_dim, beta=beta, device=device, seed=n_steps)
+    kwargs = make_inputs(
+        n_steps=n_steps, shared=shared, value_dim=value_dim, beta=beta, device=device, seed=n_steps
+    )
     check_against_reference(kwargs, torch.float64)
 
 
@@ -92,7 +100,14 @@ def test_matches_reference_float64(device, n_steps, shared, value_dim, beta):
 @pytest.mark.parametrize("queries", [1, 67])
 def test_pattern_counts_float32(device, patterns, queries):
     kwargs = make_inputs(
-        batch=1, heads=2, queries=queries, patterns=patterns, dim=32, n_steps=3, shared=True, dtype=torch.float32,
+        batch=1,
+        heads=2,
+        queries=queries,
+        patterns=patterns,
+        dim=32,
+        n_steps=3,
+        shared=True,
+        dtype=torch.float32,
         device=device,
     )
     check_against_reference(kwargs, torch.float32)
@@ -100,17 +115,34 @@ def test_pattern_counts_float32(device, patterns, queries):
 
 def test_pattern_set_too_large_to_transpose_whole():
     """Above 2^22 values per set the CPU kernel transposes the keys a tile at a time."""
-    kwargs = make_inputs(batch=1, heads=2, queries=3, patterns=17000, dim=256, value_dim=8, n_steps=2,
-                         dtype=torch.float32)
+    kwargs = make_inputs(
+        batch=1,
+        heads=2,
+        queries=3,
+        patterns=17000,
+        dim=256,
+        value_dim=8,
+        n_steps=2,
+        dtype=torch.float32,
+    )
     assert kwargs["stored"][0].numel() > 2**22
     check_against_reference(kwargs, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dim, value_dim", [(1, None), (1, 3), (33, 17), (64, None), (100, 256), (256, None), (256, 5)])
+@pytest.mark.parametrize(
+    "dim, value_dim", [(1, None), (1, 3), (33, 17), (64, None), (100, 256), (256, None), (256, 5)]
+)
 def test_feature_sizes(device, dim, value_dim):
     kwargs = make_inputs(
-        batch=2, heads=1, queries=70, patterns=200, dim=dim, value_dim=value_dim, n_steps=2, dtype=torch.float32,
+        batch=2,
+        heads=1,
+        queries=70,
+        patterns=200,
+        dim=dim,
+        value_dim=value_dim,
+        n_steps=2,
+        dtype=torch.float32,
         device=device,
     )
     check_against_reference(kwargs, torch.float32)
@@ -122,7 +154,14 @@ def test_feature_sizes(device, dim, value_dim):
 @pytest.mark.parametrize("shared", [False, True])
 def test_dtypes(device, dtype, n_steps, shared):
     kwargs = make_inputs(
-        queries=65, patterns=300, dim=64, value_dim=48, shared=shared, n_steps=n_steps, dtype=dtype, device=device
+        queries=65,
+        patterns=300,
+        dim=64,
+        value_dim=48,
+        shared=shared,
+        n_steps=n_steps,
+        dtype=dtype,
+        device=device,
     )
     # Gradients summed over many rows and rounded to fp16/bf16 get a looser bound.
     check_against_reference(kwargs, dtype, grad_scale=1.0 if dtype == torch.float32 else 4.0)
@@ -141,10 +180,20 @@ def test_dtypes(device, dtype, n_steps, shared):
     n_steps=st.integers(1, 4),
     seed=st.integers(0, 2**16),
 )
-def test_random_shapes_match_reference(batch, heads, queries, patterns, dim, value_dim, shared, beta, n_steps, seed):
+def test_random_shapes_match_reference(
+    batch, heads, queries, patterns, dim, value_dim, shared, beta, n_steps, seed
+):
     kwargs = make_inputs(
-        batch=batch, heads=heads, queries=queries, patterns=patterns, dim=dim, value_dim=value_dim, shared=shared,
-        beta=beta, n_steps=n_steps, seed=seed,
+        batch=batch,
+        heads=heads,
+        queries=queries,
+        patterns=patterns,
+        dim=dim,
+        value_dim=value_dim,
+        shared=shared,
+        beta=beta,
+        n_steps=n_steps,
+        seed=seed,
     )
     check_against_reference(kwargs, torch.float64)
 
@@ -161,10 +210,15 @@ def test_one_step_is_attention_with_scale_beta():
 
 def test_steps_compose():
     """n steps equal n - 1 steps (retrieving the patterns themselves) followed by one step."""
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in make_inputs(value_dim=7).items()}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(value_dim=7).items()
+    }
     state = ops.hopfield_retrieval(kwargs["query"], kwargs["stored"], beta=0.5, n_steps=2)
     stepwise = ops.hopfield_retrieval(state, kwargs["stored"], kwargs["values"], beta=0.5)
-    whole = ops.hopfield_retrieval(kwargs["query"], kwargs["stored"], kwargs["values"], beta=0.5, n_steps=3)
+    whole = ops.hopfield_retrieval(
+        kwargs["query"], kwargs["stored"], kwargs["values"], beta=0.5, n_steps=3
+    )
     torch.testing.assert_close(whole, stepwise)
 
 
@@ -181,7 +235,9 @@ def test_noisy_stored_pattern_is_retrieved_in_one_step(device):
     heads, patterns, dim, picked = 2, 1000, 64, 16
     stored = torch.randn(heads, patterns, dim, generator=gen)
     index = torch.randint(0, patterns, (1, heads, picked), generator=gen)
-    targets = torch.stack([stored[h, index[0, h]] for h in range(heads)])[None]  # (1, heads, picked, d)
+    targets = torch.stack([stored[h, index[0, h]] for h in range(heads)])[
+        None
+    ]  # (1, heads, picked, d)
     noise = torch.randn(targets.shape, generator=gen)
     noise = noise * (0.2 * targets.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
     query = targets + noise
@@ -189,30 +245,42 @@ def test_noisy_stored_pattern_is_retrieved_in_one_step(device):
     retrieved = ops.hopfield_retrieval(query.to(device), stored.to(device), beta=8.0).cpu()
     assert (F.cosine_similarity(retrieved, targets, dim=-1) > 0.99).all()
     # Not merely close: the nearest stored pattern of each retrieved state is the right one.
-    nearest = torch.einsum("bhqd,hmd->bhqm", F.normalize(retrieved, dim=-1), F.normalize(stored, dim=-1)).argmax(-1)
+    nearest = torch.einsum(
+        "bhqd,hmd->bhqm", F.normalize(retrieved, dim=-1), F.normalize(stored, dim=-1)
+    ).argmax(-1)
     assert torch.equal(nearest, index)
 
 
 def test_shared_patterns_equal_expanded_patterns():
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
-              make_inputs(shared=True, value_dim=6, n_steps=3, dtype=torch.float32).items()}
-    expanded = {**kwargs, "stored": kwargs["stored"].expand(2, -1, -1, -1), "values": kwargs["values"].expand(2, -1, -1, -1)}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(shared=True, value_dim=6, n_steps=3, dtype=torch.float32).items()
+    }
+    expanded = {
+        **kwargs,
+        "stored": kwargs["stored"].expand(2, -1, -1, -1),
+        "values": kwargs["values"].expand(2, -1, -1, -1),
+    }
     torch.testing.assert_close(ops.hopfield_retrieval(**kwargs), ops.hopfield_retrieval(**expanded))
 
 
 def test_reference_switch_runs_the_reference():
     import hvision_ext
 
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
-              make_inputs(value_dim=6, n_steps=3, dtype=torch.float32).items()}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(value_dim=6, n_steps=3, dtype=torch.float32).items()
+    }
     with hvision_ext.use_reference():
         switched = ops.hopfield_retrieval(**kwargs)
     assert torch.equal(switched, reference.hopfield_retrieval(**kwargs))
 
 
 def test_non_contiguous_inputs():
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
-              make_inputs(value_dim=6, n_steps=2, dtype=torch.float32).items()}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(value_dim=6, n_steps=2, dtype=torch.float32).items()
+    }
     strided = {
         **kwargs,
         "query": kwargs["query"].transpose(1, 2).contiguous().transpose(1, 2),
@@ -230,8 +298,10 @@ def test_empty_sizes(sizes):
 
 
 def test_nan_in_a_query_stays_in_its_row():
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
-              make_inputs(n_steps=2, dtype=torch.float32).items()}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(n_steps=2, dtype=torch.float32).items()
+    }
     kwargs["query"][0, 1, 2, 3] = float("nan")
     ours, truth = ops.hopfield_retrieval(**kwargs), reference.hopfield_retrieval(**kwargs)
     assert torch.equal(ours.isnan(), truth.isnan()) and ours.isnan().any()
@@ -249,8 +319,17 @@ def test_states_are_saved_only_for_backward():
 
 def test_cpu_backward_is_deterministic_whatever_the_thread_count():
     for shared in (False, True):
-        kwargs = make_inputs(batch=5, heads=2, queries=150, patterns=300, dim=32, value_dim=16, shared=shared,
-                             n_steps=3, dtype=torch.float32)
+        kwargs = make_inputs(
+            batch=5,
+            heads=2,
+            queries=150,
+            patterns=300,
+            dim=32,
+            value_dim=16,
+            shared=shared,
+            n_steps=3,
+            dtype=torch.float32,
+        )
         inputs = list(tensor_inputs(kwargs).values())
         out = ops.hopfield_retrieval(**kwargs)
         cot = torch.randn(out.shape, generator=seeded(3))
@@ -270,8 +349,17 @@ def test_cpu_backward_is_deterministic_whatever_the_thread_count():
 @pytest.mark.cuda
 @pytest.mark.parametrize("shared", [False, True])
 def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, shared):
-    kwargs = make_inputs(batch=4, queries=200, patterns=500, dim=64, value_dim=32, shared=shared, n_steps=3,
-                         dtype=torch.float32, device="cuda")
+    kwargs = make_inputs(
+        batch=4,
+        queries=200,
+        patterns=500,
+        dim=64,
+        value_dim=32,
+        shared=shared,
+        n_steps=3,
+        dtype=torch.float32,
+        device="cuda",
+    )
     inputs = list(tensor_inputs(kwargs).values())
     out = ops.hopfield_retrieval(**kwargs)
     cot = torch.ones_like(out)
@@ -288,8 +376,18 @@ def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, sha
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("value_dim, n_steps", [(None, 1), (3, 1), (None, 3), (3, 2)])
 def test_gradcheck(device, shared, value_dim, n_steps):
-    kwargs = make_inputs(batch=2, heads=2, queries=3, patterns=5, dim=4, value_dim=value_dim, shared=shared,
-                         n_steps=n_steps, beta=0.9, device=device)
+    kwargs = make_inputs(
+        batch=2,
+        heads=2,
+        queries=3,
+        patterns=5,
+        dim=4,
+        value_dim=value_dim,
+        shared=shared,
+        n_steps=n_steps,
+        beta=0.9,
+        device=device,
+    )
     names = list(tensor_inputs(kwargs))
 
     def fn(*tensors):
@@ -299,15 +397,26 @@ def test_gradcheck(device, shared, value_dim, n_steps):
 
 
 def forward_op_args(kwargs, save_states=True):
-    beta = kwargs["beta"] if kwargs["beta"] is not None else 1.0 / math.sqrt(kwargs["query"].shape[-1])
-    return (kwargs["query"], kwargs["stored"], kwargs["values"], beta, kwargs["n_steps"], save_states)
+    beta = (
+        kwargs["beta"] if kwargs["beta"] is not None else 1.0 / math.sqrt(kwargs["query"].shape[-1])
+    )
+    return (
+        kwargs["query"],
+        kwargs["stored"],
+        kwargs["values"],
+        beta,
+        kwargs["n_steps"],
+        save_states,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shared, value_dim, n_steps", [(False, None, 1), (True, 5, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(device, shared, value_dim, n_steps, dtype):
-    kwargs = make_inputs(shared=shared, value_dim=value_dim, n_steps=n_steps, dtype=dtype, device=device)
+    kwargs = make_inputs(
+        shared=shared, value_dim=value_dim, n_steps=n_steps, dtype=dtype, device=device
+    )
     torch.library.opcheck(torch.ops.hvision.hopfield_retrieval_fwd.default, forward_op_args(kwargs))
     detached = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in kwargs.items()}
     args = forward_op_args(detached)
@@ -329,8 +438,10 @@ def test_torch_compile_fullgraph(device):
 
 
 def test_torch_compile_inductor():
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
-              make_inputs(value_dim=8, n_steps=2, dtype=torch.float32).items()}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(value_dim=8, n_steps=2, dtype=torch.float32).items()
+    }
 
     def block(query):
         return F.gelu(ops.hopfield_retrieval(query, kwargs["stored"], kwargs["values"], n_steps=2))
@@ -343,27 +454,77 @@ def test_torch_compile_inductor():
 
 
 def bad(**changes):
-    kwargs = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in
-              make_inputs(dim=8, patterns=5, dtype=torch.float32).items()}
+    kwargs = {
+        n: v.detach() if isinstance(v, torch.Tensor) else v
+        for n, v in make_inputs(dim=8, patterns=5, dtype=torch.float32).items()
+    }
     kwargs.update(changes)
     return kwargs
 
 
 BAD_INPUTS = [
-    (dict(query=torch.randn(2, 3, 5)), ValueError, r"expected query of shape \(batch, heads, Q, d\), got \(2, 3, 5\)"),
+    (
+        dict(query=torch.randn(2, 3, 5)),
+        ValueError,
+        r"expected query of shape \(batch, heads, Q, d\), got \(2, 3, 5\)",
+    ),
     (dict(query=torch.randint(0, 3, (2, 3, 5, 8))), TypeError, "expected query of dtype"),
-    (dict(stored=torch.randn(5, 8)), ValueError, r"expected stored of shape \(batch, heads, M, d\) or \(heads, M, d\), got \(5, 8\)"),
-    (dict(stored=torch.randn(2, 3, 5, 7)), ValueError, r"expected stored of shape \(batch, heads, M, d\) = \(2, 3, 5, 8\), got \(2, 3, 5, 7\)"),
-    (dict(stored=torch.randn(1, 3, 5, 8)), ValueError, r"expected stored of shape \(batch, heads, M, d\) = \(2, 3, 5, 8\), got \(1, 3, 5, 8\)"),
-    (dict(stored=torch.randn(2, 5, 8)), ValueError, r"expected stored of shape \(heads, M, d\) shared across the batch = \(3, 5, 8\), got \(2, 5, 8\)"),
-    (dict(stored=torch.randn(2, 3, 5, 8, dtype=torch.float64)), TypeError, "expected stored of dtype Float, got Double"),
+    (
+        dict(stored=torch.randn(5, 8)),
+        ValueError,
+        r"expected stored of shape \(batch, heads, M, d\) or \(heads, M, d\), got \(5, 8\)",
+    ),
+    (
+        dict(stored=torch.randn(2, 3, 5, 7)),
+        ValueError,
+        r"expected stored of shape \(batch, heads, M, d\) = \(2, 3, 5, 8\), got \(2, 3, 5, 7\)",
+    ),
+    (
+        dict(stored=torch.randn(1, 3, 5, 8)),
+        ValueError,
+        r"expected stored of shape \(batch, heads, M, d\) = \(2, 3, 5, 8\), got \(1, 3, 5, 8\)",
+    ),
+    (
+        dict(stored=torch.randn(2, 5, 8)),
+        ValueError,
+        r"expected stored of shape \(heads, M, d\) shared across the batch = \(3, 5, 8\), got \(2, 5, 8\)",
+    ),
+    (
+        dict(stored=torch.randn(2, 3, 5, 8, dtype=torch.float64)),
+        TypeError,
+        "expected stored of dtype Float, got Double",
+    ),
     (dict(stored=torch.randn(2, 3, 0, 8)), ValueError, "expected at least one stored pattern"),
-    (dict(values=torch.randn(2, 3, 4, 6)), ValueError, r"expected values of shape \(batch, heads, M, d\) = \(2, 3, 5, 6\), got \(2, 3, 4, 6\)"),
-    (dict(values=torch.randn(3, 5, 6)), ValueError, r"expected values with as many dimensions as stored \(4\), got shape \(3, 5, 6\)"),
-    (dict(values=torch.randn(2, 3, 5, 6, dtype=torch.float16)), TypeError, "expected values of dtype Float, got Half"),
-    (dict(values=torch.randn(2, 3, 5, 257)), ValueError, r"value size dv \(values.shape\[-1\]\) in \[1, 256\], got 257"),
-    (dict(query=torch.randn(2, 3, 5, 257), stored=torch.randn(2, 3, 5, 257)), ValueError, r"pattern size d \(query.shape\[-1\]\) in \[1, 256\], got 257"),
-    (dict(query=torch.randn(2, 3, 5, 0), stored=torch.randn(2, 3, 5, 0)), ValueError, r"pattern size d .* got 0"),
+    (
+        dict(values=torch.randn(2, 3, 4, 6)),
+        ValueError,
+        r"expected values of shape \(batch, heads, M, d\) = \(2, 3, 5, 6\), got \(2, 3, 4, 6\)",
+    ),
+    (
+        dict(values=torch.randn(3, 5, 6)),
+        ValueError,
+        r"expected values with as many dimensions as stored \(4\), got shape \(3, 5, 6\)",
+    ),
+    (
+        dict(values=torch.randn(2, 3, 5, 6, dtype=torch.float16)),
+        TypeError,
+        "expected values of dtype Float, got Half",
+    ),
+    (
+        dict(values=torch.randn(2, 3, 5, 257)),
+        ValueError,
+        r"value size dv \(values.shape\[-1\]\) in \[1, 256\], got 257",
+    ),
+    (
+        dict(query=torch.randn(2, 3, 5, 257), stored=torch.randn(2, 3, 5, 257)),
+        ValueError,
+        r"pattern size d \(query.shape\[-1\]\) in \[1, 256\], got 257",
+    ),
+    (
+        dict(query=torch.randn(2, 3, 5, 0), stored=torch.randn(2, 3, 5, 0)),
+        ValueError,
+        r"pattern size d .* got 0",
+    ),
     (dict(n_steps=0), ValueError, "expected n_steps >= 1, got 0"),
     (dict(n_steps=2.0), TypeError, "expected n_steps to be an int, got float"),
     (dict(beta=0.0), ValueError, "expected beta > 0 and finite, got 0.0"),
@@ -380,19 +541,32 @@ def test_bad_input_is_named(changes, error, message):
         ops.hopfield_retrieval(**bad(**changes))
 
 
-@pytest.mark.parametrize("beta, n_steps, message", [(0.0, 1, "expected beta > 0 and finite"), (1.0, 0, "expected n_steps >= 1")])
+@pytest.mark.parametrize(
+    "beta, n_steps, message",
+    [(0.0, 1, "expected beta > 0 and finite"), (1.0, 0, "expected n_steps >= 1")],
+)
 def test_the_kernels_check_beta_and_n_steps_themselves(beta, n_steps, message):
     kwargs = bad()
     with pytest.raises(ValueError, match=message):
-        torch.ops.hvision.hopfield_retrieval_fwd(kwargs["query"], kwargs["stored"], None, beta, n_steps, False)
+        torch.ops.hvision.hopfield_retrieval_fwd(
+            kwargs["query"], kwargs["stored"], None, beta, n_steps, False
+        )
 
 
 def test_meta_tensors_get_shapes_and_errors_from_the_fake_kernel():
-    out = ops.hopfield_retrieval(torch.empty(2, 3, 5, 8, device="meta"), torch.empty(3, 7, 8, device="meta"),
-                                 torch.empty(3, 7, 6, device="meta"), n_steps=2)
+    out = ops.hopfield_retrieval(
+        torch.empty(2, 3, 5, 8, device="meta"),
+        torch.empty(3, 7, 8, device="meta"),
+        torch.empty(3, 7, 6, device="meta"),
+        n_steps=2,
+    )
     assert out.shape == (2, 3, 5, 6) and out.device.type == "meta"
-    with pytest.raises(ValueError, match=r"expected query of shape \(batch, heads, Q, d\), got \(2, 3, 5\)"):
-        ops.hopfield_retrieval(torch.empty(2, 3, 5, device="meta"), torch.empty(3, 7, 5, device="meta"))
+    with pytest.raises(
+        ValueError, match=r"expected query of shape \(batch, heads, Q, d\), got \(2, 3, 5\)"
+    ):
+        ops.hopfield_retrieval(
+            torch.empty(2, 3, 5, device="meta"), torch.empty(3, 7, 5, device="meta")
+        )
 
 
 def test_mixed_devices_are_rejected():
@@ -410,12 +584,20 @@ def test_backward_rejects_missing_states():
     kwargs = bad(n_steps=2)
     args = forward_op_args(kwargs)
     out, states, lse = torch.ops.hvision.hopfield_retrieval_fwd(*args)
-    with pytest.raises(ValueError, match=r"expected states of shape \(n_steps - 1, batch, heads, Q, d\)"):
-        torch.ops.hvision.hopfield_retrieval_bwd(torch.ones_like(out), *args[:3], out, states[:0], lse, args[3], 2)
+    with pytest.raises(
+        ValueError, match=r"expected states of shape \(n_steps - 1, batch, heads, Q, d\)"
+    ):
+        torch.ops.hvision.hopfield_retrieval_bwd(
+            torch.ones_like(out), *args[:3], out, states[:0], lse, args[3], 2
+        )
     with pytest.raises(ValueError, match=r"expected lse of shape \(n_steps, batch, heads, Q\)"):
-        torch.ops.hvision.hopfield_retrieval_bwd(torch.ones_like(out), *args[:3], out, states, lse[:1], args[3], 2)
+        torch.ops.hvision.hopfield_retrieval_bwd(
+            torch.ones_like(out), *args[:3], out, states, lse[:1], args[3], 2
+        )
     with pytest.raises(ValueError, match="expected dout of shape"):
-        torch.ops.hvision.hopfield_retrieval_bwd(out[..., :3], *args[:3], out, states, lse, args[3], 2)
+        torch.ops.hvision.hopfield_retrieval_bwd(
+            out[..., :3], *args[:3], out, states, lse, args[3], 2
+        )
 
 
 # --- bench ----------------------------------------------------------------------------------
@@ -425,8 +607,13 @@ def test_bench_cases_compute_the_same_retrieval():
     from hvision_ext.bench import select_cases
 
     specs = {spec.name: spec for spec in select_cases("cpu", ops=["hopfield_retrieval"])}
-    assert {"vit-memory-1step", "vit-memory-1step-fwd", "vit-memory-3step", "vit-memory-3step-fwd",
-            "vit-memory-3step-shared"} <= set(specs)
+    assert {
+        "vit-memory-1step",
+        "vit-memory-1step-fwd",
+        "vit-memory-3step",
+        "vit-memory-3step-fwd",
+        "vit-memory-3step-shared",
+    } <= set(specs)
     case = specs["vit-memory-1step-fwd"].build(torch.device("cpu"), torch.float32)
     outputs = {name: impl() for name, impl in case.impls.items()}
     assert set(outputs) == {"hvision", "reference", "sdpa"}

@@ -14,14 +14,24 @@ from tests.helpers import DEVICES, assert_close, seeded
 
 
 def make_inputs(
-    batch=2, tokens=21, channels=6, metric_channels=5, *, importance=False, size=False, dtype=torch.float32,
-    device="cpu", seed=0,
+    batch=2,
+    tokens=21,
+    channels=6,
+    metric_channels=5,
+    *,
+    importance=False,
+    size=False,
+    dtype=torch.float32,
+    device="cpu",
+    seed=0,
 ):
     """(x, metric, extras): x requires grad; importance and sizes (positive) when asked."""
     gen = seeded(seed)
 
     def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(
+            device=device, dtype=dtype
+        )
 
     x = randn(batch, tokens, channels).requires_grad_()
     metric = randn(batch, tokens, metric_channels)
@@ -29,7 +39,11 @@ def make_inputs(
     if importance:
         extras["importance"] = randn(batch, tokens).abs() * 0.2
     if size:
-        extras["size"] = (1 + 3 * torch.rand(batch, tokens, generator=gen, dtype=torch.float64)).round().to(device=device, dtype=dtype)
+        extras["size"] = (
+            (1 + 3 * torch.rand(batch, tokens, generator=gen, dtype=torch.float64))
+            .round()
+            .to(device=device, dtype=dtype)
+        )
     return x, metric, extras
 
 
@@ -59,18 +73,32 @@ def check_against_reference(x, metric, r, dtype=None, **kwargs):
 @pytest.mark.parametrize("r_kind", ["zero", "one", "max"])
 @pytest.mark.parametrize("importance, size", list(itertools.product([False, True], [False, True])))
 def test_matches_reference(device, protect, tokens, r_kind, importance, size):
-    x, metric, extras = make_inputs(tokens=tokens, importance=importance, size=size, device=device, seed=tokens + protect)
+    x, metric, extras = make_inputs(
+        tokens=tokens, importance=importance, size=size, device=device, seed=tokens + protect
+    )
     r = {"zero": 0, "one": 1, "max": (tokens - protect) // 2}[r_kind]
-    merged, merged_size, assign = check_against_reference(x, metric, r, protect=protect, importance_weight=0.7, **extras)
+    merged, merged_size, assign = check_against_reference(
+        x, metric, r, protect=protect, importance_weight=0.7, **extras
+    )
     assert merged.shape == (2, tokens - r, 6) and assign.shape == (2, tokens)
-    expected_mass = extras["size"].sum(-1) if size else torch.full((2,), float(tokens), device=device)
+    expected_mass = (
+        extras["size"].sum(-1) if size else torch.full((2,), float(tokens), device=device)
+    )
     torch.testing.assert_close(merged_size.sum(-1), expected_mass.to(merged_size.dtype))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes(device, dtype):
-    x, metric, extras = make_inputs(tokens=37, channels=16, metric_channels=12, importance=True, size=True, dtype=dtype, device=device)
+    x, metric, extras = make_inputs(
+        tokens=37,
+        channels=16,
+        metric_channels=12,
+        importance=True,
+        size=True,
+        dtype=dtype,
+        device=device,
+    )
     check_against_reference(x, metric, 15, **extras)
 
 
@@ -99,11 +127,20 @@ def test_metric_in_another_dtype(device):
     size=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_random_shapes_match_reference(batch, tokens, channels, metric_channels, protect, r_fraction, importance, size, seed):
+def test_random_shapes_match_reference(
+    batch, tokens, channels, metric_channels, protect, r_fraction, importance, size, seed
+):
     protect = min(protect, tokens)
     r = int(r_fraction * ((tokens - protect) // 2))
     x, metric, extras = make_inputs(
-        batch, tokens, channels, metric_channels, importance=importance, size=size, dtype=torch.float64, seed=seed
+        batch,
+        tokens,
+        channels,
+        metric_channels,
+        importance=importance,
+        size=size,
+        dtype=torch.float64,
+        seed=seed,
     )
     check_against_reference(x, metric, r, protect=protect, **extras)
 
@@ -155,7 +192,9 @@ def test_importance_protects_tokens_from_merging(device):
     importance = torch.zeros(1, tokens, device=device)
     importance[0, [0, 2]] = 5.0  # the first two A tokens (protect = 0)
     _, _, assign = ops.merge_tokens(x, metric, 2, importance=importance, protect=0)
-    assert torch.equal(assign, reference.merge_tokens(x, metric, 2, importance=importance, protect=0)[2])
+    assert torch.equal(
+        assign, reference.merge_tokens(x, metric, 2, importance=importance, protect=0)[2]
+    )
     merged_away = [i for i in range(tokens) if (assign[0] == assign[0, i]).sum() > 1 and i % 2 == 0]
     assert merged_away == [4, 6]
 
@@ -178,15 +217,23 @@ def test_survivors_keep_their_order_and_values(device):
 def test_merge_twice_then_unmerge_twice(device):
     x, metric, _ = make_inputs(tokens=33, device=device, size=False)
     first, first_size, first_assign = ops.merge_tokens(x, metric, 10)
-    second, second_size, second_assign = ops.merge_tokens(first, first * 0.5 + 1, 8, size=first_size)
+    second, second_size, second_assign = ops.merge_tokens(
+        first, first * 0.5 + 1, 8, size=first_size
+    )
     assert second.shape == (2, 15, 6)
-    torch.testing.assert_close(second_size.sum(-1), torch.full((2,), 33.0, device=device))  # sizes accumulate
+    torch.testing.assert_close(
+        second_size.sum(-1), torch.full((2,), 33.0, device=device)
+    )  # sizes accumulate
     restored = ops.unmerge_tokens(ops.unmerge_tokens(second, second_assign), first_assign)
     assert restored.shape == x.shape
-    expected = reference.unmerge_tokens(reference.unmerge_tokens(second, second_assign), first_assign)
+    expected = reference.unmerge_tokens(
+        reference.unmerge_tokens(second, second_assign), first_assign
+    )
     torch.testing.assert_close(restored, expected)
     # The mass-weighted mean of every sequence survives both merges.
-    torch.testing.assert_close((second * second_size[..., None]).sum(1), x.sum(1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        (second * second_size[..., None]).sum(1), x.sum(1), rtol=1e-5, atol=1e-4
+    )
     restored.square().sum().backward()
     assert x.grad is not None and x.grad.shape == x.shape
 
@@ -198,11 +245,19 @@ def test_non_contiguous_inputs():
     x_strided = x.transpose(1, 2).contiguous().transpose(1, 2)
     metric_strided = metric.transpose(0, 1).contiguous().transpose(0, 1)
     assert not x_strided.is_contiguous() and not metric_strided.is_contiguous()
-    for a, b in zip(ops.merge_tokens(x_strided, metric_strided, 9, **strided), ops.merge_tokens(x, metric, 9, **extras)):
+    for a, b in zip(
+        ops.merge_tokens(x_strided, metric_strided, 9, **strided),
+        ops.merge_tokens(x, metric, 9, **extras),
+    ):
         torch.testing.assert_close(a, b)
     y = ops.merge_tokens(x, metric, 9)[0]
     assign = ops.merge_tokens(x, metric, 9)[2]
-    torch.testing.assert_close(ops.unmerge_tokens(y.transpose(1, 2).contiguous().transpose(1, 2), assign.t().contiguous().t()), ops.unmerge_tokens(y, assign))
+    torch.testing.assert_close(
+        ops.unmerge_tokens(
+            y.transpose(1, 2).contiguous().transpose(1, 2), assign.t().contiguous().t()
+        ),
+        ops.unmerge_tokens(y, assign),
+    )
 
 
 def test_nan_metric_gives_a_valid_matching():
@@ -230,7 +285,9 @@ def test_cpu_is_deterministic_whatever_the_thread_count():
 
 @pytest.mark.cuda
 def test_cuda_is_deterministic():
-    x, metric, extras = make_inputs(batch=3, tokens=301, channels=32, metric_channels=32, size=True, device="cuda")
+    x, metric, extras = make_inputs(
+        batch=3, tokens=301, channels=32, metric_channels=32, size=True, device="cuda"
+    )
     runs = []
     for _ in range(2):
         merged, merged_size, assign = ops.merge_tokens(x, metric, 120, **extras)
@@ -246,7 +303,15 @@ def test_cuda_is_deterministic():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("size", [False, True])
 def test_gradcheck_merge_and_unmerge(device, size):
-    x, metric, extras = make_inputs(batch=2, tokens=9, channels=3, importance=True, size=size, dtype=torch.float64, device=device)
+    x, metric, extras = make_inputs(
+        batch=2,
+        tokens=9,
+        channels=3,
+        importance=True,
+        size=size,
+        dtype=torch.float64,
+        device=device,
+    )
     assert torch.autograd.gradcheck(lambda x: ops.merge_tokens(x, metric, 3, **extras)[0], (x,))
     _, _, assign = ops.merge_tokens(x, metric, 3, **extras)
     y = torch.randn(2, 6, 3, dtype=torch.float64, device=device, requires_grad=True)
@@ -271,14 +336,28 @@ def merge_args(x, metric, r=5, extras=None, protect=1, weight=1.0):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(device, dtype):
-    x, metric, extras = make_inputs(tokens=17, importance=True, size=True, dtype=dtype, device=device)
-    torch.library.opcheck(torch.ops.hvision.merge_tokens_fwd.default, merge_args(x, metric, 5, extras))
-    torch.library.opcheck(torch.ops.hvision.merge_tokens_fwd.default, merge_args(x, metric, 0, protect=0))
-    merged, merged_size, assign = torch.ops.hvision.merge_tokens_fwd(*merge_args(x.detach(), metric, 5, extras))
+    x, metric, extras = make_inputs(
+        tokens=17, importance=True, size=True, dtype=dtype, device=device
+    )
+    torch.library.opcheck(
+        torch.ops.hvision.merge_tokens_fwd.default, merge_args(x, metric, 5, extras)
+    )
+    torch.library.opcheck(
+        torch.ops.hvision.merge_tokens_fwd.default, merge_args(x, metric, 0, protect=0)
+    )
+    merged, merged_size, assign = torch.ops.hvision.merge_tokens_fwd(
+        *merge_args(x.detach(), metric, 5, extras)
+    )
     dmerged = torch.randn_like(merged)
-    torch.library.opcheck(torch.ops.hvision.merge_tokens_bwd.default, (dmerged, assign, extras["size"], merged_size))
-    torch.library.opcheck(torch.ops.hvision.unmerge_tokens_fwd.default, (merged.detach().requires_grad_(), assign))
-    torch.library.opcheck(torch.ops.hvision.unmerge_tokens_bwd.default, (x.detach(), assign, merged.shape[1]))
+    torch.library.opcheck(
+        torch.ops.hvision.merge_tokens_bwd.default, (dmerged, assign, extras["size"], merged_size)
+    )
+    torch.library.opcheck(
+        torch.ops.hvision.unmerge_tokens_fwd.default, (merged.detach().requires_grad_(), assign)
+    )
+    torch.library.opcheck(
+        torch.ops.hvision.unmerge_tokens_bwd.default, (x.detach(), assign, merged.shape[1])
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -323,11 +402,27 @@ BAD_MERGES = [
     (dict(protect=11), ValueError, r"expected protect in \[0, N\] = \[0, 10\], got 11"),
     (dict(x=torch.randn(2, 10)), ValueError, r"expected x of shape \(batch, N, C\), got \(2, 10\)"),
     (dict(x=torch.randint(0, 3, (2, 10, 6))), TypeError, "expected x of dtype"),
-    (dict(metric=torch.randn(2, 11, 5)), ValueError, r"expected metric of shape \(batch, N, Cm\) with \(batch, N\) = \(2, 10\) as x, got \(2, 11, 5\)"),
+    (
+        dict(metric=torch.randn(2, 11, 5)),
+        ValueError,
+        r"expected metric of shape \(batch, N, Cm\) with \(batch, N\) = \(2, 10\) as x, got \(2, 11, 5\)",
+    ),
     (dict(metric=torch.randint(0, 3, (2, 10, 5))), TypeError, "expected metric of dtype"),
-    (dict(importance=torch.randn(2, 9)), ValueError, r"expected importance of shape \(batch, N\) = \(2, 10\), got \(2, 9\)"),
-    (dict(size=torch.ones(2, 10, dtype=torch.float64)), TypeError, "expected size of dtype Float, got Double"),
-    (dict(importance=torch.randn(2, 10, device="meta")), ValueError, "expected importance on the same device as x"),
+    (
+        dict(importance=torch.randn(2, 9)),
+        ValueError,
+        r"expected importance of shape \(batch, N\) = \(2, 10\), got \(2, 9\)",
+    ),
+    (
+        dict(size=torch.ones(2, 10, dtype=torch.float64)),
+        TypeError,
+        "expected size of dtype Float, got Double",
+    ),
+    (
+        dict(importance=torch.randn(2, 10, device="meta")),
+        ValueError,
+        "expected importance on the same device as x",
+    ),
 ]
 
 
@@ -345,7 +440,9 @@ def test_unmerge_rejects_assign_out_of_range(device):
     for bad_value in (4, -1, 2**40):
         assign = torch.zeros(2, 7, dtype=torch.long, device=device)
         assign[1, 5] = bad_value
-        with pytest.raises(ValueError, match=r"expected assign values in \[0, rows\) = \[0, 4\), got values in"):
+        with pytest.raises(
+            ValueError, match=r"expected assign values in \[0, rows\) = \[0, 4\), got values in"
+        ):
             ops.unmerge_tokens(y, assign)
         with pytest.raises(ValueError, match=r"expected assign values in \[0, rows\) = \[0, 4\)"):
             torch.ops.hvision.unmerge_tokens_bwd(torch.randn(2, 7, 3, device=device), assign, 4)
@@ -357,7 +454,9 @@ def test_unmerge_rejects_bad_assign_dtype_and_shape():
     y = torch.randn(2, 4, 3)
     with pytest.raises(TypeError, match="expected assign of dtype Long, got Int"):
         ops.unmerge_tokens(y, torch.zeros(2, 7, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"expected assign of shape \(batch, N\) = \(2, 7\), got \(3, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"expected assign of shape \(batch, N\) = \(2, 7\), got \(3, 7\)"
+    ):
         ops.unmerge_tokens(y, torch.zeros(3, 7, dtype=torch.long))
     with pytest.raises(ValueError, match=r"expected assign of shape \(batch, N\), got \(14,\)"):
         ops.unmerge_tokens(y, torch.zeros(14, dtype=torch.long))
@@ -366,7 +465,9 @@ def test_unmerge_rejects_bad_assign_dtype_and_shape():
 def test_merge_backward_rejects_bad_merged_size():
     y = torch.randn(2, 4, 3)
     assign = torch.zeros(2, 7, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"expected merged_size of shape \(batch, N - r\) = \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"expected merged_size of shape \(batch, N - r\) = \(2, 4\)"
+    ):
         torch.ops.hvision.merge_tokens_bwd(y, assign, None, torch.ones(2, 5))
 
 
@@ -378,4 +479,6 @@ def test_reference_switch_routes_both_operators():
     expected = reference.merge_tokens(x, metric, 5, **extras)
     for got, want in zip(switched, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    torch.testing.assert_close(unmerged, reference.unmerge_tokens(expected[0], expected[2]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        unmerged, reference.unmerge_tokens(expected[0], expected[2]), rtol=0, atol=0
+    )

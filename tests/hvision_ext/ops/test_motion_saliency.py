@@ -15,12 +15,18 @@ from tests.helpers import DEVICES, seeded
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
-def random_frames(batch=2, time=3, channels=3, height=12, width=16, dtype=torch.uint8, seed=0, device="cpu"):
+def random_frames(
+    batch=2, time=3, channels=3, height=12, width=16, dtype=torch.uint8, seed=0, device="cpu"
+):
     gen = seeded(seed)
     if dtype == torch.uint8:
-        frames = torch.randint(0, 256, (batch, time, channels, height, width), generator=gen, dtype=torch.uint8)
+        frames = torch.randint(
+            0, 256, (batch, time, channels, height, width), generator=gen, dtype=torch.uint8
+        )
     else:
-        frames = torch.rand(batch, time, channels, height, width, generator=gen, dtype=torch.float64).to(dtype)
+        frames = torch.rand(
+            batch, time, channels, height, width, generator=gen, dtype=torch.float64
+        ).to(dtype)
     return frames.to(device)
 
 
@@ -52,7 +58,9 @@ def test_float_dtypes_match_reference(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(1, 1, 3, 4, 4), (1, 2, 1, 1, 5), (2, 2, 3, 3, 1), (1, 2, 1, 1, 1), (3, 5, 3, 14, 7)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 3, 4, 4), (1, 2, 1, 1, 5), (2, 2, 3, 3, 1), (1, 2, 1, 1, 1), (3, 5, 3, 14, 7)]
+)
 def test_degenerate_and_odd_sizes(device, shape):
     frames = random_frames(*shape, seed=sum(shape), device=device)
     patch_size = math.gcd(shape[3], shape[4])
@@ -78,9 +86,17 @@ def test_empty_inputs(device):
     uint8=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_random_shapes_match_reference(batch, time, channels, patch_size, patches_y, patches_x, alpha, uint8, seed):
+def test_random_shapes_match_reference(
+    batch, time, channels, patch_size, patches_y, patches_x, alpha, uint8, seed
+):
     frames = random_frames(
-        batch, time, channels, patches_y * patch_size, patches_x * patch_size, torch.uint8 if uint8 else torch.float32, seed
+        batch,
+        time,
+        channels,
+        patches_y * patch_size,
+        patches_x * patch_size,
+        torch.uint8 if uint8 else torch.float32,
+        seed,
     )
     check_against_reference(frames, patch_size, alpha)
 
@@ -134,7 +150,11 @@ def saliency_only(frames, patch_size):
 
 def normalised_patch_means(magnitude, patch_size):
     height, width = magnitude.shape
-    means = magnitude.reshape(height // patch_size, patch_size, width // patch_size, patch_size).mean((1, 3)).flatten()
+    means = (
+        magnitude.reshape(height // patch_size, patch_size, width // patch_size, patch_size)
+        .mean((1, 3))
+        .flatten()
+    )
     return means / (means.max() + 1e-6)
 
 
@@ -144,7 +164,9 @@ def test_saliency_matches_explicit_float64_sobel(shape):
     grey = torch.randint(0, 256, (1, 1, 1, *shape), generator=gen, dtype=torch.uint8)
     patch_size = math.gcd(*shape)
     expected = normalised_patch_means(explicit_sobel_magnitude(grey[0, 0, 0].double()), patch_size)
-    torch.testing.assert_close(saliency_only(grey, patch_size)[0, 0].double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        saliency_only(grey, patch_size)[0, 0].double(), expected, rtol=1e-5, atol=1e-6
+    )
 
     rgb = torch.rand(1, 1, 3, *shape, generator=gen, dtype=torch.float64)
     luma = 0.299 * rgb[0, 0, 0] + 0.587 * rgb[0, 0, 1] + 0.114 * rgb[0, 0, 2]
@@ -153,7 +175,9 @@ def test_saliency_matches_explicit_float64_sobel(shape):
 
 
 def test_saliency_matches_opencv_sobel():
-    cv2 = pytest.importorskip("cv2", reason="OpenCV (cv2) is not installed: pip install opencv-python-headless")
+    cv2 = pytest.importorskip(
+        "cv2", reason="OpenCV (cv2) is not installed: pip install opencv-python-headless"
+    )
     import numpy as np
 
     gen = seeded(4)
@@ -164,7 +188,9 @@ def test_saliency_matches_opencv_sobel():
     gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT_101)
     magnitude = torch.from_numpy(np.sqrt(gx * gx + gy * gy)).double()
     expected = normalised_patch_means(magnitude, 8)
-    torch.testing.assert_close(saliency_only(frame, 8)[0, 0].double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        saliency_only(frame, 8)[0, 0].double(), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 # --- what the scores mean -----------------------------------------------------------------------
@@ -211,7 +237,9 @@ def test_scores_blend_normalised_motion_and_saliency():
     video = moving_square_video()
     motion = ops.motion_saliency(video, 8, alpha=1.0)
     saliency = ops.motion_saliency(video, 8, alpha=0.0)
-    torch.testing.assert_close(ops.motion_saliency(video, 8, alpha=0.25), 0.25 * motion + 0.75 * saliency)
+    torch.testing.assert_close(
+        ops.motion_saliency(video, 8, alpha=0.25), 0.25 * motion + 0.75 * saliency
+    )
 
 
 def test_no_gradient_flows():
@@ -242,10 +270,22 @@ def test_torch_compile_fullgraph(device):
 
 
 BAD_INPUTS = [
-    (dict(frames=torch.zeros(2, 3, 8, 8, dtype=torch.uint8)), ValueError, r"expected frames of shape \(batch, T, C, H, W\), got \(2, 3, 8, 8\)"),
-    (dict(frames=torch.zeros(1, 2, 3, 8, 8, dtype=torch.int32)), TypeError, "expected frames of dtype"),
+    (
+        dict(frames=torch.zeros(2, 3, 8, 8, dtype=torch.uint8)),
+        ValueError,
+        r"expected frames of shape \(batch, T, C, H, W\), got \(2, 3, 8, 8\)",
+    ),
+    (
+        dict(frames=torch.zeros(1, 2, 3, 8, 8, dtype=torch.int32)),
+        TypeError,
+        "expected frames of dtype",
+    ),
     (dict(frames=torch.zeros(1, 2, 2, 8, 8)), ValueError, "C = 1 .* or 3 .* got C = 2"),
-    (dict(frames=torch.zeros(1, 2, 3, 9, 8)), ValueError, "H and W divisible by patch_size = 4, got H = 9, W = 8"),
+    (
+        dict(frames=torch.zeros(1, 2, 3, 9, 8)),
+        ValueError,
+        "H and W divisible by patch_size = 4, got H = 9, W = 8",
+    ),
     (dict(patch_size=0), ValueError, "expected patch_size >= 1, got 0"),
     (dict(alpha=1.5), ValueError, r"expected alpha in \[0, 1\], got 1.5"),
 ]

@@ -12,7 +12,15 @@ from hvision_ext.ops.selective_scan import SCAN_CHUNK
 from tests.helpers import DEVICES, assert_close, assert_compiled_matches_eager, grads, seeded
 
 KINDS = ("fixed", "variable", "grouped")
-FEATURES = ("D", "z", "delta_bias", "delta_softplus", "initial_state", "reverse", "return_last_state")
+FEATURES = (
+    "D",
+    "z",
+    "delta_bias",
+    "delta_softplus",
+    "initial_state",
+    "reverse",
+    "return_last_state",
+)
 ALL = FEATURES
 
 
@@ -76,7 +84,9 @@ def as_tuple(result):
 def float64_copy(kwargs):
     """The same call in float64 on the CPU: the ground truth for every device and dtype."""
     return {
-        name: value.detach().double().cpu().requires_grad_() if isinstance(value, torch.Tensor) else value
+        name: value.detach().double().cpu().requires_grad_()
+        if isinstance(value, torch.Tensor)
+        else value
         for name, value in kwargs.items()
     }
 
@@ -108,7 +118,9 @@ def check_against_reference(kwargs, dtype, grad_scale=1.0):
 @pytest.mark.parametrize("feature_mask", range(2 ** len(FEATURES)))
 def test_every_combination_matches_reference_float64(device, B_kind, C_kind, feature_mask):
     features = [f for i, f in enumerate(FEATURES) if feature_mask >> i & 1]
-    kwargs = make_inputs(B_kind=B_kind, C_kind=C_kind, features=features, seed=feature_mask, device=device)
+    kwargs = make_inputs(
+        B_kind=B_kind, C_kind=C_kind, features=features, seed=feature_mask, device=device
+    )
     check_against_reference(kwargs, torch.float64)
 
 
@@ -123,7 +135,9 @@ def test_lengths_float32(device, length):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B_kind", KINDS)
 def test_dtypes(device, dtype, B_kind):
-    kwargs = make_inputs(dim=8, length=300, state=16, B_kind=B_kind, C_kind=B_kind, dtype=dtype, device=device)
+    kwargs = make_inputs(
+        dim=8, length=300, state=16, B_kind=B_kind, C_kind=B_kind, dtype=dtype, device=device
+    )
     # Low-precision gradients of u, delta, z are rounded to the input dtype.
     check_against_reference(kwargs, dtype, grad_scale=1.0 if dtype == torch.float32 else 2.0)
 
@@ -157,7 +171,9 @@ def test_state_sizes(device, state):
     features=st.sets(st.sampled_from(FEATURES)),
     seed=st.integers(0, 2**16),
 )
-def test_random_shapes_match_reference(batch, groups, channels_per_group, length, state, B_kind, C_kind, features, seed):
+def test_random_shapes_match_reference(
+    batch, groups, channels_per_group, length, state, B_kind, C_kind, features, seed
+):
     kwargs = make_inputs(
         batch=batch,
         dim=groups * channels_per_group,
@@ -176,9 +192,12 @@ def test_random_shapes_match_reference(batch, groups, channels_per_group, length
 
 
 def test_reverse_equals_flipped_scan():
-    kwargs = make_inputs(dtype=torch.float32, features=("D", "z", "delta_softplus", "return_last_state"))
+    kwargs = make_inputs(
+        dtype=torch.float32, features=("D", "z", "delta_softplus", "return_last_state")
+    )
     flipped = {
-        name: value.flip(-1) if name in ("u", "delta", "z", "B", "C") else value for name, value in kwargs.items()
+        name: value.flip(-1) if name in ("u", "delta", "z", "B", "C") else value
+        for name, value in kwargs.items()
     }
     out, last = ops.selective_scan(**{**kwargs, "reverse": True})
     out_flipped, last_flipped = ops.selective_scan(**flipped)
@@ -188,11 +207,14 @@ def test_reverse_equals_flipped_scan():
 
 def test_chained_scans_through_state_equal_one_scan():
     """Splitting L in two and passing last_state as initial_state gives the same output."""
-    kwargs = make_inputs(dtype=torch.float32, length=100, features=("D", "delta_softplus", "return_last_state"))
+    kwargs = make_inputs(
+        dtype=torch.float32, length=100, features=("D", "delta_softplus", "return_last_state")
+    )
     whole, whole_last = ops.selective_scan(**kwargs)
     cut = 37
     split = lambda part: {  # noqa: E731
-        name: value[..., part] if name in ("u", "delta", "B", "C") else value for name, value in kwargs.items()
+        name: value[..., part] if name in ("u", "delta", "B", "C") else value
+        for name, value in kwargs.items()
     }
     first, state = ops.selective_scan(**split(slice(None, cut)))
     second, last = ops.selective_scan(**{**split(slice(cut, None)), "initial_state": state})
@@ -206,8 +228,15 @@ def test_gradient_through_last_state_alone():
     _, last = ops.selective_scan(**kwargs)
     truth_kwargs = float64_copy(kwargs)
     _, truth_last = reference.selective_scan(**truth_kwargs)
-    ours = torch.autograd.grad(last.sum(), list(inputs.values()), allow_unused=True, materialize_grads=True)
-    truth = torch.autograd.grad(truth_last.sum(), list(tensor_inputs(truth_kwargs).values()), allow_unused=True, materialize_grads=True)
+    ours = torch.autograd.grad(
+        last.sum(), list(inputs.values()), allow_unused=True, materialize_grads=True
+    )
+    truth = torch.autograd.grad(
+        truth_last.sum(),
+        list(tensor_inputs(truth_kwargs).values()),
+        allow_unused=True,
+        materialize_grads=True,
+    )
     for name, a, b in zip(inputs, ours, truth):
         assert_close(a, b, torch.float64, what=f"grad of {name}")
 
@@ -229,7 +258,9 @@ def test_non_contiguous_inputs():
         strided[name] = kwargs[name].detach().transpose(0, 1).contiguous().transpose(0, 1)
     strided["A"] = kwargs["A"].detach().t().contiguous().t()
     assert not strided["u"].is_contiguous() and not strided["A"].is_contiguous()
-    for a, b in zip(as_tuple(ops.selective_scan(**strided)), as_tuple(ops.selective_scan(**kwargs))):
+    for a, b in zip(
+        as_tuple(ops.selective_scan(**strided)), as_tuple(ops.selective_scan(**kwargs))
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -241,8 +272,12 @@ def test_empty_and_degenerate_sizes():
 
 def test_checkpoints_are_saved_only_for_backward():
     kwargs = make_inputs(dtype=torch.float32, length=130, state=5)
-    _, _, saved = torch.ops.hvision.selective_scan_fwd(*forward_op_args(kwargs, save_checkpoints=True))
-    _, _, skipped = torch.ops.hvision.selective_scan_fwd(*forward_op_args(kwargs, save_checkpoints=False))
+    _, _, saved = torch.ops.hvision.selective_scan_fwd(
+        *forward_op_args(kwargs, save_checkpoints=True)
+    )
+    _, _, skipped = torch.ops.hvision.selective_scan_fwd(
+        *forward_op_args(kwargs, save_checkpoints=False)
+    )
     assert saved.shape == (2, 4, -(-130 // SCAN_CHUNK), 5) and skipped.numel() == 0
 
 
@@ -265,7 +300,15 @@ def test_cpu_backward_is_deterministic_whatever_the_thread_count():
 @pytest.mark.cuda
 @pytest.mark.parametrize("B_kind", ["variable", "grouped"])
 def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, B_kind):
-    kwargs = make_inputs(dtype=torch.float32, dim=64, length=300, state=16, B_kind=B_kind, C_kind=B_kind, device="cuda")
+    kwargs = make_inputs(
+        dtype=torch.float32,
+        dim=64,
+        length=300,
+        state=16,
+        B_kind=B_kind,
+        C_kind=B_kind,
+        device="cuda",
+    )
     inputs = list(tensor_inputs(kwargs).values())
     out = as_tuple(ops.selective_scan(**kwargs))
     cot = [torch.ones_like(o) for o in out]
@@ -279,7 +322,9 @@ def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, B_k
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("B_kind, C_kind", [("fixed", "fixed"), ("variable", "grouped"), ("grouped", "variable")])
+@pytest.mark.parametrize(
+    "B_kind, C_kind", [("fixed", "fixed"), ("variable", "grouped"), ("grouped", "variable")]
+)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck(device, B_kind, C_kind, reverse):
     kwargs = make_inputs(length=5, dim=4, state=3, B_kind=B_kind, C_kind=C_kind, device=device)
@@ -304,8 +349,18 @@ def test_gradcheck_across_chunks():
 
 def forward_op_args(kwargs, save_checkpoints=True):
     return (
-        kwargs["u"], kwargs["delta"], kwargs["A"], kwargs["B"], kwargs["C"], kwargs["D"], kwargs["z"],
-        kwargs["delta_bias"], kwargs["delta_softplus"], kwargs["initial_state"], kwargs["reverse"], save_checkpoints,
+        kwargs["u"],
+        kwargs["delta"],
+        kwargs["A"],
+        kwargs["B"],
+        kwargs["C"],
+        kwargs["D"],
+        kwargs["z"],
+        kwargs["delta_bias"],
+        kwargs["delta_softplus"],
+        kwargs["initial_state"],
+        kwargs["reverse"],
+        save_checkpoints,
     )
 
 
@@ -318,7 +373,9 @@ def test_opcheck(device, features, dtype):
     detached = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in kwargs.items()}
     out, _, checkpoints = torch.ops.hvision.selective_scan_fwd(*forward_op_args(detached))
     dout = torch.randn_like(out)
-    dlast = torch.randn(out.shape[0], out.shape[1], kwargs["A"].shape[1], device=device, dtype=kwargs["A"].dtype)
+    dlast = torch.randn(
+        out.shape[0], out.shape[1], kwargs["A"].shape[1], device=device, dtype=kwargs["A"].dtype
+    )
     bwd_args = (dout, dlast, *forward_op_args(detached)[:-1], checkpoints)
     torch.library.opcheck(torch.ops.hvision.selective_scan_bwd.default, bwd_args)
 
@@ -339,7 +396,9 @@ def test_torch_compile_inductor():
     kwargs = make_inputs(dtype=torch.float32, features=("D", "z", "delta_softplus"))
 
     def block(u, delta, z):
-        return torch.nn.functional.gelu(ops.selective_scan(**{**kwargs, "u": u, "delta": delta, "z": z}))
+        return torch.nn.functional.gelu(
+            ops.selective_scan(**{**kwargs, "u": u, "delta": delta, "z": z})
+        )
 
     compiled = torch.compile(block, fullgraph=True)
     args = (kwargs["u"].detach(), kwargs["delta"].detach(), kwargs["z"].detach())
@@ -359,21 +418,65 @@ def bad(**changes):
 BAD_INPUTS = [
     (dict(u=torch.randn(2, 4)), ValueError, r"expected u of shape \(batch, dim, L\), got \(2, 4\)"),
     (dict(u=torch.randint(0, 3, (2, 4, 70))), TypeError, "expected u of dtype"),
-    (dict(delta=torch.rand(2, 4, 69)), ValueError, r"expected delta of shape \(batch, dim, L\) = \(2, 4, 70\), got \(2, 4, 69\)"),
-    (dict(delta=torch.rand(2, 4, 70, dtype=torch.float64)), TypeError, "expected delta of dtype Float, got Double"),
-    (dict(A=-torch.rand(3, 3)), ValueError, r"expected A of shape \(dim, N\) with dim = 4, got \(3, 3\)"),
-    (dict(A=-torch.rand(4, 257), B=torch.randn(4, 257), C=torch.randn(4, 257)), ValueError, r"state size N .* \[1, 256\], got 257"),
-    (dict(A=-torch.rand(4, 3, dtype=torch.float64)), TypeError, "expected A of dtype Float, got Double"),
-    (dict(B=torch.randn(2, 3, 3, 70)), ValueError, "number of groups G of B to divide dim = 4, got G = 3"),
-    (dict(B=torch.randn(2, 4, 70)), ValueError, r"expected B of shape \(batch, N, L\) = \(2, 3, 70\), got \(2, 4, 70\)"),
-    (dict(C=torch.randn(4, 3, 70)), ValueError, r"expected C of shape \(batch, N, L\) = \(2, 3, 70\), got \(4, 3, 70\)"),
-    (dict(C=torch.randn(5)), ValueError, r"expected C of shape \(dim, N\), \(batch, N, L\) or \(batch, G, N, L\)"),
-    (dict(B=torch.randn(2, 3, 70, dtype=torch.float64)), TypeError, "expected B of dtype Float, got Double"),
+    (
+        dict(delta=torch.rand(2, 4, 69)),
+        ValueError,
+        r"expected delta of shape \(batch, dim, L\) = \(2, 4, 70\), got \(2, 4, 69\)",
+    ),
+    (
+        dict(delta=torch.rand(2, 4, 70, dtype=torch.float64)),
+        TypeError,
+        "expected delta of dtype Float, got Double",
+    ),
+    (
+        dict(A=-torch.rand(3, 3)),
+        ValueError,
+        r"expected A of shape \(dim, N\) with dim = 4, got \(3, 3\)",
+    ),
+    (
+        dict(A=-torch.rand(4, 257), B=torch.randn(4, 257), C=torch.randn(4, 257)),
+        ValueError,
+        r"state size N .* \[1, 256\], got 257",
+    ),
+    (
+        dict(A=-torch.rand(4, 3, dtype=torch.float64)),
+        TypeError,
+        "expected A of dtype Float, got Double",
+    ),
+    (
+        dict(B=torch.randn(2, 3, 3, 70)),
+        ValueError,
+        "number of groups G of B to divide dim = 4, got G = 3",
+    ),
+    (
+        dict(B=torch.randn(2, 4, 70)),
+        ValueError,
+        r"expected B of shape \(batch, N, L\) = \(2, 3, 70\), got \(2, 4, 70\)",
+    ),
+    (
+        dict(C=torch.randn(4, 3, 70)),
+        ValueError,
+        r"expected C of shape \(batch, N, L\) = \(2, 3, 70\), got \(4, 3, 70\)",
+    ),
+    (
+        dict(C=torch.randn(5)),
+        ValueError,
+        r"expected C of shape \(dim, N\), \(batch, N, L\) or \(batch, G, N, L\)",
+    ),
+    (
+        dict(B=torch.randn(2, 3, 70, dtype=torch.float64)),
+        TypeError,
+        "expected B of dtype Float, got Double",
+    ),
     (dict(D=torch.randn(5)), ValueError, r"expected D of shape \(dim,\) = \(4,\), got \(5,\)"),
     (dict(D=torch.randn(4, dtype=torch.float16)), TypeError, "expected D of dtype Float, got Half"),
     (dict(z=torch.randn(2, 4, 71)), ValueError, "expected z of shape"),
     (dict(delta_bias=torch.randn(4, 1)), ValueError, "expected delta_bias of shape"),
-    (dict(initial_state=torch.randn(2, 4, 4)), ValueError, r"expected initial_state of shape \(batch, dim, N\) = \(2, 4, 3\)"),
+    (
+        dict(initial_state=torch.randn(2, 4, 4)),
+        ValueError,
+        r"expected initial_state of shape \(batch, dim, N\) = \(2, 4, 3\)",
+    ),
 ]
 
 
@@ -390,7 +493,9 @@ def test_mixed_devices_are_rejected():
 
 @pytest.mark.cuda
 def test_mixed_cpu_cuda_devices_are_rejected():
-    with pytest.raises(ValueError, match="expected u on the same device|expected .* on the same device as u"):
+    with pytest.raises(
+        ValueError, match="expected u on the same device|expected .* on the same device as u"
+    ):
         ops.selective_scan(**bad(A=-torch.rand(4, 3, device="cuda")))
 
 
@@ -401,4 +506,6 @@ def test_backward_rejects_bad_checkpoints():
     with pytest.raises(ValueError, match="expected checkpoints of shape"):
         torch.ops.hvision.selective_scan_bwd(*args, checkpoints[:, :, :1])
     with pytest.raises(ValueError, match="expected dout of shape"):
-        torch.ops.hvision.selective_scan_bwd(torch.ones(2, 4, 3), None, *forward_op_args(kwargs)[:-1], checkpoints)
+        torch.ops.hvision.selective_scan_bwd(
+            torch.ones(2, 4, 3), None, *forward_op_args(kwargs)[:-1], checkpoints
+        )

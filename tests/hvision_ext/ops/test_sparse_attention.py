@@ -71,7 +71,13 @@ def test_patterns_match_reference_float64(device, causal, pattern, length):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(
-    "pattern", [dict(window=128, num_global=4), dict(window=63, stride=64), dict(window=5, stride=100, num_global=2)], ids=str
+    "pattern",
+    [
+        dict(window=128, num_global=4),
+        dict(window=63, stride=64),
+        dict(window=5, stride=100, num_global=2),
+    ],
+    ids=str,
 )
 @pytest.mark.parametrize("length", [127, 1000])
 def test_long_sequences_float32(device, causal, pattern, length):
@@ -87,7 +93,9 @@ def test_long_sequences_float32(device, causal, pattern, length):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("head_dim", [1, 32, 40, 64, 72, 128])
 def test_head_dims(device, head_dim):
-    qkv = make_qkv(batch=1, heads=2, length=150, head_dim=head_dim, dtype=torch.float32, device=device)
+    qkv = make_qkv(
+        batch=1, heads=2, length=150, head_dim=head_dim, dtype=torch.float32, device=device
+    )
     check_against_reference(qkv, dict(window=9, stride=16, num_global=3), torch.float32)
 
 
@@ -97,7 +105,9 @@ def test_head_dims(device, head_dim):
 def test_low_precision_head_dims(device, dtype, head_dim):
     """fp16/bf16 at head_dims that pad to the tensor-core fragment and at the largest one."""
     qkv = make_qkv(batch=1, heads=2, length=200, head_dim=head_dim, dtype=dtype, device=device)
-    check_against_reference(qkv, dict(window=7, stride=40, num_global=3, causal=True), dtype, grad_scale=2.0)
+    check_against_reference(
+        qkv, dict(window=7, stride=40, num_global=3, causal=True), dtype, grad_scale=2.0
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -107,7 +117,10 @@ def test_dtypes(device, dtype, causal):
     qkv = make_qkv(batch=1, heads=2, length=300, head_dim=64, dtype=dtype, device=device)
     # Low-precision gradients are rounded to the input dtype.
     check_against_reference(
-        qkv, dict(window=16, stride=32, num_global=2, causal=causal), dtype, grad_scale=1.0 if dtype == torch.float32 else 2.0
+        qkv,
+        dict(window=16, stride=32, num_global=2, causal=causal),
+        dtype,
+        grad_scale=1.0 if dtype == torch.float32 else 2.0,
     )
 
 
@@ -124,7 +137,9 @@ def test_dtypes(device, dtype, causal):
     scale=st.none() | st.floats(0.05, 2.0),
     seed=st.integers(0, 2**16),
 )
-def test_random_patterns_match_reference(batch, heads, length, head_dim, window, stride, num_global, causal, scale, seed):
+def test_random_patterns_match_reference(
+    batch, heads, length, head_dim, window, stride, num_global, causal, scale, seed
+):
     qkv = make_qkv(batch=batch, heads=heads, length=length, head_dim=head_dim, seed=seed)
     pattern = dict(window=window, stride=stride, num_global=num_global, causal=causal, scale=scale)
     check_against_reference(qkv, pattern, torch.float64)
@@ -153,13 +168,19 @@ def test_mask_definition():
 def test_wrappers_are_their_patterns():
     q, k, v = make_qkv(dtype=torch.float32, length=90)
     torch.testing.assert_close(
-        ops.strided_attention(q, k, v, 8, causal=True), ops.sparse_attention(q, k, v, window=7, stride=8, causal=True)
+        ops.strided_attention(q, k, v, 8, causal=True),
+        ops.sparse_attention(q, k, v, window=7, stride=8, causal=True),
     )
     torch.testing.assert_close(
-        ops.local_global_attention(q, k, v, 5, 2), ops.sparse_attention(q, k, v, window=5, num_global=2)
+        ops.local_global_attention(q, k, v, 5, 2),
+        ops.sparse_attention(q, k, v, window=5, num_global=2),
     )
-    torch.testing.assert_close(ops.strided_attention(q, k, v, 8), reference.strided_attention(q, k, v, 8))
-    torch.testing.assert_close(ops.local_global_attention(q, k, v, 5, 2), reference.local_global_attention(q, k, v, 5, 2))
+    torch.testing.assert_close(
+        ops.strided_attention(q, k, v, 8), reference.strided_attention(q, k, v, 8)
+    )
+    torch.testing.assert_close(
+        ops.local_global_attention(q, k, v, 5, 2), reference.local_global_attention(q, k, v, 5, 2)
+    )
 
 
 def test_window_zero_is_identity_on_values():
@@ -173,12 +194,17 @@ def test_non_contiguous_inputs():
     strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]
     assert not strided[0].is_contiguous()
     pattern = dict(window=3, stride=10, num_global=2)
-    torch.testing.assert_close(ops.sparse_attention(*strided, **pattern), ops.sparse_attention(q, k, v, **pattern))
+    torch.testing.assert_close(
+        ops.sparse_attention(*strided, **pattern), ops.sparse_attention(q, k, v, **pattern)
+    )
     # An expanded (stride-0) batch and a sliced head_dim.
     wide = torch.randn(1, 3, 70, 32)
     sliced = [wide[..., :16].expand(2, 3, 70, 16)] * 3
     torch.testing.assert_close(
-        ops.sparse_attention(*sliced, **pattern), reference.sparse_attention(*sliced, **pattern), rtol=1e-4, atol=1e-5
+        ops.sparse_attention(*sliced, **pattern),
+        reference.sparse_attention(*sliced, **pattern),
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 
@@ -224,7 +250,12 @@ def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, dty
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "pattern",
-    [dict(window=2, num_global=1), dict(window=1, stride=3, causal=True), dict(stride=2, num_global=2, causal=True), dict()],
+    [
+        dict(window=2, num_global=1),
+        dict(window=1, stride=3, causal=True),
+        dict(stride=2, num_global=2, causal=True),
+        dict(),
+    ],
     ids=str,
 )
 def test_gradcheck(device, pattern):
@@ -283,16 +314,42 @@ def bad_call(**changes):
 
 
 BAD_INPUTS = [
-    (dict(q=torch.randn(2, 3, 37)), ValueError, r"expected q of shape \(batch, heads, L, head_dim\), got \(2, 3, 37\)"),
-    (dict(k=torch.randn(2, 3, 36, 16)), ValueError, r"expected k of shape \(batch, heads, L, head_dim\) = \(2, 3, 37, 16\), got \(2, 3, 36, 16\)"),
-    (dict(v=torch.randn(2, 3, 37, 8)), ValueError, r"expected v of shape .* = \(2, 3, 37, 16\), got \(2, 3, 37, 8\)"),
-    (dict(q=torch.randn(2, 3, 37, 129), k=torch.randn(2, 3, 37, 129), v=torch.randn(2, 3, 37, 129)), ValueError, r"head_dim \(q.shape\[3\]\) in \[1, 128\], got 129"),
+    (
+        dict(q=torch.randn(2, 3, 37)),
+        ValueError,
+        r"expected q of shape \(batch, heads, L, head_dim\), got \(2, 3, 37\)",
+    ),
+    (
+        dict(k=torch.randn(2, 3, 36, 16)),
+        ValueError,
+        r"expected k of shape \(batch, heads, L, head_dim\) = \(2, 3, 37, 16\), got \(2, 3, 36, 16\)",
+    ),
+    (
+        dict(v=torch.randn(2, 3, 37, 8)),
+        ValueError,
+        r"expected v of shape .* = \(2, 3, 37, 16\), got \(2, 3, 37, 8\)",
+    ),
+    (
+        dict(
+            q=torch.randn(2, 3, 37, 129), k=torch.randn(2, 3, 37, 129), v=torch.randn(2, 3, 37, 129)
+        ),
+        ValueError,
+        r"head_dim \(q.shape\[3\]\) in \[1, 128\], got 129",
+    ),
     (dict(window=-1), ValueError, "expected window >= 0 or None, got -1"),
     (dict(stride=0), ValueError, "expected stride >= 1 or None, got 0"),
     (dict(num_global=-2), ValueError, "expected num_global >= 0, got -2"),
     (dict(q=torch.randint(0, 3, (2, 3, 37, 16))), TypeError, "expected q of dtype"),
-    (dict(k=torch.randn(2, 3, 37, 16, dtype=torch.float64)), TypeError, "expected k of dtype Float, got Double"),
-    (dict(v=torch.randn(2, 3, 37, 16, device="meta")), ValueError, r"expected v on the same device as q \(cpu\), got meta"),
+    (
+        dict(k=torch.randn(2, 3, 37, 16, dtype=torch.float64)),
+        TypeError,
+        "expected k of dtype Float, got Double",
+    ),
+    (
+        dict(v=torch.randn(2, 3, 37, 16, device="meta")),
+        ValueError,
+        r"expected v on the same device as q \(cpu\), got meta",
+    ),
 ]
 
 
@@ -313,10 +370,16 @@ def test_bad_pattern_is_named_by_the_op_too():
 def test_backward_rejects_bad_saved_tensors():
     q, k, v = (t.detach() for t in make_qkv(dtype=torch.float32))
     out, lse = torch.ops.hvision.sparse_attention_fwd(q, k, v, 2, None, 0, False, None)
-    with pytest.raises(ValueError, match=r"expected lse of shape \(batch, heads, L\) = \(2, 3, 37\)"):
-        torch.ops.hvision.sparse_attention_bwd(out, q, k, v, out, lse[..., :5], 2, None, 0, False, None)
+    with pytest.raises(
+        ValueError, match=r"expected lse of shape \(batch, heads, L\) = \(2, 3, 37\)"
+    ):
+        torch.ops.hvision.sparse_attention_bwd(
+            out, q, k, v, out, lse[..., :5], 2, None, 0, False, None
+        )
     with pytest.raises(TypeError, match="expected dout of dtype Float, got Double"):
-        torch.ops.hvision.sparse_attention_bwd(out.double(), q, k, v, out, lse, 2, None, 0, False, None)
+        torch.ops.hvision.sparse_attention_bwd(
+            out.double(), q, k, v, out, lse, 2, None, 0, False, None
+        )
 
 
 @pytest.mark.cuda
