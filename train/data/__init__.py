@@ -58,13 +58,20 @@ def load_splits(
     each with one sub-folder of images per class)."""
     root = Path(data_dir)
     if dataset == "shapes":
-        train, test = (load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False))
+        train, test = (
+            load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False)
+        )
     elif dataset in ("cifar10", "cifar100"):
-        train, test = (load_cifar(root, split, int(dataset[5:]), download) for split in (True, False))
+        train, test = (
+            load_cifar(root, split, int(dataset[5:]), download) for split in (True, False)
+        )
     elif dataset == "fashion_mnist":
         train, test = (load_fashion_mnist(root, split, download) for split in (True, False))
     elif dataset == "folder":
-        train, test = ImageFolder(root / "train", image_size), ImageFolder(root / "test", image_size)
+        train, test = (
+            ImageFolder(root / "train", image_size),
+            ImageFolder(root / "test", image_size),
+        )
         if train.classes != test.classes:
             raise ValueError(f"{root}: train and test have different class folders")
     else:
@@ -101,7 +108,12 @@ def make_loader(
     ``DataLoader`` (e.g. ``SelectFields(("frames", "label"))`` for video clips)."""
     if train:
         sampler = DistributedSampler(
-            dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True, seed=seed, drop_last=True
+            dataset,
+            num_replicas=distributed.world_size(),
+            rank=distributed.rank(),
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
         )
     else:
         sampler = ShardSampler(len(dataset))

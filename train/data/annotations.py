@@ -184,7 +184,9 @@ def read_json_split(root: str | Path, split: str) -> list[VideoRecord]:
     folder = Path(root) / split
     present = [name for name in JSON_FILES if (folder / "annotations" / name).is_file()]
     if not present:
-        raise FileNotFoundError(f"no annotation file ({', '.join(JSON_FILES)}) in {folder}/annotations")
+        raise FileNotFoundError(
+            f"no annotation file ({', '.join(JSON_FILES)}) in {folder}/annotations"
+        )
     fields_by_id: dict[str, dict[str, Any]] = {}
     for name in present:
         path = folder / "annotations" / name

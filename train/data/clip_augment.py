@@ -100,12 +100,15 @@ class ClipTransform:
         leading, (frames, channels, height, width) = clips.shape[:-4], clips.shape[-4:]
         size = self.size or (height, width)
         x = clips.reshape(-1, frames, channels, height, width).float().div_(255)
-        if train:
-            x = random_resized_crop(x, size, self.crop_scale, self.crop_ratio, self.flip)
-            x = colour_jitter(x, self.brightness, self.contrast, self.saturation)
+        cropping = self.crop_scale != (1.0, 1.0)
+        if train and (cropping or self.flip):
+            ratio = self.crop_ratio if cropping else (1.0, 1.0)  # no crop: the whole frame
+            x = random_resized_crop(x, size, self.crop_scale, ratio, self.flip)
         elif size != (height, width):
             resized = F.interpolate(x.flatten(0, 1), size=size, mode="bilinear", antialias=True)
             x = resized.view(-1, frames, channels, *size)
+        if train:
+            x = colour_jitter(x, self.brightness, self.contrast, self.saturation)
         mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
         return ((x - mean) / std).view(*leading, frames, channels, *size)

@@ -19,7 +19,9 @@ from .annotations import VideoRecord
 
 BACKENDS = ("decord", "opencv")
 SAMPLING_MODES = ("train", "test")
-MAX_WORKERS = 64  # slots of the shared skip counter (one per loader worker, one for the main process)
+MAX_WORKERS = (
+    64  # slots of the shared skip counter (one per loader worker, one for the main process)
+)
 
 
 class VideoReadError(RuntimeError):
@@ -112,7 +114,9 @@ class _DecordVideo:
             frames = self._reader.get_batch(indices).asnumpy()
         except Exception as error:
             if not self._resized:
-                raise VideoReadError(f"{self.path}: cannot decode ({_first_line(error)})") from error
+                raise VideoReadError(
+                    f"{self.path}: cannot decode ({_first_line(error)})"
+                ) from error
             frames = None
         if self._resized and (frames is None or frames.shape[1:] != (*self.size, 3)):
             self._fall_back_to_full_size()
@@ -302,7 +306,9 @@ def _train_starts(
     if num_frames > max(num_segments, span):  # fewer starts than segments: sorted random starts
         return torch.randint(room, (num_segments,), generator=rng).sort().values
     if room > 0:  # spread the few starts evenly
-        return (torch.arange(num_segments, dtype=torch.float64) * room / num_segments).round().long()
+        return (
+            (torch.arange(num_segments, dtype=torch.float64) * room / num_segments).round().long()
+        )
     return torch.zeros(num_segments, dtype=torch.int64)
 
 
@@ -498,7 +504,9 @@ class VideoDataset(Dataset):
         if "captions" in self.targets:
             item["captions"] = list(record.captions)
         if "domain" in self.targets:
-            item["domain"] = torch.tensor(self.domains.index(record.domain) if record.domain else -1)
+            item["domain"] = torch.tensor(
+                self.domains.index(record.domain) if record.domain else -1
+            )
         return item
 
     def _views(self, per_frame: Tensor) -> Tensor:
