@@ -4,7 +4,7 @@ set or on a list file / JSON-layout folder; and, with ``--baselines``, the singl
 mean-frame linear classifiers on the built-in set's action labels.
 
     python -m train.bench_data                                  # built-in set, 16-frame clips
-    python -m train.bench_data --video-frames 96                # longer clips: seek-heavy TSN
+    python -m train.bench_data --video-frames 256 --video-size 224 --videos 64   # seek-heavy
     python -m train.bench_data --data videos/train.txt --frame-size 128,128
     python -m train.bench_data --baselines
 """
@@ -26,7 +26,13 @@ from .data import (
     read_json_split,
     read_video_list,
 )
-from .data.moving_shapes import ACTIONS, NUM_FRAMES, ensure_moving_shapes
+from .data.moving_shapes import (
+    ACTIONS,
+    DEFAULT_SIZES,
+    FRAME_SIZE,
+    NUM_FRAMES,
+    ensure_moving_shapes,
+)
 from .data.video import BACKENDS, decode, decord_available, open_video
 
 
@@ -42,6 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="where the built-in set is cached")
     parser.add_argument(
         "--video-frames", type=int, default=NUM_FRAMES, help="frames per built-in clip"
+    )
+    parser.add_argument("--video-size", type=int, default=FRAME_SIZE, help="built-in frame side")
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=DEFAULT_SIZES["training"],
+        help="built-in training clips (other splits keep their size)",
     )
     parser.add_argument("--workers", type=parse_list, default=[0, 1, 2], help="e.g. 0,1,2")
     parser.add_argument("--backends", type=parse_list, default=list(BACKENDS))
@@ -61,14 +74,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def builtin_root(data_dir: str, video_frames: int) -> Path:
-    suffix = "" if video_frames == NUM_FRAMES else f"_{video_frames}f"
-    return ensure_moving_shapes(Path(data_dir) / f"moving_shapes{suffix}", num_frames=video_frames)
+def builtin_root(args: argparse.Namespace) -> Path:
+    """The built-in set as asked for; a variant (other length, size, count) in its own folder."""
+    shape = (args.video_frames, args.video_size, args.videos)
+    default = (NUM_FRAMES, FRAME_SIZE, DEFAULT_SIZES["training"])
+    suffix = "" if shape == default else "_{}f_{}px_{}".format(*shape)
+    return ensure_moving_shapes(
+        Path(args.data_dir) / f"moving_shapes{suffix}",
+        {"training": args.videos},
+        num_frames=args.video_frames,
+        frame_size=args.video_size,
+    )
 
 
 def records_for(args: argparse.Namespace, split: str | None = None):
     if args.data is None:
-        return read_json_split(builtin_root(args.data_dir, args.video_frames), split or args.split)
+        return read_json_split(builtin_root(args), split or args.split)
     source = Path(args.data)
     return (
         read_json_split(source, split or args.split) if source.is_dir() else read_video_list(source)
@@ -149,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     summary: dict = {"results": results}
     if args.baselines:
-        root = builtin_root(args.data_dir, args.video_frames)
+        root = builtin_root(args)
         summary["baselines"] = frame_baselines(
             read_json_split(root, "training"), read_json_split(root, "test")
         )

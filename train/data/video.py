@@ -90,7 +90,7 @@ class Video(Protocol):
 
 class _DecordVideo:
     # Sizes decord's decode-time resize got wrong in this process: decoded at full size from
-    # then on. decord pads RGB rows for some output widths and then fails to copy the frames out.
+    # then on. decord pads RGB rows for some frame widths and then fails to copy the frames out.
     broken_sizes: set[tuple[int, int]] = set()
 
     def __init__(self, path: Path, size: tuple[int, int] | None):
@@ -114,14 +114,25 @@ class _DecordVideo:
             frames = self._reader.get_batch(indices).asnumpy()
         except Exception as error:
             if not self._resized:
-                raise VideoReadError(
-                    f"{self.path}: cannot decode ({_first_line(error)})"
-                ) from error
+                return self._decode_with_opencv(indices, error)
             frames = None
         if self._resized and (frames is None or frames.shape[1:] != (*self.size, 3)):
             self._fall_back_to_full_size()
             return self.get(indices)
         return _resize(frames, self.size)
+
+    def _decode_with_opencv(self, indices: list[int], error: Exception) -> np.ndarray:
+        """decord also fails on some narrow frames (the same row padding): OpenCV decodes
+        those; a file neither decodes is unreadable."""
+        _warn_once("decord failed on a video: decoding it with OpenCV instead")
+        video = _OpenCVVideo(self.path, self.size)
+        try:
+            return video.get(indices)
+        except VideoReadError as opencv_error:
+            reason = f"decord: {_first_line(error)}; OpenCV: {opencv_error}"
+            raise VideoReadError(f"{self.path}: cannot decode ({reason})") from error
+        finally:
+            video.close()
 
     def _fall_back_to_full_size(self) -> None:
         _warn_once(
