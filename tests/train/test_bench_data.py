@@ -28,7 +28,8 @@ def test_bench_data_times_each_backend_and_worker_count(tmp_path):
 def test_frame_baselines_fit_linear_classifiers(tmp_path):
     from train.data import read_json_split
 
-    root = ensure_moving_shapes(tmp_path, {"training": 12, "validation": 2, "test": 6})
+    sizes = {"training": 12, "validation": 2, "test": 6}
+    root = ensure_moving_shapes(tmp_path, sizes, frame_size=16)
     accuracies = bench_data.frame_baselines(
         read_json_split(root, "training"), read_json_split(root, "test")
     )
