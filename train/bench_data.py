@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--videos",
         type=int,
         default=DEFAULT_SIZES["training"],
-        help="built-in training clips (other splits keep their size)",
+        help="training clips of a built-in variant",
     )
     parser.add_argument("--workers", type=parse_list, default=[0, 1, 2], help="e.g. 0,1,2")
     parser.add_argument("--backends", type=parse_list, default=list(BACKENDS))
@@ -68,20 +68,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines",
         action="store_true",
-        help="also fit linear classifiers on the built-in set's middle and mean frames",
+        help="also fit linear classifiers on the (default) built-in set's middle and mean frames",
     )
     parser.add_argument("--json", help="also write the results to this file")
     return parser.parse_args(argv)
 
 
 def builtin_root(args: argparse.Namespace) -> Path:
-    """The built-in set as asked for; a variant (other length, size, count) in its own folder."""
+    """The built-in set as asked for; a variant (other length, side or count: a benchmark's
+    training clips, one clip in the other splits) in its own folder."""
     shape = (args.video_frames, args.video_size, args.videos)
     default = (NUM_FRAMES, FRAME_SIZE, DEFAULT_SIZES["training"])
     suffix = "" if shape == default else "_{}f_{}px_{}".format(*shape)
+    sizes = {} if shape == default else {"training": args.videos, "validation": 1, "test": 1}
     return ensure_moving_shapes(
         Path(args.data_dir) / f"moving_shapes{suffix}",
-        {"training": args.videos},
+        sizes,
         num_frames=args.video_frames,
         frame_size=args.video_size,
     )
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     summary: dict = {"results": results}
     if args.baselines:
-        root = builtin_root(args)
+        root = ensure_moving_shapes(Path(args.data_dir) / "moving_shapes")
         summary["baselines"] = frame_baselines(
             read_json_split(root, "training"), read_json_split(root, "test")
         )
