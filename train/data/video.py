@@ -19,9 +19,8 @@ from .annotations import VideoRecord
 
 BACKENDS = ("decord", "opencv")
 SAMPLING_MODES = ("train", "test")
-MAX_WORKERS = (
-    64  # slots of the shared skip counter (one per loader worker, one for the main process)
-)
+# Slots of the shared skip counter: one per loader worker, one for the main process.
+MAX_WORKERS = 64
 
 
 class VideoReadError(RuntimeError):
@@ -33,7 +32,7 @@ class SkippedVideoWarning(UserWarning):
 
 
 class DecordFallbackWarning(UserWarning):
-    """decord is missing (or cannot resize a size on decode): another path is used instead."""
+    """decord is missing or fails on a video: OpenCV decodes (or resizes) instead."""
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -59,7 +58,7 @@ def default_backend() -> str:
         return "decord"
     _warn_once(
         "decord is not installed: decoding videos with OpenCV's VideoCapture instead "
-        "(slower on sparse, seek-heavy sampling); pip install decord2"
+        "(it decodes every frame up to the last one sampled); pip install decord2"
     )
     return "opencv"
 
@@ -444,6 +443,7 @@ class VideoDataset(Dataset):
         self.num_classes = num_classes or (max(labels) + 1 if labels else 0)
         self.classes = tuple(classes or (str(c) for c in range(self.num_classes)))
         self.domains = tuple(domains or sorted({r.domain for r in self.records if r.domain}))
+        _check_targets(self.records, self.num_classes, self.domains)
         self.skipped = SkipCounter()
         self._warned: set[Path] = set()
         self._check_readable(probe)
@@ -541,6 +541,16 @@ def _targets_of(records: Sequence[VideoRecord]) -> tuple[str, ...]:
         "domain": any(r.domain for r in records),
     }
     return tuple(name for name, found in present.items() if found)
+
+
+def _check_targets(records: Sequence[VideoRecord], num_classes: int, domains: tuple) -> None:
+    labels = {label for r in records for label in r.labels + tuple(a[2] for a in r.actions)}
+    outside = sorted(label for label in labels if not 0 <= label < num_classes)
+    if outside:
+        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got {outside[:8]}")
+    unknown = sorted({r.domain for r in records if r.domain and r.domain not in domains})
+    if unknown:
+        raise ValueError(f"domains {unknown} are not among the domains given, {list(domains)}")
 
 
 def _frame_labels(indices: Tensor, segments: Tensor, labels: Tensor) -> Tensor:

@@ -240,3 +240,26 @@ def test_raw_frame_folders(tmp_path):
     dataset = VideoDataset([short, record], train=False, num_segments=9)
     with pytest.warns(SkippedVideoWarning, match="cannot read frame 7"):
         assert dataset[0]["index"].item() == 1
+
+
+def test_without_decord_opencv_decodes_after_one_warning(video_dir, monkeypatch):
+    from train.data import video
+
+    monkeypatch.setattr(video, "_decord", lambda: None)
+    video._warn_once.cache_clear()
+    with pytest.warns(video.DecordFallbackWarning, match="decord is not installed"):
+        frames = read_frames(video_dir / "good.mp4", [1, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not at every read
+        assert torch.equal(read_frames(video_dir / "good.mp4", [1, 2]), frames)
+    with pytest.raises(ImportError, match="backend='decord' but decord is not installed"):
+        read_frames(video_dir / "good.mp4", [0], backend="decord")
+    video._warn_once.cache_clear()
+
+
+def test_targets_outside_the_classes_or_domains_are_rejected(video_dir):
+    record = VideoRecord(video_dir / "good.mp4", (5,), domain="news")
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=3\), got \[5\]"):
+        VideoDataset([record], train=True, num_classes=3)
+    with pytest.raises(ValueError, match=r"domains \['news'\] are not among"):
+        VideoDataset([record], train=True, domains=["sports"])
