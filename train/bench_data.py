@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     records = records_for(args)
     backends = [b for b in args.backends if b != "decord" or decord_available()]
+    if backends != args.backends:
+        print("decord is not installed: timing the other backends only")
     print(
         f"{len(records)} videos ({args.data or 'built-in set'}), TSN {args.num_segments} segments "
         f"x {args.clip_len} frames (interval {args.frame_interval}), batch {args.batch_size}"
