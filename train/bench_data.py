@@ -110,6 +110,10 @@ def measure(records, backend: str, workers: int, args: argparse.Namespace) -> di
         frame_size=tuple(args.frame_size) if args.frame_size else None,
         backend=backend,
     )
+    if len(dataset) < args.batch_size:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is more than the {len(dataset)} videos to time"
+        )
     loader = make_loader(dataset, args.batch_size, True, workers, 0, SelectFields(["frames"]))
     clips, started = 0, None
     while clips < args.clips:

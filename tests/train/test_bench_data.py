@@ -1,3 +1,5 @@
+import pytest
+
 from train import bench_data
 from train.data.moving_shapes import ensure_moving_shapes, write_mp4
 from train.data.video import decord_available
@@ -38,3 +40,10 @@ def test_frame_baselines_fit_linear_classifiers(tmp_path):
     )
     assert set(accuracies) == {"middle_frame", "mean_frame"}
     assert all(0 <= a <= 1 for a in accuracies.values())
+
+
+def test_bench_data_needs_a_batch_of_videos(tmp_path):
+    write_mp4(tmp_path / "a.mp4", frames_with_moving_bar(), 8)
+    (tmp_path / "list.txt").write_text("a.mp4 0\n")
+    with pytest.raises(ValueError, match="--batch-size 2 is more than the 1 videos"):
+        bench_data.main(["--data", str(tmp_path / "list.txt"), "--batch-size", "2"])

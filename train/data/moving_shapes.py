@@ -207,7 +207,9 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _caption(shape: str, colour: str, action: str, domain: str, start: int, gen) -> str:
+def _caption(
+    shape: str, colour: str, action: str, domain: str, start: int, gen: torch.Generator
+) -> str:
     subject = f"{_article(colour)} {colour} {shape}"
     phrase, place = ACTION_PHRASES[action], PLACES[domain]
     templates = [
