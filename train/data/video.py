@@ -473,7 +473,9 @@ class VideoDataset(Dataset):
         self.skipped.add()
         if path not in self._warned:
             self._warned.add(path)
-            warnings.warn(f"skipping {path}: {error}", SkippedVideoWarning, stacklevel=3)
+            warnings.warn(
+                f"skipped an unreadable video: {error}", SkippedVideoWarning, stacklevel=3
+            )
 
     def _check_readable(self, probe: int) -> None:
         errors = []
