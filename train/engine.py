@@ -196,6 +196,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_time_s": seconds,
                 "images_per_s": images / seconds,
+                **self._skipped_items(),
             }
             self.logger.log(record)
             self._save(improved)
@@ -204,6 +205,18 @@ class Trainer:
                 print(f"epoch {self.epoch}/{self.config.epochs}: {summary}", flush=True)
         self.logger.close()
         return record
+
+    def _skipped_items(self) -> dict[str, int]:
+        """Items skipped this epoch (unreadable files), summed over the processes, for data sets
+        that count them (``take_skipped()``, e.g. ``VideoDataset``)."""
+        counts = {}
+        for split, loader in (("train", self.train_loader), ("val", self.val_loader)):
+            take_skipped = getattr(loader.dataset, "take_skipped", None)
+            if take_skipped is not None:
+                skipped = torch.tensor(take_skipped(), dtype=torch.float64, device=self.device)
+                distributed.all_reduce_sum(skipped)
+                counts[f"{split}_skipped"] = int(skipped.item())
+        return counts
 
     @property
     def eval_model(self) -> nn.Module:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from train import checkpoint, classify
-from train.engine import Trainer, warmup_cosine
+from train.engine import EngineConfig, Trainer, warmup_cosine
 from train.metrics import read_jsonl
 
 TIMING_KEYS = ("epoch_time_s", "images_per_s")
@@ -99,3 +99,50 @@ def test_mixed_precision_runs_and_saves_the_scaler(tiny_job, tmp_path, amp):
     state = checkpoint.load(tmp_path / "run" / "last.pt")
     assert summary["test_acc"] is not None and state["config"]["amp"] == amp
     assert bool(state["scaler"]) == (amp == "fp16")  # a grad scaler only for fp16
+
+
+class ClipTask:
+    """Cross-entropy on uint8 clips flattened into a linear model."""
+
+    monitor, mode = "loss", "min"
+
+    def training_loss(self, model, batch):
+        frames, labels = batch
+        return torch.nn.functional.cross_entropy(model(frames.float() / 255), labels)
+
+    def evaluate(self, model, loader, device):
+        with torch.no_grad():
+            losses = [self.training_loss(model, [t.to(device) for t in b]) for b in loader]
+        return {"loss": torch.stack(losses).mean().item()}
+
+
+def test_epoch_records_count_the_videos_the_data_sets_skipped(tmp_path, capsys):
+    from train.data import SelectFields, VideoDataset, VideoRecord, make_loader
+    from train.data.moving_shapes import write_mp4
+    from train.data.video import SkippedVideoWarning
+
+    for k in range(3):
+        write_mp4(tmp_path / f"{k}.mp4", torch.full((4, 16, 16, 3), 60 * k, dtype=torch.uint8), 4)
+    (tmp_path / "bad.mp4").write_text("not a video")
+    records = [
+        VideoRecord(tmp_path / f"{n}.mp4", (k % 2,)) for k, n in enumerate(["0", "bad", "1", "2"])
+    ]
+    loaders = [
+        make_loader(
+            VideoDataset(records, train=train, num_segments=2),
+            2,
+            train,
+            0,
+            0,
+            SelectFields(["frames", "label"]),
+        )
+        for train in (True, False)
+    ]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 16 * 16, 2))
+    config = EngineConfig(epochs=2, batch_size=2, out_dir=str(tmp_path / "run"), num_workers=0)
+    trainer = Trainer(model, ClipTask(), *loaders, config, {}, torch.device("cpu"))
+    with pytest.warns(SkippedVideoWarning):
+        trainer.fit()
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [(r["train_skipped"], r["val_skipped"]) for r in records] == [(1, 1), (1, 1)]
+    assert "train_skipped 1, val_skipped 1" in capsys.readouterr().out

@@ -1,6 +1,9 @@
-"""Data for the training jobs: data sets (``sources``), the built-in shapes (``shapes``), tensor
-augmentations (``augment``) and loaders."""
+"""Data for the training jobs: image data sets (``sources``), the built-in shapes (``shapes``),
+tensor augmentations (``augment``), video decoding, sampling and data sets (``video``,
+``annotations``), the built-in video set (``moving_shapes``), clip augmentations
+(``clip_augment``) and loaders."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,8 +11,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .. import distributed
+from .annotations import (
+    AnnotationError,
+    VideoRecord,
+    read_json_split,
+    read_rawframe_list,
+    read_video_list,
+)
 from .augment import BatchTransform, mix_batch
+from .clip_augment import ClipTransform
+from .moving_shapes import ensure_moving_shapes, load_moving_shapes
 from .sources import ImageFolder, ImageTensorDataset, load_cifar, load_fashion_mnist, load_shapes
+from .video import (
+    SelectFields,
+    VideoDataset,
+    VideoReadError,
+    collate_clips,
+    read_frames,
+    sample_frame_indices,
+    video_info,
+)
 
 DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder")
 
@@ -37,13 +58,20 @@ def load_splits(
     each with one sub-folder of images per class)."""
     root = Path(data_dir)
     if dataset == "shapes":
-        train, test = (load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False))
+        train, test = (
+            load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False)
+        )
     elif dataset in ("cifar10", "cifar100"):
-        train, test = (load_cifar(root, split, int(dataset[5:]), download) for split in (True, False))
+        train, test = (
+            load_cifar(root, split, int(dataset[5:]), download) for split in (True, False)
+        )
     elif dataset == "fashion_mnist":
         train, test = (load_fashion_mnist(root, split, download) for split in (True, False))
     elif dataset == "folder":
-        train, test = ImageFolder(root / "train", image_size), ImageFolder(root / "test", image_size)
+        train, test = (
+            ImageFolder(root / "train", image_size),
+            ImageFolder(root / "test", image_size),
+        )
         if train.classes != test.classes:
             raise ValueError(f"{root}: train and test have different class folders")
     else:
@@ -66,12 +94,26 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int,
+    seed: int,
+    collate_fn: Callable | None = None,
+) -> DataLoader:
     """Training: shuffled per epoch (``sampler.set_epoch``), sharded across processes, last
-    partial batch dropped. Evaluation: every sample once across the processes."""
+    partial batch dropped. Evaluation: every sample once across the processes. Workers persist
+    across epochs; batches go to pinned memory when a GPU is present. ``collate_fn`` as in
+    ``DataLoader`` (e.g. ``SelectFields(("frames", "label"))`` for video clips)."""
     if train:
         sampler = DistributedSampler(
-            dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=True, seed=seed, drop_last=True
+            dataset,
+            num_replicas=distributed.world_size(),
+            rank=distributed.rank(),
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
         )
     else:
         sampler = ShardSampler(len(dataset))
@@ -83,20 +125,36 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
     )
 
 
 __all__ = [
+    "AnnotationError",
     "BatchTransform",
+    "ClipTransform",
     "DATASETS",
     "DataSplits",
     "ImageFolder",
     "ImageTensorDataset",
+    "SelectFields",
     "ShardSampler",
+    "VideoDataset",
+    "VideoReadError",
+    "VideoRecord",
+    "collate_clips",
+    "ensure_moving_shapes",
     "load_cifar",
     "load_fashion_mnist",
+    "load_moving_shapes",
     "load_shapes",
     "load_splits",
     "make_loader",
     "mix_batch",
+    "read_frames",
+    "read_json_split",
+    "read_rawframe_list",
+    "read_video_list",
+    "sample_frame_indices",
+    "video_info",
 ]

@@ -41,18 +41,28 @@ def _signed(strength: Tensor) -> Tensor:
 def _rotate(images: Tensor, s: Tensor) -> Tensor:
     angle = _signed(s) * math.radians(30)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    return _affine(images, torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1))
+    return _affine(
+        images,
+        torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1),
+    )
 
 
 def _shear(images: Tensor, s: Tensor) -> Tensor:
     one, zero = torch.ones_like(s), torch.zeros_like(s)
-    return _affine(images, torch.stack([torch.stack([one, _signed(s) * 0.3, zero], -1), torch.stack([zero, one, zero], -1)], 1))
+    return _affine(
+        images,
+        torch.stack(
+            [torch.stack([one, _signed(s) * 0.3, zero], -1), torch.stack([zero, one, zero], -1)], 1
+        ),
+    )
 
 
 def _translate(images: Tensor, s: Tensor) -> Tensor:
     one, zero = torch.ones_like(s), torch.zeros_like(s)
     tx, ty = _signed(s) * 0.3, _signed(s.clone()) * 0.3
-    return _affine(images, torch.stack([torch.stack([one, zero, tx], -1), torch.stack([zero, one, ty], -1)], 1))
+    return _affine(
+        images, torch.stack([torch.stack([one, zero, tx], -1), torch.stack([zero, one, ty], -1)], 1)
+    )
 
 
 def _per_sample(s: Tensor) -> Tensor:
@@ -102,7 +112,9 @@ def rand_augment(images: Tensor, num_ops: int, magnitude: float) -> Tensor:
     ops = list(RAND_AUGMENT_OPS.values())
     batch = images.shape[0]
     for _ in range(num_ops):
-        choice = torch.randint(0, len(ops) + 1, (batch,), device=images.device)  # len(ops): identity
+        choice = torch.randint(
+            0, len(ops) + 1, (batch,), device=images.device
+        )  # len(ops): identity
         strength = (magnitude / 10 * (0.5 + torch.rand(batch, device=images.device))).clamp(0, 1)
         out = images
         for index, op in enumerate(ops):
@@ -143,7 +155,9 @@ class BatchTransform:
         return (x * std + mean).clamp(0, 1)
 
 
-def mix_batch(images: Tensor, targets: Tensor, mixup_alpha: float, cutmix_alpha: float) -> tuple[Tensor, Tensor]:
+def mix_batch(
+    images: Tensor, targets: Tensor, mixup_alpha: float, cutmix_alpha: float
+) -> tuple[Tensor, Tensor]:
     """Mixup or cutmix (one of the enabled ones, at random) with the batch reversed as partner.
 
     ``targets`` are (batch, classes) probabilities; returns the mixed images and targets.

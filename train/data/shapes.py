@@ -33,9 +33,13 @@ SHAPES: dict[str, Shape] = {
     "disk": lambda u, v: _radius(u, v) <= 0.85,
     "square": lambda u, v: _box(u, v) <= 0.7,
     "triangle": lambda u, v: (v >= -0.5) & (v <= 1.0 - math.sqrt(3.0) * u.abs()),
-    "plus": lambda u, v: ((u.abs() <= 0.25) & (v.abs() <= 0.95)) | ((v.abs() <= 0.25) & (u.abs() <= 0.95)),
+    "plus": lambda u, v: (
+        ((u.abs() <= 0.25) & (v.abs() <= 0.95)) | ((v.abs() <= 0.25) & (u.abs() <= 0.95))
+    ),
     "ring": lambda u, v: (_radius(u, v) >= 0.5) & (_radius(u, v) <= 0.95),
-    "star": lambda u, v: _radius(u, v) <= 0.35 + 0.65 * torch.cos(2.5 * torch.atan2(v, u)).abs() ** 2,
+    "star": lambda u, v: (
+        _radius(u, v) <= 0.35 + 0.65 * torch.cos(2.5 * torch.atan2(v, u)).abs() ** 2
+    ),
     "bar": lambda u, v: (u.abs() <= 0.95) & (v.abs() <= 0.25),
     "crescent": lambda u, v: (_radius(u, v) <= 0.9) & ((u - 0.4) ** 2 + v * v > 0.49),
     "frame": lambda u, v: (_box(u, v) <= 0.85) & (_box(u, v) >= 0.5),
@@ -60,7 +64,9 @@ def _segment_distance(xs: Tensor, ys: Tensor, start: Tensor, end: Tensor) -> Ten
     px = xs - start[..., 0, None, None]
     py = ys - start[..., 1, None, None]
     length2 = (direction * direction).sum(-1).clamp_min(1e-6)[..., None, None]
-    t = ((px * direction[..., 0, None, None] + py * direction[..., 1, None, None]) / length2).clamp(0, 1)
+    t = ((px * direction[..., 0, None, None] + py * direction[..., 1, None, None]) / length2).clamp(
+        0, 1
+    )
     dx = px - t * direction[..., 0, None, None]
     dy = py - t * direction[..., 1, None, None]
     return torch.sqrt(dx * dx + dy * dy)
@@ -70,7 +76,9 @@ def _background(n: int, size: int, gen: torch.Generator) -> Tensor:
     """A smooth random colour field around a base colour, with line segments and dots painted
     on it: (n, 3, size, size)."""
     base = _uniform((n, 3, 1, 1), 0.15, 0.85, gen)
-    variation = F.interpolate(torch.rand(n, 3, 4, 4, generator=gen) - 0.5, size=(size, size), mode="bilinear")
+    variation = F.interpolate(
+        torch.rand(n, 3, 4, 4, generator=gen) - 0.5, size=(size, size), mode="bilinear"
+    )
     field = (base + 0.3 * variation).clamp(0, 1)
     xs, ys = _pixel_grid(size)
     segments, dots = 3, 4
@@ -91,7 +99,9 @@ def _shape_masks(labels: Tensor, size: int, gen: torch.Generator) -> Tensor:
     """Each image's shape at a random radius, position and rotation: (n, size, size) bool."""
     n = labels.shape[0]
     radius = _uniform((n, 1, 1), 7.0, 10.5, gen)
-    centre = _uniform((n, 2, 1, 1), 0, 1, gen) * (size - 1.4 * radius[:, None]) + 0.7 * radius[:, None]
+    centre = (
+        _uniform((n, 2, 1, 1), 0, 1, gen) * (size - 1.4 * radius[:, None]) + 0.7 * radius[:, None]
+    )
     angle = _uniform((n, 1, 1), -MAX_ROTATION, MAX_ROTATION, gen)
     xs, ys = _pixel_grid(size)
     dx, dy = xs - centre[:, 0], ys - centre[:, 1]

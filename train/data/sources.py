@@ -26,7 +26,9 @@ class ImageTensorDataset(Dataset):
 
     def __init__(self, images: Tensor, labels: Tensor, classes: tuple[str, ...]):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         self.images = images
         self.labels = labels.long()
         self.classes = tuple(classes)
@@ -54,10 +56,29 @@ class Archive:
     md5: str
 
 
-CIFAR10 = Archive("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
-CIFAR100 = Archive("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")
+CIFAR10 = Archive(
+    "cifar-10-python.tar.gz",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "c58f30108f718f92721af3b95e74349a",
+)
+CIFAR100 = Archive(
+    "cifar-100-python.tar.gz",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+)
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def fetch(data_dir: Path, filename: str, url: str, download: bool, md5: str | None = None) -> Path:
@@ -90,17 +111,29 @@ def _unpickle(archive: tarfile.TarFile, member: str) -> dict:
     return pickle.load(archive.extractfile(member), encoding="bytes")
 
 
-def load_cifar(data_dir: Path, train: bool, num_classes: int = 10, download: bool = True) -> ImageTensorDataset:
+def load_cifar(
+    data_dir: Path, train: bool, num_classes: int = 10, download: bool = True
+) -> ImageTensorDataset:
     """CIFAR-10 or CIFAR-100 read straight from the official python tarball (no extraction)."""
     if num_classes not in (10, 100):
         raise ValueError(f"CIFAR has 10 or 100 classes, got {num_classes}")
     spec = CIFAR10 if num_classes == 10 else CIFAR100
     path = fetch(data_dir, spec.filename, spec.url, download, spec.md5)
     if num_classes == 10:
-        folder, label_key, meta, names_key = "cifar-10-batches-py", b"labels", "batches.meta", b"label_names"
+        folder, label_key, meta, names_key = (
+            "cifar-10-batches-py",
+            b"labels",
+            "batches.meta",
+            b"label_names",
+        )
         members = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     else:
-        folder, label_key, meta, names_key = "cifar-100-python", b"fine_labels", "meta", b"fine_label_names"
+        folder, label_key, meta, names_key = (
+            "cifar-100-python",
+            b"fine_labels",
+            "meta",
+            b"fine_label_names",
+        )
         members = ["train" if train else "test"]
     with tarfile.open(path, "r:gz") as archive:
         batches = [_unpickle(archive, f"{folder}/{member}") for member in members]
@@ -151,7 +184,9 @@ class ImageFolder(Dataset):
             if path.suffix.lower() in IMAGE_SUFFIXES
         ]
         if not self.samples:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}/<class>/")
+            raise FileNotFoundError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}/<class>/"
+            )
         self.size = size
 
     def __len__(self) -> int:
@@ -175,5 +210,7 @@ class ImageFolder(Dataset):
 
 def load_shapes(train: bool, train_size: int, test_size: int, seed: int = 0) -> ImageTensorDataset:
     """The built-in data set; the test split uses a different seed from the training split."""
-    images, labels = generate_shapes(train_size if train else test_size, seed=2 * seed + (0 if train else 1))
+    images, labels = generate_shapes(
+        train_size if train else test_size, seed=2 * seed + (0 if train else 1)
+    )
     return ImageTensorDataset(images, labels, SHAPE_CLASSES)
