@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .. import distributed
 from .augment import BatchTransform, mix_batch
-from .sources import ImageFolder, ImageTensorDataset, load_cifar, load_fashion_mnist, load_shapes
+from .sources import ImageFolder, ImageTensorDataset, load_cifar, load_fashion_mnist, load_shape_patterns, load_shapes
 
-DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder")
+DATASETS = ("shapes", "shape_patterns", "cifar10", "cifar100", "fashion_mnist", "folder")
 
 
 @dataclass
@@ -38,6 +38,8 @@ def load_splits(
     root = Path(data_dir)
     if dataset == "shapes":
         train, test = (load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False))
+    elif dataset == "shape_patterns":
+        train, test = (load_shape_patterns(split, shapes_train_size, shapes_test_size, seed) for split in (True, False))
     elif dataset in ("cifar10", "cifar100"):
         train, test = (load_cifar(root, split, int(dataset[5:]), download) for split in (True, False))
     elif dataset == "fashion_mnist":
@@ -95,6 +97,7 @@ __all__ = [
     "ShardSampler",
     "load_cifar",
     "load_fashion_mnist",
+    "load_shape_patterns",
     "load_shapes",
     "load_splits",
     "make_loader",
