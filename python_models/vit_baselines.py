@@ -83,23 +83,32 @@ class VisualPromptTuning(FrozenViT):
     """VPT: ``num_prompts`` learned tokens put between the class token and the patch tokens,
     a linear head on the class token; the backbone is frozen. Shallow prompts enter once, before
     the first block; deep prompts are replaced by a fresh set before every block. Prompts are
-    initialised Xavier-uniform over a patch's fan-in as VPT's (±√(6 / (C·p² + dim)))."""
+    initialised Xavier-uniform over a patch's fan-in as VPT's (±√(6 / (C·p² + dim))).
+
+    Args:
+        backbone_name: a registered ViT preset.
+        pretrained: the preset's ``pretrained`` (True: timm's weights; a path: a local file).
+        num_classes: classes of the head.
+        num_prompts: prompt tokens (per block when deep), ≥ 1.
+        backbone_args: overrides of the preset's arguments.
+    """
+
+    deep: bool  # set by VPTShallow and VPTDeep
 
     def __init__(
         self,
-        deep: bool,
-        backbone_name: str,
-        pretrained: bool | str | Path,
-        num_classes: int,
-        num_prompts: int,
-        backbone_args: dict | None,
+        backbone_name: str = DEFAULT_BACKBONE,
+        pretrained: bool | str | Path = False,
+        num_classes: int = 10,
+        num_prompts: int = 10,
+        backbone_args: dict | None = None,
     ):
         super().__init__(backbone_name, pretrained, True, backbone_args)
         if num_prompts < 1:
             raise ValueError(f"num_prompts: expected >= 1, got {num_prompts}")
         self.num_classes = num_classes
         self.num_prompts = num_prompts
-        sets = len(self.backbone.blocks) if deep else 1
+        sets = len(self.backbone.blocks) if self.deep else 1
         self.prompts = nn.Parameter(torch.empty(sets, num_prompts, self.embed_dim))
         proj = self.backbone.patch_embed.proj
         fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
@@ -127,30 +136,14 @@ class VPTShallow(VisualPromptTuning):
     """VPT-shallow: one set of ``num_prompts`` prompts before the first block (see
     ``VisualPromptTuning``); trainable: the prompts and the head."""
 
-    def __init__(
-        self,
-        backbone_name: str = DEFAULT_BACKBONE,
-        pretrained: bool | str | Path = False,
-        num_classes: int = 10,
-        num_prompts: int = 10,
-        backbone_args: dict | None = None,
-    ):
-        super().__init__(False, backbone_name, pretrained, num_classes, num_prompts, backbone_args)
+    deep = False
 
 
 class VPTDeep(VisualPromptTuning):
     """VPT-deep: a set of ``num_prompts`` prompts per block, replacing the previous block's
     prompt outputs (see ``VisualPromptTuning``); trainable: the prompts and the head."""
 
-    def __init__(
-        self,
-        backbone_name: str = DEFAULT_BACKBONE,
-        pretrained: bool | str | Path = False,
-        num_classes: int = 10,
-        num_prompts: int = 10,
-        backbone_args: dict | None = None,
-    ):
-        super().__init__(True, backbone_name, pretrained, num_classes, num_prompts, backbone_args)
+    deep = True
 
 
 @register_model

@@ -78,8 +78,8 @@ class MemoryConfig(BuiltinJobConfig):
     n_steps: int = field(1, "Hopfield updates per read")
     match_threshold: float = field(0.9, "associative memory: similarity at which a feature joins")
     num_prompts: int = field(10, "VPT prompts (per block for VPT-deep)")
-    adapt_steps: int = field(50, "full-batch AdamW steps on an episode's support set")
-    adapt_lr: float = field(0.01, "learning rate of those steps")
+    adapt_steps: int = field(30, "full-batch AdamW steps on an episode's support set")
+    adapt_lr: float = field(0.02, "learning rate of those steps")
     label_smoothing: float = field(0.1, "label smoothing of the pretraining")
     # Pretraining defaults of the built-in job.
     epochs: int = field(12, "training epochs")

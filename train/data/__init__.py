@@ -9,7 +9,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .. import distributed
 from .augment import BatchTransform, mix_batch
-from .sources import ImageFolder, ImageTensorDataset, load_cifar, load_fashion_mnist, load_shape_patterns, load_shapes
+from .sources import (
+    ImageFolder,
+    ImageTensorDataset,
+    load_cifar,
+    load_fashion_mnist,
+    load_shape_patterns,
+    load_shapes,
+)
 
 DATASETS = ("shapes", "shape_patterns", "cifar10", "cifar100", "fashion_mnist", "folder")
 
@@ -39,7 +46,8 @@ def load_splits(
     if dataset == "shapes":
         train, test = (load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False))
     elif dataset == "shape_patterns":
-        train, test = (load_shape_patterns(split, shapes_train_size, shapes_test_size, seed) for split in (True, False))
+        sizes = (shapes_train_size, shapes_test_size, seed)
+        train, test = (load_shape_patterns(split, *sizes) for split in (True, False))
     elif dataset in ("cifar10", "cifar100"):
         train, test = (load_cifar(root, split, int(dataset[5:]), download) for split in (True, False))
     elif dataset == "fashion_mnist":

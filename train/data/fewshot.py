@@ -127,7 +127,10 @@ class FewShotEpisodes:
 
 class FewShotCIFAR10(FewShotEpisodes):
     """Episodes over a CIFAR-10 split (the test split by default), from the official tarball in
-    ``data_dir`` (downloaded when missing and ``download``)."""
+    ``data_dir`` (downloaded when missing and ``download``); ``episode_args`` are
+    ``FewShotEpisodes``' (pass ``classes`` for a base/novel split)."""
+
+    num_classes = 10
 
     def __init__(
         self,
@@ -136,18 +139,11 @@ class FewShotCIFAR10(FewShotEpisodes):
         download: bool = True,
         **episode_args,
     ):
-        super().__init__(load_cifar(Path(data_dir), train, 10, download), **episode_args)
+        dataset = load_cifar(Path(data_dir), train, self.num_classes, download)
+        super().__init__(dataset, **episode_args)
 
 
-class FewShotCIFAR100(FewShotEpisodes):
-    """Episodes over a CIFAR-100 split (fine labels; the test split by default), from the
-    official tarball in ``data_dir``; pass ``classes`` for a base/novel split."""
+class FewShotCIFAR100(FewShotCIFAR10):
+    """Episodes over a CIFAR-100 split (fine labels), as ``FewShotCIFAR10``."""
 
-    def __init__(
-        self,
-        data_dir: str | Path = "data",
-        train: bool = False,
-        download: bool = True,
-        **episode_args,
-    ):
-        super().__init__(load_cifar(Path(data_dir), train, 100, download), **episode_args)
+    num_classes = 100

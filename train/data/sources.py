@@ -182,13 +182,23 @@ class ImageFolder(Dataset):
         return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
+def _generated_split(
+    generate, classes: tuple[str, ...], train: bool, train_size: int, test_size: int, seed: int
+) -> ImageTensorDataset:
+    """A split of a built-in generated set (the test split has a seed of its own)."""
+    size, split_seed = (train_size, 2 * seed) if train else (test_size, 2 * seed + 1)
+    images, labels = generate(size, seed=split_seed)
+    return ImageTensorDataset(images, labels, classes)
+
+
 def load_shapes(train: bool, train_size: int, test_size: int, seed: int = 0) -> ImageTensorDataset:
-    """The built-in data set; the test split uses a different seed from the training split."""
-    images, labels = generate_shapes(train_size if train else test_size, seed=2 * seed + (0 if train else 1))
-    return ImageTensorDataset(images, labels, SHAPE_CLASSES)
+    """The built-in data set (ten shapes)."""
+    return _generated_split(generate_shapes, SHAPE_CLASSES, train, train_size, test_size, seed)
 
 
-def load_shape_patterns(train: bool, train_size: int, test_size: int, seed: int = 0) -> ImageTensorDataset:
-    """The built-in 30-class set (shapes × fills); the test split has its own seed."""
-    images, labels = generate_shape_patterns(train_size if train else test_size, seed=2 * seed + (0 if train else 1))
-    return ImageTensorDataset(images, labels, PATTERN_CLASSES)
+def load_shape_patterns(
+    train: bool, train_size: int, test_size: int, seed: int = 0
+) -> ImageTensorDataset:
+    """The built-in 30-class set (ten shapes × three fills)."""
+    sizes = (train_size, test_size, seed)
+    return _generated_split(generate_shape_patterns, PATTERN_CLASSES, train, *sizes)
