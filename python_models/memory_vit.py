@@ -307,7 +307,7 @@ class MemoryAugmentedViT(FrozenViT):
         self.memory_mode = memory_mode
         self.hopfield = nn.ModuleDict(
             {
-                str(index % depth): HopfieldLayer(
+                str(index): HopfieldLayer(
                     self.embed_dim,
                     mem_size,
                     num_heads,
@@ -328,14 +328,15 @@ class MemoryAugmentedViT(FrozenViT):
         class token it sees. Returns the logits (learned memory) or log-probabilities."""
         x = self.backbone.embed(images)
         for index, block in enumerate(self.backbone.blocks):
-            x, probabilities = block.attention_residual(x), None
-            if self.hopfield_position == "after_attn":
+            for position, residual in zip(
+                POSITIONS, (block.attention_residual, block.mlp_residual)
+            ):
+                x = residual(x)
+                if position != self.hopfield_position:
+                    continue
                 x, probabilities = self._memory(index, x, labels)
-            x = block.mlp_residual(x) if probabilities is None else x
-            if self.hopfield_position == "after_ffn":
-                x, probabilities = self._memory(index, x, labels)
-            if probabilities is not None:
-                return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+                if probabilities is not None:
+                    return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
         features = self.backbone.norm(x)
         return self.head(self.backbone.forward_head(features, pre_logits=True))
 
