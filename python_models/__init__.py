@@ -13,10 +13,13 @@ from .layers import (
     SwiGLU,
 )
 from .mamba import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
+from .memory_vit import HopfieldLayer, MemoryAugmentedViT
 from .registry import create_model, list_models, register_model
 from .vim_mae import MAEOutput, VisionMambaMAE
 from .vision_hrm import ReasoningModule, VisionHRM
 from .vision_mamba import VisionMamba
+from .vit import VisionTransformer
+from .vit_baselines import LinearProbeViT, VPTDeep, VPTShallow
 
 __all__ = [
     "Attention",
@@ -27,8 +30,11 @@ __all__ = [
     "DropPath",
     "GridPooling",
     "HierarchicalViT",
+    "HopfieldLayer",
+    "LinearProbeViT",
     "MAEOutput",
     "MambaBlock",
+    "MemoryAugmentedViT",
     "Mlp",
     "PatchEmbed",
     "PostNormBlock",
@@ -36,9 +42,12 @@ __all__ = [
     "ReasoningModule",
     "SSMDirection",
     "SwiGLU",
+    "VPTDeep",
+    "VPTShallow",
     "VisionHRM",
     "VisionMamba",
     "VisionMambaMAE",
+    "VisionTransformer",
     "create_model",
     "list_models",
     "register_model",

@@ -176,7 +176,9 @@ class Attention(nn.Module):
 
 class AttentionBlock(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)); ``window`` and
-    ``num_global`` make the attention local-global (see ``Attention``)."""
+    ``num_global`` make the attention local-global (see ``Attention``). Its parameter names are
+    timm's ``Block``'s (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``,
+    ``mlp.fc2``); ``norm_eps`` 1e-6 is timm's ViT LayerNorm."""
 
     def __init__(
         self,
@@ -188,9 +190,10 @@ class AttentionBlock(nn.Module):
         drop_path: float = 0.0,
         window: int | None = None,
         num_global: int = 0,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
             dim,
             num_heads,
@@ -199,13 +202,18 @@ class AttentionBlock(nn.Module):
             window=window,
             num_global=num_global,
         )
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def attention_residual(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(self.attn(self.norm1(x)))
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp_residual(self.attention_residual(x))
 
 
 class PostNormBlock(nn.Module):

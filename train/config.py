@@ -75,9 +75,15 @@ def load_config(cls: type[Config], argv: list[str] | None, prog: str, descriptio
     return cls(**values)
 
 
+# Sections a YAML file may group its settings under; a section's ``name`` sets the field named
+# like the section (``model: {name: memory_vit, mem_size: 100}`` sets model and mem_size).
+SECTIONS = ("model", "training", "data")
+
+
 def read_yaml(cls: type, path: Path) -> dict[str, Any]:
-    """A YAML mapping of ``cls`` fields; unknown keys are an error, not silently ignored."""
-    values = yaml.safe_load(Path(path).read_text()) or {}
+    """A YAML mapping of ``cls`` fields, flat or in ``SECTIONS``; unknown keys are an error, not
+    silently ignored."""
+    values = flatten_sections(yaml.safe_load(Path(path).read_text()) or {})
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -92,3 +98,16 @@ def field(default: Any, help: str) -> Any:
             default_factory=lambda: type(default)(default), metadata={"help": help}
         )
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            section = dict(value)
+            if "name" in section:
+                flat[key] = section.pop("name")
+            flat.update(section)
+        else:
+            flat[key] = value
+    return flat

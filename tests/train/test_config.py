@@ -6,6 +6,7 @@ import pytest
 from train.classify import ClassifyConfig
 from train.config import load_config, read_yaml
 from train.mae import MAEConfig
+from train.memory import MemoryConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -48,9 +49,13 @@ def test_builtin_default_config_file_is_the_default_job():
         ClassifyConfig()
     )
     assert read_yaml(MAEConfig, CONFIGS / "mae_shapes.yaml") == dataclasses.asdict(MAEConfig())
+    assert read_yaml(MemoryConfig, CONFIGS / "memory_vit_shapes.yaml") == dataclasses.asdict(
+        MemoryConfig()
+    )
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    cls = MAEConfig if path.name.startswith("mae") else ClassifyConfig
+    job = {"mae": MAEConfig, "memory": MemoryConfig}
+    cls = job.get(path.name.split("_")[0], ClassifyConfig)
     load_config(cls, ["--config", str(path)], "t", "t")

@@ -21,7 +21,14 @@ from .annotations import (
 from .augment import BatchTransform, mix_batch
 from .clip_augment import ClipTransform
 from .moving_shapes import ensure_moving_shapes, load_moving_shapes
-from .sources import ImageFolder, ImageTensorDataset, load_cifar, load_fashion_mnist, load_shapes
+from .sources import (
+    ImageFolder,
+    ImageTensorDataset,
+    load_cifar,
+    load_fashion_mnist,
+    load_shape_patterns,
+    load_shapes,
+)
 from .video import (
     SelectFields,
     VideoDataset,
@@ -32,7 +39,7 @@ from .video import (
     video_info,
 )
 
-DATASETS = ("shapes", "cifar10", "cifar100", "fashion_mnist", "folder")
+DATASETS = ("shapes", "shape_patterns", "cifar10", "cifar100", "fashion_mnist", "folder")
 
 
 @dataclass
@@ -61,6 +68,9 @@ def load_splits(
         train, test = (
             load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False)
         )
+    elif dataset == "shape_patterns":
+        sizes = (shapes_train_size, shapes_test_size, seed)
+        train, test = (load_shape_patterns(split, *sizes) for split in (True, False))
     elif dataset in ("cifar10", "cifar100"):
         train, test = (
             load_cifar(root, split, int(dataset[5:]), download) for split in (True, False)
@@ -147,6 +157,7 @@ __all__ = [
     "load_cifar",
     "load_fashion_mnist",
     "load_moving_shapes",
+    "load_shape_patterns",
     "load_shapes",
     "load_splits",
     "make_loader",

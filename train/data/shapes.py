@@ -1,4 +1,5 @@
-"""The built-in data set: seeded, generated 32×32 RGB images of ten shape classes.
+"""The built-in data sets: seeded, generated 32×32 RGB images of ten shape classes, and of 30
+classes (each shape filled solid, striped or checked) for few-shot and class-incremental work.
 
 Each image holds one shape (disk, square, triangle, plus, ring, star, bar, crescent, frame or
 half-disk) at a random position, size, rotation and colour, drawn over a cluttered background: a
@@ -95,9 +96,9 @@ def _background(n: int, size: int, gen: torch.Generator) -> Tensor:
     return field
 
 
-def _shape_masks(labels: Tensor, size: int, gen: torch.Generator) -> Tensor:
-    """Each image's shape at a random radius, position and rotation: (n, size, size) bool."""
-    n = labels.shape[0]
+def _shape_frames(n: int, size: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Each image's shape frame at a random radius, position and rotation: the coordinates
+    (u, v) of every pixel in radius units, (n, size, size) each, and the radius (n, 1, 1)."""
     radius = _uniform((n, 1, 1), 7.0, 10.5, gen)
     centre = (
         _uniform((n, 2, 1, 1), 0, 1, gen) * (size - 1.4 * radius[:, None]) + 0.7 * radius[:, None]
@@ -107,23 +108,90 @@ def _shape_masks(labels: Tensor, size: int, gen: torch.Generator) -> Tensor:
     dx, dy = xs - centre[:, 0], ys - centre[:, 1]
     u = (dx * torch.cos(angle) + dy * torch.sin(angle)) / radius
     v = (-dx * torch.sin(angle) + dy * torch.cos(angle)) / radius
-    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    return u, v, radius
+
+
+def _inside(shape_ids: Tensor, u: Tensor, v: Tensor) -> Tensor:
+    """Whether each pixel lies in its image's shape: (n, size, size) bool."""
+    masks = torch.zeros(u.shape, dtype=torch.bool)
     for label, inside in enumerate(SHAPES.values()):
-        chosen = labels == label
+        chosen = shape_ids == label
         masks[chosen] = inside(u[chosen], v[chosen])
     return masks
+
+
+def _contrasting_colour(background: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A colour per image that stands out from the background's mean colour by 0.3-0.55 in
+    every channel, lighter or darker: (colour, mean), each (n, 3, 1, 1)."""
+    mean = background.mean(dim=(2, 3), keepdim=True)
+    contrast = _uniform((background.shape[0], 3, 1, 1), 0.3, 0.55, gen)
+    return torch.where(mean > 0.5, mean - contrast, mean + contrast), mean
+
+
+def _to_uint8(images: Tensor, gen: torch.Generator) -> Tensor:
+    """Adds pixel noise and quantises [0, 1] images to uint8."""
+    images = images + 0.05 * torch.randn(images.shape, generator=gen)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def generate_shapes(num_images: int, seed: int, size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor]:
     """``num_images`` seeded images (uint8, (n, 3, size, size)) and their labels (int64)."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(SHAPES), (num_images,), generator=gen)
-    masks = _shape_masks(labels, size, gen)
+    u, v, _ = _shape_frames(num_images, size, gen)
+    masks = _inside(labels, u, v)
     background = _background(num_images, size, gen)
-    # The shape stands out from the background's mean colour by 0.3-0.55 in every channel.
-    mean = background.mean(dim=(2, 3), keepdim=True)
-    contrast = _uniform((num_images, 3, 1, 1), 0.3, 0.55, gen)
-    colour = torch.where(mean > 0.5, mean - contrast, mean + contrast)
-    images = torch.where(masks[:, None], colour, background)
-    images = images + 0.05 * torch.randn(images.shape, generator=gen)
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+    colour, _ = _contrasting_colour(background, gen)
+    return _to_uint8(torch.where(masks[:, None], colour, background), gen), labels
+
+
+# -- the many-class set: every shape crossed with every fill pattern ---------------------------
+
+FILL_PERIOD = 4.0  # pixels: one dark and one light band of a striped or checked fill
+
+
+def _fill_bands(coordinate: Tensor) -> Tensor:
+    return torch.floor(coordinate / (FILL_PERIOD / 2)).long()
+
+
+# Each fill as a test on shape-frame pixel coordinates (x, y) (pixels along the shape's axes,
+# randomly offset): True where the shape takes its full colour, False where it takes the
+# half-way colour between that and the background's mean.
+FILLS: dict[str, Shape] = {
+    "solid": lambda x, y: torch.ones_like(x, dtype=torch.bool),
+    "striped": lambda x, y: _fill_bands(y) % 2 == 0,
+    "checked": lambda x, y: (_fill_bands(x) + _fill_bands(y)) % 2 == 0,
+}
+PATTERN_CLASSES = tuple(f"{fill} {shape}" for shape in SHAPES for fill in FILLS)
+# The few-shot split: the novel classes are the combinations (shape s, fill f) with
+# s + f ≡ 0 (mod 3), so every shape and every fill is also seen among the base classes, but
+# never the novel combination itself.
+NOVEL_PATTERN_CLASSES = tuple(
+    index for index in range(len(PATTERN_CLASSES)) if sum(divmod(index, len(FILLS))) % 3 == 0
+)
+BASE_PATTERN_CLASSES = tuple(
+    index for index in range(len(PATTERN_CLASSES)) if index not in NOVEL_PATTERN_CLASSES
+)
+
+
+def generate_shape_patterns(
+    num_images: int, seed: int, size: int = IMAGE_SIZE
+) -> tuple[Tensor, Tensor]:
+    """``num_images`` seeded images of the 30 classes ``PATTERN_CLASSES`` (each of the ten
+    shapes, filled solid, striped or checked) drawn like ``generate_shapes``' images: uint8
+    (n, 3, size, size) and int64 labels, label = 3 · shape + fill."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(len(PATTERN_CLASSES), (num_images,), generator=gen)
+    shape_ids, fill_ids = labels.div(len(FILLS), rounding_mode="floor"), labels % len(FILLS)
+    u, v, radius = _shape_frames(num_images, size, gen)
+    masks = _inside(shape_ids, u, v)
+    offset = _uniform((num_images, 2, 1, 1), 0, FILL_PERIOD, gen)
+    x, y = u * radius + offset[:, 0], v * radius + offset[:, 1]
+    full = torch.zeros(masks.shape, dtype=torch.bool)
+    for fill_id, fill in enumerate(FILLS.values()):
+        chosen = fill_ids == fill_id
+        full[chosen] = fill(x[chosen], y[chosen])
+    background = _background(num_images, size, gen)
+    colour, mean = _contrasting_colour(background, gen)
+    shape_colour = torch.where(full[:, None], colour, 0.5 * (colour + mean))
+    return _to_uint8(torch.where(masks[:, None], shape_colour, background), gen), labels

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .shapes import CLASSES as SHAPE_CLASSES
-from .shapes import generate_shapes
+from .shapes import PATTERN_CLASSES, generate_shape_patterns, generate_shapes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -47,6 +47,15 @@ class ImageTensorDataset(Dataset):
         """Per-channel mean and std in [0, 1] units (for normalisation)."""
         x = self.images[:10000].float().div(255)
         return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+
+    def subset_classes(self, classes: tuple[int, ...]) -> "ImageTensorDataset":
+        """The images of ``classes`` only, relabelled 0 … len(classes) - 1 in that order."""
+        relabel = torch.full((len(self.classes),), -1, dtype=torch.long)
+        relabel[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+        keep = relabel[self.labels] >= 0
+        return ImageTensorDataset(
+            self.images[keep], relabel[self.labels[keep]], tuple(self.classes[c] for c in classes)
+        )
 
 
 @dataclass(frozen=True)
@@ -208,9 +217,23 @@ class ImageFolder(Dataset):
         return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
+def _generated_split(
+    generate, classes: tuple[str, ...], train: bool, train_size: int, test_size: int, seed: int
+) -> ImageTensorDataset:
+    """A split of a built-in generated set (the test split has a seed of its own)."""
+    size, split_seed = (train_size, 2 * seed) if train else (test_size, 2 * seed + 1)
+    images, labels = generate(size, seed=split_seed)
+    return ImageTensorDataset(images, labels, classes)
+
+
 def load_shapes(train: bool, train_size: int, test_size: int, seed: int = 0) -> ImageTensorDataset:
-    """The built-in data set; the test split uses a different seed from the training split."""
-    images, labels = generate_shapes(
-        train_size if train else test_size, seed=2 * seed + (0 if train else 1)
-    )
-    return ImageTensorDataset(images, labels, SHAPE_CLASSES)
+    """The built-in data set (ten shapes)."""
+    return _generated_split(generate_shapes, SHAPE_CLASSES, train, train_size, test_size, seed)
+
+
+def load_shape_patterns(
+    train: bool, train_size: int, test_size: int, seed: int = 0
+) -> ImageTensorDataset:
+    """The built-in 30-class set (ten shapes × three fills)."""
+    sizes = (train_size, test_size, seed)
+    return _generated_split(generate_shape_patterns, PATTERN_CLASSES, train, *sizes)

@@ -1,0 +1,164 @@
+"""Parameter-efficient baselines on a frozen ViT: a linear probe and visual prompt tuning (VPT,
+Jia et al. 2022), shallow and deep. The backbone is a registered ``VisionTransformer`` preset,
+frozen and kept in eval mode (no dropout, no stochastic depth) whatever the wrapper's mode."""
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .registry import create_model, register_model
+from .vit import VisionTransformer
+
+DEFAULT_BACKBONE = "vit_micro_patch4_32"
+
+
+class FrozenViT(nn.Module):
+    """A wrapper around a ViT backbone built from a preset without its head; with ``freeze``
+    the backbone gets no gradient and stays in eval mode."""
+
+    def __init__(
+        self,
+        backbone_name: str,
+        pretrained: bool | str | Path,
+        freeze: bool,
+        backbone_args: dict | None,
+    ):
+        super().__init__()
+        backbone = create_model(
+            backbone_name, pretrained=pretrained, num_classes=0, **(backbone_args or {})
+        )
+        if not isinstance(backbone, VisionTransformer):
+            raise TypeError(
+                f"backbone_name: expected a VisionTransformer preset, got {backbone_name!r} "
+                f"({type(backbone).__name__})"
+            )
+        self.backbone = backbone.requires_grad_(not freeze)
+        self.freeze_backbone = freeze
+
+    def train(self, mode: bool = True) -> "FrozenViT":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    @property
+    def patch_embed(self) -> nn.Module:
+        return self.backbone.patch_embed
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.embed_dim
+
+
+class LinearProbeViT(FrozenViT):
+    """A linear classifier on the frozen backbone's class-token features: only ``head.weight``
+    and ``head.bias`` train.
+
+    Args:
+        backbone_name: a registered ViT preset.
+        pretrained: the preset's ``pretrained`` (True: timm's weights; a path: a local file).
+        num_classes: classes of the head.
+        backbone_args: overrides of the preset's arguments.
+    """
+
+    def __init__(
+        self,
+        backbone_name: str = DEFAULT_BACKBONE,
+        pretrained: bool | str | Path = False,
+        num_classes: int = 10,
+        backbone_args: dict | None = None,
+    ):
+        super().__init__(backbone_name, pretrained, True, backbone_args)
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.backbone.forward_features(images)
+        return self.head(self.backbone.forward_head(features, pre_logits=True))
+
+
+class VisualPromptTuning(FrozenViT):
+    """VPT: ``num_prompts`` learned tokens put between the class token and the patch tokens,
+    a linear head on the class token; the backbone is frozen. Shallow prompts enter once, before
+    the first block; deep prompts are replaced by a fresh set before every block. Prompts are
+    initialised Xavier-uniform over a patch's fan-in as VPT's (±√(6 / (C·p² + dim))).
+
+    Args:
+        backbone_name: a registered ViT preset.
+        pretrained: the preset's ``pretrained`` (True: timm's weights; a path: a local file).
+        num_classes: classes of the head.
+        num_prompts: prompt tokens (per block when deep), ≥ 1.
+        backbone_args: overrides of the preset's arguments.
+    """
+
+    deep: bool  # set by VPTShallow and VPTDeep
+
+    def __init__(
+        self,
+        backbone_name: str = DEFAULT_BACKBONE,
+        pretrained: bool | str | Path = False,
+        num_classes: int = 10,
+        num_prompts: int = 10,
+        backbone_args: dict | None = None,
+    ):
+        super().__init__(backbone_name, pretrained, True, backbone_args)
+        if num_prompts < 1:
+            raise ValueError(f"num_prompts: expected >= 1, got {num_prompts}")
+        self.num_classes = num_classes
+        self.num_prompts = num_prompts
+        sets = len(self.backbone.blocks) if self.deep else 1
+        self.prompts = nn.Parameter(torch.empty(sets, num_prompts, self.embed_dim))
+        proj = self.backbone.patch_embed.proj
+        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
+        bound = math.sqrt(6.0 / (fan_in + self.embed_dim))
+        nn.init.uniform_(self.prompts, -bound, bound)
+        self.head = nn.Linear(self.embed_dim, num_classes)
+
+    def _with_prompts(self, tokens: Tensor, prompts: Tensor, replace: bool) -> Tensor:
+        prefix = self.backbone.num_prefix_tokens
+        rest = tokens[:, prefix + self.num_prompts :] if replace else tokens[:, prefix:]
+        batch_prompts = prompts.expand(tokens.shape[0], -1, -1)
+        return torch.cat([tokens[:, :prefix], batch_prompts, rest], dim=1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self._with_prompts(self.backbone.embed(images), self.prompts[0], replace=False)
+        for index, block in enumerate(self.backbone.blocks):
+            if 0 < index < len(self.prompts):
+                x = self._with_prompts(x, self.prompts[index], replace=True)
+            x = block(x)
+        features = self.backbone.norm(x)
+        return self.head(self.backbone.forward_head(features, pre_logits=True))
+
+
+class VPTShallow(VisualPromptTuning):
+    """VPT-shallow: one set of ``num_prompts`` prompts before the first block (see
+    ``VisualPromptTuning``); trainable: the prompts and the head."""
+
+    deep = False
+
+
+class VPTDeep(VisualPromptTuning):
+    """VPT-deep: a set of ``num_prompts`` prompts per block, replacing the previous block's
+    prompt outputs (see ``VisualPromptTuning``); trainable: the prompts and the head."""
+
+    deep = True
+
+
+@register_model
+def linear_probe_vit(**overrides) -> LinearProbeViT:
+    """``LinearProbeViT`` on ``vit_micro_patch4_32``."""
+    return LinearProbeViT(**overrides)
+
+
+@register_model
+def vpt_shallow(**overrides) -> VPTShallow:
+    """``VPTShallow`` with 10 prompts on ``vit_micro_patch4_32``."""
+    return VPTShallow(**overrides)
+
+
+@register_model
+def vpt_deep(**overrides) -> VPTDeep:
+    """``VPTDeep`` with 10 prompts per block on ``vit_micro_patch4_32``."""
+    return VPTDeep(**overrides)
