@@ -253,14 +253,13 @@ void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, St
 
 template <typename scalar_t>
 void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& states,
-                    at::Tensor& lse, bool save_states) {
+                    at::Tensor& lse) {
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = num_query_tiles(in.queries);
   const int64_t heads_total = in.batch * in.heads;
   const int64_t Q = in.queries, d = in.dim, dv = in.value_dim;
   at::parallel_for(0, heads_total * tiles, 1, [&](int64_t begin, int64_t end) {
     ForwardScratch<T> scratch(in);
-    std::vector<T> lse_rows(kQueryTile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t head = task / tiles;  // b * heads + h
       const Span span = split(Q, tiles, task % tiles);
@@ -271,15 +270,12 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
       std::copy_n(in.query.data_ptr<scalar_t>() + row0 * d, rows * d, scratch.state.begin());
       for (int64_t s = 1; s <= in.n_steps; ++s) {
         const StepShape step = step_shape(in, s);
-        T* step_lse = save_states ? lse.data_ptr<T>() + (s - 1) * heads_total * Q + row0
-                                  : lse_rows.data();
-        forward_step(in, set, step, rows, scratch, step_lse);
+        forward_step(in, set, step, rows, scratch,
+                     lse.data_ptr<T>() + (s - 1) * heads_total * Q + row0);
         if (step.last) break;
         std::copy_n(scratch.next.begin(), rows * d, scratch.state.begin());
-        if (save_states) {
-          std::copy_n(scratch.next.begin(), rows * d,
-                      states.data_ptr<T>() + ((s - 1) * heads_total * Q + row0) * d);
-        }
+        std::copy_n(scratch.next.begin(), rows * d,
+                    states.data_ptr<T>() + ((s - 1) * heads_total * Q + row0) * d);
       }
       std::copy_n(scratch.next.begin(), rows * dv, out.data_ptr<scalar_t>() + row0 * dv);
     }
@@ -431,12 +427,12 @@ at::Tensor finish_pattern_grad(const at::Tensor& partials, const RetrievalInputs
 
 }  // namespace
 
-ForwardResult forward_cpu(const RetrievalInputs& in, bool save_states) {
-  auto [out, states, lse] = empty_forward_outputs(in, save_states);
+ForwardResult forward_cpu(const RetrievalInputs& in) {
+  auto [out, states, lse] = empty_forward_outputs(in);
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
                                     "hopfield_retrieval_fwd_cpu", [&] {
-                                      forward_kernel<scalar_t>(in, out, states, lse, save_states);
+                                      forward_kernel<scalar_t>(in, out, states, lse);
                                     });
   }
   return {out, states, lse};

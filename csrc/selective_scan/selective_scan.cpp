@@ -101,12 +101,10 @@ ScanInputs check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::
   return in;
 }
 
-ForwardResult empty_forward_outputs(const ScanInputs& in, bool save_checkpoints) {
+ForwardResult empty_forward_outputs(const ScanInputs& in) {
   const auto acc_options = in.u.options().dtype(in.acc_dtype());
-  const int64_t chunks = save_checkpoints ? scan_num_chunks(in.length) : 0;
   return {at::empty_like(in.u), at::empty({in.batch, in.dim, in.state}, acc_options),
-          save_checkpoints ? at::empty({in.batch, in.dim, chunks, in.state}, acc_options)
-                           : at::empty({0}, acc_options)};
+          at::empty({in.batch, in.dim, scan_num_chunks(in.length), in.state}, acc_options)};
 }
 
 at::Tensor projection_rows(const at::Tensor& projection, bool variable, at::ScalarType acc) {
@@ -128,7 +126,7 @@ void check_backward_inputs(const ScanInputs& in, const at::Tensor& dout,
   check_parameter("dlast_state", dlast_state, in, {in.batch, in.dim, in.state}, "(batch, dim, N)");
   check_parameter("checkpoints", checkpoints, in,
                   {in.batch, in.dim, scan_num_chunks(in.length), in.state},
-                  "(batch, dim, num_chunks, N) (saved by the forward pass with save_checkpoints=True)");
+                  "(batch, dim, num_chunks, N) (saved by the forward pass)");
 }
 
 }  // namespace hvision::selective_scan

@@ -30,14 +30,15 @@ ScanInputs check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::
                         const std::optional<at::Tensor>& initial_state, bool reverse);
 
 // (out, last_state, checkpoints): checkpoints is (batch, dim, num_chunks, N), the state entering
-// every chunk of kScanChunk steps in scan order, or an empty tensor when not asked for.
+// every chunk of kScanChunk steps in scan order (1/kScanChunk of the states: always kept, so that
+// any forward call can be differentiated).
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); dz is empty when z is absent.
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The outputs of the forward pass, allocated for `in` (shared by every device).
-ForwardResult empty_forward_outputs(const ScanInputs& in, bool save_checkpoints);
+ForwardResult empty_forward_outputs(const ScanInputs& in);
 
 // B or C as the kernels read it: fixed (dim, N) as given, variable (batch, G, L, N) in the
 // accumulation type, so that the N values of one time step are contiguous.
@@ -51,26 +52,24 @@ void check_backward_inputs(const ScanInputs& in, const at::Tensor& dout,
                            const std::optional<at::Tensor>& dlast_state,
                            const at::Tensor& checkpoints);
 
-ForwardResult forward_cpu(const ScanInputs& in, bool save_checkpoints);
+ForwardResult forward_cpu(const ScanInputs& in);
 BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
                             const std::optional<at::Tensor>& dlast_state,
                             const at::Tensor& checkpoints);
-ForwardResult forward_cuda(const ScanInputs& in, bool save_checkpoints);
+ForwardResult forward_cuda(const ScanInputs& in);
 BackwardResult backward_cuda(const ScanInputs& in, const at::Tensor& dout,
                              const std::optional<at::Tensor>& dlast_state,
                              const at::Tensor& checkpoints);
 
 // The schema-shaped operator functions, instantiated once per device with its kernels.
-template <ForwardResult (*Kernel)(const ScanInputs&, bool)>
+template <ForwardResult (*Kernel)(const ScanInputs&)>
 ForwardResult forward_op(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                          const at::Tensor& B, const at::Tensor& C,
                          const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                          const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
-                         const std::optional<at::Tensor>& initial_state, bool reverse,
-                         bool save_checkpoints) {
+                         const std::optional<at::Tensor>& initial_state, bool reverse) {
   return Kernel(check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                             reverse),
-                save_checkpoints);
+                             reverse));
 }
 
 template <BackwardResult (*Kernel)(const ScanInputs&, const at::Tensor&,

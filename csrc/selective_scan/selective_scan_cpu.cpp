@@ -127,7 +127,7 @@ HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* 
   const int64_t N = kStates > 0 ? kStates : c.state;
   const T* A = c.A;
   for (int64_t step = 0; step < c.length; ++step) {
-    if (checkpoints && step % kScanChunk == 0) {
+    if (step % kScanChunk == 0) {
       std::copy_n(state, N, checkpoints + step / kScanChunk * N);
     }
     const int64_t t = c.time(step);
@@ -370,7 +370,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
   const int64_t N = in.state;
   const int64_t chunks = scan_num_chunks(in.length);
   T* states = last_state.data_ptr<T>();
-  T* checkpoint_base = checkpoints.numel() ? checkpoints.data_ptr<T>() : nullptr;
+  T* checkpoint_base = checkpoints.data_ptr<T>();
   const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
   at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], out_buffer, products(N);
@@ -387,7 +387,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
       scalar_t* out_row = out.data_ptr<scalar_t>() + channel * in.length;
       T* computed = output_row<T>(out_row, in.length, out_buffer);
       run_forward_channel(c, factors.get(in.length, c.z != nullptr, false), state, computed,
-                          checkpoint_base ? checkpoint_base + channel * chunks * N : nullptr,
+                          checkpoint_base + channel * chunks * N,
                           products.data());
       narrow_row(computed, out_row, in.length);
     }
@@ -491,8 +491,8 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
 
 }  // namespace
 
-ForwardResult forward_cpu(const ScanInputs& in, bool save_checkpoints) {
-  auto [out, last_state, checkpoints] = empty_forward_outputs(in, save_checkpoints);
+ForwardResult forward_cpu(const ScanInputs& in) {
+  auto [out, last_state, checkpoints] = empty_forward_outputs(in);
   if (in.length == 0) copy_or_zero(last_state, in.initial_state);
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
