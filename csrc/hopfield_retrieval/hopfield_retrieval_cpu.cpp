@@ -425,8 +425,6 @@ at::Tensor finish_pattern_grad(const at::Tensor& partials, const RetrievalInputs
   return total.to(in.query.scalar_type());
 }
 
-}  // namespace
-
 ForwardResult forward_cpu(const RetrievalInputs& in) {
   auto [out, states, lse] = empty_forward_outputs(in);
   if (out.numel() > 0) {
@@ -460,9 +458,13 @@ BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
                             : at::empty({0}, in.query.options())};
 }
 
+constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("hopfield_retrieval_fwd", &forward_op<forward_cpu>);
-  m.impl("hopfield_retrieval_bwd", &backward_op<backward_cpu>);
+  m.impl("hopfield_retrieval_fwd", &forward_op<kCpuKernels>);
+  m.impl("hopfield_retrieval_bwd", &backward_op<kCpuKernels>);
 }
 
 }  // namespace hvision::hopfield_retrieval

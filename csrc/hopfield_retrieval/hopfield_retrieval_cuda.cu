@@ -325,8 +325,6 @@ Args<scalar_t> make_args(const RetrievalInputs& in) {
   return args;
 }
 
-}  // namespace
-
 ForwardResult forward_cuda(const RetrievalInputs& in) {
   const c10::cuda::CUDAGuard guard(in.query.device());
   auto [out, states, lse] = empty_forward_outputs(in);
@@ -387,9 +385,13 @@ BackwardResult backward_cuda(const RetrievalInputs& in, const at::Tensor& dout,
   return {dquery, dstored, dvalues};
 }
 
+constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("hopfield_retrieval_fwd", &forward_op<forward_cuda>);
-  m.impl("hopfield_retrieval_bwd", &backward_op<backward_cuda>);
+  m.impl("hopfield_retrieval_fwd", &forward_op<kCudaKernels>);
+  m.impl("hopfield_retrieval_bwd", &backward_op<kCudaKernels>);
 }
 
 }  // namespace hvision::hopfield_retrieval

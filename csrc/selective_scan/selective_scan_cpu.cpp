@@ -397,11 +397,12 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
 // Gradients of one backward call in the accumulation type, before the reductions over batch
 // and channel blocks that make them the shapes of the inputs.
 struct GradBuffers {
-  at::Tensor du, ddelta, dz;                // like u
-  at::Tensor dA, d_fixed_B, d_fixed_C;      // (batch, dim, N) per-batch partials
-  at::Tensor d_var_B, d_var_C;              // (batch, blocks, G, L, N) per-block partials
-  at::Tensor d_skip, d_delta_bias;          // (batch, dim) per-batch partials
-  at::Tensor d_initial_state;               // (batch, dim, N)
+  at::Tensor du, ddelta, dz;    // like u (dz empty without z)
+  at::Tensor dA;                // (batch, dim, N) per-batch partials
+  at::Tensor dB, dC;            // fixed: (batch, dim, N) per-batch partials; variable:
+                                // (batch, blocks, G, L, N) per-block partials
+  at::Tensor dD, d_delta_bias;  // (batch, dim) per-batch partials
+  at::Tensor d_initial_state;   // (batch, dim, N)
 };
 
 GradBuffers empty_grads(const ScanInputs& in, int64_t blocks) {
@@ -415,9 +416,9 @@ GradBuffers empty_grads(const ScanInputs& in, int64_t blocks) {
   g.ddelta = at::empty_like(in.u);
   g.dz = in.z ? at::empty_like(in.u) : at::empty({0}, in.u.options());
   g.dA = at::zeros({in.batch, in.dim, in.state}, acc);
-  (in.B_variable() ? g.d_var_B : g.d_fixed_B) = projection(in.B_variable(), in.groups_B);
-  (in.C_variable() ? g.d_var_C : g.d_fixed_C) = projection(in.C_variable(), in.groups_C);
-  g.d_skip = at::zeros({in.batch, in.dim}, acc);
+  g.dB = projection(in.B_variable(), in.groups_B);
+  g.dC = projection(in.C_variable(), in.groups_C);
+  g.dD = at::zeros({in.batch, in.dim}, acc);
   g.d_delta_bias = at::zeros({in.batch, in.dim}, acc);
   g.d_initial_state = at::empty({in.batch, in.dim, in.state}, acc);
   return g;
@@ -431,11 +432,10 @@ int64_t channel_blocks(const ScanInputs& in) {
 }
 
 // dB or dC from its buffer: fixed (dim, N) summed over the batch, or variable (batch, G, N, L)
-// summed over the blocks, in the dtype of the input.
-at::Tensor reduce_projection_grad(const at::Tensor& fixed, const at::Tensor& variable,
-                                  at::ScalarType dtype) {
-  if (!variable.defined()) return fixed.sum(0);
-  return variable.sum(1).transpose(-1, -2).to(dtype).contiguous();
+// summed over the blocks, in the dtype of the input and the layout of projection_rows.
+at::Tensor reduce_projection_grad(const at::Tensor& buffer, bool variable, at::ScalarType dtype) {
+  if (!variable) return buffer.sum(0);
+  return buffer.sum(1).transpose(-1, -2).to(dtype);
 }
 
 template <typename scalar_t>
@@ -447,11 +447,11 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
   const int64_t N = in.state, L = in.length;
   const int64_t chunks = scan_num_chunks(L);
   // A task is (batch, block of channels); it alone writes its rows of the dB/dC buffers.
-  const auto grad_projection = [&](const at::Tensor& fixed, const at::Tensor& variable,
-                                   int64_t groups, int64_t b, int64_t block, int64_t d) {
-    if (groups == 0) return fixed.data_ptr<T>() + (b * in.dim + d) * N;
+  const auto grad_projection = [&](const at::Tensor& buffer, int64_t groups, int64_t b,
+                                   int64_t block, int64_t d) {
+    if (groups == 0) return buffer.data_ptr<T>() + (b * in.dim + d) * N;
     const int64_t group = d / (in.dim / groups);
-    return variable.data_ptr<T>() + ((b * blocks + block) * groups + group) * L * N;
+    return buffer.data_ptr<T>() + ((b * blocks + block) * groups + group) * L * N;
   };
   at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], dout_buffer, du_buffer, ddelta_buffer, dz_buffer;
@@ -469,8 +469,8 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
             output_row<T>(g.ddelta.data_ptr<scalar_t>() + offset, L, ddelta_buffer),
             in.z ? output_row<T>(g.dz.data_ptr<scalar_t>() + offset, L, dz_buffer) : nullptr,
             g.dA.data_ptr<T>() + channel * N,
-            grad_projection(g.d_fixed_B, g.d_var_B, in.groups_B, b, block, d),
-            grad_projection(g.d_fixed_C, g.d_var_C, in.groups_C, b, block, d)};
+            grad_projection(g.dB, in.groups_B, b, block, d),
+            grad_projection(g.dC, in.groups_C, b, block, d)};
         T* adjoint = g.d_initial_state.data_ptr<T>() + channel * N;
         if (dlast_state) {
           std::copy_n(dlast_state->data_ptr<T>() + channel * N, N, adjoint);
@@ -482,14 +482,12 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
         narrow_row(grads.du, g.du.data_ptr<scalar_t>() + offset, L);
         narrow_row(grads.ddelta, g.ddelta.data_ptr<scalar_t>() + offset, L);
         if (in.z) narrow_row(grads.dz, g.dz.data_ptr<scalar_t>() + offset, L);
-        g.d_skip.data_ptr<T>()[channel] = grads.d_skip;
+        g.dD.data_ptr<T>()[channel] = grads.d_skip;
         g.d_delta_bias.data_ptr<T>()[channel] = grads.d_delta_bias;
       }
     }
   });
 }
-
-}  // namespace
 
 ForwardResult forward_cpu(const ScanInputs& in) {
   auto [out, last_state, checkpoints] = empty_forward_outputs(in);
@@ -518,17 +516,21 @@ BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
   return {g.du,
           g.ddelta,
           g.dA.sum(0),
-          reduce_projection_grad(g.d_fixed_B, g.d_var_B, in.B.scalar_type()),
-          reduce_projection_grad(g.d_fixed_C, g.d_var_C, in.C.scalar_type()),
-          g.d_skip.sum(0),
+          reduce_projection_grad(g.dB, in.B_variable(), in.B.scalar_type()),
+          reduce_projection_grad(g.dC, in.C_variable(), in.C.scalar_type()),
+          g.dD.sum(0),
           g.dz,
           g.d_delta_bias.sum(0),
           g.d_initial_state};
 }
 
+constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("selective_scan_fwd", &forward_op<forward_cpu>);
-  m.impl("selective_scan_bwd", &backward_op<backward_cpu>);
+  m.impl("selective_scan_fwd", &forward_op<kCpuKernels>);
+  m.impl("selective_scan_bwd", &backward_op<kCpuKernels>);
 }
 
 }  // namespace hvision::selective_scan

@@ -706,13 +706,13 @@ at::Tensor projection_grad_buffer(const ScanInputs& in, int64_t groups, const Ti
 }
 
 // dB or dC in the canonical layout of the input: fixed (dim, N), or variable (batch, G, N, L) in
-// the input's dtype.
+// the input's dtype and the layout of projection_rows.
 at::Tensor finish_projection_grad(const at::Tensor& buffer, const ScanInputs& in, int64_t groups,
                                   at::ScalarType dtype, bool slabs) {
   if (groups == 0) return buffer.sum(0);
   const at::Tensor summed =
       slabs ? buffer.view({in.batch, groups, -1, in.length, in.state}).sum(2) : buffer;
-  return summed.transpose(-1, -2).to(dtype).contiguous();
+  return summed.transpose(-1, -2).to(dtype);
 }
 
 GradBuffers empty_grads(const ScanInputs& in, const Tiling& tiling, bool slabs) {
@@ -753,8 +753,6 @@ void launch_backward(const ScanInputs& in, const at::Tensor& B, const at::Tensor
   launch(backward_kernel<scalar_t, P>, tiling, in.batch,
          BackwardLayout<T, P>::bytes(tiling.channels, tiling.threads), args);
 }
-
-}  // namespace
 
 ForwardResult forward_cuda(const ScanInputs& in) {
   const c10::cuda::CUDAGuard guard(in.u.device());
@@ -807,9 +805,13 @@ BackwardResult backward_cuda(const ScanInputs& in, const at::Tensor& dout,
           g.d_initial_state};
 }
 
+constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("selective_scan_fwd", &forward_op<forward_cuda>);
-  m.impl("selective_scan_bwd", &backward_op<backward_cuda>);
+  m.impl("selective_scan_fwd", &forward_op<kCudaKernels>);
+  m.impl("selective_scan_bwd", &backward_op<kCudaKernels>);
 }
 
 }  // namespace hvision::selective_scan

@@ -286,8 +286,6 @@ void backward_kernel(const AttentionInputs& in, const GradTensors& g) {
 
 at::ScalarType acc_dtype(const AttentionInputs& in) { return at::toOpMathType(in.q.scalar_type()); }
 
-}  // namespace
-
 ForwardResult forward_cpu(const AttentionInputs& in) {
   const at::ScalarType acc = acc_dtype(in);
   const at::Tensor q = in.q.to(acc), k = in.k.to(acc), v = in.v.to(acc);
@@ -320,9 +318,13 @@ BackwardResult backward_cpu(const AttentionInputs& in, const SavedForward& saved
   return {g.dq.to(dtype), g.dk.to(dtype), g.dv.to(dtype)};
 }
 
+constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("sparse_attention_fwd", &forward_op<forward_cpu>);
-  m.impl("sparse_attention_bwd", &backward_op<backward_cpu>);
+  m.impl("sparse_attention_fwd", &forward_op<kCpuKernels>);
+  m.impl("sparse_attention_bwd", &backward_op<kCpuKernels>);
 }
 
 }  // namespace hvision::sparse_attention

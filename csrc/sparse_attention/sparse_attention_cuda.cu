@@ -513,8 +513,6 @@ typename DeviceType<scalar_t>::type* device_data_mut(at::Tensor& t) {
   return reinterpret_cast<typename DeviceType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
 }
 
-}  // namespace
-
 ForwardResult forward_cuda(const AttentionInputs& in) {
   const c10::cuda::CUDAGuard guard(in.q.device());
   at::Tensor out = at::empty_like(in.q);
@@ -565,9 +563,13 @@ BackwardResult backward_cuda(const AttentionInputs& in, const SavedForward& save
   return {dq, dk, dv};
 }
 
+constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("sparse_attention_fwd", &forward_op<forward_cuda>);
-  m.impl("sparse_attention_bwd", &backward_op<backward_cuda>);
+  m.impl("sparse_attention_fwd", &forward_op<kCudaKernels>);
+  m.impl("sparse_attention_bwd", &backward_op<kCudaKernels>);
 }
 
 }  // namespace hvision::sparse_attention

@@ -19,20 +19,20 @@ FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 class Output(NamedTuple):
     """An output of an operator: its shape, its dtype (that of `like` when None), on `like`'s
-    device."""
+    device; contiguous, or `transposed`: stored as the contiguous transpose of its last two
+    axes."""
 
     like: Tensor
     shape: Sequence[int | torch.SymInt]
     dtype: torch.dtype | None = None
+    transposed: bool = False
 
     def empty(self) -> Tensor:
-        return self.like.new_empty(tuple(self.shape), dtype=self.dtype or self.like.dtype)
-
-    def check(self, op: str, name: str, t: Tensor, like_name: str, meaning: str) -> None:
-        """t (a saved output, or its gradient) must be what this describes."""
-        check_same_device(op, like_name, self.like, **{name: t})
-        check_dtype(op, name, t, (self.dtype or self.like.dtype,))
-        check_shape(op, name, t, self.shape, meaning)
+        dtype = self.dtype or self.like.dtype
+        if not self.transposed:
+            return self.like.new_empty(tuple(self.shape), dtype=dtype)
+        *lead, rows, columns = self.shape
+        return self.like.new_empty((*lead, columns, rows), dtype=dtype).transpose(-1, -2)
 
 
 def register_meta(op: str) -> Callable[[Callable], Callable]:
@@ -69,52 +69,60 @@ def dtype_name(dtype: torch.dtype) -> str:
     return torch.empty((), dtype=dtype, device="meta").type().rsplit(".", 1)[-1][: -len("Tensor")]
 
 
-def check_dim(op: str, name: str, t: Tensor, dims: Sequence[int], meaning: str) -> None:
-    torch._check_value(
-        t.dim() in dims,
-        lambda: f"{op}: expected {name} of shape {meaning}, got {shape_string(t.shape)}",
-    )
+class Checks:
+    """The argument checks of one operator, each raising in the C++ checks' wording: "<op>:
+    expected <what>, got <actual>"."""
 
+    def __init__(self, op: str):
+        self.op = op
 
-def check_shape(op: str, name: str, t: Tensor, expected: Sequence, meaning: str) -> None:
-    torch._check_value(
-        t.dim() == len(expected) and all(a == e for a, e in zip(t.shape, expected)),
-        lambda: (
-            f"{op}: expected {name} of shape {meaning} = {shape_string(expected)}, "
-            f"got {shape_string(t.shape)}"
-        ),
-    )
+    def range(self, condition, what: str, got) -> None:
+        """ValueError unless condition."""
+        torch._check_value(condition, lambda: f"{self.op}: expected {what}, got {got}")
 
+    def size(self, what: str, size, limit: int) -> None:
+        """A size in [1, limit] (a kernel's limit)."""
+        self.range(1 <= size <= limit, f"{what} in [1, {limit}]", size)
 
-def check_dtype(op: str, name: str, t: Tensor, allowed: Sequence[torch.dtype]) -> None:
-    def message() -> str:
-        expected = " or ".join(dtype_name(d) for d in dict.fromkeys(allowed))
-        return f"{op}: expected {name} of dtype {expected}, got {dtype_name(t.dtype)}"
+    def dim(self, name: str, t: Tensor, dims: Sequence[int], meaning: str) -> None:
+        self.range(t.dim() in dims, f"{name} of shape {meaning}", shape_string(t.shape))
 
-    torch._check_type(t.dtype in allowed, message)
+    def shape(self, name: str, t: Tensor, expected: Sequence, meaning: str) -> None:
+        torch._check_value(
+            t.dim() == len(expected) and all(a == e for a, e in zip(t.shape, expected)),
+            lambda: (
+                f"{self.op}: expected {name} of shape {meaning} = {shape_string(expected)}, "
+                f"got {shape_string(t.shape)}"
+            ),
+        )
 
+    def dtype(self, name: str, t: Tensor, allowed: Sequence[torch.dtype]) -> None:
+        def message() -> str:
+            expected = " or ".join(dtype_name(d) for d in dict.fromkeys(allowed))
+            return f"{self.op}: expected {name} of dtype {expected}, got {dtype_name(t.dtype)}"
 
-def check_same_device(op: str, reference_name: str, reference: Tensor, **tensors: Tensor | None):
-    for name, tensor in tensors.items():
-        if tensor is not None:
-            _check_device(op, name, tensor, reference_name, reference)
+        torch._check_type(t.dtype in allowed, message)
 
+    def same_device(self, reference_name: str, reference: Tensor, **tensors: Tensor | None):
+        for name, tensor in tensors.items():
+            if tensor is not None:
+                self._device(name, tensor, reference_name, reference)
 
-def _check_device(op: str, name: str, t: Tensor, reference_name: str, reference: Tensor) -> None:
-    torch._check_value(
-        t.device == reference.device,
-        lambda: (
-            f"{op}: expected {name} on the same device as {reference_name} "
-            f"({reference.device}), got {t.device}"
-        ),
-    )
+    def _device(self, name: str, t: Tensor, reference_name: str, reference: Tensor) -> None:
+        torch._check_value(
+            t.device == reference.device,
+            lambda: (
+                f"{self.op}: expected {name} on the same device as {reference_name} "
+                f"({reference.device}), got {t.device}"
+            ),
+        )
 
+    def like(self, name: str, t: Tensor, like: Tensor, like_name: str, meaning: str) -> None:
+        """t must be on like's device, of its dtype and shape."""
+        self.output(name, t, Output(like, like.shape), like_name, meaning)
 
-def check_like(op: str, name: str, t: Tensor, like: Tensor, like_name: str, meaning: str) -> None:
-    """t must be on like's device, of its dtype and shape."""
-    Output(like, like.shape).check(op, name, t, like_name, meaning)
-
-
-def check_range(op: str, condition, what: str, got) -> None:
-    """ValueError "op: expected <what>, got <got>" unless condition."""
-    torch._check_value(condition, lambda: f"{op}: expected {what}, got {got}")
+    def output(self, name: str, t: Tensor, spec: "Output", like_name: str, meaning: str) -> None:
+        """t (a saved output, or its gradient) must be what spec describes."""
+        self.same_device(like_name, spec.like, **{name: t})
+        self.dtype(name, t, (spec.dtype or spec.like.dtype,))
+        self.shape(name, t, spec.shape, meaning)

@@ -11,19 +11,10 @@ from .. import reference
 from .._C import HOPFIELD_MAX_DIM
 from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._meta import (
-    FLOATING,
-    Output,
-    check_dim,
-    check_dtype,
-    check_range,
-    check_same_device,
-    check_shape,
-    register_meta,
-    validate,
-)
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
 _OP = "hopfield_retrieval"
+_check = Checks(_OP)
 _fwd = torch.ops.hvision.hopfield_retrieval_fwd.default
 _bwd = torch.ops.hvision.hopfield_retrieval_bwd.default
 
@@ -67,33 +58,29 @@ def _check_patterns(name: str, t: Tensor, query: Tensor, shared: bool, width) ->
     """stored or values: (batch, heads, M, width), or (heads, M, width) shared across the
     batch, with M that of stored."""
     batch, heads = query.shape[:2]
-    check_same_device(_OP, "query", query, **{name: t})
-    check_dtype(_OP, name, t, (query.dtype,))
+    _check.same_device("query", query, **{name: t})
+    _check.dtype(name, t, (query.dtype,))
     if shared:
-        check_shape(_OP, name, t, (heads, *width), "(heads, M, d) shared across the batch")
+        _check.shape(name, t, (heads, *width), "(heads, M, d) shared across the batch")
     else:
-        check_shape(_OP, name, t, (batch, heads, *width), "(batch, heads, M, d)")
-
-
-def _check_feature_size(what: str, size) -> None:
-    check_range(_OP, 1 <= size <= HOPFIELD_MAX_DIM, f"{what} in [1, {HOPFIELD_MAX_DIM}]", size)
+        _check.shape(name, t, (batch, heads, *width), "(batch, heads, M, d)")
 
 
 @register_meta("hopfield_retrieval_fwd")
 def _fwd_meta(query, stored, values, beta, n_steps):
-    check_dim(_OP, "query", query, (4,), "(batch, heads, Q, d)")
-    check_dtype(_OP, "query", query, FLOATING)
-    check_dim(_OP, "stored", stored, (3, 4), "(batch, heads, M, d) or (heads, M, d)")
+    _check.dim("query", query, (4,), "(batch, heads, Q, d)")
+    _check.dtype("query", query, FLOATING)
+    _check.dim("stored", stored, (3, 4), "(batch, heads, M, d) or (heads, M, d)")
     torch._check_type(
         isinstance(n_steps, int) and not isinstance(n_steps, bool),
         lambda: f"{_OP}: expected n_steps to be an int, got {type(n_steps).__name__}",
     )
-    check_range(_OP, n_steps >= 1, "n_steps >= 1", n_steps)
-    check_range(_OP, math.isfinite(beta) and beta > 0, "beta > 0 and finite", beta)
+    _check.range(n_steps >= 1, "n_steps >= 1", n_steps)
+    _check.range(math.isfinite(beta) and beta > 0, "beta > 0 and finite", beta)
     batch, heads, queries, dim = query.shape
     patterns = stored.shape[-2]
     shared = stored.dim() == 3
-    _check_feature_size("the pattern size d (query.shape[-1])", dim)
+    _check.size("the pattern size d (query.shape[-1])", dim, HOPFIELD_MAX_DIM)
     torch._check_value(
         patterns >= 1,
         lambda: f"{_OP}: expected at least one stored pattern (M = stored.shape[-2]), got M = 0",
@@ -101,15 +88,14 @@ def _fwd_meta(query, stored, values, beta, n_steps):
     _check_patterns("stored", stored, query, shared, (patterns, dim))
     value_dim = dim
     if values is not None:
-        check_range(
-            _OP,
+        _check.range(
             values.dim() == stored.dim(),
             f"values with as many dimensions as stored ({stored.dim()})",
             f"shape {tuple(values.shape)}",
         )
         _check_patterns("values", values, query, shared, (patterns, values.shape[-1]))
         value_dim = values.shape[-1]
-        _check_feature_size("the value size dv (values.shape[-1])", value_dim)
+        _check.size("the value size dv (values.shape[-1])", value_dim, HOPFIELD_MAX_DIM)
     acc = accumulation_dtype(query.dtype)
     rows = (batch, heads, queries)
     return (
@@ -123,10 +109,12 @@ def _fwd_meta(query, stored, values, beta, n_steps):
 def _bwd_meta(dout, query, stored, values, out, states, lse, beta, n_steps):
     saved_out, saved_states, saved_lse = _fwd_meta(query, stored, values, beta, n_steps)
     for name, t in (("dout", dout), ("out", out)):
-        saved_out.check(_OP, name, t, "query", "(batch, heads, Q, dv)")
+        _check.output(name, t, saved_out, "query", "(batch, heads, Q, dv)")
     saved = " (saved by the forward pass)"
-    saved_states.check(_OP, "states", states, "query", f"(n_steps - 1, batch, heads, Q, d){saved}")
-    saved_lse.check(_OP, "lse", lse, "query", f"(n_steps, batch, heads, Q){saved}")
+    _check.output(
+        "states", states, saved_states, "query", f"(n_steps - 1, batch, heads, Q, d){saved}"
+    )
+    _check.output("lse", lse, saved_lse, "query", f"(n_steps, batch, heads, Q){saved}")
     dvalues = Output(values, values.shape) if values is not None else Output(query, (0,))
     return Output(query, query.shape), Output(stored, stored.shape), dvalues
 

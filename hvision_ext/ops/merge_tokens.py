@@ -7,20 +7,10 @@ from torch import Tensor
 from .. import reference
 from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._meta import (
-    FLOATING,
-    Output,
-    check_dim,
-    check_dtype,
-    check_range,
-    check_same_device,
-    check_shape,
-    register_meta,
-    validate,
-)
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-_MERGE = "merge_tokens"
-_UNMERGE = "unmerge_tokens"
+_merge = Checks("merge_tokens")
+_unmerge = Checks("unmerge_tokens")
 _merge_fwd = torch.ops.hvision.merge_tokens_fwd.default
 _merge_bwd = torch.ops.hvision.merge_tokens_bwd.default
 _unmerge_fwd = torch.ops.hvision.unmerge_tokens_fwd.default
@@ -68,45 +58,44 @@ def unmerge_tokens(y, assign):
     return _unmerge_fwd(y, assign)
 
 
-def _check_tokens(op: str, name: str, t: Tensor, meaning: str) -> None:
-    check_dim(op, name, t, (3,), meaning)
-    check_dtype(op, name, t, FLOATING)
+def _check_tokens(check: Checks, name: str, t: Tensor, meaning: str) -> None:
+    check.dim(name, t, (3,), meaning)
+    check.dtype(name, t, FLOATING)
 
 
-def _check_per_token(op: str, name: str, t: Tensor | None, x: Tensor, tokens) -> None:
+def _check_per_token(check: Checks, name: str, t: Tensor | None, x: Tensor, tokens) -> None:
     """A (batch, N) tensor in x's dtype or its accumulation dtype."""
     if t is None:
         return
-    check_same_device(op, "x", x, **{name: t})
-    check_dtype(op, name, t, (x.dtype, accumulation_dtype(x.dtype)))
-    check_shape(op, name, t, (x.shape[0], tokens), "(batch, N)")
+    check.same_device("x", x, **{name: t})
+    check.dtype(name, t, (x.dtype, accumulation_dtype(x.dtype)))
+    check.shape(name, t, (x.shape[0], tokens), "(batch, N)")
 
 
-def _check_assign(op: str, assign: Tensor, like: Tensor, like_name: str, tokens) -> None:
+def _check_assign(check: Checks, assign: Tensor, like: Tensor, like_name: str, tokens) -> None:
     """assign (batch, N) int64; its values' range is checked by the kernels."""
-    check_dim(op, "assign", assign, (2,), "(batch, N)")
-    check_same_device(op, like_name, like, assign=assign)
-    check_dtype(op, "assign", assign, (torch.int64,))
-    check_shape(op, "assign", assign, (like.shape[0], tokens), "(batch, N)")
+    check.dim("assign", assign, (2,), "(batch, N)")
+    check.same_device(like_name, like, assign=assign)
+    check.dtype("assign", assign, (torch.int64,))
+    check.shape("assign", assign, (like.shape[0], tokens), "(batch, N)")
 
 
 @register_meta("merge_tokens_fwd")
 def _merge_fwd_meta(x, metric, r, importance, size, protect, importance_weight):
-    _check_tokens(_MERGE, "x", x, "(batch, N, C)")
-    _check_tokens(_MERGE, "metric", metric, "(batch, N, Cm)")
-    check_same_device(_MERGE, "x", x, metric=metric)
+    _check_tokens(_merge, "x", x, "(batch, N, C)")
+    _check_tokens(_merge, "metric", metric, "(batch, N, Cm)")
+    _merge.same_device("x", x, metric=metric)
     batch, tokens, channels = x.shape
-    check_range(
-        _MERGE,
+    _merge.range(
         metric.shape[0] == batch and metric.shape[1] == tokens,
         f"metric of shape (batch, N, Cm) with (batch, N) = ({batch}, {tokens}) as x",
         tuple(metric.shape),
     )
-    check_range(_MERGE, 0 <= protect <= tokens, f"protect in [0, N] = [0, {tokens}]", protect)
+    _merge.range(0 <= protect <= tokens, f"protect in [0, N] = [0, {tokens}]", protect)
     max_r = (tokens - protect) // 2
-    check_range(_MERGE, 0 <= r <= max_r, f"r in [0, (N - protect) // 2] = [0, {max_r}]", r)
-    _check_per_token(_MERGE, "importance", importance, x, tokens)
-    _check_per_token(_MERGE, "size", size, x, tokens)
+    _merge.range(0 <= r <= max_r, f"r in [0, (N - protect) // 2] = [0, {max_r}]", r)
+    _check_per_token(_merge, "importance", importance, x, tokens)
+    _check_per_token(_merge, "size", size, x, tokens)
     rows = tokens - r
     return (
         Output(x, (batch, rows, channels)),
@@ -117,31 +106,30 @@ def _merge_fwd_meta(x, metric, r, importance, size, protect, importance_weight):
 
 @register_meta("merge_tokens_bwd")
 def _merge_bwd_meta(dmerged, assign, size, merged_size):
-    _check_tokens(_MERGE, "dmerged", dmerged, "(batch, N - r, C)")
+    _check_tokens(_merge, "dmerged", dmerged, "(batch, N - r, C)")
     batch, rows, channels = dmerged.shape
-    check_dim(_MERGE, "assign", assign, (2,), "(batch, N)")
+    _merge.dim("assign", assign, (2,), "(batch, N)")
     tokens = assign.shape[1]
-    _check_assign(_MERGE, assign, dmerged, "dmerged", tokens)
-    _check_per_token(_MERGE, "size", size, dmerged, tokens)
-    Output(dmerged, (batch, rows), accumulation_dtype(dmerged.dtype)).check(
-        _MERGE, "merged_size", merged_size, "dmerged", "(batch, N - r)"
-    )
+    _check_assign(_merge, assign, dmerged, "dmerged", tokens)
+    _check_per_token(_merge, "size", size, dmerged, tokens)
+    merged_sizes = Output(dmerged, (batch, rows), accumulation_dtype(dmerged.dtype))
+    _merge.output("merged_size", merged_size, merged_sizes, "dmerged", "(batch, N - r)")
     return Output(dmerged, (batch, tokens, channels))
 
 
 @register_meta("unmerge_tokens_fwd")
 def _unmerge_fwd_meta(y, assign):
-    _check_tokens(_UNMERGE, "y", y, "(batch, N - r, C)")
-    check_dim(_UNMERGE, "assign", assign, (2,), "(batch, N)")
-    _check_assign(_UNMERGE, assign, y, "y", assign.shape[1])
+    _check_tokens(_unmerge, "y", y, "(batch, N - r, C)")
+    _unmerge.dim("assign", assign, (2,), "(batch, N)")
+    _check_assign(_unmerge, assign, y, "y", assign.shape[1])
     return Output(y, (y.shape[0], assign.shape[1], y.shape[2]))
 
 
 @register_meta("unmerge_tokens_bwd")
 def _unmerge_bwd_meta(dout, assign, rows):
-    _check_tokens(_UNMERGE, "dout", dout, "(batch, N, C)")
-    check_range(_UNMERGE, rows >= 0, "rows >= 0", rows)
-    _check_assign(_UNMERGE, assign, dout, "dout", dout.shape[1])
+    _check_tokens(_unmerge, "dout", dout, "(batch, N, C)")
+    _unmerge.range(rows >= 0, "rows >= 0", rows)
+    _check_assign(_unmerge, assign, dout, "dout", dout.shape[1])
     return Output(dout, (dout.shape[0], rows, dout.shape[2]))
 
 

@@ -5,9 +5,9 @@ import torch
 from .. import reference
 from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._meta import FLOATING, Output, check_dim, check_dtype, check_range, register_meta, validate
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-_OP = "motion_saliency"
+_check = Checks("motion_saliency")
 _op = torch.ops.hvision.motion_saliency.default
 
 
@@ -35,19 +35,18 @@ def motion_saliency(frames, patch_size, alpha):
 
 @register_meta("motion_saliency")
 def _meta(frames, patch_size, alpha):
-    check_dim(_OP, "frames", frames, (5,), "(batch, T, C, H, W)")
-    check_dtype(_OP, "frames", frames, (torch.uint8, *FLOATING))
+    _check.dim("frames", frames, (5,), "(batch, T, C, H, W)")
+    _check.dtype("frames", frames, (torch.uint8, *FLOATING))
     batch, time, channels, height, width = frames.shape
-    check_range(
-        _OP, channels in (1, 3), "frames with C = 1 (grey) or 3 (RGB) channels", f"C = {channels}"
+    _check.range(
+        channels in (1, 3), "frames with C = 1 (grey) or 3 (RGB) channels", f"C = {channels}"
     )
-    check_range(_OP, patch_size >= 1, "patch_size >= 1", patch_size)
-    check_range(
-        _OP,
+    _check.range(patch_size >= 1, "patch_size >= 1", patch_size)
+    _check.range(
         height % patch_size == 0 and width % patch_size == 0,
         f"H and W divisible by patch_size = {patch_size}",
         f"H = {height}, W = {width}",
     )
-    check_range(_OP, 0.0 <= alpha <= 1.0, "alpha in [0, 1]", alpha)
+    _check.range(0.0 <= alpha <= 1.0, "alpha in [0, 1]", alpha)
     patches = (height // patch_size) * (width // patch_size)
     return Output(frames, (batch, time, patches), accumulation_dtype(frames.dtype))

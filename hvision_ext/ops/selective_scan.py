@@ -1,25 +1,15 @@
 """``selective_scan``: the Mamba SSM scan as a fused operator (CPU and CUDA kernels)."""
 
 import torch
+from torch import Tensor
 
 from .. import reference
 from .._C import SCAN_CHUNK, SCAN_MAX_STATE
 from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._meta import (
-    FLOATING,
-    Output,
-    check_dim,
-    check_dtype,
-    check_like,
-    check_range,
-    check_same_device,
-    check_shape,
-    register_meta,
-    validate,
-)
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-_OP = "selective_scan"
+_check = Checks("selective_scan")
 _LIKE_U = "(batch, dim, L)"
 _fwd = torch.ops.hvision.selective_scan_fwd.default
 _bwd = torch.ops.hvision.selective_scan_bwd.default
@@ -45,8 +35,24 @@ def selective_scan(return_last_state, **scan):
     including through ``last_state``. See ``hvision_ext.reference.selective_scan``.
     """
     validate(_fwd_meta, **scan)
+    scan["B"], scan["C"] = (_step_major(scan[name], scan["u"]) for name in ("B", "C"))
     out, last_state, _ = _fwd(**scan)
     return (out, last_state) if return_last_state else out
+
+
+def _step_major(projection: Tensor, u: Tensor) -> Tensor:
+    """A variable B or C laid out as the kernels read it, (batch, [G,] N, L) stored as (L, N)
+    rows in the accumulation dtype: a scan step updates its N states as one vector (see
+    projection_rows in csrc/selective_scan/selective_scan.h). The scan's one copy of B and C,
+    made here so that the backward pass reads the saved copy and autograd hands dB and dC back
+    through the transposes as views. A fixed (dim, N) projection is read as it is."""
+    if projection.dim() == 2:
+        return projection
+    rows = projection.transpose(-1, -2)
+    if projection.dtype == u.dtype != accumulation_dtype(u.dtype):
+        acc = accumulation_dtype(u.dtype)
+        rows = torch.empty_like(rows, dtype=acc, memory_format=torch.contiguous_format).copy_(rows)
+    return rows.contiguous().transpose(-1, -2)
 
 
 def _check_projection(name, t, u, A):
@@ -54,64 +60,57 @@ def _check_projection(name, t, u, A):
     in u's or A's dtype, G dividing dim."""
     batch, dim, length = u.shape
     state = A.shape[1]
-    check_same_device(_OP, "u", u, **{name: t})
+    _check.same_device("u", u, **{name: t})
     if t.dim() == 2:
-        check_dtype(_OP, name, t, (A.dtype,))
-        check_shape(_OP, name, t, (dim, state), "(dim, N)")
+        _check.dtype(name, t, (A.dtype,))
+        _check.shape(name, t, (dim, state), "(dim, N)")
         return
-    check_dim(_OP, name, t, (3, 4), "(dim, N), (batch, N, L) or (batch, G, N, L)")
-    check_dtype(_OP, name, t, (u.dtype, A.dtype))
+    _check.dim(name, t, (3, 4), "(dim, N), (batch, N, L) or (batch, G, N, L)")
+    _check.dtype(name, t, (u.dtype, A.dtype))
     if t.dim() == 3:
-        check_shape(_OP, name, t, (batch, state, length), "(batch, N, L)")
+        _check.shape(name, t, (batch, state, length), "(batch, N, L)")
         return
     groups = t.shape[1]
-    check_range(
-        _OP,
+    _check.range(
         groups >= 1 and dim % groups == 0,
         f"the number of groups G of {name} to divide dim = {dim}",
         f"G = {groups}",
     )
-    check_shape(_OP, name, t, (batch, groups, state, length), "(batch, G, N, L)")
+    _check.shape(name, t, (batch, groups, state, length), "(batch, G, N, L)")
 
 
 def _check_parameter(name, t, u, shape, meaning):
     """An optional per-channel or per-state tensor in the accumulation dtype."""
     if t is None:
         return
-    check_same_device(_OP, "u", u, **{name: t})
-    check_dtype(_OP, name, t, (accumulation_dtype(u.dtype),))
-    check_shape(_OP, name, t, shape, meaning)
+    _check.same_device("u", u, **{name: t})
+    _check.dtype(name, t, (accumulation_dtype(u.dtype),))
+    _check.shape(name, t, shape, meaning)
 
 
 @register_meta("selective_scan_fwd")
 def _fwd_meta(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse):
-    check_dim(_OP, "u", u, (3,), _LIKE_U)
-    check_dtype(_OP, "u", u, FLOATING)
-    check_like(_OP, "delta", delta, u, "u", _LIKE_U)
+    _check.dim("u", u, (3,), _LIKE_U)
+    _check.dtype("u", u, FLOATING)
+    _check.like("delta", delta, u, "u", _LIKE_U)
     batch, dim, length = u.shape
     acc = accumulation_dtype(u.dtype)
-    check_same_device(_OP, "u", u, A=A)
-    check_dtype(_OP, "A", A, (acc,))
-    check_range(
-        _OP,
+    _check.same_device("u", u, A=A)
+    _check.dtype("A", A, (acc,))
+    _check.range(
         A.dim() == 2 and A.shape[0] == dim,
         f"A of shape (dim, N) with dim = {dim}",
         tuple(A.shape),
     )
     state = A.shape[1]
-    check_range(
-        _OP,
-        1 <= state <= SCAN_MAX_STATE,
-        f"the state size N (A.shape[1]) in [1, {SCAN_MAX_STATE}]",
-        state,
-    )
+    _check.size("the state size N (A.shape[1])", state, SCAN_MAX_STATE)
     _check_projection("B", B, u, A)
     _check_projection("C", C, u, A)
     _check_parameter("D", D, u, (dim,), "(dim,)")
     _check_parameter("delta_bias", delta_bias, u, (dim,), "(dim,)")
     _check_parameter("initial_state", initial_state, u, (batch, dim, state), "(batch, dim, N)")
     if z is not None:
-        check_like(_OP, "z", z, u, "u", _LIKE_U)
+        _check.like("z", z, u, "u", _LIKE_U)
     chunks = (length + SCAN_CHUNK - 1) // SCAN_CHUNK
     return (
         Output(u, u.shape),
@@ -125,13 +124,13 @@ def _bwd_meta(dout, dlast_state, *scan_and_checkpoints):
     *scan, checkpoints = scan_and_checkpoints
     like_u, last_state, saved = _fwd_meta(*scan)
     u, _, A, B, C, _, z = scan[:7]
-    check_like(_OP, "dout", dout, u, "u", _LIKE_U)
+    _check.like("dout", dout, u, "u", _LIKE_U)
     if dlast_state is not None:
-        last_state.check(_OP, "dlast_state", dlast_state, "u", "(batch, dim, N)")
-    saved.check(
-        _OP,
+        _check.output("dlast_state", dlast_state, last_state, "u", "(batch, dim, N)")
+    _check.output(
         "checkpoints",
         checkpoints,
+        saved,
         "u",
         "(batch, dim, num_chunks, N) (saved by the forward pass)",
     )
@@ -140,8 +139,8 @@ def _bwd_meta(dout, dlast_state, *scan_and_checkpoints):
         like_u,
         like_u,
         Output(A, A.shape),
-        Output(B, B.shape),
-        Output(C, C.shape),
+        Output(B, B.shape, transposed=B.dim() > 2),
+        Output(C, C.shape, transposed=C.dim() > 2),
         per_channel,
         like_u if z is not None else Output(u, (0,)),
         per_channel,

@@ -9,18 +9,9 @@ from .. import reference
 from .._C import ATTENTION_MAX_HEAD_DIM
 from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._meta import (
-    FLOATING,
-    Output,
-    check_dim,
-    check_dtype,
-    check_like,
-    check_range,
-    register_meta,
-    validate,
-)
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-_OP = "sparse_attention"
+_check = Checks("sparse_attention")
 _SHAPE = "(batch, heads, L, head_dim)"
 _fwd = torch.ops.hvision.sparse_attention_fwd.default
 _bwd = torch.ops.hvision.sparse_attention_bwd.default
@@ -51,7 +42,7 @@ def sparse_attention(**attention):
 def strided_attention(q, k, v, stride, causal):
     """Sparse Transformer's strided pattern: the band |i − j| < stride plus every key with
     (i − j) % stride == 0."""
-    check_range("strided_attention", stride >= 1, "stride >= 1", stride)
+    Checks("strided_attention").range(stride >= 1, "stride >= 1", stride)
     return sparse_attention(q, k, v, window=stride - 1, stride=stride, causal=causal)
 
 
@@ -64,30 +55,25 @@ def local_global_attention(q, k, v, window, num_global):
 
 @register_meta("sparse_attention_fwd")
 def _fwd_meta(q, k, v, window, stride, num_global, causal, scale):
-    check_dim(_OP, "q", q, (4,), _SHAPE)
-    check_dtype(_OP, "q", q, FLOATING)
-    check_like(_OP, "k", k, q, "q", _SHAPE)
-    check_like(_OP, "v", v, q, "q", _SHAPE)
+    _check.dim("q", q, (4,), _SHAPE)
+    _check.dtype("q", q, FLOATING)
+    _check.like("k", k, q, "q", _SHAPE)
+    _check.like("v", v, q, "q", _SHAPE)
     head_dim = q.shape[3]
-    check_range(
-        _OP,
-        1 <= head_dim <= ATTENTION_MAX_HEAD_DIM,
-        f"head_dim (q.shape[3]) in [1, {ATTENTION_MAX_HEAD_DIM}]",
-        head_dim,
-    )
-    check_range(_OP, window is None or window >= 0, "window >= 0 or None", window)
-    check_range(_OP, stride is None or stride >= 1, "stride >= 1 or None", stride)
-    check_range(_OP, num_global >= 0, "num_global >= 0", num_global)
-    check_range(_OP, scale is None or math.isfinite(scale), "a finite scale", scale)
+    _check.size("head_dim (q.shape[3])", head_dim, ATTENTION_MAX_HEAD_DIM)
+    _check.range(window is None or window >= 0, "window >= 0 or None", window)
+    _check.range(stride is None or stride >= 1, "stride >= 1 or None", stride)
+    _check.range(num_global >= 0, "num_global >= 0", num_global)
+    _check.range(scale is None or math.isfinite(scale), "a finite scale", scale)
     return Output(q, q.shape), Output(q, q.shape[:3], accumulation_dtype(q.dtype))
 
 
 @register_meta("sparse_attention_bwd")
 def _bwd_meta(dout, q, k, v, out, lse, *pattern):
     like_q, saved_lse = _fwd_meta(q, k, v, *pattern)
-    check_like(_OP, "dout", dout, q, "q", _SHAPE)
-    check_like(_OP, "out", out, q, "q", _SHAPE)
-    saved_lse.check(_OP, "lse", lse, "q", "(batch, heads, L)")
+    _check.like("dout", dout, q, "q", _SHAPE)
+    _check.like("out", out, q, "q", _SHAPE)
+    _check.output("lse", lse, saved_lse, "q", "(batch, heads, L)")
     return like_q, like_q, like_q
 
 

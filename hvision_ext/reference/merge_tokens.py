@@ -48,6 +48,10 @@ def merge_tokens(
         raise ValueError(
             f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {(tokens - protect) // 2}], got {r}"
         )
+    if size is not None and size.numel() > 0 and not size.min() > 0:
+        raise ValueError(
+            f"merge_tokens: expected size > 0 everywhere, got a smallest value of {size.min().item()}"
+        )
     token_index = torch.arange(tokens, device=x.device).expand(batch, tokens)
     if r > 0:
         best, best_index = best_matches(metric, protect)

@@ -7,8 +7,7 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from hvision_ext import ops
-
-from ...helpers import seeded
+from tests.helpers import seeded
 
 
 def scan_case(gen, length):

@@ -282,6 +282,26 @@ def test_a_direct_forward_call_can_be_differentiated():
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_b_and_c_are_copied_once_in_the_forward_pass_and_never_in_the_backward(dtype):
+    kwargs = make_inputs(dtype=dtype, B_kind="variable", C_kind="grouped")
+    out = ops.selective_scan(**{**kwargs, "return_last_state": False})
+    with torch.profiler.profile() as prof:
+        out.backward(torch.ones_like(out))
+    copies = [e for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+    in_scan_backward = [e for e in copies if within(e, "hvision::selective_scan_bwd")]
+    assert in_scan_backward == []
+    for name in ("B", "C"):  # the gradients reach the inputs through views of the kernels' rows
+        assert kwargs[name].grad.shape == kwargs[name].shape
+
+
+def within(event, name):
+    parent = event.cpu_parent
+    while parent is not None and parent.name != name:
+        parent = parent.cpu_parent
+    return parent is not None
+
+
 def test_cpu_backward_is_deterministic_whatever_the_thread_count():
     kwargs = make_inputs(dtype=torch.float32, dim=32, length=200, state=16)
     inputs = list(tensor_inputs(kwargs).values())
