@@ -18,6 +18,7 @@
 #include "common/cpu_dispatch.h"
 #include "common/cpu_gemm.h"
 #include "common/cpu_softmax.h"
+#include "common/cpu_widen.h"
 #include "common/step_math.h"
 #include "hopfield_retrieval/hopfield_retrieval.h"
 
@@ -55,18 +56,6 @@ void transpose(const S* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst,
         for (int64_t j = j0; j < j1; ++j) dst[j * ld_dst + i] = static_cast<T>(src[i * ld_src + j]);
       }
     }
-  }
-}
-
-// `count` values as type T: the source itself when it already is, else a widened copy.
-template <typename T, typename scalar_t>
-const T* widen(const scalar_t* source, int64_t count, std::vector<T>& buffer) {
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    return source;
-  } else {
-    buffer.resize(count);
-    std::copy_n(source, count, buffer.begin());
-    return buffer.data();
   }
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/cpu_dispatch.h"
+#include "common/cpu_widen.h"
 #include "common/step_math.h"
 #include "selective_scan/selective_scan.h"
 
@@ -285,19 +286,6 @@ struct FactorRows {
   }
 };
 
-// A row of the input in the accumulation type: the row itself when it already is, else a
-// widened copy in `buffer`.
-template <typename T, typename scalar_t>
-const T* widen_row(const scalar_t* row, int64_t length, std::vector<T>& buffer) {
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    return row;
-  } else {
-    buffer.resize(length);
-    std::transform(row, row + length, buffer.begin(), [](scalar_t v) { return T(v); });
-    return buffer.data();
-  }
-}
-
 // Where a kernel writes an output row: in place when the types agree, else in `buffer`, which
 // narrow_row then stores.
 template <typename T, typename scalar_t>
@@ -343,9 +331,9 @@ struct ScanView {
   // The widened u, delta and z rows of channel (b, d), in the three buffers.
   Channel<T> load_channel(int64_t b, int64_t d, std::vector<T> (&buffers)[3]) const {
     const int64_t offset = row_offset(b, d);
-    const T* u = widen_row(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
-    const T* delta = widen_row(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
-    const T* z = in.z ? widen_row(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
+    const T* u = widen(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
+    const T* delta = widen(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
+    const T* z = in.z ? widen(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
                       : nullptr;
     return Channel<T>{u,
                       delta,
@@ -463,7 +451,7 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
         const int64_t channel = b * in.dim + d;
         const int64_t offset = channel * L;
         const Channel<T> c = view.load_channel(b, d, rows);
-        const T* dout_row = widen_row(dout.data_ptr<scalar_t>() + offset, L, dout_buffer);
+        const T* dout_row = widen(dout.data_ptr<scalar_t>() + offset, L, dout_buffer);
         ChannelGrads<T> grads{
             output_row<T>(g.du.data_ptr<scalar_t>() + offset, L, du_buffer),
             output_row<T>(g.ddelta.data_ptr<scalar_t>() + offset, L, ddelta_buffer),

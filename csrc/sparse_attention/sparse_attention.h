@@ -3,6 +3,7 @@
 // csrc/common/step_math.h.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -21,6 +22,8 @@ struct AttentionInputs {
   SparsePattern pattern;
   double scale = 1.0;
   int64_t batch = 0, heads = 0, length = 0, head_dim = 0;
+
+  at::ScalarType acc_dtype() const { return at::toOpMathType(q.scalar_type()); }
 
   // The pattern walked key-major, as the dk/dv kernels do.
   SparsePattern transposed_pattern() const {

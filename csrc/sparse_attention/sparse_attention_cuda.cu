@@ -517,7 +517,7 @@ ForwardResult forward_cuda(const AttentionInputs& in) {
   const c10::cuda::CUDAGuard guard(in.q.device());
   at::Tensor out = at::empty_like(in.q);
   at::Tensor lse = at::empty({in.batch, in.heads, in.length},
-                             in.q.options().dtype(at::toOpMathType(in.q.scalar_type())));
+                             in.q.options().dtype(in.acc_dtype()));
   if (in.q.numel() == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.q.scalar_type(), "sparse_attention_fwd_cuda", [&] {
     using S = typename DeviceType<scalar_t>::type;
@@ -535,7 +535,7 @@ BackwardResult backward_cuda(const AttentionInputs& in, const SavedForward& save
   const c10::cuda::CUDAGuard guard(in.q.device());
   at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
   if (in.q.numel() == 0) return {dq, dk, dv};
-  const at::ScalarType acc = at::toOpMathType(in.q.scalar_type());
+  const at::ScalarType acc = in.acc_dtype();
   // Σ_j p_ij dp_ij of each query row, which the softmax backward subtracts.
   const at::Tensor row_dot = (saved.dout.to(acc) * saved.out.to(acc)).sum(-1).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.q.scalar_type(), "sparse_attention_bwd_cuda", [&] {

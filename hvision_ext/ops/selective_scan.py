@@ -48,9 +48,9 @@ def _step_major(projection: Tensor, u: Tensor) -> Tensor:
     through the transposes as views. A fixed (dim, N) projection is read as it is."""
     if projection.dim() == 2:
         return projection
+    acc = accumulation_dtype(u.dtype)
     rows = projection.transpose(-1, -2)
-    if projection.dtype == u.dtype != accumulation_dtype(u.dtype):
-        acc = accumulation_dtype(u.dtype)
+    if projection.dtype == u.dtype != acc:  # a 16-bit projection: widened in the same copy
         rows = torch.empty_like(rows, dtype=acc, memory_format=torch.contiguous_format).copy_(rows)
     return rows.contiguous().transpose(-1, -2)
 
