@@ -80,6 +80,10 @@ class Checks:
         """ValueError unless condition."""
         torch._check_value(condition, lambda: f"{self.op}: expected {what}, got {got}")
 
+    def type(self, condition, what: str, got) -> None:
+        """TypeError unless condition."""
+        torch._check_type(condition, lambda: f"{self.op}: expected {what}, got {got}")
+
     def size(self, what: str, size, limit: int) -> None:
         """A size in [1, limit] (a kernel's limit)."""
         self.range(1 <= size <= limit, f"{what} in [1, {limit}]", size)

@@ -13,8 +13,7 @@ from .._dtype import accumulation_dtype
 from .._switch import switchable
 from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-_OP = "hopfield_retrieval"
-_check = Checks(_OP)
+_check = Checks("hopfield_retrieval")
 _fwd = torch.ops.hvision.hopfield_retrieval_fwd.default
 _bwd = torch.ops.hvision.hopfield_retrieval_bwd.default
 
@@ -25,9 +24,10 @@ def resolve_beta(query: Tensor, beta: float | None) -> float:
     if beta is None:
         d = query.shape[-1] if query.dim() > 0 else 0
         return 1.0 / math.sqrt(d) if d > 0 else 1.0
-    torch._check_type(
+    _check.type(
         isinstance(beta, Real) and not isinstance(beta, bool),
-        lambda: f"{_OP}: expected beta to be a float or None, got {type(beta).__name__}",
+        "beta to be a float or None",
+        type(beta).__name__,
     )
     return float(beta)
 
@@ -71,9 +71,10 @@ def _fwd_meta(query, stored, values, beta, n_steps):
     _check.dim("query", query, (4,), "(batch, heads, Q, d)")
     _check.dtype("query", query, FLOATING)
     _check.dim("stored", stored, (3, 4), "(batch, heads, M, d) or (heads, M, d)")
-    torch._check_type(
+    _check.type(
         isinstance(n_steps, int) and not isinstance(n_steps, bool),
-        lambda: f"{_OP}: expected n_steps to be an int, got {type(n_steps).__name__}",
+        "n_steps to be an int",
+        type(n_steps).__name__,
     )
     _check.range(n_steps >= 1, "n_steps >= 1", n_steps)
     _check.range(math.isfinite(beta) and beta > 0, "beta > 0 and finite", beta)
@@ -81,9 +82,8 @@ def _fwd_meta(query, stored, values, beta, n_steps):
     patterns = stored.shape[-2]
     shared = stored.dim() == 3
     _check.size("the pattern size d (query.shape[-1])", dim, HOPFIELD_MAX_DIM)
-    torch._check_value(
-        patterns >= 1,
-        lambda: f"{_OP}: expected at least one stored pattern (M = stored.shape[-2]), got M = 0",
+    _check.range(
+        patterns >= 1, "at least one stored pattern (M = stored.shape[-2])", f"M = {patterns}"
     )
     _check_patterns("stored", stored, query, shared, (patterns, dim))
     value_dim = dim
