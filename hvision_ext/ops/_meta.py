@@ -69,6 +69,17 @@ def dtype_name(dtype: torch.dtype) -> str:
     return torch.empty((), dtype=dtype, device="meta").type().rsplit(".", 1)[-1][: -len("Tensor")]
 
 
+def _check_value(condition, message: Callable[[], str]) -> None:
+    # A plain True (every passing check of an eager call) skips torch._check's machinery.
+    if condition is not True:
+        torch._check_value(condition, message)
+
+
+def _check_type(condition, message: Callable[[], str]) -> None:
+    if condition is not True:
+        torch._check_type(condition, message)
+
+
 class Checks:
     """The argument checks of one operator, each raising in the C++ checks' wording: "<op>:
     expected <what>, got <actual>"."""
@@ -78,11 +89,11 @@ class Checks:
 
     def range(self, condition, what: str, got) -> None:
         """ValueError unless condition."""
-        torch._check_value(condition, lambda: f"{self.op}: expected {what}, got {got}")
+        _check_value(condition, lambda: f"{self.op}: expected {what}, got {got}")
 
     def type(self, condition, what: str, got) -> None:
         """TypeError unless condition."""
-        torch._check_type(condition, lambda: f"{self.op}: expected {what}, got {got}")
+        _check_type(condition, lambda: f"{self.op}: expected {what}, got {got}")
 
     def size(self, what: str, size, limit: int) -> None:
         """A size in [1, limit] (a kernel's limit)."""
@@ -92,7 +103,7 @@ class Checks:
         self.range(t.dim() in dims, f"{name} of shape {meaning}", shape_string(t.shape))
 
     def shape(self, name: str, t: Tensor, expected: Sequence, meaning: str) -> None:
-        torch._check_value(
+        _check_value(
             t.dim() == len(expected) and all(a == e for a, e in zip(t.shape, expected)),
             lambda: (
                 f"{self.op}: expected {name} of shape {meaning} = {shape_string(expected)}, "
@@ -105,7 +116,7 @@ class Checks:
             expected = " or ".join(dtype_name(d) for d in dict.fromkeys(allowed))
             return f"{self.op}: expected {name} of dtype {expected}, got {dtype_name(t.dtype)}"
 
-        torch._check_type(t.dtype in allowed, message)
+        _check_type(t.dtype in allowed, message)
 
     def same_device(self, reference_name: str, reference: Tensor, **tensors: Tensor | None):
         for name, tensor in tensors.items():
@@ -113,7 +124,7 @@ class Checks:
                 self._device(name, tensor, reference_name, reference)
 
     def _device(self, name: str, t: Tensor, reference_name: str, reference: Tensor) -> None:
-        torch._check_value(
+        _check_value(
             t.device == reference.device,
             lambda: (
                 f"{self.op}: expected {name} on the same device as {reference_name} "
