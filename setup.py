@@ -82,12 +82,12 @@ def extension():
         "TORCH_CUDA_ARCH_LIST", os.environ.get("HVISION_CUDA_ARCH", DEFAULT_CUDA_ARCH)
     )
     sources += sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cu"))
-    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DHVISION_WITH_CUDA"]
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(
         "hvision_ext._C",
         sources,
         include_dirs=[str(CSRC), *cuda_library_includes()],
-        extra_compile_args={"cxx": cxx_flags + ["-DHVISION_WITH_CUDA"], "nvcc": nvcc_flags},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
         extra_link_args=LINK_FLAGS,
     )
 

@@ -3,12 +3,12 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(hvision, m) {
-  // Mamba selective scan. `checkpoints` (the state entering every chunk of 64 steps) is what the
-  // backward pass recomputes from; it is empty unless save_checkpoints.
+  // Mamba selective scan. `checkpoints` (the state entering every chunk of kScanChunk steps) is
+  // what the backward pass recomputes from.
   m.def(
       "selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
-      "Tensor? z, Tensor? delta_bias, bool delta_softplus, Tensor? initial_state, bool reverse, "
-      "bool save_checkpoints) -> (Tensor out, Tensor last_state, Tensor checkpoints)");
+      "Tensor? z, Tensor? delta_bias, bool delta_softplus, Tensor? initial_state, bool reverse) "
+      "-> (Tensor out, Tensor last_state, Tensor checkpoints)");
   m.def(
       "selective_scan_bwd(Tensor dout, Tensor? dlast_state, Tensor u, Tensor delta, Tensor A, "
       "Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, bool delta_softplus, "
@@ -31,10 +31,10 @@ TORCH_LIBRARY(hvision, m) {
   // Modern Hopfield retrieval, all n_steps update steps in one pass. `states` (n_steps - 1,
   // batch, heads, Q, d) holds ξ_1 … ξ_{n_steps-1} and `lse` (n_steps, batch, heads, Q) each step's
   // log-sum-exp, both in the accumulation dtype: what the backward pass recomputes the
-  // probabilities from. Both are empty unless save_states.
+  // probabilities from.
   m.def(
       "hopfield_retrieval_fwd(Tensor query, Tensor stored, Tensor? values, float beta, "
-      "int n_steps, bool save_states) -> (Tensor out, Tensor states, Tensor lse)");
+      "int n_steps) -> (Tensor out, Tensor states, Tensor lse)");
   m.def(
       "hopfield_retrieval_bwd(Tensor dout, Tensor query, Tensor stored, Tensor? values, "
       "Tensor out, Tensor states, Tensor lse, float beta, int n_steps) -> (Tensor dquery, "
@@ -42,15 +42,15 @@ TORCH_LIBRARY(hvision, m) {
 
   // Motion–saliency scores of video patches, (batch, T, P) in float32 (float64 for float64
   // frames). Not differentiable.
-  m.def("motion_saliency(Tensor frames, int patch_size, float alpha) -> Tensor");
+  m.def("motion_saliency(Tensor frames, SymInt patch_size, float alpha) -> Tensor");
   // ToMe bipartite token merging; `assign` maps every input token to its output row.
   m.def(
-      "merge_tokens_fwd(Tensor x, Tensor metric, int r, Tensor? importance, Tensor? size, "
+      "merge_tokens_fwd(Tensor x, Tensor metric, SymInt r, Tensor? importance, Tensor? size, "
       "int protect, float importance_weight) -> (Tensor merged, Tensor merged_size, "
       "Tensor assign)");
   m.def(
       "merge_tokens_bwd(Tensor dmerged, Tensor assign, Tensor? size, Tensor merged_size) -> "
       "Tensor");
   m.def("unmerge_tokens_fwd(Tensor y, Tensor assign) -> Tensor");
-  m.def("unmerge_tokens_bwd(Tensor dout, Tensor assign, int rows) -> Tensor");
+  m.def("unmerge_tokens_bwd(Tensor dout, Tensor assign, SymInt rows) -> Tensor");
 }

@@ -2,38 +2,23 @@
 
 ``hvision_ext.ops`` holds the operators (each a ``torch.library`` custom op with CPU and CUDA
 kernels, autograd and a fake kernel for ``torch.compile``); ``hvision_ext.reference`` holds
-pure-PyTorch versions with the same signatures that define their semantics.
+pure-PyTorch versions with the same signatures that define their semantics. The compiled library
+is loaded with ``hvision_ext.ops``, on first use: the references import without it.
 """
 
-from ._library import load_library
+import importlib
+
+from . import reference
 from ._switch import reference_enabled, use_reference
 
-load_library()
-
-from . import ops, reference  # noqa: E402  (ops need the library loaded)
-from .ops import (  # noqa: E402
-    hopfield_retrieval,
-    local_global_attention,
-    merge_tokens,
-    motion_saliency,
-    selective_scan,
-    sparse_attention,
-    strided_attention,
-    unmerge_tokens,
-)
-
 __version__ = "0.1.0"
-__all__ = [
-    "hopfield_retrieval",
-    "local_global_attention",
-    "merge_tokens",
-    "motion_saliency",
-    "ops",
-    "reference",
-    "reference_enabled",
-    "selective_scan",
-    "sparse_attention",
-    "strided_attention",
-    "unmerge_tokens",
-    "use_reference",
-]
+__all__ = ["ops", "reference", "reference_enabled", "use_reference", *reference.__all__]
+
+
+def __getattr__(name: str):
+    """``hvision_ext.ops`` and the operators, imported (with the library) when first asked for."""
+    if name == "ops":
+        return importlib.import_module(".ops", __name__)
+    if name in reference.__all__:
+        return getattr(importlib.import_module(".ops", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,10 +2,8 @@
 model can be checked and timed against the reference path without changing its code."""
 
 import functools
+import inspect
 from collections.abc import Callable
-from typing import TypeVar
-
-_Op = TypeVar("_Op", bound=Callable)
 
 _reference_enabled = False
 
@@ -38,17 +36,22 @@ class use_reference:
         _reference_enabled = self._previous
 
 
-def switchable(reference: Callable) -> Callable[[_Op], _Op]:
-    """Decorates an operator's Python entry point so that it calls `reference` (same signature)
-    while the reference switch is on."""
+def switchable(reference: Callable) -> Callable[[Callable], Callable]:
+    """Makes an operator's Python entry point from its reference: the result has the reference's
+    signature (stated there once), calls `reference` while the reference switch is on, and else
+    calls the decorated kernel entry with every argument bound by name, defaults applied."""
+    signature = inspect.signature(reference)
 
-    def decorate(kernel_entry: _Op) -> _Op:
+    def decorate(kernel_entry: Callable) -> Callable:
         @functools.wraps(kernel_entry)
         def entry(*args, **kwargs):
             if _reference_enabled:
                 return reference(*args, **kwargs)
-            return kernel_entry(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return kernel_entry(**bound.arguments)
 
-        return entry  # type: ignore[return-value]
+        entry.__signature__ = signature
+        return entry
 
     return decorate

@@ -48,10 +48,4 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
                     "), got ", t.device());
 }
 
-// The checks for an optional argument run only when it is given.
-template <typename Check>
-void check_if_given(const std::optional<at::Tensor>& t, Check&& check) {
-  if (t.has_value()) check(*t);
-}
-
 }  // namespace hvision

@@ -78,10 +78,9 @@ RetrievalInputs check_inputs(const at::Tensor& query, const at::Tensor& stored,
   return in;
 }
 
-ForwardResult empty_forward_outputs(const RetrievalInputs& in, bool save_states) {
+ForwardResult empty_forward_outputs(const RetrievalInputs& in) {
   const auto acc = in.query.options().dtype(in.acc_dtype());
   at::Tensor out = at::empty({in.batch, in.heads, in.queries, in.value_dim}, in.query.options());
-  if (!save_states) return {out, at::empty({0}, acc), at::empty({0}, acc)};
   return {out, at::empty({in.n_steps - 1, in.batch, in.heads, in.queries, in.dim}, acc),
           at::empty({in.n_steps, in.batch, in.heads, in.queries}, acc)};
 }
@@ -96,7 +95,7 @@ void check_backward_inputs(const RetrievalInputs& in, const at::Tensor& dout,
     check_dtype(kOp, name, t, {in.query.scalar_type()});
     check_shape(kOp, name, t, out_shape, "(batch, heads, Q, dv)");
   }
-  const char* saved = " (saved by the forward pass with save_states=True)";
+  const char* saved = " (saved by the forward pass)";
   check_same_device(kOp, "states", states, in.query, "query");
   check_dtype(kOp, "states", states, {in.acc_dtype()});
   check_shape(kOp, "states", states, {in.n_steps - 1, in.batch, in.heads, in.queries, in.dim},

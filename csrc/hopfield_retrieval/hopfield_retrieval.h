@@ -31,45 +31,43 @@ RetrievalInputs check_inputs(const at::Tensor& query, const at::Tensor& stored,
                              int64_t n_steps);
 
 // (out, states, lse): states (n_steps - 1, batch, heads, Q, d) and lse (n_steps, batch, heads, Q)
-// in the accumulation dtype, or empty tensors when not asked for.
+// in the accumulation dtype, what the backward pass recomputes the probabilities from.
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // (dquery, dstored, dvalues); dvalues is empty when the values are the patterns.
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // The outputs of the forward pass, allocated for `in` (shared by every device).
-ForwardResult empty_forward_outputs(const RetrievalInputs& in, bool save_states);
+ForwardResult empty_forward_outputs(const RetrievalInputs& in);
 
 // Checks the backward-only arguments against the validated inputs.
 void check_backward_inputs(const RetrievalInputs& in, const at::Tensor& dout,
                            const at::Tensor& out, const at::Tensor& states,
                            const at::Tensor& lse);
 
-ForwardResult forward_cpu(const RetrievalInputs& in, bool save_states);
-BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
-                            const at::Tensor& out, const at::Tensor& states,
-                            const at::Tensor& lse);
-ForwardResult forward_cuda(const RetrievalInputs& in, bool save_states);
-BackwardResult backward_cuda(const RetrievalInputs& in, const at::Tensor& dout,
+// One device's kernels (kCpuKernels, kCudaKernels, defined next to them).
+struct Kernels {
+  ForwardResult (*forward)(const RetrievalInputs& in);
+  BackwardResult (*backward)(const RetrievalInputs& in, const at::Tensor& dout,
                              const at::Tensor& out, const at::Tensor& states,
                              const at::Tensor& lse);
+};
 
 // The schema-shaped operator functions, instantiated once per device with its kernels.
-template <ForwardResult (*Kernel)(const RetrievalInputs&, bool)>
+template <const Kernels& kDevice>
 ForwardResult forward_op(const at::Tensor& query, const at::Tensor& stored,
-                         const std::optional<at::Tensor>& values, double beta, int64_t n_steps,
-                         bool save_states) {
-  return Kernel(check_inputs(query, stored, values, beta, n_steps), save_states);
+                         const std::optional<at::Tensor>& values, double beta, int64_t n_steps) {
+  return kDevice.forward(check_inputs(query, stored, values, beta, n_steps));
 }
 
-template <BackwardResult (*Kernel)(const RetrievalInputs&, const at::Tensor&, const at::Tensor&,
-                                   const at::Tensor&, const at::Tensor&)>
+template <const Kernels& kDevice>
 BackwardResult backward_op(const at::Tensor& dout, const at::Tensor& query,
                            const at::Tensor& stored, const std::optional<at::Tensor>& values,
                            const at::Tensor& out, const at::Tensor& states, const at::Tensor& lse,
                            double beta, int64_t n_steps) {
   const RetrievalInputs in = check_inputs(query, stored, values, beta, n_steps);
   check_backward_inputs(in, dout, out, states, lse);
-  return Kernel(in, dout.contiguous(), out.contiguous(), states.contiguous(), lse.contiguous());
+  return kDevice.backward(in, dout.contiguous(), out.contiguous(), states.contiguous(),
+                          lse.contiguous());
 }
 
 }  // namespace hvision::hopfield_retrieval

@@ -18,6 +18,7 @@
 #include "common/cpu_dispatch.h"
 #include "common/cpu_gemm.h"
 #include "common/cpu_softmax.h"
+#include "common/cpu_widen.h"
 #include "common/step_math.h"
 #include "hopfield_retrieval/hopfield_retrieval.h"
 
@@ -55,18 +56,6 @@ void transpose(const S* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst,
         for (int64_t j = j0; j < j1; ++j) dst[j * ld_dst + i] = static_cast<T>(src[i * ld_src + j]);
       }
     }
-  }
-}
-
-// `count` values as type T: the source itself when it already is, else a widened copy.
-template <typename T, typename scalar_t>
-const T* widen(const scalar_t* source, int64_t count, std::vector<T>& buffer) {
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    return source;
-  } else {
-    buffer.resize(count);
-    std::copy_n(source, count, buffer.begin());
-    return buffer.data();
   }
 }
 
@@ -253,14 +242,13 @@ void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, St
 
 template <typename scalar_t>
 void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& states,
-                    at::Tensor& lse, bool save_states) {
+                    at::Tensor& lse) {
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = num_query_tiles(in.queries);
   const int64_t heads_total = in.batch * in.heads;
   const int64_t Q = in.queries, d = in.dim, dv = in.value_dim;
   at::parallel_for(0, heads_total * tiles, 1, [&](int64_t begin, int64_t end) {
     ForwardScratch<T> scratch(in);
-    std::vector<T> lse_rows(kQueryTile);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t head = task / tiles;  // b * heads + h
       const Span span = split(Q, tiles, task % tiles);
@@ -271,15 +259,12 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
       std::copy_n(in.query.data_ptr<scalar_t>() + row0 * d, rows * d, scratch.state.begin());
       for (int64_t s = 1; s <= in.n_steps; ++s) {
         const StepShape step = step_shape(in, s);
-        T* step_lse = save_states ? lse.data_ptr<T>() + (s - 1) * heads_total * Q + row0
-                                  : lse_rows.data();
-        forward_step(in, set, step, rows, scratch, step_lse);
+        forward_step(in, set, step, rows, scratch,
+                     lse.data_ptr<T>() + (s - 1) * heads_total * Q + row0);
         if (step.last) break;
         std::copy_n(scratch.next.begin(), rows * d, scratch.state.begin());
-        if (save_states) {
-          std::copy_n(scratch.next.begin(), rows * d,
-                      states.data_ptr<T>() + ((s - 1) * heads_total * Q + row0) * d);
-        }
+        std::copy_n(scratch.next.begin(), rows * d,
+                    states.data_ptr<T>() + ((s - 1) * heads_total * Q + row0) * d);
       }
       std::copy_n(scratch.next.begin(), rows * dv, out.data_ptr<scalar_t>() + row0 * dv);
     }
@@ -429,14 +414,12 @@ at::Tensor finish_pattern_grad(const at::Tensor& partials, const RetrievalInputs
   return total.to(in.query.scalar_type());
 }
 
-}  // namespace
-
-ForwardResult forward_cpu(const RetrievalInputs& in, bool save_states) {
-  auto [out, states, lse] = empty_forward_outputs(in, save_states);
+ForwardResult forward_cpu(const RetrievalInputs& in) {
+  auto [out, states, lse] = empty_forward_outputs(in);
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
                                     "hopfield_retrieval_fwd_cpu", [&] {
-                                      forward_kernel<scalar_t>(in, out, states, lse, save_states);
+                                      forward_kernel<scalar_t>(in, out, states, lse);
                                     });
   }
   return {out, states, lse};
@@ -464,9 +447,13 @@ BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
                             : at::empty({0}, in.query.options())};
 }
 
+constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("hopfield_retrieval_fwd", &forward_op<forward_cpu>);
-  m.impl("hopfield_retrieval_bwd", &backward_op<backward_cpu>);
+  m.impl("hopfield_retrieval_fwd", &forward_op<kCpuKernels>);
+  m.impl("hopfield_retrieval_bwd", &backward_op<kCpuKernels>);
 }
 
 }  // namespace hvision::hopfield_retrieval

@@ -118,7 +118,7 @@ struct Args {
   T* row_dots;             // (n, rows)                     backward: dξ_s·ξ_s
   int64_t batch, heads, queries, patterns, dim, value_dim, n_steps;
   T beta;
-  bool shared, save_states;
+  bool shared;
 
   HV_DEVICE int64_t rows() const { return batch * heads * queries; }
   // The (M, ·) slab of patterns that a row of (batch * heads + h) reads.
@@ -179,11 +179,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     next.scale(online_softmax_normaliser(softmax));
-    if (args.save_states && lane == 0) args.lse[(s - 1) * rows + row] = online_softmax_lse(softmax);
+    if (lane == 0) args.lse[(s - 1) * rows + row] = online_softmax_lse(softmax);
     if (last) {
       next.store(out + row * width, width, lane);
     } else {
-      if (args.save_states) next.store(args.states + ((s - 1) * rows + row) * d, d, lane);
+      next.store(args.states + ((s - 1) * rows + row) * d, d, lane);
       state = next;
     }
   }
@@ -325,19 +325,16 @@ Args<scalar_t> make_args(const RetrievalInputs& in) {
   return args;
 }
 
-}  // namespace
-
-ForwardResult forward_cuda(const RetrievalInputs& in, bool save_states) {
+ForwardResult forward_cuda(const RetrievalInputs& in) {
   const c10::cuda::CUDAGuard guard(in.query.device());
-  auto [out, states, lse] = empty_forward_outputs(in, save_states);
+  auto [out, states, lse] = empty_forward_outputs(in);
   if (out.numel() == 0) return {out, states, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
                                   "hopfield_retrieval_fwd_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     Args<scalar_t> args = make_args<scalar_t>(in);
-    args.save_states = save_states;
-    args.states = save_states ? states.data_ptr<T>() : nullptr;
-    args.lse = save_states ? lse.data_ptr<T>() : nullptr;
+    args.states = states.data_ptr<T>();
+    args.lse = lse.data_ptr<T>();
     const int64_t blocks = blocks_for_warps(out.numel() / in.value_dim);
     with_per_lane(std::max(in.dim, in.value_dim), [&](auto per_lane) {
       forward_kernel<scalar_t, decltype(per_lane)::value>
@@ -388,9 +385,13 @@ BackwardResult backward_cuda(const RetrievalInputs& in, const at::Tensor& dout,
   return {dquery, dstored, dvalues};
 }
 
+constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("hopfield_retrieval_fwd", &forward_op<forward_cuda>);
-  m.impl("hopfield_retrieval_bwd", &backward_op<backward_cuda>);
+  m.impl("hopfield_retrieval_fwd", &forward_op<kCudaKernels>);
+  m.impl("hopfield_retrieval_bwd", &backward_op<kCudaKernels>);
 }
 
 }  // namespace hvision::hopfield_retrieval

@@ -34,13 +34,16 @@ std::optional<at::Tensor> check_per_token(const char* op, const char* name,
 }
 
 // assign: (batch, N) int64 with every value a row of the output, in [0, rows). Reading the range
-// waits for the device; it is what keeps every kernel's reads in bounds.
+// waits for the device on CUDA; it is what keeps every kernel's reads in bounds. `values`
+// false skips it for an assign that merge_tokens_fwd produced itself (its backward), where a
+// bad one, from a direct call, fails in at::gather's own bounds check before any kernel reads.
 at::Tensor check_assign(const char* op, const at::Tensor& assign, const at::Tensor& reference,
-                        const char* reference_name, int64_t batch, int64_t tokens, int64_t rows) {
+                        const char* reference_name, int64_t batch, int64_t tokens, int64_t rows,
+                        bool values = true) {
   check_same_device(op, "assign", assign, reference, reference_name);
   check_dtype(op, "assign", assign, {at::kLong});
   check_shape(op, "assign", assign, {batch, tokens}, "(batch, N)");
-  if (assign.numel() > 0) {
+  if (values && assign.numel() > 0) {
     const auto [low, high] = at::aminmax(assign);
     const int64_t lowest = low.item<int64_t>(), highest = high.item<int64_t>();
     TORCH_CHECK_VALUE(lowest >= 0 && highest < rows, op,
@@ -48,6 +51,15 @@ at::Tensor check_assign(const char* op, const at::Tensor& assign, const at::Tens
                       lowest, ", ", highest, "]");
   }
   return assign.contiguous();
+}
+
+// Token masses must be positive: a zero sum would divide by zero, a negative one flip signs.
+// Reading them waits for the device on CUDA.
+void check_positive_size(const std::optional<at::Tensor>& size) {
+  if (!size || size->numel() == 0) return;
+  const double smallest = size->min().item<double>();
+  TORCH_CHECK_VALUE(smallest > 0, kMerge, ": expected size > 0 everywhere, got a smallest value of ",
+                    smallest);
 }
 
 // The tokens of each output row, in token order: a stable sort of assign keeps equal rows in
@@ -100,6 +112,7 @@ MergeResult merge_forward(const Kernels& kernels, const at::Tensor& x, const at:
                     ": expected r in [0, (N - protect) // 2] = [0, ", max_r, "], got ", r);
   const auto importance_acc = check_per_token(kMerge, "importance", importance, x, batch, tokens);
   const auto size_acc = check_per_token(kMerge, "size", size, x, batch, tokens);
+  check_positive_size(size_acc);
 
   const at::Tensor assign =
       merge_assign(kernels, metric.contiguous(), r, importance_acc, protect, importance_weight);
@@ -116,7 +129,9 @@ at::Tensor merge_backward(const Kernels& kernels, const at::Tensor& dmerged,
   TORCH_CHECK_VALUE(assign.dim() == 2, kMerge, ": expected assign of shape (batch, N), got ",
                     shape_string(assign.sizes()));
   const int64_t tokens = assign.size(1);
-  const at::Tensor checked = check_assign(kMerge, assign, dmerged, "dmerged", batch, tokens, rows);
+  // The values of assign are checked on the CPU only, where that costs no wait.
+  const at::Tensor checked = check_assign(kMerge, assign, dmerged, "dmerged", batch, tokens, rows,
+                                          /*values=*/!dmerged.is_cuda());
   const auto size_acc = check_per_token(kMerge, "size", size, dmerged, batch, tokens);
   check_same_device(kMerge, "merged_size", merged_size, dmerged, "dmerged");
   check_dtype(kMerge, "merged_size", merged_size, {at::toOpMathType(dmerged.scalar_type())});

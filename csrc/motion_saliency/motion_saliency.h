@@ -21,13 +21,15 @@ struct Frames {
 
 Frames check_inputs(const at::Tensor& frames, int64_t patch_size, double alpha);
 
-// (batch, T, P) scores.
-at::Tensor motion_saliency_cpu(const Frames& in);
-at::Tensor motion_saliency_cuda(const Frames& in);
+// One device's kernel (kCpuKernels, kCudaKernels, defined next to it).
+struct Kernels {
+  at::Tensor (*scores)(const Frames& in);  // (batch, T, P)
+};
 
-template <at::Tensor (*Kernel)(const Frames&)>
+// The schema-shaped operator function, instantiated once per device with its kernel.
+template <const Kernels& kDevice>
 at::Tensor motion_saliency_op(const at::Tensor& frames, int64_t patch_size, double alpha) {
-  return Kernel(check_inputs(frames, patch_size, alpha));
+  return kDevice.scores(check_inputs(frames, patch_size, alpha));
 }
 
 }  // namespace hvision::motion_saliency

@@ -193,8 +193,6 @@ void score_frames(const Frames& in, at::Tensor& scores) {
   });
 }
 
-}  // namespace
-
 at::Tensor motion_saliency_cpu(const Frames& in) {
   at::Tensor scores =
       at::empty({in.batch, in.time, in.patches()}, in.frames.options().dtype(in.score_dtype()));
@@ -204,8 +202,12 @@ at::Tensor motion_saliency_cpu(const Frames& in) {
   return scores;
 }
 
+constexpr Kernels kCpuKernels{&motion_saliency_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("motion_saliency", &motion_saliency_op<motion_saliency_cpu>);
+  m.impl("motion_saliency", &motion_saliency_op<kCpuKernels>);
 }
 
 }  // namespace hvision::motion_saliency

@@ -163,8 +163,6 @@ void launch(const Frames& in, at::Tensor& scores) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-}  // namespace
-
 at::Tensor motion_saliency_cuda(const Frames& in) {
   const c10::cuda::CUDAGuard guard(in.frames.device());
   at::Tensor scores =
@@ -175,8 +173,12 @@ at::Tensor motion_saliency_cuda(const Frames& in) {
   return scores;
 }
 
+constexpr Kernels kCudaKernels{&motion_saliency_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("motion_saliency", &motion_saliency_op<motion_saliency_cuda>);
+  m.impl("motion_saliency", &motion_saliency_op<kCudaKernels>);
 }
 
 }  // namespace hvision::motion_saliency

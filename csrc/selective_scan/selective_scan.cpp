@@ -12,8 +12,8 @@ namespace {
 
 constexpr const char* kOp = "selective_scan";
 
-// Validates B or C and returns it canonical (fixed (dim, N) or grouped (batch, G, N, L)) with
-// its number of groups (0 when fixed).
+// Validates B or C and returns it canonical (fixed (dim, N) contiguous, or grouped (batch, G, N, L)
+// with its strides as given: see projection_rows) with its number of groups (0 when fixed).
 std::pair<at::Tensor, int64_t> check_projection(const char* name, const at::Tensor& t,
                                                 const ScanInputs& in) {
   check_same_device(kOp, name, t, in.u, "u");
@@ -28,13 +28,13 @@ std::pair<at::Tensor, int64_t> check_projection(const char* name, const at::Tens
   check_dtype(kOp, name, t, {in.u.scalar_type(), in.acc_dtype()});
   if (t.dim() == 3) {
     check_shape(kOp, name, t, {in.batch, in.state, in.length}, "(batch, N, L)");
-    return {t.unsqueeze(1).contiguous(), 1};
+    return {t.unsqueeze(1), 1};
   }
   const int64_t groups = t.size(1);
   TORCH_CHECK_VALUE(groups >= 1 && in.dim % groups == 0, kOp, ": expected the number of groups G of ",
                     name, " to divide dim = ", in.dim, ", got G = ", groups);
   check_shape(kOp, name, t, {in.batch, groups, in.state, in.length}, "(batch, G, N, L)");
-  return {t.contiguous(), groups};
+  return {t, groups};
 }
 
 // Validates an optional per-channel or per-state tensor in the accumulation dtype.
@@ -101,16 +101,18 @@ ScanInputs check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::
   return in;
 }
 
-ForwardResult empty_forward_outputs(const ScanInputs& in, bool save_checkpoints) {
+ForwardResult empty_forward_outputs(const ScanInputs& in) {
   const auto acc_options = in.u.options().dtype(in.acc_dtype());
-  const int64_t chunks = save_checkpoints ? scan_num_chunks(in.length) : 0;
   return {at::empty_like(in.u), at::empty({in.batch, in.dim, in.state}, acc_options),
-          save_checkpoints ? at::empty({in.batch, in.dim, chunks, in.state}, acc_options)
-                           : at::empty({0}, acc_options)};
+          at::empty({in.batch, in.dim, scan_num_chunks(in.length), in.state}, acc_options)};
 }
 
 at::Tensor projection_rows(const at::Tensor& projection, bool variable, at::ScalarType acc) {
-  return variable ? projection.to(acc).transpose(-1, -2).contiguous() : projection;
+  if (!variable) return projection;
+  // In place when the caller laid it out so (hvision_ext.ops.selective_scan does), else one copy.
+  const at::Tensor rows = projection.transpose(-1, -2);
+  if (rows.scalar_type() == acc) return rows.contiguous();
+  return at::empty(rows.sizes(), rows.options().dtype(acc)).copy_(rows);
 }
 
 void copy_or_zero(at::Tensor& state, const std::optional<at::Tensor>& source) {
@@ -128,7 +130,7 @@ void check_backward_inputs(const ScanInputs& in, const at::Tensor& dout,
   check_parameter("dlast_state", dlast_state, in, {in.batch, in.dim, in.state}, "(batch, dim, N)");
   check_parameter("checkpoints", checkpoints, in,
                   {in.batch, in.dim, scan_num_chunks(in.length), in.state},
-                  "(batch, dim, num_chunks, N) (saved by the forward pass with save_checkpoints=True)");
+                  "(batch, dim, num_chunks, N) (saved by the forward pass)");
 }
 
 }  // namespace hvision::selective_scan

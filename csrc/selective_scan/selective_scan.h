@@ -30,17 +30,21 @@ ScanInputs check_inputs(const at::Tensor& u, const at::Tensor& delta, const at::
                         const std::optional<at::Tensor>& initial_state, bool reverse);
 
 // (out, last_state, checkpoints): checkpoints is (batch, dim, num_chunks, N), the state entering
-// every chunk of kScanChunk steps in scan order, or an empty tensor when not asked for.
+// every chunk of kScanChunk steps in scan order (1/kScanChunk of the states: always kept, so that
+// any forward call can be differentiated).
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); dz is empty when z is absent.
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                                   at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // The outputs of the forward pass, allocated for `in` (shared by every device).
-ForwardResult empty_forward_outputs(const ScanInputs& in, bool save_checkpoints);
+ForwardResult empty_forward_outputs(const ScanInputs& in);
 
-// B or C as the kernels read it: fixed (dim, N) as given, variable (batch, G, L, N) in the
-// accumulation type, so that the N values of one time step are contiguous.
+// B or C as the kernels read it: fixed (dim, N) as given; variable (batch, G, N, L) as contiguous
+// (batch, G, L, N) rows in the accumulation type. The kernels want the N values of a time step
+// adjacent: a step updates the N states as one vector. A variable B or C whose memory already is
+// so (its (L, N) transpose contiguous, in the accumulation type) is read in place, and dB/dC
+// come back in the same layout, so neither pass copies B or C nor transposes their gradients.
 at::Tensor projection_rows(const at::Tensor& projection, bool variable, at::ScalarType acc);
 
 // `state` <- `source`, or zeros without one: last_state and dinitial_state of a scan of L = 0.
@@ -51,30 +55,26 @@ void check_backward_inputs(const ScanInputs& in, const at::Tensor& dout,
                            const std::optional<at::Tensor>& dlast_state,
                            const at::Tensor& checkpoints);
 
-ForwardResult forward_cpu(const ScanInputs& in, bool save_checkpoints);
-BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
-                            const std::optional<at::Tensor>& dlast_state,
-                            const at::Tensor& checkpoints);
-ForwardResult forward_cuda(const ScanInputs& in, bool save_checkpoints);
-BackwardResult backward_cuda(const ScanInputs& in, const at::Tensor& dout,
+// One device's kernels (kCpuKernels, kCudaKernels, defined next to them).
+struct Kernels {
+  ForwardResult (*forward)(const ScanInputs& in);
+  BackwardResult (*backward)(const ScanInputs& in, const at::Tensor& dout,
                              const std::optional<at::Tensor>& dlast_state,
                              const at::Tensor& checkpoints);
+};
 
 // The schema-shaped operator functions, instantiated once per device with its kernels.
-template <ForwardResult (*Kernel)(const ScanInputs&, bool)>
+template <const Kernels& kDevice>
 ForwardResult forward_op(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                          const at::Tensor& B, const at::Tensor& C,
                          const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                          const std::optional<at::Tensor>& delta_bias, bool delta_softplus,
-                         const std::optional<at::Tensor>& initial_state, bool reverse,
-                         bool save_checkpoints) {
-  return Kernel(check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                             reverse),
-                save_checkpoints);
+                         const std::optional<at::Tensor>& initial_state, bool reverse) {
+  return kDevice.forward(check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      initial_state, reverse));
 }
 
-template <BackwardResult (*Kernel)(const ScanInputs&, const at::Tensor&,
-                                   const std::optional<at::Tensor>&, const at::Tensor&)>
+template <const Kernels& kDevice>
 BackwardResult backward_op(const at::Tensor& dout, const std::optional<at::Tensor>& dlast_state,
                            const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                            const at::Tensor& B, const at::Tensor& C,
@@ -87,7 +87,7 @@ BackwardResult backward_op(const at::Tensor& dout, const std::optional<at::Tenso
                                      initial_state, reverse);
   check_backward_inputs(in, dout, dlast_state, checkpoints);
   BackwardResult grads =
-      Kernel(in, dout.contiguous(),
+      kDevice.backward(in, dout.contiguous(),
              dlast_state ? std::optional<at::Tensor>(dlast_state->contiguous()) : std::nullopt,
              checkpoints.contiguous());
   // Kernels return dB/dC in the canonical (batch, G, N, L) layout; give them B's and C's shapes.

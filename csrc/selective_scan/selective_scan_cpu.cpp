@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/cpu_dispatch.h"
+#include "common/cpu_widen.h"
 #include "common/step_math.h"
 #include "selective_scan/selective_scan.h"
 
@@ -127,7 +128,7 @@ HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* 
   const int64_t N = kStates > 0 ? kStates : c.state;
   const T* A = c.A;
   for (int64_t step = 0; step < c.length; ++step) {
-    if (checkpoints && step % kScanChunk == 0) {
+    if (step % kScanChunk == 0) {
       std::copy_n(state, N, checkpoints + step / kScanChunk * N);
     }
     const int64_t t = c.time(step);
@@ -285,19 +286,6 @@ struct FactorRows {
   }
 };
 
-// A row of the input in the accumulation type: the row itself when it already is, else a
-// widened copy in `buffer`.
-template <typename T, typename scalar_t>
-const T* widen_row(const scalar_t* row, int64_t length, std::vector<T>& buffer) {
-  if constexpr (std::is_same_v<T, scalar_t>) {
-    return row;
-  } else {
-    buffer.resize(length);
-    std::transform(row, row + length, buffer.begin(), [](scalar_t v) { return T(v); });
-    return buffer.data();
-  }
-}
-
 // Where a kernel writes an output row: in place when the types agree, else in `buffer`, which
 // narrow_row then stores.
 template <typename T, typename scalar_t>
@@ -343,9 +331,9 @@ struct ScanView {
   // The widened u, delta and z rows of channel (b, d), in the three buffers.
   Channel<T> load_channel(int64_t b, int64_t d, std::vector<T> (&buffers)[3]) const {
     const int64_t offset = row_offset(b, d);
-    const T* u = widen_row(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
-    const T* delta = widen_row(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
-    const T* z = in.z ? widen_row(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
+    const T* u = widen(in.u.data_ptr<scalar_t>() + offset, in.length, buffers[0]);
+    const T* delta = widen(in.delta.data_ptr<scalar_t>() + offset, in.length, buffers[1]);
+    const T* z = in.z ? widen(in.z->data_ptr<scalar_t>() + offset, in.length, buffers[2])
                       : nullptr;
     return Channel<T>{u,
                       delta,
@@ -370,7 +358,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
   const int64_t N = in.state;
   const int64_t chunks = scan_num_chunks(in.length);
   T* states = last_state.data_ptr<T>();
-  T* checkpoint_base = checkpoints.numel() ? checkpoints.data_ptr<T>() : nullptr;
+  T* checkpoint_base = checkpoints.data_ptr<T>();
   const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
   at::parallel_for(0, in.batch * in.dim, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], out_buffer, products(N);
@@ -387,7 +375,7 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
       scalar_t* out_row = out.data_ptr<scalar_t>() + channel * in.length;
       T* computed = output_row<T>(out_row, in.length, out_buffer);
       run_forward_channel(c, factors.get(in.length, c.z != nullptr, false), state, computed,
-                          checkpoint_base ? checkpoint_base + channel * chunks * N : nullptr,
+                          checkpoint_base + channel * chunks * N,
                           products.data());
       narrow_row(computed, out_row, in.length);
     }
@@ -397,11 +385,12 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
 // Gradients of one backward call in the accumulation type, before the reductions over batch
 // and channel blocks that make them the shapes of the inputs.
 struct GradBuffers {
-  at::Tensor du, ddelta, dz;                // like u
-  at::Tensor dA, d_fixed_B, d_fixed_C;      // (batch, dim, N) per-batch partials
-  at::Tensor d_var_B, d_var_C;              // (batch, blocks, G, L, N) per-block partials
-  at::Tensor d_skip, d_delta_bias;          // (batch, dim) per-batch partials
-  at::Tensor d_initial_state;               // (batch, dim, N)
+  at::Tensor du, ddelta, dz;    // like u (dz empty without z)
+  at::Tensor dA;                // (batch, dim, N) per-batch partials
+  at::Tensor dB, dC;            // fixed: (batch, dim, N) per-batch partials; variable:
+                                // (batch, blocks, G, L, N) per-block partials
+  at::Tensor dD, d_delta_bias;  // (batch, dim) per-batch partials
+  at::Tensor d_initial_state;   // (batch, dim, N)
 };
 
 GradBuffers empty_grads(const ScanInputs& in, int64_t blocks) {
@@ -415,9 +404,9 @@ GradBuffers empty_grads(const ScanInputs& in, int64_t blocks) {
   g.ddelta = at::empty_like(in.u);
   g.dz = in.z ? at::empty_like(in.u) : at::empty({0}, in.u.options());
   g.dA = at::zeros({in.batch, in.dim, in.state}, acc);
-  (in.B_variable() ? g.d_var_B : g.d_fixed_B) = projection(in.B_variable(), in.groups_B);
-  (in.C_variable() ? g.d_var_C : g.d_fixed_C) = projection(in.C_variable(), in.groups_C);
-  g.d_skip = at::zeros({in.batch, in.dim}, acc);
+  g.dB = projection(in.B_variable(), in.groups_B);
+  g.dC = projection(in.C_variable(), in.groups_C);
+  g.dD = at::zeros({in.batch, in.dim}, acc);
   g.d_delta_bias = at::zeros({in.batch, in.dim}, acc);
   g.d_initial_state = at::empty({in.batch, in.dim, in.state}, acc);
   return g;
@@ -431,11 +420,10 @@ int64_t channel_blocks(const ScanInputs& in) {
 }
 
 // dB or dC from its buffer: fixed (dim, N) summed over the batch, or variable (batch, G, N, L)
-// summed over the blocks, in the dtype of the input.
-at::Tensor reduce_projection_grad(const at::Tensor& fixed, const at::Tensor& variable,
-                                  at::ScalarType dtype) {
-  if (!variable.defined()) return fixed.sum(0);
-  return variable.sum(1).transpose(-1, -2).to(dtype).contiguous();
+// summed over the blocks, in the dtype of the input and the layout of projection_rows.
+at::Tensor reduce_projection_grad(const at::Tensor& buffer, bool variable, at::ScalarType dtype) {
+  if (!variable) return buffer.sum(0);
+  return buffer.sum(1).transpose(-1, -2).to(dtype);
 }
 
 template <typename scalar_t>
@@ -447,11 +435,11 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
   const int64_t N = in.state, L = in.length;
   const int64_t chunks = scan_num_chunks(L);
   // A task is (batch, block of channels); it alone writes its rows of the dB/dC buffers.
-  const auto grad_projection = [&](const at::Tensor& fixed, const at::Tensor& variable,
-                                   int64_t groups, int64_t b, int64_t block, int64_t d) {
-    if (groups == 0) return fixed.data_ptr<T>() + (b * in.dim + d) * N;
+  const auto grad_projection = [&](const at::Tensor& buffer, int64_t groups, int64_t b,
+                                   int64_t block, int64_t d) {
+    if (groups == 0) return buffer.data_ptr<T>() + (b * in.dim + d) * N;
     const int64_t group = d / (in.dim / groups);
-    return variable.data_ptr<T>() + ((b * blocks + block) * groups + group) * L * N;
+    return buffer.data_ptr<T>() + ((b * blocks + block) * groups + group) * L * N;
   };
   at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], dout_buffer, du_buffer, ddelta_buffer, dz_buffer;
@@ -463,14 +451,14 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
         const int64_t channel = b * in.dim + d;
         const int64_t offset = channel * L;
         const Channel<T> c = view.load_channel(b, d, rows);
-        const T* dout_row = widen_row(dout.data_ptr<scalar_t>() + offset, L, dout_buffer);
+        const T* dout_row = widen(dout.data_ptr<scalar_t>() + offset, L, dout_buffer);
         ChannelGrads<T> grads{
             output_row<T>(g.du.data_ptr<scalar_t>() + offset, L, du_buffer),
             output_row<T>(g.ddelta.data_ptr<scalar_t>() + offset, L, ddelta_buffer),
             in.z ? output_row<T>(g.dz.data_ptr<scalar_t>() + offset, L, dz_buffer) : nullptr,
             g.dA.data_ptr<T>() + channel * N,
-            grad_projection(g.d_fixed_B, g.d_var_B, in.groups_B, b, block, d),
-            grad_projection(g.d_fixed_C, g.d_var_C, in.groups_C, b, block, d)};
+            grad_projection(g.dB, in.groups_B, b, block, d),
+            grad_projection(g.dC, in.groups_C, b, block, d)};
         T* adjoint = g.d_initial_state.data_ptr<T>() + channel * N;
         if (dlast_state) {
           std::copy_n(dlast_state->data_ptr<T>() + channel * N, N, adjoint);
@@ -482,17 +470,15 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
         narrow_row(grads.du, g.du.data_ptr<scalar_t>() + offset, L);
         narrow_row(grads.ddelta, g.ddelta.data_ptr<scalar_t>() + offset, L);
         if (in.z) narrow_row(grads.dz, g.dz.data_ptr<scalar_t>() + offset, L);
-        g.d_skip.data_ptr<T>()[channel] = grads.d_skip;
+        g.dD.data_ptr<T>()[channel] = grads.d_skip;
         g.d_delta_bias.data_ptr<T>()[channel] = grads.d_delta_bias;
       }
     }
   });
 }
 
-}  // namespace
-
-ForwardResult forward_cpu(const ScanInputs& in, bool save_checkpoints) {
-  auto [out, last_state, checkpoints] = empty_forward_outputs(in, save_checkpoints);
+ForwardResult forward_cpu(const ScanInputs& in) {
+  auto [out, last_state, checkpoints] = empty_forward_outputs(in);
   if (in.length == 0) copy_or_zero(last_state, in.initial_state);
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
@@ -518,17 +504,21 @@ BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
   return {g.du,
           g.ddelta,
           g.dA.sum(0),
-          reduce_projection_grad(g.d_fixed_B, g.d_var_B, in.B.scalar_type()),
-          reduce_projection_grad(g.d_fixed_C, g.d_var_C, in.C.scalar_type()),
-          g.d_skip.sum(0),
+          reduce_projection_grad(g.dB, in.B_variable(), in.B.scalar_type()),
+          reduce_projection_grad(g.dC, in.C_variable(), in.C.scalar_type()),
+          g.dD.sum(0),
           g.dz,
           g.d_delta_bias.sum(0),
           g.d_initial_state};
 }
 
+constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("selective_scan_fwd", &forward_op<forward_cpu>);
-  m.impl("selective_scan_bwd", &backward_op<backward_cpu>);
+  m.impl("selective_scan_fwd", &forward_op<kCpuKernels>);
+  m.impl("selective_scan_bwd", &backward_op<kCpuKernels>);
 }
 
 }  // namespace hvision::selective_scan

@@ -119,7 +119,7 @@ struct ForwardArgs {
   const T* initial_state;  // (batch, dim, N) or nullptr (zeros)
   scalar_t* out;
   T* last_state;
-  T* checkpoints;  // (batch, dim, chunks, N) or nullptr when not saved
+  T* checkpoints;  // (batch, dim, chunks, N)
 };
 
 template <typename scalar_t>
@@ -333,7 +333,7 @@ __global__ void __launch_bounds__(kMaxThreads) forward_kernel(const ForwardArgs<
     load_tile(tiles.u, s.u, blk, chunk, s.dim);
     load_tile(tiles.delta, s.delta, blk, chunk, s.dim);
     if (has_z) load_tile(tiles.z, s.z, blk, chunk, s.dim);
-    if (args.checkpoints) c.store_row(args.checkpoints, c.channel * s.chunks + index, h);
+    c.store_row(args.checkpoints, c.channel * s.chunks + index, h);
     __syncthreads();
     for (int k = 0; k < chunk.steps; ++k) {
       const int64_t t = chunk.time(k);
@@ -678,7 +678,7 @@ void launch_forward(const ScanInputs& in, const at::Tensor& B, const at::Tensor&
   const ForwardArgs<scalar_t> args{
       scan_args<scalar_t>(in, B, C, tiling), optional_ptr<T>(in.initial_state),
       out.mutable_data_ptr<scalar_t>(), last_state.mutable_data_ptr<T>(),
-      checkpoints.numel() ? checkpoints.mutable_data_ptr<T>() : nullptr};
+      checkpoints.mutable_data_ptr<T>()};
   launch(forward_kernel<scalar_t, P>, tiling, in.batch, forward_shared_bytes<T>(tiling.channels),
          args);
 }
@@ -706,13 +706,13 @@ at::Tensor projection_grad_buffer(const ScanInputs& in, int64_t groups, const Ti
 }
 
 // dB or dC in the canonical layout of the input: fixed (dim, N), or variable (batch, G, N, L) in
-// the input's dtype.
+// the input's dtype and the layout of projection_rows.
 at::Tensor finish_projection_grad(const at::Tensor& buffer, const ScanInputs& in, int64_t groups,
                                   at::ScalarType dtype, bool slabs) {
   if (groups == 0) return buffer.sum(0);
   const at::Tensor summed =
       slabs ? buffer.view({in.batch, groups, -1, in.length, in.state}).sum(2) : buffer;
-  return summed.transpose(-1, -2).to(dtype).contiguous();
+  return summed.transpose(-1, -2).to(dtype);
 }
 
 GradBuffers empty_grads(const ScanInputs& in, const Tiling& tiling, bool slabs) {
@@ -754,11 +754,9 @@ void launch_backward(const ScanInputs& in, const at::Tensor& B, const at::Tensor
          BackwardLayout<T, P>::bytes(tiling.channels, tiling.threads), args);
 }
 
-}  // namespace
-
-ForwardResult forward_cuda(const ScanInputs& in, bool save_checkpoints) {
+ForwardResult forward_cuda(const ScanInputs& in) {
   const c10::cuda::CUDAGuard guard(in.u.device());
-  ForwardResult result = empty_forward_outputs(in, save_checkpoints);
+  ForwardResult result = empty_forward_outputs(in);
   if (in.length == 0) copy_or_zero(std::get<1>(result), in.initial_state);
   if (in.u.numel() > 0) {
     const Tiling tiling = make_tiling(in);
@@ -807,9 +805,13 @@ BackwardResult backward_cuda(const ScanInputs& in, const at::Tensor& dout,
           g.d_initial_state};
 }
 
+constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("selective_scan_fwd", &forward_op<forward_cuda>);
-  m.impl("selective_scan_bwd", &backward_op<backward_cuda>);
+  m.impl("selective_scan_fwd", &forward_op<kCudaKernels>);
+  m.impl("selective_scan_bwd", &backward_op<kCudaKernels>);
 }
 
 }  // namespace hvision::selective_scan

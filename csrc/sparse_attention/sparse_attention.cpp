@@ -2,7 +2,6 @@
 #include "sparse_attention/sparse_attention.h"
 
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
 
 #include <cmath>
 
@@ -60,7 +59,7 @@ SavedForward check_backward_inputs(const AttentionInputs& in, const at::Tensor& 
   check_like_q("dout", dout, in.q);
   check_like_q("out", out, in.q);
   check_same_device(kOp, "lse", lse, in.q, "q");
-  check_dtype(kOp, "lse", lse, {at::toOpMathType(in.q.scalar_type())});
+  check_dtype(kOp, "lse", lse, {in.acc_dtype()});
   check_shape(kOp, "lse", lse, {in.batch, in.heads, in.length}, "(batch, heads, L)");
   return {dout.contiguous(), out.contiguous(), lse.contiguous()};
 }

@@ -3,6 +3,7 @@
 // csrc/common/step_math.h.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -21,6 +22,8 @@ struct AttentionInputs {
   SparsePattern pattern;
   double scale = 1.0;
   int64_t batch = 0, heads = 0, length = 0, head_dim = 0;
+
+  at::ScalarType acc_dtype() const { return at::toOpMathType(q.scalar_type()); }
 
   // The pattern walked key-major, as the dk/dv kernels do.
   SparsePattern transposed_pattern() const {
@@ -47,26 +50,27 @@ using ForwardResult = std::tuple<at::Tensor, at::Tensor>;
 // (dq, dk, dv), each like its input.
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-ForwardResult forward_cpu(const AttentionInputs& in);
-BackwardResult backward_cpu(const AttentionInputs& in, const SavedForward& saved);
-ForwardResult forward_cuda(const AttentionInputs& in);
-BackwardResult backward_cuda(const AttentionInputs& in, const SavedForward& saved);
+// One device's kernels (kCpuKernels, kCudaKernels, defined next to them).
+struct Kernels {
+  ForwardResult (*forward)(const AttentionInputs& in);
+  BackwardResult (*backward)(const AttentionInputs& in, const SavedForward& saved);
+};
 
 // The schema-shaped operator functions, instantiated once per device with its kernels.
-template <ForwardResult (*Kernel)(const AttentionInputs&)>
+template <const Kernels& kDevice>
 ForwardResult forward_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          std::optional<int64_t> window, std::optional<int64_t> stride,
                          int64_t num_global, bool causal, std::optional<double> scale) {
-  return Kernel(check_inputs(q, k, v, window, stride, num_global, causal, scale));
+  return kDevice.forward(check_inputs(q, k, v, window, stride, num_global, causal, scale));
 }
 
-template <BackwardResult (*Kernel)(const AttentionInputs&, const SavedForward&)>
+template <const Kernels& kDevice>
 BackwardResult backward_op(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
                            const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                            std::optional<int64_t> window, std::optional<int64_t> stride,
                            int64_t num_global, bool causal, std::optional<double> scale) {
   const AttentionInputs in = check_inputs(q, k, v, window, stride, num_global, causal, scale);
-  return Kernel(in, check_backward_inputs(in, dout, out, lse));
+  return kDevice.backward(in, check_backward_inputs(in, dout, out, lse));
 }
 
 }  // namespace hvision::sparse_attention

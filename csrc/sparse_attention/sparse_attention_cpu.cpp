@@ -284,12 +284,8 @@ void backward_kernel(const AttentionInputs& in, const GradTensors& g) {
   });
 }
 
-at::ScalarType acc_dtype(const AttentionInputs& in) { return at::toOpMathType(in.q.scalar_type()); }
-
-}  // namespace
-
 ForwardResult forward_cpu(const AttentionInputs& in) {
-  const at::ScalarType acc = acc_dtype(in);
+  const at::ScalarType acc = in.acc_dtype();
   const at::Tensor q = in.q.to(acc), k = in.k.to(acc), v = in.v.to(acc);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({in.batch, in.heads, in.length}, q.options());
@@ -301,7 +297,7 @@ ForwardResult forward_cpu(const AttentionInputs& in) {
 }
 
 BackwardResult backward_cpu(const AttentionInputs& in, const SavedForward& saved) {
-  const at::ScalarType acc = acc_dtype(in);
+  const at::ScalarType acc = in.acc_dtype();
   GradTensors g;
   g.q = in.q.to(acc);
   g.k = in.k.to(acc);
@@ -320,9 +316,13 @@ BackwardResult backward_cpu(const AttentionInputs& in, const SavedForward& saved
   return {g.dq.to(dtype), g.dk.to(dtype), g.dv.to(dtype)};
 }
 
+constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CPU, m) {
-  m.impl("sparse_attention_fwd", &forward_op<forward_cpu>);
-  m.impl("sparse_attention_bwd", &backward_op<backward_cpu>);
+  m.impl("sparse_attention_fwd", &forward_op<kCpuKernels>);
+  m.impl("sparse_attention_bwd", &backward_op<kCpuKernels>);
 }
 
 }  // namespace hvision::sparse_attention

@@ -513,13 +513,11 @@ typename DeviceType<scalar_t>::type* device_data_mut(at::Tensor& t) {
   return reinterpret_cast<typename DeviceType<scalar_t>::type*>(t.mutable_data_ptr<scalar_t>());
 }
 
-}  // namespace
-
 ForwardResult forward_cuda(const AttentionInputs& in) {
   const c10::cuda::CUDAGuard guard(in.q.device());
   at::Tensor out = at::empty_like(in.q);
   at::Tensor lse = at::empty({in.batch, in.heads, in.length},
-                             in.q.options().dtype(at::toOpMathType(in.q.scalar_type())));
+                             in.q.options().dtype(in.acc_dtype()));
   if (in.q.numel() == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.q.scalar_type(), "sparse_attention_fwd_cuda", [&] {
     using S = typename DeviceType<scalar_t>::type;
@@ -537,7 +535,7 @@ BackwardResult backward_cuda(const AttentionInputs& in, const SavedForward& save
   const c10::cuda::CUDAGuard guard(in.q.device());
   at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
   if (in.q.numel() == 0) return {dq, dk, dv};
-  const at::ScalarType acc = at::toOpMathType(in.q.scalar_type());
+  const at::ScalarType acc = in.acc_dtype();
   // Σ_j p_ij dp_ij of each query row, which the softmax backward subtracts.
   const at::Tensor row_dot = (saved.dout.to(acc) * saved.out.to(acc)).sum(-1).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.q.scalar_type(), "sparse_attention_bwd_cuda", [&] {
@@ -565,9 +563,13 @@ BackwardResult backward_cuda(const AttentionInputs& in, const SavedForward& save
   return {dq, dk, dv};
 }
 
+constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(hvision, CUDA, m) {
-  m.impl("sparse_attention_fwd", &forward_op<forward_cuda>);
-  m.impl("sparse_attention_bwd", &backward_op<backward_cuda>);
+  m.impl("sparse_attention_fwd", &forward_op<kCudaKernels>);
+  m.impl("sparse_attention_bwd", &backward_op<kCudaKernels>);
 }
 
 }  // namespace hvision::sparse_attention

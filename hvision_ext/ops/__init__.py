@@ -1,19 +1,22 @@
-"""The fused operators. Each is a ``torch.ops.hvision`` custom op behind a Python function that
-takes the documented arguments; see ``hvision_ext.reference`` for the exact semantics."""
+"""The fused operators. Each is a ``torch.ops.hvision`` custom op behind a Python function with
+the signature of its reference in ``hvision_ext.reference``, which defines its semantics.
+Importing this package loads the compiled library."""
 
-from .hopfield_retrieval import hopfield_retrieval
-from .merge_tokens import merge_tokens, unmerge_tokens
-from .motion_saliency import motion_saliency
-from .selective_scan import selective_scan
-from .sparse_attention import local_global_attention, sparse_attention, strided_attention
+from .._library import load_library
 
-__all__ = [
-    "hopfield_retrieval",
-    "local_global_attention",
-    "merge_tokens",
-    "motion_saliency",
-    "selective_scan",
-    "sparse_attention",
-    "strided_attention",
-    "unmerge_tokens",
-]
+load_library()
+
+# The ops bind to the library's operators when imported; they are exported under the names of
+# the references (__all__), which ruff cannot read off a name.
+from .. import reference  # noqa: E402
+from .hopfield_retrieval import hopfield_retrieval  # noqa: E402, F401
+from .merge_tokens import merge_tokens, unmerge_tokens  # noqa: E402, F401
+from .motion_saliency import motion_saliency  # noqa: E402, F401
+from .selective_scan import selective_scan  # noqa: E402, F401
+from .sparse_attention import (  # noqa: E402, F401
+    local_global_attention,
+    sparse_attention,
+    strided_attention,
+)
+
+__all__ = reference.__all__

@@ -8,43 +8,32 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from .._C import HOPFIELD_MAX_DIM
+from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._checks import check_same_device
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-_OP = "hopfield_retrieval"
+_check = Checks("hopfield_retrieval")
 _fwd = torch.ops.hvision.hopfield_retrieval_fwd.default
 _bwd = torch.ops.hvision.hopfield_retrieval_bwd.default
 
 
 def resolve_beta(query: Tensor, beta: float | None) -> float:
-    """beta as the kernels take it: 1/sqrt(d) by default; raises for one that is not a finite
-    positive number (the kernels' wording)."""
+    """beta as the kernels take it: 1/sqrt(d) by default (d = 0 is the meta function's error to
+    name)."""
     if beta is None:
         d = query.shape[-1] if query.dim() > 0 else 0
-        return 1.0 / math.sqrt(d) if d > 0 else 1.0  # d = 0 is the kernels' error to name
-    if isinstance(beta, bool) or not isinstance(beta, Real):
-        raise TypeError(f"{_OP}: expected beta to be a float or None, got {type(beta).__name__}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"{_OP}: expected beta > 0 and finite, got {beta}")
+        return 1.0 / math.sqrt(d) if d > 0 else 1.0
+    _check.type(
+        isinstance(beta, Real) and not isinstance(beta, bool),
+        "beta to be a float or None",
+        type(beta).__name__,
+    )
     return float(beta)
 
 
-def check_n_steps(n_steps: int) -> None:
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int):
-        raise TypeError(f"{_OP}: expected n_steps to be an int, got {type(n_steps).__name__}")
-    if n_steps < 1:
-        raise ValueError(f"{_OP}: expected n_steps >= 1, got {n_steps}")
-
-
 @switchable(reference.hopfield_retrieval)
-def hopfield_retrieval(
-    query: Tensor,
-    stored: Tensor,
-    values: Tensor | None = None,
-    *,
-    beta: float | None = None,
-    n_steps: int = 1,
-) -> Tensor:
+def hopfield_retrieval(query, stored, values, beta, n_steps):
     """Modern Hopfield retrieval: ``n_steps`` updates ξ ← softmax(β ξ Xᵀ) X of the query, the
     last one reading the values.
 
@@ -60,72 +49,85 @@ def hopfield_retrieval(
     inputs). Gradients flow to query, stored and values through every step. See
     ``hvision_ext.reference.hopfield_retrieval``.
     """
-    beta = resolve_beta(query, beta)
-    check_n_steps(n_steps)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (query, stored, values)
+    args = (query, stored, values, resolve_beta(query, beta), n_steps)
+    validate(_fwd_meta, *args)
+    return _fwd(*args)[0]
+
+
+def _check_patterns(name: str, t: Tensor, query: Tensor, shared: bool, width) -> None:
+    """stored or values: (batch, heads, M, width), or (heads, M, width) shared across the
+    batch, with M that of stored."""
+    batch, heads = query.shape[:2]
+    _check.same_device("query", query, **{name: t})
+    _check.dtype(name, t, (query.dtype,))
+    if shared:
+        _check.shape(name, t, (heads, *width), "(heads, M, d) shared across the batch")
+    else:
+        _check.shape(name, t, (batch, heads, *width), "(batch, heads, M, d)")
+
+
+@register_meta("hopfield_retrieval_fwd")
+def _fwd_meta(query, stored, values, beta, n_steps):
+    _check.dim("query", query, (4,), "(batch, heads, Q, d)")
+    _check.dtype("query", query, FLOATING)
+    _check.dim("stored", stored, (3, 4), "(batch, heads, M, d) or (heads, M, d)")
+    _check.type(
+        isinstance(n_steps, int) and not isinstance(n_steps, bool),
+        "n_steps to be an int",
+        type(n_steps).__name__,
     )
-    out, _, _ = _fwd(query, stored, values, beta, n_steps, needs_grad)
-    return out
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-@torch.library.register_fake("hvision::hopfield_retrieval_fwd")
-def _fwd_fake(query, stored, values, beta, n_steps, save_states):
-    check_same_device(_OP, "query", query, stored=stored, values=values)
-    if query.dim() != 4:
-        raise ValueError(
-            f"{_OP}: expected query of shape (batch, heads, Q, d), got {tuple(query.shape)}"
-        )
+    _check.range(n_steps >= 1, "n_steps >= 1", n_steps)
+    _check.range(math.isfinite(beta) and beta > 0, "beta > 0 and finite", beta)
     batch, heads, queries, dim = query.shape
-    value_dim = dim if values is None else values.shape[-1]
-    acc = _acc_dtype(query.dtype)
-    out = query.new_empty((batch, heads, queries, value_dim))
-    if not save_states:
-        return out, query.new_empty((0,), dtype=acc), query.new_empty((0,), dtype=acc)
-    states = query.new_empty((n_steps - 1, batch, heads, queries, dim), dtype=acc)
-    return out, states, query.new_empty((n_steps, batch, heads, queries), dtype=acc)
-
-
-@torch.library.register_fake("hvision::hopfield_retrieval_bwd")
-def _bwd_fake(dout, query, stored, values, out, states, lse, beta, n_steps):
-    check_same_device(
-        _OP,
-        "query",
-        query,
-        dout=dout,
-        stored=stored,
-        values=values,
-        out=out,
-        states=states,
-        lse=lse,
+    patterns = stored.shape[-2]
+    shared = stored.dim() == 3
+    _check.size("the pattern size d (query.shape[-1])", dim, HOPFIELD_MAX_DIM)
+    _check.range(
+        patterns >= 1, "at least one stored pattern (M = stored.shape[-2])", f"M = {patterns}"
     )
-    dvalues = values.new_empty(values.shape) if values is not None else query.new_empty((0,))
-    return query.new_empty(query.shape), stored.new_empty(stored.shape), dvalues
+    _check_patterns("stored", stored, query, shared, (patterns, dim))
+    value_dim = dim
+    if values is not None:
+        _check.range(
+            values.dim() == stored.dim(),
+            f"values with as many dimensions as stored ({stored.dim()})",
+            f"shape {tuple(values.shape)}",
+        )
+        _check_patterns("values", values, query, shared, (patterns, values.shape[-1]))
+        value_dim = values.shape[-1]
+        _check.size("the value size dv (values.shape[-1])", value_dim, HOPFIELD_MAX_DIM)
+    acc = accumulation_dtype(query.dtype)
+    rows = (batch, heads, queries)
+    return (
+        Output(query, (*rows, value_dim)),
+        Output(query, (n_steps - 1, *rows, dim), acc),
+        Output(query, (n_steps, *rows), acc),
+    )
+
+
+@register_meta("hopfield_retrieval_bwd")
+def _bwd_meta(dout, query, stored, values, out, states, lse, beta, n_steps):
+    saved_out, saved_states, saved_lse = _fwd_meta(query, stored, values, beta, n_steps)
+    for name, t in (("dout", dout), ("out", out)):
+        _check.output(name, t, saved_out, "query", "(batch, heads, Q, dv)")
+    saved = " (saved by the forward pass)"
+    _check.output(
+        "states", states, saved_states, "query", f"(n_steps - 1, batch, heads, Q, d){saved}"
+    )
+    _check.output("lse", lse, saved_lse, "query", f"(n_steps, batch, heads, Q){saved}")
+    dvalues = Output(values, values.shape) if values is not None else Output(query, (0,))
+    return Output(query, query.shape), Output(stored, stored.shape), dvalues
 
 
 def _setup_context(ctx, inputs, output):
-    query, stored, values, beta, n_steps, _ = inputs
-    _, states, lse = output
-    ctx.save_for_backward(query, stored, values, output[0], states, lse)
-    ctx.beta = beta
-    ctx.n_steps = n_steps
+    query, stored, values, ctx.beta, ctx.n_steps = inputs
+    if any(ctx.needs_input_grad[:3]):
+        ctx.save_for_backward(query, stored, values, *output)
 
 
 def _backward(ctx, dout, _dstates, _dlse):
-    query, stored, values, out, states, lse = ctx.saved_tensors
-    if lse.dim() != 4:
-        raise RuntimeError(
-            f"{_OP}: backward needs the states of a forward pass run with save_states=True "
-            "(hvision_ext.ops.hopfield_retrieval sets it when a gradient is needed)"
-        )
-    dquery, dstored, dvalues = _bwd(
-        dout, query, stored, values, out, states, lse, ctx.beta, ctx.n_steps
-    )
-    return dquery, dstored, dvalues if values is not None else None, None, None, None
+    grads = _bwd(dout, *ctx.saved_tensors, ctx.beta, ctx.n_steps)
+    return *(g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)), None, None
 
 
 torch.library.register_autograd(

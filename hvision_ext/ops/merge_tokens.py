@@ -5,9 +5,12 @@ import torch
 from torch import Tensor
 
 from .. import reference
+from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._checks import check_same_device
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
+_merge = Checks("merge_tokens")
+_unmerge = Checks("unmerge_tokens")
 _merge_fwd = torch.ops.hvision.merge_tokens_fwd.default
 _merge_bwd = torch.ops.hvision.merge_tokens_bwd.default
 _unmerge_fwd = torch.ops.hvision.unmerge_tokens_fwd.default
@@ -15,16 +18,7 @@ _unmerge_bwd = torch.ops.hvision.unmerge_tokens_bwd.default
 
 
 @switchable(reference.merge_tokens)
-def merge_tokens(
-    x: Tensor,
-    metric: Tensor,
-    r: int,
-    *,
-    importance: Tensor | None = None,
-    size: Tensor | None = None,
-    protect: int = 1,
-    importance_weight: float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+def merge_tokens(**merge):
     """Merges r tokens of each sequence into their most similar ones (ToMe bipartite matching).
 
     Args:
@@ -47,85 +41,118 @@ def merge_tokens(
     token (``unmerge_tokens(merged, assign)`` undoes the merge). Gradients flow to x only.
     See ``hvision_ext.reference.merge_tokens``.
     """
-    return _merge_fwd(x, metric.detach(), r, importance, size, protect, importance_weight)
+    merge["metric"] = merge["metric"].detach()
+    validate(_merge_fwd_meta, **merge)
+    return _merge_fwd(**merge)
 
 
 @switchable(reference.unmerge_tokens)
-def unmerge_tokens(y: Tensor, assign: Tensor) -> Tensor:
+def unmerge_tokens(y, assign):
     """Spreads merged tokens back: out[b, i] = y[b, assign[b, i]], (batch, N, C) in y's dtype.
 
     y: (batch, M, C); assign: (batch, N) int64 with values in [0, M) (as merge_tokens returns).
     An assign value out of range raises ValueError (checking it waits for the device on CUDA).
     Gradients flow to y (summed over the tokens that share a row, in token order).
     """
+    validate(_unmerge_fwd_meta, y, assign)
     return _unmerge_fwd(y, assign)
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _check_tokens(check: Checks, name: str, t: Tensor, meaning: str) -> None:
+    check.dim(name, t, (3,), meaning)
+    check.dtype(name, t, FLOATING)
 
 
-@torch.library.register_fake("hvision::merge_tokens_fwd")
-def _merge_fwd_fake(x, metric, r, importance, size, protect, importance_weight):
-    check_same_device("merge_tokens", "x", x, metric=metric, importance=importance, size=size)
+def _check_per_token(check: Checks, name: str, t: Tensor | None, x: Tensor, tokens) -> None:
+    """A (batch, N) tensor in x's dtype or its accumulation dtype."""
+    if t is None:
+        return
+    check.same_device("x", x, **{name: t})
+    check.dtype(name, t, (x.dtype, accumulation_dtype(x.dtype)))
+    check.shape(name, t, (x.shape[0], tokens), "(batch, N)")
+
+
+def _check_assign(check: Checks, assign: Tensor, like: Tensor, like_name: str, tokens) -> None:
+    """assign (batch, N) int64; its values' range is checked by the kernels."""
+    check.dim("assign", assign, (2,), "(batch, N)")
+    check.same_device(like_name, like, assign=assign)
+    check.dtype("assign", assign, (torch.int64,))
+    check.shape("assign", assign, (like.shape[0], tokens), "(batch, N)")
+
+
+@register_meta("merge_tokens_fwd")
+def _merge_fwd_meta(x, metric, r, importance, size, protect, importance_weight):
+    _check_tokens(_merge, "x", x, "(batch, N, C)")
+    _check_tokens(_merge, "metric", metric, "(batch, N, Cm)")
+    _merge.same_device("x", x, metric=metric)
     batch, tokens, channels = x.shape
-    if not 0 <= protect <= tokens:
-        raise ValueError(f"merge_tokens: expected protect in [0, N] = [0, {tokens}], got {protect}")
+    _merge.range(
+        metric.shape[0] == batch and metric.shape[1] == tokens,
+        f"metric of shape (batch, N, Cm) with (batch, N) = ({batch}, {tokens}) as x",
+        tuple(metric.shape),
+    )
+    _merge.range(0 <= protect <= tokens, f"protect in [0, N] = [0, {tokens}]", protect)
     max_r = (tokens - protect) // 2
-    if not 0 <= r <= max_r:
-        raise ValueError(
-            f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {max_r}], got {r}"
-        )
+    _merge.range(0 <= r <= max_r, f"r in [0, (N - protect) // 2] = [0, {max_r}]", r)
+    _check_per_token(_merge, "importance", importance, x, tokens)
+    _check_per_token(_merge, "size", size, x, tokens)
     rows = tokens - r
     return (
-        x.new_empty((batch, rows, channels)),
-        x.new_empty((batch, rows), dtype=_accumulation_dtype(x.dtype)),
-        x.new_empty((batch, tokens), dtype=torch.long),
+        Output(x, (batch, rows, channels)),
+        Output(x, (batch, rows), accumulation_dtype(x.dtype)),
+        Output(x, (batch, tokens), torch.int64),
     )
 
 
-@torch.library.register_fake("hvision::merge_tokens_bwd")
-def _merge_bwd_fake(dmerged, assign, size, merged_size):
-    check_same_device(
-        "merge_tokens", "dmerged", dmerged, assign=assign, size=size, merged_size=merged_size
-    )
-    return dmerged.new_empty((dmerged.shape[0], assign.shape[1], dmerged.shape[2]))
+@register_meta("merge_tokens_bwd")
+def _merge_bwd_meta(dmerged, assign, size, merged_size):
+    _check_tokens(_merge, "dmerged", dmerged, "(batch, N - r, C)")
+    batch, rows, channels = dmerged.shape
+    _merge.dim("assign", assign, (2,), "(batch, N)")
+    tokens = assign.shape[1]
+    _check_assign(_merge, assign, dmerged, "dmerged", tokens)
+    _check_per_token(_merge, "size", size, dmerged, tokens)
+    merged_sizes = Output(dmerged, (batch, rows), accumulation_dtype(dmerged.dtype))
+    _merge.output("merged_size", merged_size, merged_sizes, "dmerged", "(batch, N - r)")
+    return Output(dmerged, (batch, tokens, channels))
 
 
-@torch.library.register_fake("hvision::unmerge_tokens_fwd")
-def _unmerge_fwd_fake(y, assign):
-    check_same_device("unmerge_tokens", "y", y, assign=assign)
-    return y.new_empty((y.shape[0], assign.shape[1], y.shape[2]))
+@register_meta("unmerge_tokens_fwd")
+def _unmerge_fwd_meta(y, assign):
+    _check_tokens(_unmerge, "y", y, "(batch, N - r, C)")
+    _unmerge.dim("assign", assign, (2,), "(batch, N)")
+    _check_assign(_unmerge, assign, y, "y", assign.shape[1])
+    return Output(y, (y.shape[0], assign.shape[1], y.shape[2]))
 
 
-@torch.library.register_fake("hvision::unmerge_tokens_bwd")
-def _unmerge_bwd_fake(dout, assign, rows):
-    check_same_device("unmerge_tokens", "dout", dout, assign=assign)
-    return dout.new_empty((dout.shape[0], rows, dout.shape[2]))
+@register_meta("unmerge_tokens_bwd")
+def _unmerge_bwd_meta(dout, assign, rows):
+    _check_tokens(_unmerge, "dout", dout, "(batch, N, C)")
+    _unmerge.range(rows >= 0, "rows >= 0", rows)
+    _check_assign(_unmerge, assign, dout, "dout", dout.shape[1])
+    return Output(dout, (dout.shape[0], rows, dout.shape[2]))
 
 
 def _merge_setup_context(ctx, inputs, output):
-    _, _, _, _, size, _, _ = inputs
     _, merged_size, assign = output
-    ctx.save_for_backward(assign, size, merged_size)
     ctx.mark_non_differentiable(merged_size, assign)
+    if ctx.needs_input_grad[0]:
+        ctx.save_for_backward(assign, inputs[4], merged_size)
 
 
 def _merge_backward(ctx, dmerged, _dmerged_size, _dassign):
-    assign, size, merged_size = ctx.saved_tensors
-    dx = _merge_bwd(dmerged, assign, size, merged_size)
-    return dx, None, None, None, None, None, None
+    return _merge_bwd(dmerged, *ctx.saved_tensors), None, None, None, None, None, None
 
 
 def _unmerge_setup_context(ctx, inputs, output):
     y, assign = inputs
-    ctx.save_for_backward(assign)
     ctx.rows = y.shape[1]
+    if ctx.needs_input_grad[0]:
+        ctx.save_for_backward(assign)
 
 
 def _unmerge_backward(ctx, dout):
-    (assign,) = ctx.saved_tensors
-    return _unmerge_bwd(dout, assign, ctx.rows), None
+    return _unmerge_bwd(dout, *ctx.saved_tensors, ctx.rows), None
 
 
 torch.library.register_autograd(

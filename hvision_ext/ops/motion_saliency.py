@@ -1,16 +1,18 @@
 """``motion_saliency``: per-patch motion and saliency scores of video frames in one pass."""
 
 import torch
-from torch import Tensor
 
 from .. import reference
+from .._dtype import accumulation_dtype
 from .._switch import switchable
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
+_check = Checks("motion_saliency")
 _op = torch.ops.hvision.motion_saliency.default
 
 
 @switchable(reference.motion_saliency)
-def motion_saliency(frames: Tensor, patch_size: int, alpha: float = 0.5) -> Tensor:
+def motion_saliency(frames, patch_size, alpha):
     """Motion–saliency score of every patch of every frame.
 
     Args:
@@ -26,20 +28,25 @@ def motion_saliency(frames: Tensor, patch_size: int, alpha: float = 0.5) -> Tens
 
     Not differentiable: the scores never require grad, whatever ``frames`` does.
     """
-    return _op(frames.detach(), patch_size, alpha)
+    args = (frames.detach(), patch_size, alpha)
+    validate(_meta, *args)
+    return _op(*args)
 
 
-@torch.library.register_fake("hvision::motion_saliency")
-def _fake(frames, patch_size, alpha):
-    if frames.dim() != 5:
-        raise ValueError(
-            f"motion_saliency: expected frames of shape (batch, T, C, H, W), got {tuple(frames.shape)}"
-        )
-    batch, time, _, height, width = frames.shape
-    if patch_size < 1 or height % patch_size or width % patch_size:
-        raise ValueError(
-            f"motion_saliency: expected H and W divisible by patch_size = {patch_size}, got H = {height}, W = {width}"
-        )
-    dtype = torch.float64 if frames.dtype == torch.float64 else torch.float32
+@register_meta("motion_saliency")
+def _meta(frames, patch_size, alpha):
+    _check.dim("frames", frames, (5,), "(batch, T, C, H, W)")
+    _check.dtype("frames", frames, (torch.uint8, *FLOATING))
+    batch, time, channels, height, width = frames.shape
+    _check.range(
+        channels in (1, 3), "frames with C = 1 (grey) or 3 (RGB) channels", f"C = {channels}"
+    )
+    _check.range(patch_size >= 1, "patch_size >= 1", patch_size)
+    _check.range(
+        height % patch_size == 0 and width % patch_size == 0,
+        f"H and W divisible by patch_size = {patch_size}",
+        f"H = {height}, W = {width}",
+    )
+    _check.range(0.0 <= alpha <= 1.0, "alpha in [0, 1]", alpha)
     patches = (height // patch_size) * (width // patch_size)
-    return frames.new_empty((batch, time, patches), dtype=dtype)
+    return Output(frames, (batch, time, patches), accumulation_dtype(frames.dtype))

@@ -1,42 +1,24 @@
 """``sparse_attention``: strided and local-global attention as one fused operator (CPU and CUDA
 kernels): flash-style tiles over only the key tiles the pattern reaches, memory O(L·head_dim)."""
 
+import math
+
 import torch
-from torch import Tensor
 
 from .. import reference
+from .._C import ATTENTION_MAX_HEAD_DIM
+from .._dtype import accumulation_dtype
 from .._switch import switchable
-from ._checks import check_same_device
+from ._meta import FLOATING, Checks, Output, register_meta, validate
 
-OP = "sparse_attention"
-MAX_HEAD_DIM = 128
-
+_check = Checks("sparse_attention")
+_SHAPE = "(batch, heads, L, head_dim)"
 _fwd = torch.ops.hvision.sparse_attention_fwd.default
 _bwd = torch.ops.hvision.sparse_attention_bwd.default
 
 
-def _check_pattern(window: int | None, stride: int | None, num_global: int) -> None:
-    """The kernels' range checks, raised before anything is traced (the same wording)."""
-    if window is not None and window < 0:
-        raise ValueError(f"{OP}: expected window >= 0 or None, got {window}")
-    if stride is not None and stride < 1:
-        raise ValueError(f"{OP}: expected stride >= 1 or None, got {stride}")
-    if num_global < 0:
-        raise ValueError(f"{OP}: expected num_global >= 0, got {num_global}")
-
-
 @switchable(reference.sparse_attention)
-def sparse_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    window: int | None = None,
-    stride: int | None = None,
-    num_global: int = 0,
-    causal: bool = False,
-    scale: float | None = None,
-) -> Tensor:
+def sparse_attention(**attention):
     """Attention restricted to a local / strided / global pattern, without an L×L matrix.
 
     Args:
@@ -52,61 +34,61 @@ def sparse_attention(
     attention is dense. Returns (batch, heads, L, head_dim) in q's dtype. Gradients flow to q, k
     and v. See ``hvision_ext.reference.sparse_attention``.
     """
-    _check_pattern(window, stride, num_global)
-    out, _ = _fwd(q, k, v, window, stride, num_global, causal, scale)
-    return out
+    validate(_fwd_meta, **attention)
+    return _fwd(**attention)[0]
 
 
 @switchable(reference.strided_attention)
-def strided_attention(q: Tensor, k: Tensor, v: Tensor, stride: int, causal: bool = False) -> Tensor:
+def strided_attention(q, k, v, stride, causal):
     """Sparse Transformer's strided pattern: the band |i − j| < stride plus every key with
     (i − j) % stride == 0."""
-    if stride < 1:
-        raise ValueError(f"strided_attention: expected stride >= 1, got {stride}")
+    Checks("strided_attention").range(stride >= 1, "stride >= 1", stride)
     return sparse_attention(q, k, v, window=stride - 1, stride=stride, causal=causal)
 
 
 @switchable(reference.local_global_attention)
-def local_global_attention(q: Tensor, k: Tensor, v: Tensor, window: int, num_global: int) -> Tensor:
+def local_global_attention(q, k, v, window, num_global):
     """Longformer/BigBird-style: the band |i − j| ≤ window plus num_global symmetric global
     tokens."""
     return sparse_attention(q, k, v, window=window, num_global=num_global)
 
 
-def _lse_dtype(q: Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
+@register_meta("sparse_attention_fwd")
+def _fwd_meta(q, k, v, window, stride, num_global, causal, scale):
+    _check.dim("q", q, (4,), _SHAPE)
+    _check.dtype("q", q, FLOATING)
+    _check.like("k", k, q, "q", _SHAPE)
+    _check.like("v", v, q, "q", _SHAPE)
+    head_dim = q.shape[3]
+    _check.size("head_dim (q.shape[3])", head_dim, ATTENTION_MAX_HEAD_DIM)
+    _check.range(window is None or window >= 0, "window >= 0 or None", window)
+    _check.range(stride is None or stride >= 1, "stride >= 1 or None", stride)
+    _check.range(num_global >= 0, "num_global >= 0", num_global)
+    _check.range(scale is None or math.isfinite(scale), "a finite scale", scale)
+    return Output(q, q.shape), Output(q, q.shape[:3], accumulation_dtype(q.dtype))
 
 
-@torch.library.register_fake("hvision::sparse_attention_fwd")
-def _fwd_fake(q, k, v, window, stride, num_global, causal, scale):
-    check_same_device(OP, "q", q, k=k, v=v)
-    _check_pattern(window, stride, num_global)
-    batch, heads, length, _ = q.shape
-    return (
-        torch.empty_like(q, memory_format=torch.contiguous_format),
-        q.new_empty((batch, heads, length), dtype=_lse_dtype(q)),
-    )
-
-
-@torch.library.register_fake("hvision::sparse_attention_bwd")
-def _bwd_fake(dout, q, k, v, out, lse, window, stride, num_global, causal, scale):
-    check_same_device(OP, "q", q, dout=dout, k=k, v=v, out=out, lse=lse)
-    _check_pattern(window, stride, num_global)
-    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
-    return like(q), like(k), like(v)
+@register_meta("sparse_attention_bwd")
+def _bwd_meta(dout, q, k, v, out, lse, *pattern):
+    like_q, saved_lse = _fwd_meta(q, k, v, *pattern)
+    _check.like("dout", dout, q, "q", _SHAPE)
+    _check.like("out", out, q, "q", _SHAPE)
+    _check.output("lse", lse, saved_lse, "q", "(batch, heads, L)")
+    return like_q, like_q, like_q
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, window, stride, num_global, causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.pattern = (window, stride, num_global, causal, scale)
+    q, k, v, *ctx.pattern = inputs
+    if any(ctx.needs_input_grad[:3]):
+        ctx.save_for_backward(q, k, v, *output)
 
 
 def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _bwd(dout, q, k, v, out, lse, *ctx.pattern)
-    return dq, dk, dv, None, None, None, None, None
+    dq, dk, dv = _bwd(dout, *ctx.saved_tensors, *ctx.pattern)
+    needed = ctx.needs_input_grad
+    return (dq if needed[0] else None, dk if needed[1] else None, dv if needed[2] else None) + (
+        None,
+    ) * len(ctx.pattern)
 
 
 torch.library.register_autograd(

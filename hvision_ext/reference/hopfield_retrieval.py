@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._dtype import accumulation_dtype
+
 
 def hopfield_retrieval(
     query: Tensor,
@@ -23,7 +25,7 @@ def hopfield_retrieval(
     out = softmax(β ξ_{n_steps-1} Xᵀ) V, in the dtype of query (computed in float32, or float64
     for float64 inputs).
     """
-    acc = torch.float64 if query.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(query.dtype)
     if beta is None:
         beta = 1.0 / math.sqrt(query.shape[-1])
     # A shared (heads, M, d) set broadcasts over the batch.

@@ -5,16 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._dtype import accumulation_dtype
 
 
 def best_matches(metric: Tensor, protect: int) -> tuple[Tensor, Tensor]:
     """Each A token's (best cosine similarity, index of its best B token), both (batch, Na).
     A = the unprotected tokens at even positions, B = at odd positions. A NaN similarity counts
     as -inf; of equal similarities the lower index wins."""
-    unit = F.normalize(metric.to(_accumulation_dtype(metric.dtype)), dim=-1)
+    unit = F.normalize(metric.to(accumulation_dtype(metric.dtype)), dim=-1)
     a, b = unit[:, protect::2], unit[:, protect + 1 :: 2]
     similarity = (a @ b.transpose(-1, -2)).nan_to_num(nan=-torch.inf)
     best = similarity.amax(dim=-1)
@@ -44,11 +42,15 @@ def merge_tokens(
     tokens keep their original order; assign[b, i] is the output row of input token i.
     merged is in x's dtype, merged_size in float32 (float64 for float64 x), assign int64.
     """
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     batch, tokens, _ = x.shape
     if not 0 <= r <= (tokens - protect) // 2:
         raise ValueError(
             f"merge_tokens: expected r in [0, (N - protect) // 2] = [0, {(tokens - protect) // 2}], got {r}"
+        )
+    if size is not None and size.numel() > 0 and not size.min() > 0:
+        raise ValueError(
+            f"merge_tokens: expected size > 0 everywhere, got a smallest value of {size.min().item()}"
         )
     token_index = torch.arange(tokens, device=x.device).expand(batch, tokens)
     if r > 0:

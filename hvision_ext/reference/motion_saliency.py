@@ -3,6 +3,8 @@
 import torch
 from torch import Tensor
 
+from .._dtype import accumulation_dtype
+
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 EPSILON = 1e-6
 
@@ -55,7 +57,7 @@ def motion_saliency(frames: Tensor, patch_size: int, alpha: float = 0.5) -> Tens
     Both are computed in float and divided by their maximum over the frame's patches (+1e-6);
     score = alpha · motion + (1 - alpha) · saliency. Not differentiable.
     """
-    acc = torch.float64 if frames.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(frames.dtype)
     frames = frames.detach().to(acc)
     if frames.shape[1] > 1:
         difference = (frames[:, 1:] - frames[:, :-1]).abs()

@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._dtype import accumulation_dtype
+
 
 def expand_projection(proj: Tensor, dim: int) -> Tensor:
     """B or C as (batch or 1, dim, L or 1, N): fixed (dim, N), variable (batch, N, L) and grouped
@@ -37,7 +39,7 @@ def selective_scan(
     ``reverse`` runs t = L-1 … 0. Returns out (dtype of u), and the last state (batch, dim, N)
     in float32 (float64 for float64 inputs) if ``return_last_state``.
     """
-    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(u.dtype)
     batch, dim, length = u.shape
     u_acc = u.to(acc)
     delta = delta.to(acc)

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._dtype import accumulation_dtype
+
 
 def sparse_attention_mask(
     length: int,
@@ -47,7 +49,7 @@ def sparse_attention(
     """Attention of q, k, v (batch, heads, L, head_dim) restricted to the pattern of
     ``sparse_attention_mask``; softmax(scale · q kᵀ) v with scale = 1/sqrt(head_dim) by default.
     Computed in float32 (float64 for float64 inputs); returns q's dtype."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(q.dtype)
     mask = sparse_attention_mask(
         q.shape[-2],
         window=window,

@@ -1,11 +1,13 @@
 """Loading the compiled library: it registers every operator, and a stale build is refused."""
 
+import subprocess
 import sys
 
 import pytest
 import torch
 
 import hvision_ext
+import hvision_ext.ops  # noqa: F401  (loads the library)
 from hvision_ext import _build_info, _library
 
 OPERATORS = [
@@ -56,3 +58,13 @@ def test_missing_library_says_what_to_run(monkeypatch):
         ImportError, match="could not be loaded .* pip install --no-build-isolation -e"
     ):
         _library.load_library()
+
+
+def test_the_reference_imports_without_the_library():
+    # A fresh interpreter: here the library is loaded already.
+    code = (
+        "import sys, hvision_ext.reference, hvision_ext; "
+        "assert 'hvision_ext._C' not in sys.modules, 'the library was loaded'; "
+        "assert 'hvision_ext.ops' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

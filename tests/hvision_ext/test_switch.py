@@ -1,7 +1,9 @@
 """The reference switch routes operators through hvision_ext.reference."""
 
+import inspect
 from unittest import mock
 
+import pytest
 import torch
 
 import hvision_ext
@@ -57,3 +59,10 @@ def test_nested_blocks_restore_the_outer_setting():
             assert not hvision_ext.reference_enabled()
         assert hvision_ext.reference_enabled()
     assert not hvision_ext.reference_enabled()
+
+
+@pytest.mark.parametrize("name", reference.__all__)
+def test_every_operator_takes_its_references_arguments(name):
+    # The switch calls the reference with the arguments the operator was given.
+    operator, defined_by = getattr(hvision_ext.ops, name), getattr(reference, name)
+    assert inspect.signature(operator) == inspect.signature(defined_by)

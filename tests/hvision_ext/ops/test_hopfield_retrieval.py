@@ -308,13 +308,17 @@ def test_nan_in_a_query_stays_in_its_row():
     torch.testing.assert_close(ours.nan_to_num(), truth.nan_to_num())
 
 
-def test_states_are_saved_only_for_backward():
+def test_a_direct_forward_call_can_be_differentiated():
     kwargs = make_inputs(n_steps=3, queries=4)
-    args = forward_op_args(kwargs)
-    _, states, lse = torch.ops.hvision.hopfield_retrieval_fwd(*args[:-1], True)
-    _, no_states, no_lse = torch.ops.hvision.hopfield_retrieval_fwd(*args[:-1], False)
+    out, states, lse = torch.ops.hvision.hopfield_retrieval_fwd(*forward_op_args(kwargs))
     assert states.shape == (2, 2, 3, 4, 16) and lse.shape == (3, 2, 3, 4)
-    assert no_states.numel() == 0 and no_lse.numel() == 0
+    names = [n for n, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    direct = torch.autograd.grad(out.sum(), [kwargs[n] for n in names])
+    wrapped = torch.autograd.grad(
+        ops.hopfield_retrieval(**kwargs).sum(), [kwargs[n] for n in names]
+    )
+    for name, got, expected in zip(names, direct, wrapped):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
 
 
 def test_cpu_backward_is_deterministic_whatever_the_thread_count():
@@ -396,7 +400,7 @@ def test_gradcheck(device, shared, value_dim, n_steps):
     assert torch.autograd.gradcheck(fn, tuple(kwargs[n] for n in names))
 
 
-def forward_op_args(kwargs, save_states=True):
+def forward_op_args(kwargs):
     beta = (
         kwargs["beta"] if kwargs["beta"] is not None else 1.0 / math.sqrt(kwargs["query"].shape[-1])
     )
@@ -406,7 +410,6 @@ def forward_op_args(kwargs, save_states=True):
         kwargs["values"],
         beta,
         kwargs["n_steps"],
-        save_states,
     )
 
 
@@ -549,7 +552,7 @@ def test_the_kernels_check_beta_and_n_steps_themselves(beta, n_steps, message):
     kwargs = bad()
     with pytest.raises(ValueError, match=message):
         torch.ops.hvision.hopfield_retrieval_fwd(
-            kwargs["query"], kwargs["stored"], None, beta, n_steps, False
+            kwargs["query"], kwargs["stored"], None, beta, n_steps
         )
 
 

@@ -270,15 +270,36 @@ def test_empty_and_degenerate_sizes():
         check_against_reference(kwargs, torch.float32)
 
 
-def test_checkpoints_are_saved_only_for_backward():
+def test_a_direct_forward_call_can_be_differentiated():
     kwargs = make_inputs(dtype=torch.float32, length=130, state=5)
-    _, _, saved = torch.ops.hvision.selective_scan_fwd(
-        *forward_op_args(kwargs, save_checkpoints=True)
-    )
-    _, _, skipped = torch.ops.hvision.selective_scan_fwd(
-        *forward_op_args(kwargs, save_checkpoints=False)
-    )
-    assert saved.shape == (2, 4, -(-130 // SCAN_CHUNK), 5) and skipped.numel() == 0
+    out, _, saved = torch.ops.hvision.selective_scan_fwd(*forward_op_args(kwargs))
+    assert saved.shape == (2, 4, -(-130 // SCAN_CHUNK), 5)
+    names = [n for n, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    direct = torch.autograd.grad(out.sum(), [kwargs[n] for n in names])
+    wrapped_out = ops.selective_scan(**{**kwargs, "return_last_state": False})
+    wrapped = torch.autograd.grad(wrapped_out.sum(), [kwargs[n] for n in names])
+    for name, got, expected in zip(names, direct, wrapped):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_b_and_c_are_copied_once_in_the_forward_pass_and_never_in_the_backward(dtype):
+    kwargs = make_inputs(dtype=dtype, B_kind="variable", C_kind="grouped")
+    out = ops.selective_scan(**{**kwargs, "return_last_state": False})
+    with torch.profiler.profile() as prof:
+        out.backward(torch.ones_like(out))
+    copies = [e for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+    in_scan_backward = [e for e in copies if within(e, "hvision::selective_scan_bwd")]
+    assert in_scan_backward == []
+    for name in ("B", "C"):  # the gradients reach the inputs through views of the kernels' rows
+        assert kwargs[name].grad.shape == kwargs[name].shape
+
+
+def within(event, name):
+    parent = event.cpu_parent
+    while parent is not None and parent.name != name:
+        parent = parent.cpu_parent
+    return parent is not None
 
 
 def test_cpu_backward_is_deterministic_whatever_the_thread_count():
@@ -347,7 +368,7 @@ def test_gradcheck_across_chunks():
     assert torch.autograd.gradcheck(fn, tuple(kwargs[n] for n in names), fast_mode=True)
 
 
-def forward_op_args(kwargs, save_checkpoints=True):
+def forward_op_args(kwargs):
     return (
         kwargs["u"],
         kwargs["delta"],
@@ -360,7 +381,6 @@ def forward_op_args(kwargs, save_checkpoints=True):
         kwargs["delta_softplus"],
         kwargs["initial_state"],
         kwargs["reverse"],
-        save_checkpoints,
     )
 
 
@@ -376,7 +396,7 @@ def test_opcheck(device, features, dtype):
     dlast = torch.randn(
         out.shape[0], out.shape[1], kwargs["A"].shape[1], device=device, dtype=kwargs["A"].dtype
     )
-    bwd_args = (dout, dlast, *forward_op_args(detached)[:-1], checkpoints)
+    bwd_args = (dout, dlast, *forward_op_args(detached), checkpoints)
     torch.library.opcheck(torch.ops.hvision.selective_scan_bwd.default, bwd_args)
 
 
@@ -502,10 +522,10 @@ def test_mixed_cpu_cuda_devices_are_rejected():
 def test_backward_rejects_bad_checkpoints():
     kwargs = bad()
     out, _, checkpoints = torch.ops.hvision.selective_scan_fwd(*forward_op_args(kwargs))
-    args = (torch.ones_like(out), None, *forward_op_args(kwargs)[:-1])
+    args = (torch.ones_like(out), None, *forward_op_args(kwargs))
     with pytest.raises(ValueError, match="expected checkpoints of shape"):
         torch.ops.hvision.selective_scan_bwd(*args, checkpoints[:, :, :1])
     with pytest.raises(ValueError, match="expected dout of shape"):
         torch.ops.hvision.selective_scan_bwd(
-            torch.ones(2, 4, 3), None, *forward_op_args(kwargs)[:-1], checkpoints
+            torch.ones(2, 4, 3), None, *forward_op_args(kwargs), checkpoints
         )
