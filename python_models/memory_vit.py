@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvision_ext.ops import hopfield_retrieval
+from hvision_ext.ops.hopfield_retrieval import HOPFIELD_MAX_DIM
 
 from .registry import register_model
+from .vit import NORM_EPS
 from .vit_baselines import DEFAULT_BACKBONE, FrozenViT
 
 MEMORY_MODES = ("associative", "class_prototype", "learned")
 POSITIONS = ("after_attn", "after_ffn")
-MAX_VALUE_DIM = 256  # the retrieval kernel's limit on the value width (classes here)
 
 
 def rms_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
@@ -92,7 +93,7 @@ class HopfieldLayer(nn.Module):
         self.mode = mode
         self.num_classes = num_classes
         self.match_threshold = match_threshold
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=NORM_EPS)
         self.query = nn.Linear(dim, dim)
         nn.init.eye_(self.query.weight)
         nn.init.zeros_(self.query.bias)
@@ -236,9 +237,10 @@ def _check_layer_args(dim, mem_size, num_heads, beta, n_steps, mode, num_classes
         raise ValueError(f"beta: expected > 0, got {beta}")
     if n_steps < 1:
         raise ValueError(f"n_steps: expected >= 1, got {n_steps}")
-    if mode != "learned" and not 1 <= num_classes <= MAX_VALUE_DIM:
+    # A written memory's values are its slots' label distributions: the kernel's value width.
+    if mode != "learned" and not 1 <= num_classes <= HOPFIELD_MAX_DIM:
         raise ValueError(
-            f"num_classes: a {mode} memory needs 1 <= num_classes <= {MAX_VALUE_DIM}, "
+            f"num_classes: a {mode} memory needs 1 <= num_classes <= {HOPFIELD_MAX_DIM}, "
             f"got {num_classes}"
         )
     if mode == "class_prototype" and num_classes > mem_size:
