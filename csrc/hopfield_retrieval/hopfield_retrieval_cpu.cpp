@@ -4,7 +4,7 @@
 // tile (scores = ξ Xᵀ, ξ' += P V, and the five of the backward pass) are row-major GEMM calls on
 // the tile with no tensor in between (csrc/common/cpu_gemm.h), the
 // softmax between them vector loops over the step math, compiled per instruction set
-// (HV_CPU_CLONES). fp16/bf16 rows are widened to float a tile at a time.
+// (HV_CPU_DISPATCH). fp16/bf16 rows are widened to float a tile at a time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -86,22 +86,8 @@ HV_INLINE void probabilities_and_dot_grads(T* dots, T* d_probs, int64_t rows, T 
   }
 }
 
-HV_CPU_CLONES float run_online_weights(float* row, int64_t count, float beta,
-                                       OnlineSoftmax<float>& state) {
-  return cpu::online_softmax_absorb(state, row, count, beta);
-}
-double run_online_weights(double* row, int64_t count, double beta, OnlineSoftmax<double>& state) {
-  return cpu::online_softmax_absorb(state, row, count, beta);
-}
-HV_CPU_CLONES void run_probabilities_and_dot_grads(float* dots, float* d_probs, int64_t rows,
-                                                   float beta, const float* lse,
-                                                   const float* row_dots) {
-  probabilities_and_dot_grads(dots, d_probs, rows, beta, lse, row_dots);
-}
-void run_probabilities_and_dot_grads(double* dots, double* d_probs, int64_t rows, double beta,
-                                     const double* lse, const double* row_dots) {
-  probabilities_and_dot_grads(dots, d_probs, rows, beta, lse, row_dots);
-}
+HV_CPU_DISPATCH(online_weights, cpu::online_softmax_absorb)
+HV_CPU_DISPATCH(run_probabilities_and_dot_grads, probabilities_and_dot_grads)
 
 template <typename T>
 void scale_row(T* row, int64_t count, T factor) {
@@ -229,7 +215,7 @@ void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, St
              tile.keys_t_stride, scores, kPatternTile, false);
     for (int64_t r = 0; r < rows; ++r) {
       const T factor =
-          run_online_weights(scores + r * kPatternTile, tile.count, beta, scratch.softmax[r]);
+          online_weights(scratch.softmax[r], scores + r * kPatternTile, tile.count, beta);
       if (factor != T(1)) scale_row(next + r * width, width, factor);
     }
     multiply(rows, width, tile.count, scores, kPatternTile, tile.values, width, next, width, true);

@@ -1,6 +1,6 @@
 // selective_scan CPU kernels. Work is split over (batch, channel) with at::parallel_for; within a
 // channel the time loop is sequential and the N states of a step form one vector loop (`omp
-// simd`), compiled per instruction set (HV_CPU_CLONES). Inputs in fp16/bf16 are widened one row
+// simd`), compiled per instruction set (HV_CPU_DISPATCH). Inputs in fp16/bf16 are widened one row
 // at a time; everything accumulates in float (double for float64 inputs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -101,7 +101,7 @@ HV_INLINE void compute_step_factors(const Channel<T>& c, const StepFactors<T>& f
 }
 
 // Sum over the state axis. Products are staged in a row and summed by a fixed-width tree rather
-// than with `omp simd reduction`, which GCC leaves scalar in the AVX2 clone.
+// than with `omp simd reduction`, which GCC leaves scalar in the AVX2 variant.
 template <typename T>
 HV_INLINE T sum_row(const T* values, int64_t N) {
   constexpr int64_t kLanes = 16;
@@ -238,37 +238,33 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
   }
 }
 
-// The float versions are the hot ones: compile them per instruction set, with N = 16 (Mamba's
-// default) specialised. Double (gradcheck) runs the baseline build.
+// N = 16 (Mamba's default) gets its own straight-line build; every build is compiled per
+// instruction set.
 constexpr int64_t kCommonStates = 16;
 
-HV_CPU_CLONES void run_forward_channel(const Channel<float>& c, const StepFactors<float>& f,
-                                       float* state, float* out, float* checkpoints,
-                                       float* products) {
+template <typename T>
+HV_INLINE void scan_forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
+                                    T* checkpoints, T* products) {
   if (c.state == kCommonStates) {
     forward_channel<kCommonStates>(c, f, state, out, checkpoints, products);
   } else {
     forward_channel<0>(c, f, state, out, checkpoints, products);
   }
 }
-void run_forward_channel(const Channel<double>& c, const StepFactors<double>& f, double* state,
-                         double* out, double* checkpoints, double* products) {
-  forward_channel<0>(c, f, state, out, checkpoints, products);
-}
-HV_CPU_CLONES void run_backward_channel(const Channel<float>& c, const StepFactors<float>& f,
-                                        const float* dout, const float* checkpoints,
-                                        float* adjoint, float* scratch, ChannelGrads<float>& g) {
+
+template <typename T>
+HV_INLINE void scan_backward_channel(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
+                                     const T* checkpoints, T* adjoint, T* scratch,
+                                     ChannelGrads<T>& g) {
   if (c.state == kCommonStates) {
     backward_channel<kCommonStates>(c, f, dout, checkpoints, adjoint, scratch, g);
   } else {
     backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
   }
 }
-void run_backward_channel(const Channel<double>& c, const StepFactors<double>& f,
-                          const double* dout, const double* checkpoints, double* adjoint,
-                          double* scratch, ChannelGrads<double>& g) {
-  backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
-}
+
+HV_CPU_DISPATCH(run_forward_channel, scan_forward_channel)
+HV_CPU_DISPATCH(run_backward_channel, scan_backward_channel)
 
 // Per-thread scratch rows for the step factors of one channel at a time.
 template <typename T>
