@@ -119,7 +119,7 @@ HV_INLINE T sum_row(const T* values, int64_t N) {
   return lanes[0];
 }
 
-// kStates > 0 fixes the state size at compile time (the common N = 16 gets straight-line vector
+// kStates > 0 fixes the state size at compile time (N = 16 and 8 get straight-line vector
 // code); 0 reads it from the channel.
 template <int64_t kStates, typename T>
 HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
@@ -238,15 +238,19 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
   }
 }
 
-// N = 16 (Mamba's default) gets its own straight-line build; every build is compiled per
-// instruction set.
-constexpr int64_t kCommonStates = 16;
+// The state sizes with a straight-line build of their own: Mamba's default 16 and the 8 of the
+// small presets (with N read at run time, N = 8 ran slower than N = 16). Every build is compiled
+// per instruction set.
+constexpr int64_t kMambaStates = 16;
+constexpr int64_t kSmallStates = 8;
 
 template <typename T>
 HV_INLINE void scan_forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
                                     T* checkpoints, T* products) {
-  if (c.state == kCommonStates) {
-    forward_channel<kCommonStates>(c, f, state, out, checkpoints, products);
+  if (c.state == kMambaStates) {
+    forward_channel<kMambaStates>(c, f, state, out, checkpoints, products);
+  } else if (c.state == kSmallStates) {
+    forward_channel<kSmallStates>(c, f, state, out, checkpoints, products);
   } else {
     forward_channel<0>(c, f, state, out, checkpoints, products);
   }
@@ -256,8 +260,10 @@ template <typename T>
 HV_INLINE void scan_backward_channel(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
                                      const T* checkpoints, T* adjoint, T* scratch,
                                      ChannelGrads<T>& g) {
-  if (c.state == kCommonStates) {
-    backward_channel<kCommonStates>(c, f, dout, checkpoints, adjoint, scratch, g);
+  if (c.state == kMambaStates) {
+    backward_channel<kMambaStates>(c, f, dout, checkpoints, adjoint, scratch, g);
+  } else if (c.state == kSmallStates) {
+    backward_channel<kSmallStates>(c, f, dout, checkpoints, adjoint, scratch, g);
   } else {
     backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
   }
