@@ -14,9 +14,9 @@ namespace hvision::cpu {
 enum class GemmPath : int { brgemm, blas };
 constexpr std::array<std::string_view, 2> kGemmPathNames = {"brgemm", "blas"};
 
-// The path in use: brgemm where the kernels run AVX-512 (there it matches or beats the BLAS on
-// these tiles, and keeps that speed where the BLAS picks AVX2 code on an AVX-512 CPU), else the
-// BLAS. ATen's brgemm itself falls back to the BLAS where oneDNN lacks a kernel.
+// The path in use: brgemm where the kernels run AVX-512 (there it matched or beat the BLAS on
+// the Hopfield kernel's tiles), else the BLAS (with AVX2 oneDNN's brgemm was no faster). ATen's
+// brgemm itself falls back to the BLAS where oneDNN lacks a kernel.
 GemmPath gemm_path();
 // Switches the path for the whole process (a benchmark times both).
 void set_gemm_path(GemmPath path);
