@@ -26,9 +26,11 @@ namespace hvision::hopfield_retrieval {
 namespace {
 
 // Query rows per tile (at most; a head's rows are split into equal tiles) and stored patterns
-// per tile: the tile's scores (128 x 256 floats, 128 KiB) stay in L2, and the tile products are
-// large enough to run near the GEMM's peak.
-constexpr int64_t kQueryTile = 128;
+// per tile: the tile's scores (256 x 256 floats, 256 KiB) stay in L2, and the tile products are
+// large enough to run near the GEMM's peak. A ViT's 197 queries make one tile: against two of
+// 128 rows, 3 steps forward + backward ran about 20 % faster on the brgemm path (AVX-512) and
+// the same on the BLAS path (AVX2).
+constexpr int64_t kQueryTile = 256;
 constexpr int64_t kPatternTile = 256;
 // With stored patterns shared across the batch, the backward pass splits the batch into at most
 // this many blocks, one task per (block, head): each sums its dX/dV into a private buffer and
