@@ -67,9 +67,12 @@ def cuda_library_includes() -> list[str]:
 def extension():
     sources = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.cpp"))
     # Kept in step with CMakeLists.txt. -fopenmp: see LINK_FLAGS; it also enables `omp simd`.
-    # -fno-tree-pre: GCC's PRE otherwise turns the clamps of the vectorised
-    # exp into branches and leaves the AVX2 and baseline kernels scalar.
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-tree-pre"]
+    # -fno-trapping-math (as torch builds with): a loop whose body selects between arithmetic
+    # results (|a - b|, exp unless masked) is only vectorised without AVX-512's masked
+    # instructions when GCC may compute both sides; it changes no result. -fno-tree-pre: GCC's
+    # PRE otherwise turns the clamps of the vectorised exp into branches, which leaves the AVX2
+    # and baseline kernels scalar.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fno-tree-pre"]
     if not want_cuda():
         return cpp_extension.CppExtension(
             "hvision_ext._C",

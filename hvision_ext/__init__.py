@@ -3,16 +3,26 @@
 ``hvision_ext.ops`` holds the operators (each a ``torch.library`` custom op with CPU and CUDA
 kernels, autograd and a fake kernel for ``torch.compile``); ``hvision_ext.reference`` holds
 pure-PyTorch versions with the same signatures that define their semantics. The compiled library
-is loaded with ``hvision_ext.ops``, on first use: the references import without it.
+is loaded with ``hvision_ext.ops`` (or ``cpu_isa()``, ``cpu_gemm()``), on first use: the
+references import without it.
 """
 
 import importlib
 
 from . import reference
+from ._library import cpu_gemm, cpu_isa
 from ._switch import reference_enabled, use_reference
 
 __version__ = "0.1.0"
-__all__ = ["ops", "reference", "reference_enabled", "use_reference", *reference.__all__]
+__all__ = [
+    "cpu_gemm",
+    "cpu_isa",
+    "ops",
+    "reference",
+    "reference_enabled",
+    "use_reference",
+    *reference.__all__,
+]
 
 
 def __getattr__(name: str):

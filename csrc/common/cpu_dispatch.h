@@ -1,14 +1,40 @@
-// Run-time dispatch of the CPU kernels by instruction set. A function marked HV_CPU_CLONES is
-// compiled three times (AVX-512, AVX2+FMA, baseline x86-64) and the loader picks the widest one
-// the CPU supports, so one portable build runs vectorised code everywhere. The step math it
-// inlines is compiled into each clone; nothing outside these functions sees the wider ISA.
+// Run-time dispatch of the CPU kernels by instruction set. HV_CPU_DISPATCH(name, body) compiles
+// the always-inline function (template) `body` three times, into functions marked for AVX-512
+// (x86-64-v4), AVX2 + FMA (x86-64-v3) and baseline x86-64 (SSE2), and defines `name(args...)`,
+// which calls the one for the instruction set chosen when the library loaded (cpu_isa.h). One
+// portable build thus runs vectorised code everywhere, and every variant can be forced and
+// tested on a wide machine. Only what is inlined into these functions sees the wider ISA.
 #pragma once
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define HV_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HV_CPU_CLONES
+#include <utility>
+
+#include "common/cpu_isa.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HV_TARGET_AVX2 __attribute__((target("arch=x86-64-v3")))
+#define HV_TARGET_AVX512 __attribute__((target("arch=x86-64-v4")))
+#else  // one instruction set: the three variants are the same code, only baseline is chosen
+#define HV_TARGET_AVX2
+#define HV_TARGET_AVX512
 #endif
 
-// For the per-channel loops of the CPU kernels: inlined into the clone that calls them.
+// For the bodies of the dispatched functions and their helpers: inlined into each variant.
 #define HV_INLINE inline __attribute__((always_inline))
+
+#define HV_CPU_VARIANT(name, isa, target, body)       \
+  template <typename... Args>                         \
+  target decltype(auto) name##_##isa(Args&&... args) { \
+    return body(std::forward<Args>(args)...);         \
+  }
+
+#define HV_CPU_DISPATCH(name, body)                                                     \
+  HV_CPU_VARIANT(name, baseline, , body)                                                \
+  HV_CPU_VARIANT(name, avx2, HV_TARGET_AVX2, body)                                      \
+  HV_CPU_VARIANT(name, avx512, HV_TARGET_AVX512, body)                                  \
+  template <typename... Args>                                                           \
+  decltype(auto) name(Args&&... args) {                                                 \
+    static constexpr decltype(&name##_baseline<Args...>) kVariants[] = {                \
+        &name##_baseline<Args...>, &name##_avx2<Args...>, &name##_avx512<Args...>};     \
+    return kVariants[static_cast<int>(::hvision::cpu::active_isa())](                   \
+        std::forward<Args>(args)...);                                                   \
+  }

@@ -1,15 +1,18 @@
 // The tile GEMM of csrc/common/cpu_gemm.h. In order of preference:
-//   1. ATen's batch-reduce GEMM (float, B not transposed, alpha 1, beta 0 or 1): oneDNN's
-//      micro-kernel, which runs AVX-512 code even where the BLAS picks AVX2 kernels (as MKL does
-//      on AMD CPUs: 2-3x faster on these tiles);
+//   1. on the brgemm path, ATen's batch-reduce GEMM (float, B not transposed, alpha 1, beta 0
+//      or 1): oneDNN's micro-kernel;
 //   2. the Fortran BLAS that torch's CPU library exports (MKL in the x86-64 wheels): no tensor,
 //      no dispatch;
 //   3. at::addmm_ on views of the tiles, for a torch that exports no BLAS (the symbols are weak,
 //      so the library still loads).
 #include "common/cpu_gemm.h"
 
+#include "common/cpu_isa.h"
+
 #include <ATen/ATen.h>
 #include <ATen/native/CPUBlas.h>
+
+#include <atomic>
 
 #include <type_traits>
 
@@ -24,6 +27,13 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 
 namespace hvision::cpu {
 namespace {
+
+// Set on first use, once the instruction set is chosen.
+std::atomic<GemmPath>& gemm_path_setting() {
+  static std::atomic<GemmPath> path{active_isa() == Isa::avx512 ? GemmPath::brgemm
+                                                                 : GemmPath::blas};
+  return path;
+}
 
 template <typename T>
 using FortranGemm = void (*)(const char*, const char*, const int*, const int*, const int*,
@@ -50,7 +60,7 @@ bool try_brgemm(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, cons
                 int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
 #if defined(CPUBLAS_BRGEMM_F32F32F32)
   if constexpr (std::is_same_v<T, float>) {
-    if (!transpose_b && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
+    if (gemm_path() == GemmPath::brgemm && !transpose_b && alpha == 1.0f && (beta == 0.0f || beta == 1.0f)) {
       at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, /*add_C=*/beta == 1.0f, a, b, c,
                                   /*is_vnni=*/false);
       return true;
@@ -61,6 +71,9 @@ bool try_brgemm(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, cons
 }
 
 }  // namespace
+
+GemmPath gemm_path() { return gemm_path_setting().load(std::memory_order_relaxed); }
+void set_gemm_path(GemmPath path) { gemm_path_setting().store(path, std::memory_order_relaxed); }
 
 template <typename T>
 void gemm(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,

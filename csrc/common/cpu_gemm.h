@@ -3,9 +3,23 @@
 // allocation and a dispatch per product, so these call the GEMM micro-kernels directly.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <string_view>
 
 namespace hvision::cpu {
+
+// Where the float products go: oneDNN's batch-reduce GEMM micro-kernel (through ATen), or the
+// BLAS that torch links (MKL in the x86-64 wheels). Double always takes the BLAS.
+enum class GemmPath : int { brgemm, blas };
+constexpr std::array<std::string_view, 2> kGemmPathNames = {"brgemm", "blas"};
+
+// The path in use: brgemm where the kernels run AVX-512 (there it matched or beat the BLAS on
+// the Hopfield kernel's tiles), else the BLAS (with AVX2 oneDNN's brgemm was no faster). ATen's
+// brgemm itself falls back to the BLAS where oneDNN lacks a kernel.
+GemmPath gemm_path();
+// Switches the path for the whole process (a benchmark times both).
+void set_gemm_path(GemmPath path);
 
 // C (m x n) = alpha · A (m x k) · op(B) + beta · C, all row-major with row strides lda, ldb, ldc;
 // op(B) is B (k x n), or with `transpose_b` the transpose of B (n x k). Defined for float and

@@ -1,5 +1,5 @@
 // The online-softmax step of step_math.h applied to a whole row of scores with vector loops, for
-// the flash-style CPU kernels (inlined into their ISA clones).
+// the flash-style CPU kernels (inlined into their per-ISA variants).
 #pragma once
 
 #include <cstdint>

@@ -74,27 +74,8 @@ HV_INLINE void fold_tile(T* tile, int64_t rows, int64_t first, int64_t cols, Mat
   for (int64_t i = 0; i < rows; ++i) fold_row(tile + i * cols, first, cols, best[i]);
 }
 
-// The float paths are compiled per instruction set; double (gradcheck) runs the baseline build.
-HV_CPU_CLONES void fold_tile_clone(float* tile, int64_t rows, int64_t first, int64_t cols,
-                                   Match<float>* best) {
-  fold_tile(tile, rows, first, cols, best);
-}
-void fold_tile_clone(double* tile, int64_t rows, int64_t first, int64_t cols, Match<double>* best) {
-  fold_tile(tile, rows, first, cols, best);
-}
-HV_CPU_CLONES void normalise_rows_clone(const float* rows, int64_t count, int64_t stride,
-                                        int64_t k, float* units) {
-  normalise_rows(rows, count, stride, k, units);
-}
-HV_CPU_CLONES void normalise_rows_clone(const at::BFloat16* rows, int64_t count, int64_t stride,
-                                        int64_t k, float* units) {
-  normalise_rows(rows, count, stride, k, units);
-}
-template <typename scalar_t, typename T>
-void normalise_rows_clone(const scalar_t* rows, int64_t count, int64_t stride, int64_t k,
-                          T* units) {
-  normalise_rows(rows, count, stride, k, units);
-}
+HV_CPU_DISPATCH(run_fold_tile, fold_tile)
+HV_CPU_DISPATCH(run_normalise_rows, normalise_rows)
 
 // One thread's buffers: the unit B rows of the batch it is in (normalised once per batch it
 // visits), the unit A rows of its task, and a tile of dot products. ATen's allocator aligns them
@@ -133,16 +114,16 @@ void best_matches_kernel(const at::Tensor& metric, const std::optional<at::Tenso
       const int64_t rows = std::min(kRowTile, a_count - first_a);
       const scalar_t* batch_metric = metric_data + b * tokens * k;
       if (s.batch != b) {  // B tokens are the odd unprotected ones, 2 rows apart
-        normalise_rows_clone(batch_metric + (protect + 1) * k, b_count, 2, k, b_units);
+        run_normalise_rows(batch_metric + (protect + 1) * k, b_count, 2, k, b_units);
         s.batch = b;
       }
       const int64_t a_token = protect + 2 * first_a;
-      normalise_rows_clone(batch_metric + a_token * k, rows, 2, k, a_units);
+      run_normalise_rows(batch_metric + a_token * k, rows, 2, k, a_units);
       std::fill_n(matches, rows, Match<T>{math::negative_infinity<T>(), 0});
       for (int64_t first_b = 0; first_b < b_count; first_b += kColTile) {
         const int64_t cols = std::min(kColTile, b_count - first_b);
         tile_dot_products(a_units, b_units + first_b * k, rows, cols, k, tile);
-        fold_tile_clone(tile, rows, first_b, cols, matches);
+        run_fold_tile(tile, rows, first_b, cols, matches);
       }
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t token = b * tokens + a_token + 2 * i;

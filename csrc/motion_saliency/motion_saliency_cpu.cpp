@@ -3,7 +3,7 @@
 // turns its frame into luma once, then walks the rows: the Sobel magnitude and the absolute
 // frame difference of a row are added into per-column sums, which become patch sums every
 // patch_size rows. The frame's scores are normalised and blended at the end of the task, so the
-// frames are read in a single pass. Row loops are vector loops, compiled per instruction set.
+// frames are read in a single pass. Row loops are vector loops, compiled per instruction set (HV_CPU_DISPATCH).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -151,18 +151,7 @@ HV_INLINE void score_frame(const FrameTask<scalar_t, T>& task, Scratch<T>& s) {
   }
 }
 
-// uint8 and float frames are the hot ones: compiled per instruction set. The other dtypes run
-// the baseline build.
-HV_CPU_CLONES void run_frame(const FrameTask<uint8_t, float>& task, Scratch<float>& s) {
-  score_frame(task, s);
-}
-HV_CPU_CLONES void run_frame(const FrameTask<float, float>& task, Scratch<float>& s) {
-  score_frame(task, s);
-}
-template <typename scalar_t, typename T>
-void run_frame(const FrameTask<scalar_t, T>& task, Scratch<T>& s) {
-  score_frame(task, s);
-}
+HV_CPU_DISPATCH(run_frame, score_frame)
 
 template <typename scalar_t>
 void score_frames(const Frames& in, at::Tensor& scores) {

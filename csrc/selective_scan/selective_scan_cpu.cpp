@@ -1,6 +1,6 @@
 // selective_scan CPU kernels. Work is split over (batch, channel) with at::parallel_for; within a
 // channel the time loop is sequential and the N states of a step form one vector loop (`omp
-// simd`), compiled per instruction set (HV_CPU_CLONES). Inputs in fp16/bf16 are widened one row
+// simd`), compiled per instruction set (HV_CPU_DISPATCH). Inputs in fp16/bf16 are widened one row
 // at a time; everything accumulates in float (double for float64 inputs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -101,7 +101,7 @@ HV_INLINE void compute_step_factors(const Channel<T>& c, const StepFactors<T>& f
 }
 
 // Sum over the state axis. Products are staged in a row and summed by a fixed-width tree rather
-// than with `omp simd reduction`, which GCC leaves scalar in the AVX2 clone.
+// than with `omp simd reduction`, which GCC leaves scalar in the AVX2 variant.
 template <typename T>
 HV_INLINE T sum_row(const T* values, int64_t N) {
   constexpr int64_t kLanes = 16;
@@ -119,7 +119,7 @@ HV_INLINE T sum_row(const T* values, int64_t N) {
   return lanes[0];
 }
 
-// kStates > 0 fixes the state size at compile time (the common N = 16 gets straight-line vector
+// kStates > 0 fixes the state size at compile time (N = 16 and 8 get straight-line vector
 // code); 0 reads it from the channel.
 template <int64_t kStates, typename T>
 HV_INLINE void forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
@@ -238,37 +238,39 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
   }
 }
 
-// The float versions are the hot ones: compile them per instruction set, with N = 16 (Mamba's
-// default) specialised. Double (gradcheck) runs the baseline build.
-constexpr int64_t kCommonStates = 16;
+// The state sizes with a straight-line build of their own: Mamba's default 16 and the 8 of the
+// small presets (with N read at run time, N = 8 ran slower than N = 16). Every build is compiled
+// per instruction set.
+constexpr int64_t kMambaStates = 16;
+constexpr int64_t kSmallStates = 8;
 
-HV_CPU_CLONES void run_forward_channel(const Channel<float>& c, const StepFactors<float>& f,
-                                       float* state, float* out, float* checkpoints,
-                                       float* products) {
-  if (c.state == kCommonStates) {
-    forward_channel<kCommonStates>(c, f, state, out, checkpoints, products);
+template <typename T>
+HV_INLINE void scan_forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
+                                    T* checkpoints, T* products) {
+  if (c.state == kMambaStates) {
+    forward_channel<kMambaStates>(c, f, state, out, checkpoints, products);
+  } else if (c.state == kSmallStates) {
+    forward_channel<kSmallStates>(c, f, state, out, checkpoints, products);
   } else {
     forward_channel<0>(c, f, state, out, checkpoints, products);
   }
 }
-void run_forward_channel(const Channel<double>& c, const StepFactors<double>& f, double* state,
-                         double* out, double* checkpoints, double* products) {
-  forward_channel<0>(c, f, state, out, checkpoints, products);
-}
-HV_CPU_CLONES void run_backward_channel(const Channel<float>& c, const StepFactors<float>& f,
-                                        const float* dout, const float* checkpoints,
-                                        float* adjoint, float* scratch, ChannelGrads<float>& g) {
-  if (c.state == kCommonStates) {
-    backward_channel<kCommonStates>(c, f, dout, checkpoints, adjoint, scratch, g);
+
+template <typename T>
+HV_INLINE void scan_backward_channel(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
+                                     const T* checkpoints, T* adjoint, T* scratch,
+                                     ChannelGrads<T>& g) {
+  if (c.state == kMambaStates) {
+    backward_channel<kMambaStates>(c, f, dout, checkpoints, adjoint, scratch, g);
+  } else if (c.state == kSmallStates) {
+    backward_channel<kSmallStates>(c, f, dout, checkpoints, adjoint, scratch, g);
   } else {
     backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
   }
 }
-void run_backward_channel(const Channel<double>& c, const StepFactors<double>& f,
-                          const double* dout, const double* checkpoints, double* adjoint,
-                          double* scratch, ChannelGrads<double>& g) {
-  backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
-}
+
+HV_CPU_DISPATCH(run_forward_channel, scan_forward_channel)
+HV_CPU_DISPATCH(run_backward_channel, scan_backward_channel)
 
 // Per-thread scratch rows for the step factors of one channel at a time.
 template <typename T>

@@ -197,38 +197,8 @@ HV_INLINE void backward_tile(const SparsePattern& p, T scale, int64_t D, const G
   }
 }
 
-// The float kernels are compiled per instruction set; double (gradcheck) needs no clones.
-HV_CPU_CLONES void forward_tile_float(const SparsePattern& p, float scale, int64_t D,
-                                      const ForwardHead<float>& h, MinorRange tile,
-                                      Scratch<float>& s) {
-  forward_tile(p, scale, D, h, tile, s);
-}
-
-HV_CPU_CLONES void backward_tile_float(const SparsePattern& p, float scale, int64_t D,
-                                       const GradHead<float>& h, MinorRange tile,
-                                       Scratch<float>& s) {
-  backward_tile(p, scale, D, h, tile, s);
-}
-
-template <typename T>
-void run_forward_tile(const SparsePattern& p, T scale, int64_t D, const ForwardHead<T>& h,
-                      MinorRange tile, Scratch<T>& s) {
-  if constexpr (std::is_same_v<T, float>) {
-    forward_tile_float(p, scale, D, h, tile, s);
-  } else {
-    forward_tile(p, scale, D, h, tile, s);
-  }
-}
-
-template <typename T>
-void run_backward_tile(const SparsePattern& p, T scale, int64_t D, const GradHead<T>& h,
-                       MinorRange tile, Scratch<T>& s) {
-  if constexpr (std::is_same_v<T, float>) {
-    backward_tile_float(p, scale, D, h, tile, s);
-  } else {
-    backward_tile(p, scale, D, h, tile, s);
-  }
-}
+HV_CPU_DISPATCH(run_forward_tile, forward_tile)
+HV_CPU_DISPATCH(run_backward_tile, backward_tile)
 
 // Runs tile_fn(head, tile, scratch) for every major tile of every (batch, head), in parallel.
 template <typename T, typename TileFn>

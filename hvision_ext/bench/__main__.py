@@ -3,6 +3,7 @@
 python -m hvision_ext.bench --list
 python -m hvision_ext.bench --op selective_scan --device cpu
 python -m hvision_ext.bench --device cuda --json bench-cuda.json
+python -m hvision_ext.bench --device cpu --isa avx2   # everything held to AVX2 (see bench.isa)
 """
 
 import argparse
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from . import all_cases, select_cases
+from . import all_cases, isa, select_cases
 from .registry import CaseSpec
 from .report import (
     Result,
     RunInfo,
+    describe_instruction_sets,
     device_name,
     format_table,
     speedup_summary,
@@ -52,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--json", type=Path, metavar="PATH", help="write every result and sample here"
+    )
+    parser.add_argument(
+        "--isa",
+        choices=isa.LIBRARY_LIMITS,
+        help="cpu: run hvision and the libraries the other implementations use as on a CPU with "
+        "this instruction set (restarts the bench with their variables set; see bench.isa)",
     )
     parser.add_argument("--list", action="store_true", help="list the registered cases and exit")
     return parser.parse_args(argv)
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"hvision_ext.bench: no selected case runs on {args.device} (see --list)")
         return 2
 
+    if args.device == "cpu" and args.isa:
+        isa.restart_under(args.isa, sys.argv[1:] if argv is None else argv)
     device = torch.device(args.device)
     dtype_name = args.dtype or DEFAULT_DTYPE[args.device]
     info = RunInfo(
@@ -131,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
         copy_bandwidth=copy_bandwidth(device) if device.type == "cuda" else None,
+        instruction_sets=isa.describe() if device.type == "cpu" else None,
     )
     print(
         f"hvision_ext.bench on {info.device_name} ({info.device}), {info.dtype}, "
         f"torch {info.torch_version}, {info.threads} threads"
     )
+    if info.instruction_sets:
+        print(describe_instruction_sets(info.instruction_sets))
     if info.copy_bandwidth:
         print(f"device-to-device copy bandwidth: {info.copy_bandwidth / 1e9:.0f} GB/s")
 

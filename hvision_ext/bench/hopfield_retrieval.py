@@ -1,7 +1,9 @@
 """Bench cases for ``hopfield_retrieval``: a memory read of ViT tokens (197 queries of a 224²
 image at patch 16) from 1024 stored patterns per head, against the reference (matmul–softmax–
 matmul per step, as ml-jku/hopfield-layers iterates) and, for one step, against
-``scaled_dot_product_attention`` with scale=beta (one step is attention)."""
+``scaled_dot_product_attention`` with scale=beta (one step is attention). On the CPU, hvision also
+runs on the tile-GEMM path it does not take by default (``hvision_ext.cpu_gemm()``), as
+"hvision gemm=<path>"."""
 
 from collections.abc import Callable, Sequence
 
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import reference
+from .._library import cpu_gemm, set_cpu_gemm
 from ..ops import hopfield_retrieval
 from .registry import BenchCase, Impl, Mode, bench_case
 
@@ -78,6 +81,20 @@ def retrieval_call(
     return forward_backward
 
 
+def on_gemm_path(path: str, impl: Impl) -> Impl:
+    """``impl`` with the CPU kernels' tile products on ``path`` (forward and backward)."""
+
+    def run() -> object:
+        previous = cpu_gemm()
+        set_cpu_gemm(path)
+        try:
+            return impl()
+        finally:
+            set_cpu_gemm(previous)
+
+    return run
+
+
 def retrieval_case(
     device: torch.device, dtype: torch.dtype, mode: Mode, n_steps: int, shared: bool
 ) -> BenchCase:
@@ -92,14 +109,18 @@ def retrieval_case(
     }
     if n_steps == 1:
         impls["sdpa"] = sdpa_retrieval
+    calls = {
+        name: retrieval_call(fn, inputs, n_steps, mode, cotangent) for name, fn in impls.items()
+    }
+    if device.type == "cpu":
+        other_path = "blas" if cpu_gemm() == "brgemm" else "brgemm"
+        calls[f"hvision gemm={other_path}"] = on_gemm_path(other_path, calls["hvision"])
     return BenchCase(
         shape="batch {batch}, heads {heads}, Q {queries}, M {patterns}, d {dim}".format(
             **VIT_MEMORY
         )
         + f", n_steps {n_steps}",
-        impls={
-            name: retrieval_call(fn, inputs, n_steps, mode, cotangent) for name, fn in impls.items()
-        },
+        impls=calls,
         mode=mode,
         notes=(
             "stored/values shared across the batch (heads, M, d)"

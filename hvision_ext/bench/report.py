@@ -40,6 +40,7 @@ class RunInfo:
     torch_version: str
     threads: int
     copy_bandwidth: float | None  # bytes/s of a device-to-device copy; CUDA only
+    instruction_sets: dict[str, object] | None = None  # CPU only: what bench.isa.describe() says
 
 
 def device_name(device: torch.device) -> str:
@@ -53,6 +54,15 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def describe_instruction_sets(sets: dict[str, object]) -> str:
+    limits = sets["library_limits"] or "none"
+    return (
+        f"instruction sets: hvision {sets['hvision_cpu_isa']} (CPU: {sets['cpu_isa_native']}), "
+        f"tile GEMM {sets['hvision_cpu_gemm']}; ATen {sets['aten_cpu_capability']}, "
+        f"BLAS {sets['blas']}; library limits: {limits}"
+    )
 
 
 def speedup(result: Result, results: list[Result]) -> float | None:
@@ -167,6 +177,7 @@ def write_json(path: Path, results: list[Result], info: RunInfo) -> None:
         "torch_version": info.torch_version,
         "threads": info.threads,
         "copy_bandwidth_Bps": info.copy_bandwidth,
+        "instruction_sets": info.instruction_sets,
         "results": records,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
-"""Loading the compiled library: it registers every operator, and a stale build is refused."""
+"""Loading the compiled library: it registers every operator, a stale build is refused, and the
+CPU kernels' instruction set and GEMM path can be chosen."""
 
+import os
 import subprocess
 import sys
 
@@ -8,7 +10,7 @@ import torch
 
 import hvision_ext
 import hvision_ext.ops  # noqa: F401  (loads the library)
-from hvision_ext import _build_info, _library
+from hvision_ext import _C, _build_info, _library
 
 OPERATORS = [
     "selective_scan_fwd",
@@ -68,3 +70,55 @@ def test_the_reference_imports_without_the_library():
         "assert 'hvision_ext.ops' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def run_with_isa(isa: str, code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter whose kernels are asked to run ``isa``."""
+    environment = os.environ | {"HVISION_CPU_ISA": isa}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+    )
+
+
+def test_cpu_isa_is_one_the_cpu_supports():
+    isas = _C.CPU_ISAS
+    assert hvision_ext.cpu_isa() in isas and _library.native_cpu_isa() in isas
+    assert isas.index(hvision_ext.cpu_isa()) <= isas.index(_library.native_cpu_isa())
+
+
+def test_cpu_isa_can_be_forced_to_baseline():
+    code = (
+        "import torch, hvision_ext; from hvision_ext import reference; "
+        "print(hvision_ext.cpu_isa(), hvision_ext.cpu_gemm()); "
+        "x = torch.randn(2, 3, 4, 5); "
+        "torch.testing.assert_close(hvision_ext.ops.hopfield_retrieval(x, x, n_steps=2), "
+        "reference.hopfield_retrieval(x, x, n_steps=2))"
+    )
+    done = run_with_isa("baseline", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["baseline", "blas"]
+
+
+def test_unknown_cpu_isa_fails_the_import_naming_the_allowed_values():
+    done = run_with_isa("avx3", "import hvision_ext.ops")
+    assert done.returncode != 0
+    assert "HVISION_CPU_ISA=avx3" in done.stderr and "baseline|avx2|avx512" in done.stderr
+
+
+def test_cpu_gemm_paths_agree():
+    query, stored = torch.randn(2, 2, 33, 16), torch.randn(2, 2, 300, 16)
+    previous = hvision_ext.cpu_gemm()
+    results = {}
+    try:
+        for path in ("brgemm", "blas"):
+            _library.set_cpu_gemm(path)
+            assert hvision_ext.cpu_gemm() == path
+            results[path] = hvision_ext.ops.hopfield_retrieval(query, stored, n_steps=2)
+    finally:
+        _library.set_cpu_gemm(previous)
+    torch.testing.assert_close(results["brgemm"], results["blas"])
+
+
+def test_unknown_cpu_gemm_path_is_refused():
+    with pytest.raises(ValueError, match="expected path 'brgemm' or 'blas', got 'mkl'"):
+        _library.set_cpu_gemm("mkl")

@@ -1,12 +1,15 @@
 """The bench CLI: case registry, timing, the table and the JSON record, on a tiny case."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from hvision_ext.bench import registry, timing
+from hvision_ext.bench import isa, registry, timing
 from hvision_ext.bench.__main__ import main
 from hvision_ext.bench.registry import BenchCase
 
@@ -102,3 +105,40 @@ def test_sparse_attention_case_runs_every_impl():
     torch.testing.assert_close(
         case.impls["hvision"](), case.impls["sdpa-masked"](), rtol=1e-4, atol=1e-5
     )
+
+
+def test_isa_environment_holds_every_library_to_it():
+    environment = os.environ | isa.environment_for("avx2")
+    code = "import json; from hvision_ext.bench import isa; print(json.dumps(isa.describe()))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    described = json.loads(done.stdout)
+    assert described["hvision_cpu_isa"] == "avx2" and described["hvision_cpu_gemm"] == "blas"
+    assert described["aten_cpu_capability"] == "AVX2"
+    assert described["library_limits"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+
+
+def test_isa_option_restarts_the_bench_in_that_environment(monkeypatch):
+    started = []
+    monkeypatch.setattr(os, "execve", lambda *args: started.append(args))
+    for name in isa.LIMIT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    isa.restart_under("baseline", ["--isa", "baseline", "--op", "motion_saliency"])
+    ((executable, command, environment),) = started
+    assert command[1:] == [
+        "-m",
+        "hvision_ext.bench",
+        "--isa",
+        "baseline",
+        "--op",
+        "motion_saliency",
+    ]
+    assert environment["HVISION_CPU_ISA"] == "baseline"
+    assert environment["ATEN_CPU_CAPABILITY"] == "default"
+
+
+def test_unknown_isa_is_refused():
+    with pytest.raises(ValueError, match="--isa: expected one of avx512, avx2, baseline"):
+        isa.environment_for("sse")

@@ -153,7 +153,7 @@ def test_float32_variable_projections_with_low_precision_inputs(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("state", [1, 5, 16, 17, 33, 64, 256])
+@pytest.mark.parametrize("state", [1, 5, 8, 16, 17, 33, 64, 256])
 def test_state_sizes(device, state):
     kwargs = make_inputs(dim=4, length=100, state=state, dtype=torch.float32, device=device)
     check_against_reference(kwargs, torch.float32)
