@@ -17,6 +17,7 @@ from .memory_vit import HopfieldLayer, MemoryAugmentedViT
 from .registry import create_model, list_models, register_model
 from .vim_mae import MAEOutput, VisionMambaMAE
 from .vision_hrm import ReasoningModule, VisionHRM
+from .video import HierarchicalVLM
 from .vision_mamba import VisionMamba
 from .vit import VisionTransformer
 from .vit_baselines import LinearProbeViT, VPTDeep, VPTShallow
@@ -29,6 +30,7 @@ __all__ = [
     "DirectionalConv1d",
     "DropPath",
     "GridPooling",
+    "HierarchicalVLM",
     "HierarchicalViT",
     "HopfieldLayer",
     "LinearProbeViT",
