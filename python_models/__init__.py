@@ -15,9 +15,9 @@ from .layers import (
 from .mamba import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
 from .memory_vit import HopfieldLayer, MemoryAugmentedViT
 from .registry import create_model, list_models, register_model
+from .video import HierarchicalVLM
 from .vim_mae import MAEOutput, VisionMambaMAE
 from .vision_hrm import ReasoningModule, VisionHRM
-from .video import HierarchicalVLM
 from .vision_mamba import VisionMamba
 from .vit import VisionTransformer
 from .vit_baselines import LinearProbeViT, VPTDeep, VPTShallow

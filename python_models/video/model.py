@@ -104,7 +104,9 @@ class HierarchicalVLM(nn.Module):
         merge_mode: ``motion``, ``similarity`` or ``random`` (see ``merging``).
         motion_alpha: weight of motion against saliency in the importance scores.
         importance_weight: how strongly importance keeps a token from being merged.
-        global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head.
+        global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head;
+            None: ``avg`` for ``cross_memory`` (tokens read only the memory, so the class token
+            never sees the clip), ``token`` otherwise.
         drop_rate, drop_path_rate: dropout and stochastic depth (rising over the blocks).
         pixel_mean, pixel_std: normalisation of uint8 clips (float clips are taken as given).
     """
@@ -130,15 +132,16 @@ class HierarchicalVLM(nn.Module):
         merge_mode: str = "motion",
         motion_alpha: float = 0.5,
         importance_weight: float = 1.0,
-        global_pool: str = "token",
+        global_pool: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         pixel_mean: Sequence[float] = (0.5, 0.5, 0.5),
         pixel_std: Sequence[float] = (0.25, 0.25, 0.25),
     ):
         super().__init__()
-        _choice("attention.type", attention, list(MIXERS))
+        _choice("attention.type", attention, sorted(MIXERS))
         _choice("token_merging.mode", merge_mode, MERGE_MODES)
+        global_pool = global_pool or ("avg" if attention == "cross_memory" else "token")
         _choice("global_pool", global_pool, GLOBAL_POOLS)
         if not all(0 <= index < depth for index in merge_at) or len(set(merge_at)) != len(merge_at):
             raise ValueError(
