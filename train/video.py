@@ -72,11 +72,12 @@ class VideoConfig(EngineConfig):
     train_data: str = field("", "training videos: a JSON-layout folder or a list file")
     val_data: str = field("", "validation videos: a JSON-layout folder or a list file")
     data_dir: str = field("data", "where the built-in video set is made and read")
-    crop_scale: list = field([0.6, 1.0], "random resized crop: area fraction range")
+    num_classes: int = field(0, "classes (0: 1 + the largest training label)")
+    crop_scale: list = field([1.0, 1.0], "random resized crop: area fraction range (1, 1: off)")
     label_smoothing: float = field(0.1, "label smoothing")
-    epochs: int = field(12, "training epochs")
+    epochs: int = field(30, "training epochs")
     batch_size: int = field(16, "clips per step on each process")
-    lr: float = field(2e-3, "peak learning rate (AdamW)")
+    lr: float = field(1e-3, "peak learning rate (AdamW)")
     warmup_epochs: float = field(1.0, "linear warm-up, in epochs")
     threads: int = field(2, "CPU threads for torch (0: torch's default)")
     num_workers: int = field(0, "data-loader worker processes")
@@ -161,7 +162,7 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
     if not config.train_data:
         return load_moving_shapes(Path(config.data_dir) / "moving_shapes", split, **sampling)
     source = config.train_data if split == "training" else config.val_data
-    return VideoDataset(_records(source, split), **sampling)
+    return VideoDataset(_records(source, split), num_classes=config.num_classes or None, **sampling)
 
 
 class MultiViewClassifier(nn.Module):
@@ -215,6 +216,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
     train_set = datasets_for(config, "training", train=True)
+    config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
     model = build_model(config, train_set.num_classes)
     task = VideoClassificationTask(clip_transform(config), train_set.num_classes, config)

@@ -57,6 +57,34 @@ class TubeletEmbed(nn.Module):
         return self.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
 
 
+class MotionConvStem(TubeletEmbed):
+    """A convolutional tubelet embedding for small data: each frame with its difference to the
+    previous frame (TSN's RGB difference; zero for the first) → two 3×3×3 convolutions that
+    halve the side (the second also divides time by the tubelet) → a pointwise-in-time
+    projection to ``patch_size``-pixel tokens. Same grid and output as ``TubeletEmbed``."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int):
+        if patch_size < 4 or patch_size % 4:
+            raise ValueError(
+                f"MotionConvStem: patch_size must be a multiple of 4, got {patch_size}"
+            )
+        super().__init__(patch_size, tubelet_size, in_chans, embed_dim)
+        width = embed_dim // 2
+        self.conv1 = nn.Conv3d(2 * in_chans, width // 2, 3, stride=(1, 2, 2), padding=1)
+        self.conv2 = nn.Conv3d(width // 2, width, 3, stride=(tubelet_size, 2, 2), padding=1)
+        last = (1, patch_size // 4, patch_size // 4)
+        self.proj = nn.Conv3d(width, embed_dim, kernel_size=last, stride=last)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        difference = torch.cat([torch.zeros_like(clips[:, :1]), clips.diff(dim=1)], dim=1)
+        x = torch.cat([clips, difference], dim=2).transpose(1, 2)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+STEMS = {"tubelet": TubeletEmbed, "motion_conv": MotionConvStem}
+
+
 class VideoBlock(nn.Module):
     """Pre-norm residual block: x + mixer(norm1(x)), then x + ffn(norm2(x)). ``ffn`` replaces the
     default GELU MLP (``mlp.fc1``, ``mlp.fc2``) with any (batch, L, dim) → same module."""
@@ -93,7 +121,8 @@ class HierarchicalVLM(nn.Module):
     Args:
         num_frames: frames per clip the positions are learned for (others are interpolated).
         img_size: frame side the positions are learned for.
-        patch_size: patch side; tubelet_size: frames per token.
+        patch_size: patch side; tubelet_size: frames per token; stem: ``tubelet`` (a linear
+            projection of each tubelet) or ``motion_conv`` (``MotionConvStem``).
         in_chans: channels; num_classes: classes (0: no head, ``forward`` gives features).
         embed_dim, depth, num_heads, mlp_ratio: the transformer's shape.
         attention: the blocks' token mixer, one of ``MIXERS``; attention_args: its options
@@ -119,6 +148,7 @@ class HierarchicalVLM(nn.Module):
         img_size: int = 64,
         patch_size: int = 8,
         tubelet_size: int = 1,
+        stem: str = "tubelet",
         in_chans: int = 3,
         num_classes: int = 12,
         embed_dim: int = 96,
@@ -140,6 +170,7 @@ class HierarchicalVLM(nn.Module):
     ):
         super().__init__()
         _choice("attention.type", attention, sorted(MIXERS))
+        _choice("stem", stem, list(STEMS))
         _choice("token_merging.mode", merge_mode, MERGE_MODES)
         global_pool = global_pool or ("avg" if attention == "cross_memory" else "token")
         _choice("global_pool", global_pool, GLOBAL_POOLS)
@@ -155,10 +186,11 @@ class HierarchicalVLM(nn.Module):
         self.motion_alpha = motion_alpha
         self.importance_weight = importance_weight
         self.global_pool = global_pool
+        self.clip_shape = (num_frames, in_chans, img_size, img_size)  # what positions fit
         self.grad_checkpointing = False
         self.set_merge_ratio(merge_ratio)
 
-        self.patch_embed = TubeletEmbed(patch_size, tubelet_size, in_chans, embed_dim)
+        self.patch_embed = STEMS[stem](patch_size, tubelet_size, in_chans, embed_dim)
         frames, rows, cols = self.patch_embed.grid((num_frames, in_chans, img_size, img_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed_time = nn.Parameter(torch.zeros(1, frames, 1, embed_dim))

@@ -1,4 +1,4 @@
-"""``train.video`` on a tiny set in the built-in layout: it trains, a run stopped in the middle of
+"""``train.video`` on a tiny set in the built-in layout: it trains and evaluates, a run stopped in the middle of
 an epoch resumes from its step checkpoint to the same weights, and bad settings name their key."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import checkpoint, video
+from train import checkpoint, evaluate, video
 from train.config import load_config
 from train.data.moving_shapes import ensure_moving_shapes
 from train.engine import Trainer
@@ -49,6 +49,12 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_set, tmp_path,
     summary = video.main(tiny_job(tiny_set, tmp_path / "whole"))
     assert 0 <= summary["test_acc"] <= 1
     whole = checkpoint.load(tmp_path / "whole" / "last.pt")
+    report = evaluate.main(
+        ["--checkpoint", str(tmp_path / "whole" / "last.pt"), "--num-clips", "2", "--threads", "1"]
+    )
+    assert report["num_clips"] == 2 and report["accuracy"] <= report["top5_accuracy"]
+    assert sum(map(sum, report["confusion_matrix"])) == TINY_SIZES["test"]
+    assert (tmp_path / "whole" / "confusion_matrix.png").is_file()
 
     step = Trainer.train_step
 
@@ -105,3 +111,10 @@ def test_the_yaml_file_uses_the_source_design_keys(tmp_path):
     assert arguments["attention"] == "local_global"
     assert arguments["attention_args"] == {"window": 16}
     assert arguments["merge_ratio"] == 0.25 and arguments["num_frames"] == 16
+
+
+def test_the_builtin_config_file_is_the_default_job():
+    path = Path(__file__).parents[2] / "configs" / "video_moving_shapes.yaml"
+    assert load_config(video.VideoConfig, ["--config", str(path)], "train.video", "") == (
+        video.VideoConfig()
+    )
