@@ -40,6 +40,7 @@ TOKEN_MERGING_DEFAULTS = {
     "merge_at": [1],
     "mode": "motion",  # motion, similarity or random (the baseline)
     "motion_alpha": 0.5,
+    "motion_source": "frame_difference",  # or optical_flow (OpenCV Farneback, CPU)
     "importance_weight": 1.0,
     "ramp_fraction": 0.0,  # share of training over which the ratio ramps up from 0
 }
@@ -133,6 +134,7 @@ def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
         "merge_at": merging["merge_at"],
         "merge_mode": merging["mode"],
         "motion_alpha": merging["motion_alpha"],
+        "motion_source": merging["motion_source"],
         "importance_weight": merging["importance_weight"],
         "pixel_mean": CLIP_MEAN,
         "pixel_std": CLIP_STD,

@@ -10,12 +10,44 @@ of tokens and the time layout stays recoverable (strided and hierarchical attent
 The class token is outside the frames and never merged.
 """
 
+import cv2
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from hvision_ext.ops import merge_tokens
+from hvision_ext.ops import merge_tokens, motion_saliency
 
 MERGE_MODES = ("motion", "similarity", "random")
+MOTION_SOURCES = ("frame_difference", "optical_flow")
+LUMA = (0.299, 0.587, 0.114)
+
+
+def motion_importance(clips: Tensor, patch_size: int, alpha: float, source: str) -> Tensor:
+    """Per-patch importance (batch, T, P) of clips (batch, T, C, H, W): ``motion_saliency``
+    (frame differences and Sobel saliency), or with ``optical_flow`` the mean Farneback flow
+    magnitude of each patch (OpenCV, on the CPU; each frame's flow from the previous one, the
+    first frame taking the second's), divided by its maximum over the frame's patches."""
+    if source == "frame_difference":
+        return motion_saliency(clips, patch_size, alpha)
+    if source != "optical_flow":
+        raise ValueError(f"motion_source must be one of {list(MOTION_SOURCES)}, got {source!r}")
+    grey = clips.detach().float()
+    if grey.shape[2] == 3:
+        grey = (grey * grey.new_tensor(LUMA).view(3, 1, 1)).sum(2)
+    else:
+        grey = grey[:, :, 0]
+    low, high = grey.amin(dim=(1, 2, 3), keepdim=True), grey.amax(dim=(1, 2, 3), keepdim=True)
+    frames = ((grey - low) / (high - low).clamp_min(1e-6) * 255).to(torch.uint8).cpu().numpy()
+    magnitude = np.zeros(frames.shape, dtype=np.float32)
+    for clip, out in zip(frames, magnitude):
+        for t in range(1, len(clip)):
+            flow = cv2.calcOpticalFlowFarneback(clip[t - 1], clip[t], None, 0.5, 2, 9, 3, 5, 1.1, 0)
+            out[t] = np.linalg.norm(flow, axis=-1)
+        if len(clip) > 1:
+            out[0] = out[1]
+    pooled = F.avg_pool2d(torch.from_numpy(magnitude).to(clips.device), patch_size).flatten(2)
+    return pooled / (pooled.amax(dim=-1, keepdim=True) + 1e-6)
 
 
 def tokens_to_remove(per_frame: int, ratio: float, merges: int) -> int:

@@ -14,16 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from hvision_ext.ops import motion_saliency, unmerge_tokens
+from hvision_ext.ops import unmerge_tokens
 
 from ..layers import DropPath, Mlp, init_vit_weights
 from ..vit import NORM_EPS
 from .merging import (
     MERGE_MODES,
+    MOTION_SOURCES,
     batch_rows,
     drop_frames,
     frame_rows,
     merge_frames,
+    motion_importance,
     tokens_to_remove,
 )
 from .mixers import MIXERS, PerformerAttention, TokenLayout, build_mixer
@@ -132,6 +134,8 @@ class HierarchicalVLM(nn.Module):
         merge_at: indices of the blocks before which tokens are merged.
         merge_mode: ``motion``, ``similarity`` or ``random`` (see ``merging``).
         motion_alpha: weight of motion against saliency in the importance scores.
+        motion_source: ``frame_difference`` (``motion_saliency``) or ``optical_flow``
+            (OpenCV's Farneback on the CPU: slower, never the default).
         importance_weight: how strongly importance keeps a token from being merged.
         global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head;
             None: ``avg`` for ``cross_memory`` (tokens read only the memory, so the class token
@@ -161,6 +165,7 @@ class HierarchicalVLM(nn.Module):
         merge_at: Sequence[int] = (1,),
         merge_mode: str = "motion",
         motion_alpha: float = 0.5,
+        motion_source: str = "frame_difference",
         importance_weight: float = 1.0,
         global_pool: str | None = None,
         drop_rate: float = 0.0,
@@ -171,6 +176,7 @@ class HierarchicalVLM(nn.Module):
         super().__init__()
         _choice("attention.type", attention, sorted(MIXERS))
         _choice("stem", stem, list(STEMS))
+        _choice("motion_source", motion_source, MOTION_SOURCES)
         _choice("token_merging.mode", merge_mode, MERGE_MODES)
         global_pool = global_pool or ("avg" if attention == "cross_memory" else "token")
         _choice("global_pool", global_pool, GLOBAL_POOLS)
@@ -184,6 +190,7 @@ class HierarchicalVLM(nn.Module):
         self.merge_at = tuple(sorted(merge_at))
         self.merge_mode = merge_mode
         self.motion_alpha = motion_alpha
+        self.motion_source = motion_source
         self.importance_weight = importance_weight
         self.global_pool = global_pool
         self.clip_shape = (num_frames, in_chans, img_size, img_size)  # what positions fit
@@ -265,7 +272,9 @@ class HierarchicalVLM(nn.Module):
         tubelet's frames; None unless motion-guided merging will run."""
         if self.merge_mode != "motion" or self.merge_ratio == 0:
             return None
-        scores = motion_saliency(clips.detach(), self.patch_embed.patch_size, self.motion_alpha)
+        scores = motion_importance(
+            clips.detach(), self.patch_embed.patch_size, self.motion_alpha, self.motion_source
+        )
         tubelet = self.patch_embed.tubelet_size
         return scores.unflatten(1, (-1, tubelet)).mean(2).flatten(1)
 

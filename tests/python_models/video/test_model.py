@@ -7,6 +7,7 @@ import torch
 import hvision_ext
 from python_models import create_model
 from python_models.video import MIXERS, drop_frames, merge_frames, merge_ratio_at
+from python_models.video.merging import motion_importance
 
 SMALL = dict(num_frames=4, img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5)
 
@@ -137,5 +138,23 @@ def test_bad_settings_name_the_key_and_the_allowed_values():
         create_model("hvlm_tiny", merge_ratio=1.5)
     with pytest.raises(ValueError, match="merge_at must hold distinct block indices in \\[0, 4\\)"):
         create_model("hvlm_tiny", merge_at=[4])
+    with pytest.raises(ValueError, match=r"motion_source must be one of \['frame_difference'"):
+        create_model("hvlm_tiny", motion_source="flow")
     with pytest.raises(ValueError, match="do not split into tubelets"):
         create_model("hvlm_tiny", **SMALL)(clips(frames=3))
+
+
+def test_optical_flow_importance_finds_the_moving_patch():
+    clips = torch.zeros(1, 3, 1, 32, 32, dtype=torch.uint8)
+    for t in range(3):
+        clips[0, t, 0, 8:16, 2 + 3 * t : 10 + 3 * t] = 255  # a square moving right in row 1
+    scores = motion_importance(clips, 8, 0.5, "optical_flow")
+    assert scores.shape == (1, 3, 16)
+    assert scores[0, 1].argmax() // 4 == 1 and scores[0, 1].max() == pytest.approx(1, abs=1e-4)
+    assert scores[0, 1, 12:].max() < 0.1  # the still bottom row
+
+
+def test_optical_flow_merging_runs_in_the_model():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", merge_ratio=0.5, motion_source="optical_flow", **SMALL).eval()
+    assert model(clips()).shape == (2, 5)
