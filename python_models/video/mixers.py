@@ -22,10 +22,13 @@ from ..mamba import BiMamba
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """``prefix`` class/global tokens, then ``frames`` runs of equally many patch tokens."""
+    """``prefix`` class/global tokens, then ``frames`` runs of equally many patch tokens;
+    ``size`` (batch, L): how many input tokens each token stands for after merging (None: one
+    each), for proportional attention."""
 
     prefix: int
     frames: int
+    size: Tensor | None = None
 
     def per_frame(self, length: int) -> int:
         patches = length - self.prefix
@@ -72,10 +75,13 @@ class QKVMixer(nn.Module):
 
 
 class FullAttention(QKVMixer):
-    """Dense softmax attention (``scaled_dot_product_attention``): the O(L²) baseline."""
+    """Dense softmax attention (``scaled_dot_product_attention``): the O(L²) baseline. With
+    token sizes in the layout it is ToMe's proportional attention: a key that stands for s
+    tokens weighs as s copies of itself (log s added to its scores)."""
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v)
+        bias = None if layout.size is None else layout.size.log()[:, None, None, :].to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 class StridedAttention(QKVMixer):

@@ -137,6 +137,8 @@ class HierarchicalVLM(nn.Module):
         motion_source: ``frame_difference`` (``motion_saliency``) or ``optical_flow``
             (OpenCV's Farneback on the CPU: slower, never the default).
         importance_weight: how strongly importance keeps a token from being merged.
+        proportional_attention: after merging, dense attention weighs each token by the number
+            of tokens it stands for (ToMe's proportional attention; ``full`` mixers only).
         global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head;
             None: ``avg`` for ``cross_memory`` (tokens read only the memory, so the class token
             never sees the clip), ``token`` otherwise.
@@ -167,6 +169,7 @@ class HierarchicalVLM(nn.Module):
         motion_alpha: float = 0.5,
         motion_source: str = "frame_difference",
         importance_weight: float = 1.0,
+        proportional_attention: bool = False,
         global_pool: str | None = None,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -192,6 +195,7 @@ class HierarchicalVLM(nn.Module):
         self.motion_alpha = motion_alpha
         self.motion_source = motion_source
         self.importance_weight = importance_weight
+        self.proportional_attention = proportional_attention
         self.global_pool = global_pool
         self.clip_shape = (num_frames, in_chans, img_size, img_size)  # what positions fit
         self.grad_checkpointing = False
@@ -299,6 +303,8 @@ class HierarchicalVLM(nn.Module):
             if index in self.merge_at and self.merge_ratio > 0:
                 x, size, importance, assign = self._reduce(x, size, importance, frames)
                 assigns.append(assign)
+                if self.proportional_attention:
+                    layout = self._sized_layout(size, frames)
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, layout, use_reentrant=False)
             else:
@@ -318,6 +324,11 @@ class HierarchicalVLM(nn.Module):
                 patches, size, importance, frames, r, self.importance_weight
             )
         return torch.cat([prefix, patches], 1), size, importance, assign
+
+    @staticmethod
+    def _sized_layout(size: Tensor, frames: int) -> TokenLayout:
+        prefix_size = size.new_ones(len(size), NUM_PREFIX_TOKENS)
+        return TokenLayout(NUM_PREFIX_TOKENS, frames, torch.cat([prefix_size, size], 1))
 
     @staticmethod
     def _unmerge(x: Tensor, assigns: list[Tensor], frames: int) -> Tensor:

@@ -146,3 +146,12 @@ def test_bad_mixer_settings_name_the_key_and_the_allowed_values():
         build_mixer("performer", DIM, HEADS, window=3)
     with pytest.raises(ValueError, match="TokenLayout: 11 tokens"):
         StridedAttention(DIM, HEADS)(tokens(11), LAYOUT)
+
+
+def test_proportional_attention_counts_a_merged_token_as_its_size():
+    """Attention over [a, b, b] equals attention over [a, b] with b of size 2."""
+    torch.manual_seed(0)
+    mixer, x = FullAttention(DIM, HEADS), tokens(2, batch=1)
+    repeated = mixer(torch.cat([x, x[:, 1:]], 1), TokenLayout(1, 1))[:, :2]
+    sized = mixer(x, TokenLayout(1, 1, torch.tensor([[1.0, 2.0]])))
+    torch.testing.assert_close(sized, repeated)

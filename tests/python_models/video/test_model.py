@@ -33,6 +33,18 @@ def test_every_variant_gives_logits_and_gradients_to_every_parameter(attention, 
     assert missing == unused.get(attention, [])
 
 
+def test_proportional_attention_changes_only_merged_runs():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", merge_ratio=0.5, **SMALL).eval()
+    plain = model(clips())
+    model.proportional_attention = True
+    assert not torch.allclose(model(clips()), plain)
+    model.set_merge_ratio(0.0)
+    unmerged = model(clips())
+    model.proportional_attention = False
+    torch.testing.assert_close(model(clips()), unmerged)
+
+
 def test_uint8_and_normalised_float_clips_agree():
     torch.manual_seed(0)
     model = create_model("hvlm_tiny", **SMALL).eval()
