@@ -15,6 +15,7 @@ from .layers import (
 from .mamba import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
 from .memory_vit import HopfieldLayer, MemoryAugmentedViT
 from .registry import create_model, list_models, register_model
+from .video import HierarchicalVLM
 from .vim_mae import MAEOutput, VisionMambaMAE
 from .vision_hrm import ReasoningModule, VisionHRM
 from .vision_mamba import VisionMamba
@@ -29,6 +30,7 @@ __all__ = [
     "DirectionalConv1d",
     "DropPath",
     "GridPooling",
+    "HierarchicalVLM",
     "HierarchicalViT",
     "HopfieldLayer",
     "LinearProbeViT",

@@ -6,6 +6,12 @@ reference, for one model configuration or a grid of them.
     python -m train.bench --device cuda --amp bf16 --batch-size 256
     python -m train.bench --model hrm_vision_cifar10 --impl kernels \\
         --grid '{h_cycles: [2, 4], l_cycles: [2, 4], one_step_gradient: [true, false]}'
+    python -m train.bench --video          # hvlm_tiny: every attention type, merging off/on
+    python -m train.bench --video --model hvlm_base --batch-size 1 --impl kernels \\
+        --model-args '{embed_dim: 192, num_heads: 3, depth: 1}'     # 6,272 tokens
+
+A video model (one with ``clip_shape``) is fed random clips (batch, T, C, H, W), and its rows
+are clips/s.
 """
 
 import argparse
@@ -19,10 +25,12 @@ import yaml
 import hvision_ext
 from hvision_ext.bench.timing import time_impl
 from python_models import create_model
+from python_models.video import MIXERS
 
 from .engine import AMP_DTYPES
 
 IMPLS = {"kernels": False, "reference": True}  # name → use_reference
+VIDEO_GRID = {"attention": sorted(MIXERS), "merge_ratio": [0.0, 0.5]}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m train.bench", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--model", default="vim_tiny_cifar", help="registered model (default: vim_tiny_cifar)"
+        "--model", help="registered model (default: vim_tiny_cifar; hvlm_tiny with --video)"
+    )
+    parser.add_argument(
+        "--video",
+        action="store_true",
+        help=f"a video model (hvlm_tiny by default) over the grid {VIDEO_GRID} unless --grid",
     )
     parser.add_argument(
         "--model-args", type=yaml.safe_load, default={}, help="YAML overrides of the preset"
@@ -53,7 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", choices=("none", *AMP_DTYPES), default="none")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--json", help="also write the results to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model = args.model or ("hvlm_tiny" if args.video else "vim_tiny_cifar")
+    if args.video and not args.grid:
+        args.grid = VIDEO_GRID
+    return args
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -64,6 +81,15 @@ def grid_points(grid: dict) -> list[dict]:
                 f"--grid: expected a non-empty list of values for {name!r}, got {values!r}"
             )
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def example_input(model, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Random clips for a video model (``clip_shape`` (T, C, H, W)), else random images."""
+    clip_shape = getattr(model, "clip_shape", None)
+    if clip_shape is not None:
+        return torch.randn(batch_size, *clip_shape, device=device)
+    size = model.patch_embed.img_size
+    return torch.randn(batch_size, model.patch_embed.proj.in_channels, size, size, device=device)
 
 
 def training_step(model, images, labels, amp: str):
@@ -87,19 +113,17 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
     """images/s and peak MiB of each asked-for path for one configuration."""
     torch.manual_seed(0)
     model = create_model(args.model, **model_args).to(device).train()
-    size = model.patch_embed.img_size
-    images = torch.randn(
-        args.batch_size, model.patch_embed.proj.in_channels, size, size, device=device
-    )
+    images = example_input(model, args.batch_size, device)
     labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
     step = training_step(model, images, labels, args.amp)
-    results = {}
+    results: dict = {"params": sum(p.numel() for p in model.parameters())}
     for name, use_reference in IMPLS.items():
         if args.impl not in ("both", name):
             continue
         with hvision_ext.use_reference(use_reference):
             timing = time_impl(step, device, budget_s=args.budget_s, min_runs=args.min_steps)
         results[name] = {
+            "step_ms": timing.median_s * 1e3,
             "images_per_s": args.batch_size / timing.median_s,
             "peak_mib": None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
         }
@@ -124,17 +148,22 @@ def main(argv: list[str] | None = None) -> dict:
         " ".join(f"{name}={value}" for name, value in point.items()) or "-" for point in points
     ]
     width = max(len("settings"), *map(len, labels))
-    print(f"  {'settings':<{width}} {'path':<10} {'images/s':>10} {'peak MiB':>9}")
+    print(
+        f"  {'settings':<{width}} {'path':<10} {'params':>9} {'step ms':>9} {'images/s':>10} "
+        f"{'peak MiB':>9}"
+    )
     rows = []
     for point, label in zip(points, labels):
         results = measure(args, {**args.model_args, **point}, device)
-        for name, result in results.items():
+        paths = {name: result for name, result in results.items() if name in IMPLS}
+        for name, result in paths.items():
             peak = "" if result["peak_mib"] is None else f"{result['peak_mib']:.0f}"
             print(
-                f"  {label:<{width}} {name:<10} {result['images_per_s']:>10.1f} {peak:>9}",
+                f"  {label:<{width}} {name:<10} {results['params']:>9} {result['step_ms']:>9.1f} "
+                f"{result['images_per_s']:>10.1f} {peak:>9}",
                 flush=True,
             )
-        if len(results) == 2:
+        if len(paths) == 2:
             speedup = results["kernels"]["images_per_s"] / results["reference"]["images_per_s"]
             print(f"  {'':<{width}} {'speed-up':<10} {speedup:>9.1f}x")
         rows.append({"settings": point, **results})

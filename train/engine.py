@@ -54,14 +54,24 @@ class EngineConfig:
     num_workers: int = field(2, "data-loader worker processes")
     out_dir: str = field("runs/job", "where checkpoints, metrics and plots go")
     resume: str = field("", "checkpoint to resume from exactly ('last' = OUT_DIR/last.pt)")
+    checkpoint_every: int = field(
+        0, "also write last.pt every this many training steps, resumable mid-epoch (0: off)"
+    )
+    grad_checkpointing: bool = field(
+        False,
+        "recompute the blocks' activations in the backward (models with set_grad_checkpointing)",
+    )
 
     def __post_init__(self) -> None:
         if self.amp not in ("none", *AMP_DTYPES):
             raise ValueError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
 
 class Task(Protocol):
-    """What a job tells the engine."""
+    """What a job tells the engine. A task may also define ``before_step(model, step,
+    total_steps)``, called before every training step (e.g. a curriculum on the model)."""
 
     monitor: str  # the validation metric that picks the best checkpoint
     mode: Literal["min", "max"]
@@ -103,6 +113,15 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
     return multiplier
 
 
+@dataclasses.dataclass
+class EpochProgress:
+    """How far the current epoch got: what a mid-epoch checkpoint needs to finish it exactly."""
+
+    steps: int = 0
+    images: int = 0
+    loss_totals: list = dataclasses.field(default_factory=lambda: [0.0, 0.0])  # sum, count
+
+
 class ModelEma:
     """Exponential moving average of a model's parameters (buffers are copied)."""
 
@@ -142,6 +161,12 @@ class Trainer:
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.out_dir = Path(config.out_dir)
+        if config.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise ValueError(
+                    f"grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing"
+                )
+            model.set_grad_checkpointing(True)
         self.model = model.to(device)
         self.ddp_model = (
             DistributedDataParallel(
@@ -151,6 +176,7 @@ class Trainer:
             else self.model
         )
         steps_per_epoch = len(train_loader)
+        self.total_steps = config.epochs * steps_per_epoch
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config.weight_decay), lr=config.lr
         )
@@ -158,7 +184,7 @@ class Trainer:
             self.optimizer,
             warmup_cosine(
                 round(config.warmup_epochs * steps_per_epoch),
-                config.epochs * steps_per_epoch,
+                self.total_steps,
                 config.min_lr / config.lr,
             ),
         )
@@ -167,6 +193,7 @@ class Trainer:
         self.epoch = 0
         self.best: float | None = None
         self.epochs_since_best = 0
+        self.progress = EpochProgress()
         resume_path = self._resume_path()
         if resume_path is not None:
             self._load(resume_path)
@@ -223,16 +250,18 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def train_one_epoch(self) -> tuple[float, int]:
-        """One pass over the training data; returns the mean loss (over every process) and the
-        number of images this process saw."""
+        """One pass over the training data (the rest of it after a mid-epoch resume); returns
+        the mean loss (over every process) and the number of images this process saw."""
         self.ddp_model.train()
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        images = 0
+        progress = self.progress
+        total = torch.tensor(progress.loss_totals, dtype=torch.float64, device=self.device)
         bar = tqdm(
-            self.train_loader,
+            self._remaining_batches(),
+            total=len(self.train_loader),
+            initial=progress.steps,
             desc=f"epoch {self.epoch + 1}",
             leave=False,
             disable=not _show_progress(),
@@ -243,12 +272,50 @@ class Trainer:
             total += torch.stack(
                 [loss.detach().double(), torch.ones((), dtype=torch.float64, device=self.device)]
             )
-            images += batch[0].shape[0]
+            progress.steps += 1
+            progress.images += batch[0].shape[0]
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            every = self.config.checkpoint_every
+            if every and self.global_step % every == 0 and progress.steps < len(self.train_loader):
+                progress.loss_totals = total.tolist()
+                self._save(improved=False)
+        self.progress = EpochProgress()
         distributed.all_reduce_sum(total)
-        return (total[0] / total[1]).item(), images
+        return (total[0] / total[1]).item(), progress.images
+
+    @property
+    def global_step(self) -> int:
+        """Training steps taken since the start of the run."""
+        return self.scheduler.last_epoch
+
+    def _remaining_batches(self):
+        """This epoch's batches, after the ones a mid-epoch checkpoint had already trained on.
+        The rest of the epoch goes through a loader over the remaining indices in the same
+        order; the random state of the checkpoint is put back after that loader starts, so the
+        run continues as it would have (exactly with ``num_workers`` 0: workers draw their own
+        seeds)."""
+        loader, done = self.train_loader, self.progress.steps
+        if done == 0:
+            return iter(loader)
+        state = checkpoint.rng_state()
+        remaining = list(loader.sampler)[done * loader.batch_size :]
+        rest = DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=remaining,
+            drop_last=loader.drop_last,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+        )
+        batches = iter(rest)
+        checkpoint.set_rng_state(state)
+        return batches
 
     def train_step(self, batch: list[Tensor]) -> Tensor:
+        before_step = getattr(self.task, "before_step", None)
+        if before_step is not None:
+            before_step(self.model, self.global_step, self.total_steps)
         amp_dtype = AMP_DTYPES.get(self.config.amp)
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = self.task.training_loss(self.ddp_model, batch)
@@ -299,6 +366,7 @@ class Trainer:
             "epoch": self.epoch,
             "best": self.best,
             "epochs_since_best": self.epochs_since_best,
+            "epoch_progress": dataclasses.asdict(self.progress),
             "config": self.job_config,
         }
 
@@ -333,8 +401,10 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best = state["best"]
         self.epochs_since_best = state["epochs_since_best"]
+        self.progress = EpochProgress(**state.get("epoch_progress", {}))
         if distributed.is_main():
-            print(f"resumed from {path} after epoch {self.epoch}", flush=True)
+            within = f", step {self.progress.steps} of the next" if self.progress.steps else ""
+            print(f"resumed from {path} after epoch {self.epoch}{within}", flush=True)
 
 
 def _show_progress() -> bool:

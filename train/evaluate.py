@@ -1,12 +1,14 @@
-"""``python -m train.evaluate``: evaluate a checkpoint of ``train.classify`` or ``train.mae`` on
-its data set's test split.
+"""``python -m train.evaluate``: evaluate a checkpoint of ``train.classify``, ``train.video`` or
+``train.mae`` on its data set's test split.
 
 Classifier: accuracy, per-class precision/recall/F1 and a confusion-matrix PNG.
+Video classifier: the same plus top-5 accuracy, with ``--num-clips`` views per video averaged.
 MAE: masked-patch MSE (the training loss), PSNR and SSIM of the reconstructions in pixel space,
 a reconstruction grid PNG, and all of these at mask ratios 25/50/75/90 %.
 Results go to ``evaluation.json`` beside the PNGs (in the checkpoint's folder by default).
 
     python -m train.evaluate --checkpoint runs/classify/best.pt
+    python -m train.evaluate --checkpoint runs/video/best.pt --num-clips 3
 """
 
 import dataclasses
@@ -24,12 +26,12 @@ from torch import Tensor  # noqa: E402
 
 from python_models.vim_mae import patchify, unpatchify  # noqa: E402
 
-from . import checkpoint, distributed  # noqa: E402
+from . import checkpoint, distributed, video  # noqa: E402
 from .classification import confusion_matrix, per_class_metrics  # noqa: E402
 from .classify import ClassifyConfig  # noqa: E402
 from .common import build_backbone, data_for, start  # noqa: E402
 from .config import field, load_config  # noqa: E402
-from .data import BatchTransform, DataSplits, make_loader  # noqa: E402
+from .data import BatchTransform, DataSplits, SelectFields, make_loader  # noqa: E402
 from .mae import MAEConfig, build_mae  # noqa: E402
 
 
@@ -47,21 +49,25 @@ class EvaluateConfig:
     seed: int = field(0, "seed of the MAE masks")
     mask_ratios: list = field([0.25, 0.5, 0.75, 0.9], "MAE: mask ratios of the sweep")
     grid_images: int = field(8, "MAE: images in the reconstruction grid")
+    num_clips: int = field(0, "video: views per test video, averaged (0: as trained)")
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(EvaluateConfig, argv, "python -m train.evaluate", __doc__.splitlines()[0])
     device = start(config)
     state = checkpoint.load(config.checkpoint, map_location=device)
+    out_dir = Path(config.out_dir or Path(config.checkpoint).parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    if "token_merging" in state["config"]:
+        results = evaluate_video(state["config"], weights, config, out_dir, device)
+        return finish(results, out_dir)
     is_mae = "mask_ratio" in state["config"]
     job = (MAEConfig if is_mae else ClassifyConfig)(**state["config"])
     if config.data_dir:
         job.data_dir = config.data_dir
-    out_dir = Path(config.out_dir or Path(config.checkpoint).parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
     splits, transform = data_for(job)
     loader = make_loader(splits.test, config.batch_size, False, config.num_workers, config.seed)
-    weights = state["ema"] if state.get("ema") is not None else state["model"]
     if is_mae:
         model = build_mae(job, splits).to(device)
         model.load_state_dict(weights)
@@ -70,6 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = build_backbone(job.model, job.model_args, splits, len(splits.classes)).to(device)
         model.load_state_dict(weights)
         results = evaluate_classifier(model, loader, transform, splits, out_dir, device)
+    return finish(results, out_dir)
+
+
+def finish(results: dict, out_dir: Path) -> dict:
     if distributed.is_main():
         (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
         print(f"wrote {out_dir / 'evaluation.json'}")
@@ -81,20 +91,64 @@ def evaluate_classifier(
     model, loader, transform: BatchTransform, splits: DataSplits, out_dir: Path, device
 ) -> dict:
     matrix, _ = confusion_matrix(model, loader, transform, len(splits.classes), device)
+    return classification_report(matrix, splits.classes, out_dir)
+
+
+def evaluate_video(
+    job_config: dict, weights: dict, config: EvaluateConfig, out_dir: Path, device
+) -> dict:
+    """A ``train.video`` checkpoint on its test split: top-1 and top-5 accuracy, the per-class
+    report and confusion matrix, each video's ``num_clips`` views averaged."""
+    job = video.VideoConfig(**job_config)
+    job.data_dir = config.data_dir or job.data_dir
+    if config.num_clips:
+        job.video = {**job.video, "num_clips": config.num_clips}
+    dataset = video.datasets_for(job, "test", train=False)
+    fields = SelectFields(("frames", "label"))
+    loader = make_loader(dataset, config.batch_size, False, config.num_workers, config.seed, fields)
+    model = video.build_model(job, dataset.num_classes).to(device)
+    model.load_state_dict(weights)
+    classifier = video.MultiViewClassifier(model)
+    transform = video.clip_transform(job)
+    matrix, _ = confusion_matrix(classifier, loader, transform, dataset.num_classes, device)
+    top5 = top_k_accuracy(classifier, loader, transform, device, k=5)
+    results = classification_report(matrix, dataset.classes, out_dir)
+    if distributed.is_main():
+        print(f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video")
+    return {"top5_accuracy": top5, "num_clips": job.video["num_clips"], **results}
+
+
+@torch.no_grad()
+def top_k_accuracy(model, loader, transform, device, k: int) -> float:
+    """Share of samples whose label is among the ``k`` highest logits (over every process)."""
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.float64, device=device)  # hits, samples
+    for clips, labels in loader:
+        logits = model(transform(clips.to(device), train=False))
+        top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
+        hits = (top == labels.to(device)[:, None]).any(-1)
+        counts += torch.stack([hits.sum(), torch.tensor(len(hits), device=device)]).double()
+    distributed.all_reduce_sum(counts)
+    return (counts[0] / counts[1]).item()
+
+
+def classification_report(matrix: Tensor, classes: tuple[str, ...], out_dir: Path) -> dict:
+    """Accuracy and per-class precision/recall/F1 from a confusion matrix, printed and plotted
+    (``confusion_matrix.png``) by the main process."""
     metrics = per_class_metrics(matrix)
     accuracy = matrix.diag().sum().item() / matrix.sum().item()
     per_class = {
         name: {key: round(values[i].item(), 4) for key, values in metrics.items()}
-        for i, name in enumerate(splits.classes)
+        for i, name in enumerate(classes)
     }
     if distributed.is_main():
-        print(f"test accuracy {accuracy:.4f} on {int(matrix.sum().item())} images")
+        print(f"test accuracy {accuracy:.4f} on {int(matrix.sum().item())} samples")
         print(f"{'class':>14} {'precision':>9} {'recall':>9} {'f1':>9}")
         for name, values in per_class.items():
             print(
                 f"{name:>14} {values['precision']:>9.4f} {values['recall']:>9.4f} {values['f1']:>9.4f}"
             )
-        plot_confusion(matrix, splits.classes, out_dir / "confusion_matrix.png")
+        plot_confusion(matrix, classes, out_dir / "confusion_matrix.png")
     return {
         "accuracy": accuracy,
         "per_class": per_class,

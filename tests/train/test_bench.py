@@ -11,7 +11,7 @@ FAST = ["--batch-size", "2", "--budget-s", "0", "--min-steps", "1", "--threads",
 def test_bench_times_both_paths(tmp_path):
     summary = bench.main([*FAST, "--model-args", "{depth: 2}", "--json", str(tmp_path / "b.json")])
     (row,) = summary["results"]
-    assert set(row) == {"settings", "kernels", "reference"}
+    assert set(row) == {"settings", "params", "kernels", "reference"}
     assert all(row[impl]["images_per_s"] > 0 for impl in ("kernels", "reference"))
     assert (tmp_path / "b.json").is_file()
 
@@ -39,7 +39,7 @@ def test_bench_grid_covers_every_combination():
         {"h_cycles": 2, "one_step_gradient": True},
         {"h_cycles": 2, "one_step_gradient": False},
     ]
-    assert all(set(row) == {"settings", "kernels"} for row in summary["results"])
+    assert all(set(row) == {"settings", "params", "kernels"} for row in summary["results"])
 
 
 def test_bench_rejects_a_grid_value_that_is_not_a_list():

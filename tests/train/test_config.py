@@ -7,6 +7,7 @@ from train.classify import ClassifyConfig
 from train.config import load_config, read_yaml
 from train.mae import MAEConfig
 from train.memory import MemoryConfig
+from train.video import VideoConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -56,6 +57,6 @@ def test_builtin_default_config_file_is_the_default_job():
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    job = {"mae": MAEConfig, "memory": MemoryConfig}
+    job = {"mae": MAEConfig, "memory": MemoryConfig, "video": VideoConfig}
     cls = job.get(path.name.split("_")[0], ClassifyConfig)
     load_config(cls, ["--config", str(path)], "t", "t")

@@ -1,0 +1,295 @@
+"""The token mixers of the video blocks: dense attention and seven efficient alternatives.
+
+Every mixer maps tokens (batch, L, dim) to (batch, L, dim) and takes a ``TokenLayout`` that says
+how the sequence is laid out: ``prefix`` class/global tokens, then ``frames`` equal runs of
+patch tokens (frame-major). Mixers that ignore the layout accept it all the same, so a block can
+hold any of them. Projections are plain ``nn.Linear`` layers with stable names (``qkv``,
+``proj``, ``q``) for adapters that wrap them by name.
+"""
+
+import dataclasses
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hvision_ext.ops import hopfield_retrieval, local_global_attention, sparse_attention
+
+from ..mamba import BiMamba
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+    """``prefix`` class/global tokens, then ``frames`` runs of equally many patch tokens;
+    ``size`` (batch, L): how many input tokens each token stands for after merging (None: one
+    each), for proportional attention."""
+
+    prefix: int
+    frames: int
+    size: Tensor | None = None
+
+    def per_frame(self, length: int) -> int:
+        patches = length - self.prefix
+        if patches <= 0 or patches % self.frames:
+            raise ValueError(
+                f"TokenLayout: {length} tokens are not {self.prefix} prefix tokens plus "
+                f"{self.frames} equal frames"
+            )
+        return patches // self.frames
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(batch, L, dim) → (batch, heads, L, dim // heads)."""
+    batch, length, dim = x.shape
+    return x.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(batch, heads, L, head_dim) → (batch, L, heads · head_dim)."""
+    return x.transpose(1, 2).flatten(2)
+
+
+class QKVMixer(nn.Module):
+    """Multi-head self-attention scaffolding: ``qkv`` projection, a pattern (``attend``) on
+    (batch, heads, L, head_dim) queries, keys and values, ``proj`` projection."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(
+                f"{type(self).__name__}: dim must be divisible by num_heads, got {dim} and {num_heads}"
+            )
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        return self.proj(merge_heads(self.attend(q, k, v, layout)))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        raise NotImplementedError
+
+
+class FullAttention(QKVMixer):
+    """Dense softmax attention (``scaled_dot_product_attention``): the O(L²) baseline. With
+    token sizes in the layout it is ToMe's proportional attention: a key that stands for s
+    tokens weighs as s copies of itself (log s added to its scores)."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        bias = None if layout.size is None else layout.size.log()[:, None, None, :].to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+class StridedAttention(QKVMixer):
+    """Factorised space-time attention through the fused sparse kernel: with P patches per
+    frame, each token sees the band |i − j| < P (its spatial neighbours) and every token P
+    apart (the same patch in every frame); the prefix tokens attend and are attended globally."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        stride = layout.per_frame(q.shape[-2])
+        return sparse_attention(q, k, v, window=stride - 1, stride=stride, num_global=layout.prefix)
+
+
+class LocalGlobalAttention(QKVMixer):
+    """A sliding window of ``window`` tokens each side (default: one frame's patches) plus the
+    prefix tokens as global tokens (Longformer/BigBird), through the fused kernel."""
+
+    def __init__(self, dim: int, num_heads: int, window: int | None = None, qkv_bias: bool = True):
+        super().__init__(dim, num_heads, qkv_bias)
+        if window is not None and window < 1:
+            raise ValueError(f"LocalGlobalAttention: window must be >= 1 or None, got {window}")
+        self.window = window
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        window = self.window or layout.per_frame(q.shape[-2])
+        return local_global_attention(q, k, v, window, layout.prefix)
+
+
+class CrossMemoryAttention(nn.Module):
+    """Tokens read a learned memory bank of ``memory_slots`` key/value slots per head: queries
+    from the tokens, ``n_steps`` Hopfield updates against the keys, then the values — one
+    ``hopfield_retrieval`` call with the bank shared across the batch (no expanded copy)."""
+
+    def __init__(self, dim: int, num_heads: int, memory_slots: int = 64, n_steps: int = 1):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(
+                f"CrossMemoryAttention: dim must be divisible by num_heads, got {dim} and {num_heads}"
+            )
+        if memory_slots < 1 or n_steps < 1:
+            raise ValueError(
+                f"CrossMemoryAttention: memory_slots and n_steps must be >= 1, got "
+                f"{memory_slots} and {n_steps}"
+            )
+        self.num_heads = num_heads
+        self.n_steps = n_steps
+        head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim)
+        self.memory_keys = nn.Parameter(torch.randn(num_heads, memory_slots, head_dim) * 0.02)
+        self.memory_values = nn.Parameter(torch.randn(num_heads, memory_slots, head_dim) * 0.02)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        q = split_heads(self.q(x), self.num_heads)
+        out = hopfield_retrieval(
+            q, self.memory_keys.to(q.dtype), self.memory_values.to(q.dtype), n_steps=self.n_steps
+        )
+        return self.proj(merge_heads(out))
+
+
+def kernel_attention(q_features: Tensor, k_features: Tensor, v: Tensor, causal: bool) -> Tensor:
+    """Linear-time attention with non-negative feature maps φ(q), φ(k) (batch, heads, L, m):
+    out_i = φ(q_i) Σ_j φ(k_j) v_jᵀ / φ(q_i) Σ_j φ(k_j), over j ≤ i when ``causal``."""
+    q_features, k_features, v = q_features.float(), k_features.float(), v.float()
+    if causal:
+        context = torch.einsum("bhlm,bhld->bhlmd", k_features, v).cumsum(dim=2)
+        numerator = torch.einsum("bhlm,bhlmd->bhld", q_features, context)
+        normaliser = (q_features * k_features.cumsum(dim=2)).sum(-1, keepdim=True)
+    else:
+        numerator = q_features @ (k_features.transpose(-1, -2) @ v)
+        normaliser = q_features @ k_features.sum(dim=2, keepdim=True).transpose(-1, -2)
+    return numerator / normaliser.clamp_min(1e-6)
+
+
+class LinearAttention(QKVMixer):
+    """Kernelised linear attention (Katharopoulos et al.) with the elu(x) + 1 feature map."""
+
+    def __init__(self, dim: int, num_heads: int, causal: bool = False, qkv_bias: bool = True):
+        super().__init__(dim, num_heads, qkv_bias)
+        self.causal = causal
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        out = kernel_attention(F.elu(q) + 1, F.elu(k) + 1, v, self.causal)
+        return out.to(v.dtype)
+
+
+def orthogonal_gaussian(num_features: int, dim: int) -> Tensor:
+    """(num_features, dim) random projection: blocks of orthonormal rows (QR of Gaussians), each
+    row rescaled to the norm of a Gaussian vector, so rows are exactly orthogonal within a block
+    and marginally N(0, I) (FAVOR+'s orthogonal random features)."""
+    blocks = [torch.linalg.qr(torch.randn(dim, dim))[0].T for _ in range(-(-num_features // dim))]
+    norms = torch.randn(num_features, dim).norm(dim=1, keepdim=True)
+    return torch.cat(blocks)[:num_features] * norms
+
+
+class PerformerAttention(QKVMixer):
+    """FAVOR+ (Performer): softmax attention approximated with positive orthogonal random
+    features, φ(x) = exp(wᵀx − ‖x‖²/2) / √m. ``nb_features`` m defaults to d·ln d (d the head
+    width). The projection is redrawn every ``redraw_interval`` training steps
+    (``advance_step``, called by the model once per training forward; 0 never redraws) and is
+    a buffer: saved with the weights and fixed in eval."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        nb_features: int | None = None,
+        redraw_interval: int = 1000,
+        causal: bool = False,
+        qkv_bias: bool = True,
+    ):
+        super().__init__(dim, num_heads, qkv_bias)
+        self.nb_features = nb_features or max(1, int(self.head_dim * math.log(self.head_dim)))
+        if self.nb_features < 1 or redraw_interval < 0:
+            raise ValueError(
+                f"PerformerAttention: nb_features must be >= 1 and redraw_interval >= 0, got "
+                f"{nb_features} and {redraw_interval}"
+            )
+        self.redraw_interval = redraw_interval
+        self.causal = causal
+        self.register_buffer("projection", orthogonal_gaussian(self.nb_features, self.head_dim))
+        self.register_buffer("steps_since_redraw", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def redraw_projection(self) -> None:
+        self.projection.copy_(orthogonal_gaussian(self.nb_features, self.head_dim))
+        self.steps_since_redraw.zero_()
+
+    def advance_step(self) -> None:
+        """Counts a training step, redrawing the features when the interval is reached."""
+        if self.redraw_interval and self.steps_since_redraw.item() >= self.redraw_interval:
+            self.redraw_projection()
+        self.steps_since_redraw += 1
+
+    def features(self, x: Tensor, is_query: bool) -> Tensor:
+        """Positive random features of queries or keys (batch, heads, L, m). A maximum is taken
+        out of the exponent for stability: per row for queries (it cancels in the row's
+        normalisation), over the whole sequence for keys (a common factor)."""
+        x = x.float() * self.head_dim**-0.25
+        logits = x @ self.projection.T - x.pow(2).sum(-1, keepdim=True) / 2
+        dims = (-1,) if is_query else (-2, -1)
+        stabiliser = logits.detach().amax(dim=dims, keepdim=True)
+        return (torch.exp(logits - stabiliser) + 1e-6) / math.sqrt(self.nb_features)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        out = kernel_attention(self.features(q, True), self.features(k, False), v, self.causal)
+        return out.to(v.dtype)
+
+    def extra_repr(self) -> str:
+        return f"nb_features={self.nb_features}, redraw_interval={self.redraw_interval}, causal={self.causal}"
+
+
+class MambaMixer(BiMamba):
+    """The bidirectional Mamba mixer (``selective_scan`` forwards and in reverse) over the
+    whole token sequence, class token first."""
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        return super().forward(x)
+
+
+class HierarchicalAttention(nn.Module):
+    """Two levels: dense attention within each frame (``spatial``), then dense attention across
+    frames (``temporal``) over the prefix tokens and one summary per frame (the mean of its
+    attended patches); each frame's summary output is added back to its patches."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.spatial = FullAttention(dim, num_heads, qkv_bias)
+        self.temporal = FullAttention(dim, num_heads, qkv_bias)
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        batch, length, dim = x.shape
+        per_frame = layout.per_frame(length)
+        prefix, patches = x[:, : layout.prefix], x[:, layout.prefix :]
+        frames = patches.reshape(batch * layout.frames, per_frame, dim)
+        local = self.spatial(frames, TokenLayout(0, 1)).view(batch, layout.frames, per_frame, dim)
+        summaries = torch.cat([prefix, local.mean(dim=2)], dim=1)
+        mixed = self.temporal(summaries, TokenLayout(layout.prefix, layout.frames))
+        patches = local + mixed[:, layout.prefix :, None]
+        return torch.cat([mixed[:, : layout.prefix], patches.flatten(1, 2)], dim=1)
+
+
+MIXERS: dict[str, type[nn.Module]] = {
+    "full": FullAttention,
+    "strided": StridedAttention,
+    "local_global": LocalGlobalAttention,
+    "cross_memory": CrossMemoryAttention,
+    "performer": PerformerAttention,
+    "linear": LinearAttention,
+    "mamba": MambaMixer,
+    "hierarchical": HierarchicalAttention,
+}
+
+
+def mixer_options(kind: str) -> list[str]:
+    """The options (constructor arguments besides the width and heads) of mixer ``kind``."""
+    parameters = inspect.signature(MIXERS[kind].__init__).parameters
+    return [name for name in parameters if name not in ("self", "dim", "num_heads")]
+
+
+def build_mixer(kind: str, dim: int, num_heads: int, **options) -> nn.Module:
+    """The mixer named ``kind`` (a key of ``MIXERS``) with its own ``options``."""
+    if kind not in MIXERS:
+        raise ValueError(f"attention.type must be one of {sorted(MIXERS)}, got {kind!r}")
+    unknown = sorted(set(options) - set(mixer_options(kind)))
+    if unknown:
+        raise ValueError(
+            f"attention options {unknown} do not apply to {kind!r}; its options: {mixer_options(kind)}"
+        )
+    if kind == "mamba":
+        return MambaMixer(dim, **options)
+    return MIXERS[kind](dim, num_heads, **options)

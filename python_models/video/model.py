@@ -1,0 +1,351 @@
+"""HierarchicalVLM: a video transformer whose token mixer is one of dense attention and seven
+efficient types, with motion-saliency token merging between blocks.
+
+Clips (batch, T, C, H, W) → tubelet embedding (``tubelet_size`` frames × ``patch_size``² pixels
+per token) → separable learned positions (time + space, resized to other clip shapes) → a class
+token in front → blocks (pre-norm mixer + FFN) with optional per-frame token merging before
+chosen blocks → LayerNorm → a linear head on the class token (or the mean patch token).
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from hvision_ext.ops import unmerge_tokens
+
+from ..layers import DropPath, Mlp, init_vit_weights
+from ..vit import NORM_EPS
+from .merging import (
+    MERGE_MODES,
+    MOTION_SOURCES,
+    batch_rows,
+    drop_frames,
+    frame_rows,
+    merge_frames,
+    motion_importance,
+    tokens_to_remove,
+)
+from .mixers import MIXERS, PerformerAttention, TokenLayout, build_mixer
+
+GLOBAL_POOLS = ("token", "avg")
+NUM_PREFIX_TOKENS = 1  # the class token
+
+
+class TubeletEmbed(nn.Module):
+    """(batch, T, C, H, W) → (batch, T / tubelet · (H / patch) · (W / patch), dim), frame-major,
+    each frame's patches row-major."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def grid(self, clip_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(frames, rows, columns) of tokens for clips of shape (..., T, C, H, W)."""
+        frames, _, height, width = clip_shape[-4:]
+        if frames % self.tubelet_size or height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"TubeletEmbed: clips of {frames} frames of {height}x{width} do not split into "
+                f"tubelets of {self.tubelet_size} frames x {self.patch_size}² pixels"
+            )
+        return frames // self.tubelet_size, height // self.patch_size, width // self.patch_size
+
+    def forward(self, clips: Tensor) -> Tensor:
+        return self.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
+
+
+class MotionConvStem(TubeletEmbed):
+    """A convolutional tubelet embedding for small data: each frame with its difference to the
+    previous frame (TSN's RGB difference; zero for the first) → two 3×3×3 convolutions that
+    halve the side (the second also divides time by the tubelet) → a pointwise-in-time
+    projection to ``patch_size``-pixel tokens. Same grid and output as ``TubeletEmbed``."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int):
+        if patch_size < 4 or patch_size % 4:
+            raise ValueError(
+                f"MotionConvStem: patch_size must be a multiple of 4, got {patch_size}"
+            )
+        super().__init__(patch_size, tubelet_size, in_chans, embed_dim)
+        width = embed_dim // 2
+        self.conv1 = nn.Conv3d(2 * in_chans, width // 2, 3, stride=(1, 2, 2), padding=1)
+        self.conv2 = nn.Conv3d(width // 2, width, 3, stride=(tubelet_size, 2, 2), padding=1)
+        last = (1, patch_size // 4, patch_size // 4)
+        self.proj = nn.Conv3d(width, embed_dim, kernel_size=last, stride=last)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        difference = torch.cat([torch.zeros_like(clips[:, :1]), clips.diff(dim=1)], dim=1)
+        x = torch.cat([clips, difference], dim=2).transpose(1, 2)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(x))))
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+STEMS = {"tubelet": TubeletEmbed, "motion_conv": MotionConvStem}
+
+
+class VideoBlock(nn.Module):
+    """Pre-norm residual block: x + mixer(norm1(x)), then x + ffn(norm2(x)). ``ffn`` replaces the
+    default GELU MLP (``mlp.fc1``, ``mlp.fc2``) with any (batch, L, dim) → same module."""
+
+    def __init__(
+        self,
+        dim: int,
+        mixer: nn.Module,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        ffn: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.attn = mixer
+        self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.mlp = ffn if ffn is not None else Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), layout))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+class HierarchicalVLM(nn.Module):
+    """Video classifier with a selectable token mixer and token merging.
+
+    Args:
+        num_frames: frames per clip the positions are learned for (others are interpolated).
+        img_size: frame side the positions are learned for.
+        patch_size: patch side; tubelet_size: frames per token; stem: ``tubelet`` (a linear
+            projection of each tubelet) or ``motion_conv`` (``MotionConvStem``).
+        in_chans: channels; num_classes: classes (0: no head, ``forward`` gives features).
+        embed_dim, depth, num_heads, mlp_ratio: the transformer's shape.
+        attention: the blocks' token mixer, one of ``MIXERS``; attention_args: its options
+            (e.g. ``{"nb_features": 64}`` for performer, ``{"memory_slots": 32}``).
+        merge_ratio: fraction of each frame's patch tokens removed before the blocks of
+            ``merge_at`` together (0: no merging); ``set_merge_ratio`` changes it in training.
+        merge_at: indices of the blocks before which tokens are merged.
+        merge_mode: ``motion``, ``similarity`` or ``random`` (see ``merging``).
+        motion_alpha: weight of motion against saliency in the importance scores.
+        motion_source: ``frame_difference`` (``motion_saliency``) or ``optical_flow``
+            (OpenCV's Farneback on the CPU: slower, never the default).
+        importance_weight: how strongly importance keeps a token from being merged.
+        proportional_attention: after merging, dense attention weighs each token by the number
+            of tokens it stands for (ToMe's proportional attention; ``full`` mixers only).
+        global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head;
+            None: ``avg`` for ``cross_memory`` (tokens read only the memory, so the class token
+            never sees the clip), ``token`` otherwise.
+        drop_rate, drop_path_rate: dropout and stochastic depth (rising over the blocks).
+        pixel_mean, pixel_std: normalisation of uint8 clips (float clips are taken as given).
+    """
+
+    num_prefix_tokens = NUM_PREFIX_TOKENS
+
+    def __init__(
+        self,
+        num_frames: int = 16,
+        img_size: int = 64,
+        patch_size: int = 8,
+        tubelet_size: int = 1,
+        stem: str = "tubelet",
+        in_chans: int = 3,
+        num_classes: int = 12,
+        embed_dim: int = 96,
+        depth: int = 4,
+        num_heads: int = 3,
+        mlp_ratio: float = 2.0,
+        attention: str = "full",
+        attention_args: dict | None = None,
+        merge_ratio: float = 0.0,
+        merge_at: Sequence[int] = (1,),
+        merge_mode: str = "motion",
+        motion_alpha: float = 0.5,
+        motion_source: str = "frame_difference",
+        importance_weight: float = 1.0,
+        proportional_attention: bool = False,
+        global_pool: str | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        pixel_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        pixel_std: Sequence[float] = (0.25, 0.25, 0.25),
+    ):
+        super().__init__()
+        _choice("attention.type", attention, sorted(MIXERS))
+        _choice("stem", stem, list(STEMS))
+        _choice("motion_source", motion_source, MOTION_SOURCES)
+        _choice("token_merging.mode", merge_mode, MERGE_MODES)
+        global_pool = global_pool or ("avg" if attention == "cross_memory" else "token")
+        _choice("global_pool", global_pool, GLOBAL_POOLS)
+        if not all(0 <= index < depth for index in merge_at) or len(set(merge_at)) != len(merge_at):
+            raise ValueError(
+                f"token_merging.merge_at must hold distinct block indices in [0, {depth}), got {list(merge_at)}"
+            )
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.attention = attention
+        self.merge_at = tuple(sorted(merge_at))
+        self.merge_mode = merge_mode
+        self.motion_alpha = motion_alpha
+        self.motion_source = motion_source
+        self.importance_weight = importance_weight
+        self.proportional_attention = proportional_attention
+        self.global_pool = global_pool
+        self.clip_shape = (num_frames, in_chans, img_size, img_size)  # what positions fit
+        self.grad_checkpointing = False
+        self.set_merge_ratio(merge_ratio)
+
+        self.patch_embed = STEMS[stem](patch_size, tubelet_size, in_chans, embed_dim)
+        frames, rows, cols = self.patch_embed.grid((num_frames, in_chans, img_size, img_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed_time = nn.Parameter(torch.zeros(1, frames, 1, embed_dim))
+        self.pos_embed_space = nn.Parameter(torch.zeros(1, 1, rows * cols, embed_dim))
+        self.pos_grid = (rows, cols)
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            VideoBlock(
+                embed_dim,
+                build_mixer(attention, embed_dim, num_heads, **(attention_args or {})),
+                mlp_ratio,
+                drop=drop_rate,
+                drop_path=rate,
+            )
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        init_vit_weights(self, self.cls_token, self.pos_embed_time, self.pos_embed_space)
+
+    # -- settings ----------------------------------------------------------------------------
+
+    def set_merge_ratio(self, ratio: float) -> None:
+        """Fraction of each frame's patch tokens to remove (0 turns merging off)."""
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(
+                f"token_merging.target_compression_ratio must be in [0, 1), got {ratio}"
+            )
+        self.merge_ratio = ratio
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward instead of keeping them."""
+        self.grad_checkpointing = enabled
+
+    def feature_layout(self, clip_shape: Sequence[int]) -> TokenLayout:
+        """How ``forward_features`` lays out the tokens of clips of this shape: the class token,
+        then ``frames`` runs of equally many tokens (``per_frame(length)``)."""
+        return TokenLayout(NUM_PREFIX_TOKENS, self.patch_embed.grid(clip_shape)[0])
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def prepare(self, clips: Tensor) -> Tensor:
+        """uint8 clips → normalised float; float clips as given."""
+        if clips.dim() != 5:
+            raise ValueError(
+                f"HierarchicalVLM: expected clips (batch, T, C, H, W), got shape {tuple(clips.shape)}"
+            )
+        if clips.dtype == torch.uint8:
+            return (clips.float() / 255 - self.pixel_mean) / self.pixel_std
+        return clips
+
+    def positions(self, frames: int, rows: int, cols: int) -> Tensor:
+        """(1, frames · rows · cols, dim): time + space embeddings, interpolated to the grid."""
+        time = self.pos_embed_time
+        if frames != time.shape[1]:
+            time = F.interpolate(
+                time.squeeze(2).transpose(1, 2), size=frames, mode="linear", align_corners=False
+            ).transpose(1, 2)[:, :, None]
+        space = self.pos_embed_space
+        if (rows, cols) != self.pos_grid:
+            grid = space.view(1, *self.pos_grid, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+            space = grid.flatten(2).transpose(1, 2)[:, None]
+        return (time + space).flatten(1, 2)
+
+    def token_importance(self, clips: Tensor) -> Tensor | None:
+        """Per-token motion-saliency (batch, tokens) of the input frames, averaged over each
+        tubelet's frames; None unless motion-guided merging will run."""
+        if self.merge_mode != "motion" or self.merge_ratio == 0:
+            return None
+        scores = motion_importance(
+            clips.detach(), self.patch_embed.patch_size, self.motion_alpha, self.motion_source
+        )
+        tubelet = self.patch_embed.tubelet_size
+        return scores.unflatten(1, (-1, tubelet)).mean(2).flatten(1)
+
+    def forward_features(self, clips: Tensor, unmerge: bool = False) -> Tensor:
+        """Every token after the blocks and the final norm: (batch, 1 + frames · per_frame, dim),
+        the class token first, laid out as ``feature_layout`` says. With token merging,
+        ``per_frame`` is the merged count, or every patch again with ``unmerge=True`` (each
+        patch receives the token it was merged into)."""
+        clips = self.prepare(clips)
+        frames, rows, cols = self.patch_embed.grid(clips.shape)
+        if self.training:
+            for module in self.modules():
+                if isinstance(module, PerformerAttention):
+                    module.advance_step()
+        importance = self.token_importance(clips)
+        patches = self.patch_embed(clips) + self.positions(frames, rows, cols)
+        size = patches.new_ones(patches.shape[:2], dtype=torch.float32)
+        x = self.pos_drop(torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], 1))
+        layout = TokenLayout(NUM_PREFIX_TOKENS, frames)
+        assigns = []
+        for index, block in enumerate(self.blocks):
+            if index in self.merge_at and self.merge_ratio > 0:
+                x, size, importance, assign = self._reduce(x, size, importance, frames)
+                assigns.append(assign)
+                if self.proportional_attention:
+                    layout = self._sized_layout(size, frames)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, layout, use_reentrant=False)
+            else:
+                x = block(x, layout)
+        x = self.norm(x)
+        if unmerge and assigns:
+            x = self._unmerge(x, assigns, frames)
+        return x
+
+    def _reduce(self, x: Tensor, size: Tensor, importance: Tensor | None, frames: int):
+        prefix, patches = x[:, :NUM_PREFIX_TOKENS], x[:, NUM_PREFIX_TOKENS:]
+        r = tokens_to_remove(patches.shape[1] // frames, self.merge_ratio, len(self.merge_at))
+        if self.merge_mode == "random":
+            patches, size, importance, assign = drop_frames(patches, size, importance, frames, r)
+        else:
+            patches, size, importance, assign = merge_frames(
+                patches, size, importance, frames, r, self.importance_weight
+            )
+        return torch.cat([prefix, patches], 1), size, importance, assign
+
+    @staticmethod
+    def _sized_layout(size: Tensor, frames: int) -> TokenLayout:
+        prefix_size = size.new_ones(len(size), NUM_PREFIX_TOKENS)
+        return TokenLayout(NUM_PREFIX_TOKENS, frames, torch.cat([prefix_size, size], 1))
+
+    @staticmethod
+    def _unmerge(x: Tensor, assigns: list[Tensor], frames: int) -> Tensor:
+        prefix, patches = x[:, :NUM_PREFIX_TOKENS], frame_rows(x[:, NUM_PREFIX_TOKENS:], frames)
+        for assign in reversed(assigns):
+            patches = unmerge_tokens(patches, assign)
+        return torch.cat([prefix, batch_rows(patches, frames)], 1)
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The pooled features (``pre_logits=True``) or the head's logits."""
+        if self.global_pool == "avg":
+            pooled = features[:, NUM_PREFIX_TOKENS:].mean(1)
+        else:
+            pooled = features[:, 0]
+        pooled = self.head_drop(pooled)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """Clips (batch, T, C, H, W), uint8 or normalised float → logits (batch, classes)."""
+        return self.forward_head(self.forward_features(clips))

@@ -1,0 +1,58 @@
+"""Registered HierarchicalVLM presets; every constructor argument can be overridden, e.g.
+``create_model("hvlm_tiny", attention="performer", merge_ratio=0.5)``."""
+
+from ..registry import register_model
+from .model import HierarchicalVLM
+
+
+@register_model
+def hvlm_tiny(**overrides) -> HierarchicalVLM:
+    """Sized to train on the built-in video set on 2 CPU cores: 8 frames of 64², the motion
+    convolution stem to patch 8, tubelet 2 (4 × 64 tokens), width 96, depth 4, 3 heads, 12
+    classes."""
+    defaults = dict(
+        num_frames=8,
+        img_size=64,
+        patch_size=8,
+        tubelet_size=2,
+        stem="motion_conv",
+        num_classes=12,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=2.0,
+    )
+    return HierarchicalVLM(**{**defaults, **overrides})
+
+
+@register_model
+def hvlm_small(**overrides) -> HierarchicalVLM:
+    """16 frames of 224², patch 16 (16 × 196 tokens), width 384, depth 12, 6 heads, 400 classes."""
+    defaults = dict(
+        num_frames=16,
+        img_size=224,
+        patch_size=16,
+        num_classes=400,
+        embed_dim=384,
+        depth=12,
+        num_heads=6,
+        mlp_ratio=4.0,
+    )
+    return HierarchicalVLM(**{**defaults, **overrides})
+
+
+@register_model
+def hvlm_base(**overrides) -> HierarchicalVLM:
+    """The source design's shape: 32 frames of 224², patch 16 (32 × 196 = 6,272 tokens), hidden
+    768, depth 12, 12 heads, MLP ratio 4, 400 classes."""
+    defaults = dict(
+        num_frames=32,
+        img_size=224,
+        patch_size=16,
+        num_classes=400,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        mlp_ratio=4.0,
+    )
+    return HierarchicalVLM(**{**defaults, **overrides})

@@ -1,0 +1,172 @@
+"""HierarchicalVLM: presets, every attention type end to end, token merging (class token kept,
+shapes restored by unmerge, the random baseline), gradients, the reference switch."""
+
+import pytest
+import torch
+
+import hvision_ext
+from python_models import create_model
+from python_models.video import MIXERS, drop_frames, merge_frames, merge_ratio_at
+from python_models.video.merging import motion_importance
+
+SMALL = dict(num_frames=4, img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+
+
+def clips(batch: int = 2, frames: int = 4, side: int = 32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (batch, frames, 3, side, side), generator=gen, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("attention", sorted(MIXERS))
+@pytest.mark.parametrize("merge_ratio", [0.0, 0.5])
+def test_every_variant_gives_logits_and_gradients_to_every_parameter(attention, merge_ratio):
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", attention=attention, merge_ratio=merge_ratio, **SMALL)
+    logits = model(clips())
+    assert logits.shape == (2, 5)
+    logits.logsumexp(-1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    # cross_memory pools the patch tokens: its class token reads only the memory and is unused.
+    # The last mamba block's forward scan reaches the class token (first) before any state
+    # builds up, so its A gets no gradient there; the reverse scan's does.
+    unused = {"cross_memory": ["cls_token"], "mamba": ["blocks.1.attn.forward_ssm.A_log"]}
+    assert missing == unused.get(attention, [])
+
+
+def test_proportional_attention_changes_only_merged_runs():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", merge_ratio=0.5, **SMALL).eval()
+    plain = model(clips())
+    model.proportional_attention = True
+    assert not torch.allclose(model(clips()), plain)
+    model.set_merge_ratio(0.0)
+    unmerged = model(clips())
+    model.proportional_attention = False
+    torch.testing.assert_close(model(clips()), unmerged)
+
+
+def test_uint8_and_normalised_float_clips_agree():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", **SMALL).eval()
+    x = clips()
+    normalised = (x.float() / 255 - model.pixel_mean) / model.pixel_std
+    torch.testing.assert_close(model(x), model(normalised))
+
+
+def test_forward_features_layout_and_unmerge():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", merge_ratio=0.5, merge_at=[0], **SMALL).eval()
+    x = clips()
+    layout = model.feature_layout(x.shape)
+    assert (layout.prefix, layout.frames) == (1, 2)  # tubelet 2
+    merged = model.forward_features(x)
+    assert merged.shape == (2, 1 + 2 * 8, 32)  # 16 patches per frame, half merged away
+    assert layout.per_frame(merged.shape[1]) == 8
+    full = model.forward_features(x, unmerge=True)
+    assert full.shape == (2, 1 + 2 * 16, 32)
+    torch.testing.assert_close(full[:, 0], merged[:, 0])
+
+
+def test_positions_resize_to_other_clip_shapes():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", **SMALL).eval()
+    assert model(clips(frames=8, side=48)).shape == (2, 5)
+
+
+def test_merging_keeps_the_class_token_and_masses():
+    torch.manual_seed(0)
+    patches = torch.randn(2, 3 * 10, 8)
+    size = torch.ones(2, 30)
+    importance = torch.rand(2, 30)
+    merged, merged_size, merged_importance, assign = merge_frames(patches, size, importance, 3, 4)
+    assert merged.shape == (2, 3 * 6, 8) and merged_importance.shape == (2, 18)
+    torch.testing.assert_close(merged_size.view(2, 3, 6).sum(-1), torch.full((2, 3), 10.0))
+    assert assign.shape == (6, 10) and assign.max() == 5
+    model = create_model("hvlm_tiny", merge_ratio=0.5, merge_at=[0], **SMALL).eval()
+    cls = model.forward_features(clips())[:, 0]
+    with torch.no_grad():
+        model.cls_token.add_(1.0)
+    assert not torch.allclose(model.forward_features(clips())[:, 0], cls)
+
+
+def test_random_drop_keeps_as_many_tokens_in_order():
+    patches = torch.arange(2 * 2 * 6, dtype=torch.float32).view(2, 12, 1)
+    kept, size, _, assign = drop_frames(patches, torch.ones(2, 12), None, 2, 2)
+    assert kept.shape == (2, 8, 1) and torch.equal(size, torch.ones(2, 8))
+    rows = kept.view(4, 4)
+    assert torch.all(rows[:, 1:] > rows[:, :-1])
+    assert assign.shape == (4, 6) and assign.max() == 3
+
+
+def test_important_tokens_survive_merging():
+    """Identical tokens: without importance the first A tokens merge; a large importance on
+    them moves the merge elsewhere."""
+    patches, size = torch.ones(1, 8, 4), torch.ones(1, 8)
+    _, _, _, plain = merge_frames(patches, size, None, 1, 1)
+    importance = torch.zeros(1, 8)
+    importance[0, 0] = 10.0
+    _, _, _, guided = merge_frames(patches, size, importance, 1, 1, importance_weight=1.0)
+    assert plain[0, 0] == plain[0, 1]  # token 0 merged into token 1
+    assert guided[0, 0] != guided[0, 1]
+
+
+def test_merge_ratio_schedule_ramps_to_the_target():
+    ratios = [merge_ratio_at(step, 100, 0.5, 0.2) for step in (0, 9, 19, 50)]
+    assert ratios == pytest.approx([0.025, 0.25, 0.5, 0.5])
+    assert merge_ratio_at(0, 100, 0.5, 0.0) == 0.5
+
+
+@pytest.mark.parametrize("attention", ["strided", "cross_memory", "mamba"])
+def test_the_reference_switch_gives_the_same_model_output(attention):
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", attention=attention, merge_ratio=0.5, **SMALL).eval()
+    x = clips()
+    with hvision_ext.use_reference():
+        expected = model(x)
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", attention="performer", **SMALL)
+    x = clips()
+    gradients = []
+    for enabled in (False, True):
+        model.set_grad_checkpointing(enabled)
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(x).square().mean().backward()
+        gradients.append([p.grad.clone() for p in model.parameters()])
+    for plain, checkpointed in zip(*gradients):
+        torch.testing.assert_close(checkpointed, plain)
+
+
+def test_bad_settings_name_the_key_and_the_allowed_values():
+    with pytest.raises(ValueError, match=r"attention.type must be one of \['cross_memory'"):
+        create_model("hvlm_tiny", attention="sparse")
+    with pytest.raises(ValueError, match=r"token_merging.mode must be one of \['motion'"):
+        create_model("hvlm_tiny", merge_mode="saliency")
+    with pytest.raises(ValueError, match=r"target_compression_ratio must be in \[0, 1\), got 1.5"):
+        create_model("hvlm_tiny", merge_ratio=1.5)
+    with pytest.raises(ValueError, match="merge_at must hold distinct block indices in \\[0, 4\\)"):
+        create_model("hvlm_tiny", merge_at=[4])
+    with pytest.raises(ValueError, match=r"motion_source must be one of \['frame_difference'"):
+        create_model("hvlm_tiny", motion_source="flow")
+    with pytest.raises(ValueError, match="do not split into tubelets"):
+        create_model("hvlm_tiny", **SMALL)(clips(frames=3))
+
+
+def test_optical_flow_importance_finds_the_moving_patch():
+    clips = torch.zeros(1, 3, 1, 32, 32, dtype=torch.uint8)
+    for t in range(3):
+        clips[0, t, 0, 8:16, 2 + 3 * t : 10 + 3 * t] = 255  # a square moving right in row 1
+    scores = motion_importance(clips, 8, 0.5, "optical_flow")
+    assert scores.shape == (1, 3, 16)
+    assert scores[0, 1].argmax() // 4 == 1 and scores[0, 1].max() == pytest.approx(1, abs=1e-4)
+    assert scores[0, 1, 12:].max() < 0.1  # the still bottom row
+
+
+def test_optical_flow_merging_runs_in_the_model():
+    torch.manual_seed(0)
+    model = create_model("hvlm_tiny", merge_ratio=0.5, motion_source="optical_flow", **SMALL).eval()
+    assert model(clips()).shape == (2, 5)

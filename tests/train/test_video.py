@@ -1,0 +1,120 @@
+"""``train.video`` on a tiny set in the built-in layout: it trains and evaluates, a run stopped in the middle of
+an epoch resumes from its step checkpoint to the same weights, and bad settings name their key."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import checkpoint, evaluate, video
+from train.config import load_config
+from train.data.moving_shapes import ensure_moving_shapes
+from train.engine import Trainer
+
+TINY_SIZES = {"training": 24, "validation": 8, "test": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory) -> Path:
+    return ensure_moving_shapes(tmp_path_factory.mktemp("tiny_video"), TINY_SIZES, seed=3)
+
+
+def tiny_job(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--train-data",
+        str(data),
+        "--val-data",
+        str(data),
+        "--video",
+        "{num_frames: 4, frame_size: 32}",
+        "--model-args",
+        "{embed_dim: 16, depth: 2, num_heads: 2}",
+        "--attention",
+        "{type: performer, redraw_interval: 2}",
+        "--token-merging",
+        "{enabled: true, ramp_fraction: 0.5}",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
+
+
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_set, tmp_path, monkeypatch):
+    summary = video.main(tiny_job(tiny_set, tmp_path / "whole"))
+    assert 0 <= summary["test_acc"] <= 1
+    whole = checkpoint.load(tmp_path / "whole" / "last.pt")
+    report = evaluate.main(
+        ["--checkpoint", str(tmp_path / "whole" / "last.pt"), "--num-clips", "2", "--threads", "1"]
+    )
+    assert report["num_clips"] == 2 and report["accuracy"] <= report["top5_accuracy"]
+    assert sum(map(sum, report["confusion_matrix"])) == TINY_SIZES["test"]
+    assert (tmp_path / "whole" / "confusion_matrix.png").is_file()
+
+    step = Trainer.train_step
+
+    def stop_after_four_steps(self, batch):
+        if self.global_step == 4:  # the second of the 2nd epoch's 3 steps is next
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    stopped = tiny_job(tiny_set, tmp_path / "stopped", "--checkpoint-every", "2")
+    monkeypatch.setattr(Trainer, "train_step", stop_after_four_steps)
+    with pytest.raises(KeyboardInterrupt):
+        video.main(stopped)
+    mid_epoch = checkpoint.load(tmp_path / "stopped" / "last.pt")
+    assert (mid_epoch["epoch"], mid_epoch["epoch_progress"]["steps"]) == (1, 1)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    video.main([*stopped, "--resume", "last"])
+    resumed = checkpoint.load(tmp_path / "stopped" / "last.pt")
+    for name, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--attention", "{type: sparse}"],
+            r"model.attention.type must be one of \['cross_memory'",
+        ),
+        (["--attention", "{type: linear, window: 3}"], r"unknown keys \['window'\]; allowed"),
+        (["--token-merging", "{ratio: 0.5}"], r"model.token_merging: unknown keys \['ratio'\]"),
+        (["--token-merging", "{mode: saliency}"], r"token_merging.mode must be one of \['motion'"),
+        (
+            ["--token-merging", "{target_compression_ratio: 1.0}"],
+            r"target_compression_ratio must be in \[0, 1\), got 1.0",
+        ),
+        (["--video", "{num_frames: 0}"], "data.video.num_frames must be a positive integer"),
+        (["--train-data", "x"], "give both --train-data and --val-data"),
+    ],
+)
+def test_bad_settings_name_the_key_and_the_allowed_values(flags, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(video.VideoConfig, flags, "train.video", "")
+
+
+def test_the_yaml_file_uses_the_source_design_keys(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "model:\n  name: hvlm_tiny\n  attention: {type: local_global, window: 16}\n"
+        "  token_merging: {enabled: true, target_compression_ratio: 0.25}\n"
+        "data:\n  video: {num_frames: 16, frame_size: 64}\n"
+    )
+    config = load_config(video.VideoConfig, ["--config", str(path)], "train.video", "")
+    arguments = video.model_arguments(config, 12)
+    assert arguments["attention"] == "local_global"
+    assert arguments["attention_args"] == {"window": 16}
+    assert arguments["merge_ratio"] == 0.25 and arguments["num_frames"] == 16
+
+
+def test_the_builtin_config_file_is_the_default_job():
+    path = Path(__file__).parents[2] / "configs" / "video_moving_shapes.yaml"
+    assert load_config(video.VideoConfig, ["--config", str(path)], "train.video", "") == (
+        video.VideoConfig()
+    )
