@@ -14,7 +14,9 @@ map; a checkpoint after each task lets ``--resume last`` continue from the last 
 
 import dataclasses
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -60,9 +62,11 @@ class ContinualConfig(BuiltinJobConfig):
     replay_mode: str = field("reservoir", f"replay: one of {REPLAY_MODES}")
     replay_batch_size: int = field(0, "replay: buffer items mixed into each batch (0: batch size)")
     memory_beta: float = field(0.125, "memory: inverse temperature of the prototype read")
-    epochs: int = field(3, "training epochs per task")
-    lr: float = field(2e-3, "peak learning rate (AdamW), per task")
-    shapes_train_size: int = field(5000, "training images of the built-in data set")
+    jobs: int = field(1, "--compare: strategies run at once, each in its own process")
+    model_args: dict = field({"depth": 2}, "overrides of the preset's arguments")
+    epochs: int = field(6, "training epochs per task")
+    batch_size: int = field(32, "images per step on each process")
+    lr: float = field(3e-3, "peak learning rate (AdamW), per task")
     resume: str = field("", "'last': continue each strategy from its last finished task")
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class ContinualConfig(BuiltinJobConfig):
             raise ValueError(
                 f"replay_mode: expected one of {REPLAY_MODES}, got {self.replay_mode!r}"
             )
+        if self.jobs < 1:
+            raise ValueError(f"jobs: expected >= 1, got {self.jobs}")
         if self.memory_size < 1:
             raise ValueError(f"memory_size: expected >= 1, got {self.memory_size}")
 
@@ -220,6 +226,23 @@ def print_table(results: dict[str, dict]) -> None:
         )
 
 
+def run_alone(name: str, config: ContinualConfig) -> dict:
+    """One strategy in a process of its own (``--jobs``): its own set-up and data."""
+    device = start(config)
+    splits, transform = data_for(config)
+    split = split_by_class(splits.train, splits.test, config.tasks, config.seed)
+    return run_strategy(name, config, split, transform, device)
+
+
+def run_in_processes(names: list[str], config: ContinualConfig) -> dict[str, dict]:
+    if distributed.is_distributed():
+        raise ValueError("jobs: run the strategies one after another (--jobs 1) under torchrun")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(config.jobs, mp_context=context) as pool:
+        futures = {name: pool.submit(run_alone, name, config) for name in names}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def run(config: ContinualConfig) -> dict:
     device = start(config)
     splits, transform = data_for(config)
@@ -231,7 +254,10 @@ def run(config: ContinualConfig) -> dict:
         f"task, device {device}, {torch.get_num_threads()} threads",
         flush=True,
     )
-    results = {name: run_strategy(name, config, split, transform, device) for name in names}
+    if config.jobs > 1:
+        results = run_in_processes(names, config)
+    else:
+        results = {name: run_strategy(name, config, split, transform, device) for name in names}
     summary_out = {"class_order": list(split.class_order), "results": results}
     if config.compare:
         summary_out["checks"] = ordering_checks(results)

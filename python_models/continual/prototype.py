@@ -15,7 +15,7 @@ def prototype_learner(
     backbone_args: dict | None = None,
 ) -> MemoryAugmentedViT:
     """A ``MemoryAugmentedViT`` on ``backbone_name`` with ``backbone_weights`` (the state dict of
-    a trained preset with those ``backbone_args``; its head is dropped), frozen, and a
+    a trained preset with those ``backbone_args``; its head is dropped), all frozen, and a
     ``class_prototype`` memory of ``num_classes`` slots after the last block's FFN. Teach it a
     task with ``write_memory(images, labels)``; it predicts log-probabilities over every class,
     classes not written yet having none."""
@@ -31,4 +31,4 @@ def prototype_learner(
     model.backbone.load_state_dict(
         {key: value for key, value in backbone_weights.items() if not key.startswith("head.")}
     )
-    return model.eval()
+    return model.eval().requires_grad_(False)  # learning is writing: nothing is trained
