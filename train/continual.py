@@ -40,6 +40,18 @@ CHECKPOINT = "continual.pt"
 LOG = "continual.jsonl"
 HEATMAP = "accuracy_matrix.png"
 NEAR_ZERO_FORGETTING = 0.05
+# Settings a resumed run must share with the run it continues.
+RESUME_SETTINGS = (
+    "dataset",
+    "model",
+    "model_args",
+    "seed",
+    "n_tasks",
+    "shapes_train_size",
+    "epochs",
+    "first_task_epochs",
+    "memory_size",
+)
 
 
 @dataclasses.dataclass
@@ -52,7 +64,7 @@ class ContinualConfig(BuiltinJobConfig):
     strategies: list = field(list(STRATEGIES), "the strategies --compare runs")
     model: str = field("vit_micro_patch4_32", "registered ViT preset every strategy trains")
     n_tasks: int = field(0, f"tasks (0: {DEFAULT_TASKS} or else {FALLBACK_TASKS})")
-    memory_size: int = field(200, "iCaRL's exemplars and the replay buffer's items, in total")
+    memory_size: int = field(400, "iCaRL's exemplars and the replay buffer's items, in total")
     ewc_lambda: float = field(1000.0, "EWC: weight of the penalty")
     ewc_mode: str = field("separate", f"EWC: one of {EWC_MODES}")
     ewc_decay: float = field(1.0, "EWC online: weight of the previous Fisher")
@@ -64,9 +76,11 @@ class ContinualConfig(BuiltinJobConfig):
     memory_beta: float = field(0.125, "memory: inverse temperature of the prototype read")
     jobs: int = field(1, "--compare: strategies run at once, each in its own process")
     model_args: dict = field({"depth": 2}, "overrides of the preset's arguments")
-    epochs: int = field(6, "training epochs per task")
+    epochs: int = field(4, "training epochs of each task after the first")
+    first_task_epochs: int = field(15, "training epochs of the first task (0: --epochs)")
     batch_size: int = field(32, "images per step on each process")
     lr: float = field(3e-3, "peak learning rate (AdamW), per task")
+    out_dir: str = field("runs/continual", "where each strategy's folder goes")
     resume: str = field("", "'last': continue each strategy from its last finished task")
 
     def __post_init__(self) -> None:
@@ -96,12 +110,20 @@ def task_seed(config: ContinualConfig, task: int) -> int:
     return config.seed + TASK_SEED_STRIDE * (task + 1) + distributed.rank()
 
 
+def task_epochs(config: ContinualConfig, task: int) -> int:
+    return config.first_task_epochs if task == 0 and config.first_task_epochs else config.epochs
+
+
 def train_task(strategy: Finetune, data, config: ContinualConfig, run_dir: Path, device) -> None:
     """The current task's training, by the engine, from the task's own seed (a task that was
     cut short is trained again from its start, identically)."""
     seed = task_seed(config, strategy.task)
     engine = dataclasses.replace(
-        config, out_dir=str(run_dir / f"task{strategy.task + 1}"), resume="", seed=seed
+        config,
+        out_dir=str(run_dir / f"task{strategy.task + 1}"),
+        resume="",
+        seed=seed,
+        epochs=task_epochs(config, strategy.task),
     )
     train_loader = make_loader(data, config.batch_size, True, config.num_workers, seed)
     test = strategy.split.test[strategy.task]
@@ -120,7 +142,7 @@ def resume_state(config: ContinualConfig, name: str, split, path: Path) -> dict 
         return None
     state = checkpoint.load(path)
     saved = state["config"]
-    for key in ("dataset", "model", "seed", "n_tasks", "shapes_train_size", "epochs"):
+    for key in RESUME_SETTINGS:
         if saved[key] != getattr(config, key):
             raise ValueError(
                 f"resume: {path} was written with {key}={saved[key]!r}, this run has "
@@ -250,8 +272,9 @@ def run(config: ContinualConfig) -> dict:
     names = list(dict.fromkeys(config.strategies)) if config.compare else [config.strategy]
     print(
         f"{config.dataset}: {split.n_tasks} tasks of {split.classes_per_task} classes "
-        f"(class order {list(split.class_order)}), {config.model}, {config.epochs} epochs per "
-        f"task, device {device}, {torch.get_num_threads()} threads",
+        f"(class order {list(split.class_order)}), {config.model}, "
+        f"{task_epochs(config, 0)} epochs on the first task and {config.epochs} on each other, "
+        f"device {device}, {torch.get_num_threads()} threads",
         flush=True,
     )
     if config.jobs > 1:

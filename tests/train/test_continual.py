@@ -3,15 +3,19 @@ the middle of a task resumes to the uninterrupted run's accuracy matrix exactly,
 writes its logs, heat map and weights-only checkpoints."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from train import continual
+from train.config import read_yaml
 from train.continual_strategies import STRATEGIES
 from train.data import BatchTransform, ImageTensorDataset
 from train.data.splits import split_by_class
 from train.engine import Trainer
+
+from .test_data import write_cifar10
 
 CLASSES, PER_CLASS, SIDE = 6, 36, 8
 CPU = torch.device("cpu")
@@ -40,6 +44,7 @@ def tiny_config(tmp_path, **overrides) -> continual.ContinualConfig:
     settings = dict(
         model_args=TINY_MODEL,
         epochs=1,
+        first_task_epochs=0,
         batch_size=12,
         lr=1e-2,
         memory_size=12,
@@ -112,6 +117,8 @@ TINY_CLI = [
     "80",
     "--epochs",
     "1",
+    "--first-task-epochs",
+    "0",
     "--batch-size",
     "16",
     "--model-args",
@@ -124,7 +131,7 @@ TINY_CLI = [
 
 
 def test_cli_compare_logs_plots_and_resumes_a_finished_run(tmp_path, capsys):
-    out = ["--out-dir", str(tmp_path)]
+    out = ["--out-dir", str(tmp_path), "--n-tasks", "2"]
     summary = continual.main([*TINY_CLI, *out, "--compare", "--strategies", "replay,finetune"])
     assert set(summary["results"]) == {"replay", "finetune"}
     assert "| strategy | average accuracy" in capsys.readouterr().out
@@ -132,17 +139,17 @@ def test_cli_compare_logs_plots_and_resumes_a_finished_run(tmp_path, capsys):
     for name in ("replay", "finetune"):
         run_dir = tmp_path / name
         records = [json.loads(line) for line in (run_dir / continual.LOG).read_text().splitlines()]
-        assert [r["task"] for r in records] == [1, 2, 3, 4, 5]
+        assert [r["task"] for r in records] == [1, 2]
         assert records[-1]["accuracy"] == summary["results"][name]["accuracy"][-1]
         assert (run_dir / continual.HEATMAP).stat().st_size > 0
         state = torch.load(run_dir / continual.CHECKPOINT, weights_only=True)
-        assert state["strategy_name"] == name and len(state["accuracy"]) == 5
+        assert state["strategy_name"] == name and len(state["accuracy"]) == 2
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["class_order"] == summary["class_order"]
 
     again = continual.main([*TINY_CLI, *out, "--strategy", "replay", "--resume", "last"])
     assert again["results"]["replay"]["accuracy"] == summary["results"]["replay"]["accuracy"]
-    assert "resumed after task 5 of 5" in capsys.readouterr().out
+    assert "resumed after task 2 of 2" in capsys.readouterr().out
     with pytest.raises(ValueError, match="was written with epochs=1"):
         continual.main(
             [*TINY_CLI, *out, "--strategy", "replay", "--resume", "last", "--epochs", "2"]
@@ -156,3 +163,20 @@ def test_bad_settings_are_named():
         continual.main(["--resume", "runs/x.pt"])
     with pytest.raises(ValueError, match="n_tasks: expected a divisor of the 10 classes, got 3"):
         continual.main([*TINY_CLI, "--n-tasks", "3"])
+
+
+def test_the_shapes_config_is_the_default_job():
+    path = Path(__file__).resolve().parents[2] / "configs" / "continual_shapes.yaml"
+    assert continual.ContinualConfig(**read_yaml(continual.ContinualConfig, path)) == (
+        continual.ContinualConfig()
+    )
+
+
+def test_split_cifar10_reads_the_classify_jobs_tarball(tmp_path):
+    write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=40)
+    config = Path(__file__).resolve().parents[2] / "configs" / "continual_cifar10.yaml"
+    flags = ["--config", str(config), "--data-dir", str(tmp_path), "--no-download", *TINY_CLI]
+    flags += ["--threads", "1", "--num-workers", "0", "--out-dir", str(tmp_path / "run")]
+    summary = continual.main([*flags, "--strategy", "icarl"])
+    assert sorted(summary["class_order"]) == list(range(10))
+    assert [len(row) for row in summary["results"]["icarl"]["accuracy"]] == [1, 2, 3, 4, 5]

@@ -17,7 +17,8 @@ def test_new_classes_are_added_without_touching_the_old_ones():
     torch.testing.assert_close(
         model.backbone.blocks[0].norm1.weight, backbone.blocks[0].norm1.weight
     )
-    images = torch.randn(4, 6, 3, 8, 8) + torch.arange(4.0).view(4, 1, 1, 1, 1)
+    templates = 2 * torch.randn(4, 1, 3, 8, 8)  # one pattern per class, plus noise
+    images = templates + 0.1 * torch.randn(4, 6, 3, 8, 8)
     labels = torch.arange(4).repeat_interleave(6).view(4, 6)
     memory = model.hopfield["0"]
     model.write_memory(images[:2].flatten(0, 1), labels[:2].flatten())
@@ -28,4 +29,4 @@ def test_new_classes_are_added_without_touching_the_old_ones():
     model.write_memory(images[2:].flatten(0, 1), labels[2:].flatten())
     assert torch.equal(memory.patterns[:, :2], first_task)
     predictions = model(images.flatten(0, 1)).argmax(-1)
-    assert (predictions == labels.flatten()).float().mean() > 0.9
+    assert (predictions == labels.flatten()).all()
