@@ -24,7 +24,15 @@ import torch
 from python_models.continual import EWC_MODES, REPLAY_MODES
 
 from . import checkpoint, distributed
-from .common import BuiltinJobConfig, build_backbone, data_for, plain, seed_all, start
+from .common import (
+    BuiltinJobConfig,
+    build_backbone,
+    data_for,
+    load_pretrained,
+    plain,
+    seed_all,
+    start,
+)
 from .config import field, load_config
 from .continual_metrics import plot_accuracy_matrix, summary
 from .continual_strategies import STRATEGIES, Finetune, evaluate_seen
@@ -45,6 +53,7 @@ RESUME_SETTINGS = (
     "dataset",
     "model",
     "model_args",
+    "pretrained",
     "seed",
     "n_tasks",
     "shapes_train_size",
@@ -63,6 +72,9 @@ class ContinualConfig(BuiltinJobConfig):
     compare: bool = field(False, "run every strategy of --strategies and print one table")
     strategies: list = field(list(STRATEGIES), "the strategies --compare runs")
     model: str = field("vit_micro_patch4_32", "registered ViT preset every strategy trains")
+    pretrained: str = field(
+        "", "a classification checkpoint every strategy's network starts from ('': from scratch)"
+    )
     n_tasks: int = field(0, f"tasks (0: {DEFAULT_TASKS} or else {FALLBACK_TASKS})")
     memory_size: int = field(400, "iCaRL's exemplars and the replay buffer's items, in total")
     ewc_lambda: float = field(1000.0, "EWC: weight of the penalty")
@@ -161,6 +173,8 @@ def run_strategy(
     path = run_dir / CHECKPOINT
     seed_all(config.seed)  # every strategy starts from the same weights
     model = build_backbone(config.model, config.model_args, split, split.num_classes)
+    if config.pretrained:
+        load_pretrained(model, config.pretrained)  # the head stays as initialised
     strategy = STRATEGIES[name](model.to(device), transform, split, config)
     state = resume_state(config, name, split, path)
     matrix: list[list[float]] = []

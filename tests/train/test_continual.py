@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import continual
+from python_models import create_model
+from train import checkpoint, continual
 from train.config import read_yaml
 from train.continual_strategies import STRATEGIES
 from train.data import BatchTransform, ImageTensorDataset
@@ -154,6 +155,16 @@ def test_cli_compare_logs_plots_and_resumes_a_finished_run(tmp_path, capsys):
         continual.main(
             [*TINY_CLI, *out, "--strategy", "replay", "--resume", "last", "--epochs", "2"]
         )
+
+
+def test_a_pretrained_checkpoint_must_fit_the_network(tmp_path):
+    split, transform = colour_stream()
+    other = create_model("vit_micro_patch4_32", img_size=SIDE, num_classes=2, embed_dim=12)
+    path = tmp_path / "other.pt"
+    checkpoint.save_atomic({"model": other.state_dict(), "epoch": 1, "config": {}}, path)
+    config = tiny_config(tmp_path, pretrained=str(path))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        continual.run_strategy("finetune", config, split, transform, CPU)
 
 
 def test_bad_settings_are_named():
