@@ -10,7 +10,6 @@ import torch
 
 from python_models import create_model
 from train import checkpoint, continual
-from train.config import read_yaml
 from train.continual_strategies import STRATEGIES
 from train.data import BatchTransform, ImageTensorDataset
 from train.data.splits import split_by_class
@@ -174,13 +173,6 @@ def test_bad_settings_are_named():
         continual.main(["--resume", "runs/x.pt"])
     with pytest.raises(ValueError, match="n_tasks: expected a divisor of the 10 classes, got 3"):
         continual.main([*TINY_CLI, "--n-tasks", "3"])
-
-
-def test_the_shapes_config_is_the_default_job():
-    path = Path(__file__).resolve().parents[2] / "configs" / "continual_shapes.yaml"
-    assert continual.ContinualConfig(**read_yaml(continual.ContinualConfig, path)) == (
-        continual.ContinualConfig()
-    )
 
 
 def test_split_cifar10_reads_the_classify_jobs_tarball(tmp_path):
