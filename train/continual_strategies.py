@@ -43,6 +43,11 @@ class Finetune:
         return self.split.seen_classes(self.task)
 
     @property
+    def task_data(self) -> ImageTensorDataset:
+        """The current task's training data (without any exemplars or replayed items)."""
+        return self.split.train[self.task]
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -83,11 +88,17 @@ class Finetune:
         """Scores over the classes seen so far, for prepared inputs."""
         return self.model(inputs)[:, : self.seen]
 
+    @property
+    def state_holder(self):
+        """What holds the strategy's state between tasks (None: nothing)."""
+        return None
+
     def state_dict(self) -> dict:
-        return {}
+        return {} if self.state_holder is None else self.state_holder.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if self.state_holder is not None:
+            self.state_holder.load_state_dict(state)
 
     def prepared_batches(self, dataset: ImageTensorDataset, limit: int):
         """(inputs, labels) on the device, evaluation-transformed, of the first ``limit`` items."""
@@ -124,14 +135,11 @@ class EWCStrategy(Finetune):
         return self.ewc.penalty()
 
     def end_task(self):
-        task_data = self.split.train[self.task]
-        self.ewc.consolidate(self.prepared_batches(task_data, self.config.ewc_fisher_samples))
+        self.ewc.consolidate(self.prepared_batches(self.task_data, self.config.ewc_fisher_samples))
 
-    def state_dict(self):
-        return self.ewc.state_dict()
-
-    def load_state_dict(self, state):
-        self.ewc.load_state_dict(state)
+    @property
+    def state_holder(self):
+        return self.ewc
 
 
 class LwFStrategy(Finetune):
@@ -193,17 +201,14 @@ class ICaRLStrategy(Finetune):
         return self.icarl.distillation(inputs, logits)
 
     def end_task(self):
-        task_data = self.split.train[self.task]
-        self.icarl.update(task_data.images, task_data.labels)
+        self.icarl.update(self.task_data.images, self.task_data.labels)
 
     def predict(self, inputs):
         return self.icarl.classify(inputs)[:, : self.seen]
 
-    def state_dict(self):
-        return self.icarl.state_dict()
-
-    def load_state_dict(self, state):
-        self.icarl.load_state_dict(state)
+    @property
+    def state_holder(self):
+        return self.icarl
 
 
 class Replay(Finetune):
@@ -224,14 +229,11 @@ class Replay(Finetune):
         )
 
     def end_task(self):
-        task_data = self.split.train[self.task]
-        self.buffer.add(task_data.images, task_data.labels)
+        self.buffer.add(self.task_data.images, self.task_data.labels)
 
-    def state_dict(self):
-        return self.buffer.state_dict()
-
-    def load_state_dict(self, state):
-        self.buffer.load_state_dict(state)
+    @property
+    def state_holder(self):
+        return self.buffer
 
 
 class PrototypeMemory(Finetune):
@@ -249,8 +251,7 @@ class PrototypeMemory(Finetune):
     def end_task(self):
         if self.memory is None:
             self._build_memory()
-        task_data = self.split.train[self.task]
-        for inputs, labels in self.prepared_batches(task_data, len(task_data)):
+        for inputs, labels in self.prepared_batches(self.task_data, len(self.task_data)):
             self.memory.write_memory(inputs, labels)
 
     def _build_memory(self) -> None:
