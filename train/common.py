@@ -56,11 +56,15 @@ def start(config: Any) -> torch.device:
     device = distributed.setup(config.device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    seed = config.seed + distributed.rank()
+    seed_all(config.seed + distributed.rank())
+    return device
+
+
+def seed_all(seed: int) -> None:
+    """Seeds Python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return device
 
 
 def data_for(config: Any) -> tuple[DataSplits, BatchTransform]:

@@ -5,6 +5,7 @@ import pytest
 
 from train.classify import ClassifyConfig
 from train.config import load_config, read_yaml
+from train.continual import ContinualConfig
 from train.mae import MAEConfig
 from train.memory import MemoryConfig
 from train.video import VideoConfig
@@ -53,10 +54,18 @@ def test_builtin_default_config_file_is_the_default_job():
     assert read_yaml(MemoryConfig, CONFIGS / "memory_vit_shapes.yaml") == dataclasses.asdict(
         MemoryConfig()
     )
+    assert read_yaml(ContinualConfig, CONFIGS / "continual_shapes.yaml") == dataclasses.asdict(
+        ContinualConfig()
+    )
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    job = {"mae": MAEConfig, "memory": MemoryConfig, "video": VideoConfig}
+    job = {
+        "mae": MAEConfig,
+        "memory": MemoryConfig,
+        "video": VideoConfig,
+        "continual": ContinualConfig,
+    }
     cls = job.get(path.name.split("_")[0], ClassifyConfig)
     load_config(cls, ["--config", str(path)], "t", "t")

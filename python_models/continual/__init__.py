@@ -1,0 +1,23 @@
+"""Continual-learning strategies: EWC, LwF, iCaRL, experience replay and the memory-augmented ViT
+as a class-incremental learner. Each works on a plain ``nn.Module`` and keeps its state as
+tensors in plain containers (``state_dict()`` loads with ``torch.load(weights_only=True)``)."""
+
+from .ewc import EWC, EWC_MODES
+from .icarl import embed, herding_selection, iCaRL
+from .lwf import LwF, distillation_loss, frozen_copy
+from .prototype import prototype_learner
+from .replay import REPLAY_MODES, ReplayBuffer
+
+__all__ = [
+    "EWC",
+    "EWC_MODES",
+    "LwF",
+    "REPLAY_MODES",
+    "ReplayBuffer",
+    "distillation_loss",
+    "embed",
+    "frozen_copy",
+    "herding_selection",
+    "iCaRL",
+    "prototype_learner",
+]
