@@ -3,27 +3,18 @@
 //      or 1): oneDNN's micro-kernel;
 //   2. the Fortran BLAS that torch's CPU library exports (MKL in the x86-64 wheels): no tensor,
 //      no dispatch;
-//   3. at::addmm_ on views of the tiles, for a torch that exports no BLAS (the symbols are weak,
-//      so the library still loads).
+//   3. at::addmm_ on views of the tiles, for a torch that exports no BLAS.
 #include "common/cpu_gemm.h"
 
 #include "common/cpu_isa.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
+#include <dlfcn.h>
 
 #include <atomic>
-
 #include <type_traits>
-
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc) __attribute__((weak));
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
-}
 
 namespace hvision::cpu {
 namespace {
@@ -40,13 +31,23 @@ using FortranGemm = void (*)(const char*, const char*, const int*, const int*, c
                              const T*, const T*, const int*, const T*, const int*, const T*, T*,
                              const int*);
 
+// The BLAS symbol as torch's CPU library resolves it, looked up in that library (and its
+// dependencies) rather than by name in the process: another package may have put a BLAS of its
+// own into the global scope first (decord loads every NVIDIA pip library with RTLD_GLOBAL,
+// NVBLAS among them, whose sgemm_ fails without a configuration file). Null where torch
+// exports none.
+void* torch_blas_symbol(const char* name) {
+  Dl_info torch_library;
+  if (dladdr(reinterpret_cast<void*>(&at::get_num_threads), &torch_library) == 0) return nullptr;
+  void* handle = dlopen(torch_library.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+  return handle ? dlsym(handle, name) : nullptr;
+}
+
 template <typename T>
 FortranGemm<T> fortran_gemm() {
-  if constexpr (std::is_same_v<T, float>) {
-    return &sgemm_;
-  } else {
-    return &dgemm_;
-  }
+  static const auto blas = reinterpret_cast<FortranGemm<T>>(
+      torch_blas_symbol(std::is_same_v<T, float> ? "sgemm_" : "dgemm_"));
+  return blas;
 }
 
 template <typename T>

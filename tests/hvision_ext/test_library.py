@@ -122,3 +122,20 @@ def test_cpu_gemm_paths_agree():
 def test_unknown_cpu_gemm_path_is_refused():
     with pytest.raises(ValueError, match="expected path 'brgemm' or 'blas', got 'mkl'"):
         _library.set_cpu_gemm("mkl")
+
+
+def test_blas_path_uses_torchs_blas_after_decord_loads_nvblas():
+    # decord loads every NVIDIA pip library into the global symbol scope, NVBLAS among them
+    # where torch's CUDA wheels bring it; its sgemm_ must not be the one the kernels call.
+    pytest.importorskip("decord")
+    code = (
+        "import torch, hvision_ext, decord; from hvision_ext import _library, reference; "
+        "_library.set_cpu_gemm('blas'); "
+        "x = torch.randn(2, 3, 40, 8); "
+        "torch.testing.assert_close(hvision_ext.ops.local_global_attention(x, x, x, 4, 1), "
+        "reference.local_global_attention(x, x, x, 4, 1)); "
+        "torch.testing.assert_close(hvision_ext.ops.hopfield_retrieval(x.double(), x.double()), "
+        "reference.hopfield_retrieval(x.double(), x.double()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
