@@ -530,18 +530,31 @@ struct LaneGrads {
   T d_skip[kLanes] = {}, d_delta_bias[kLanes] = {};
 };
 
+// Sums each of the N rows of `staged` (N, kLanes) into its first value by halving it kWidth
+// values at a time: a fixed tree, and whole vectors down to the last halvings.
+template <int64_t kWidth, typename T>
+HV_INLINE void fold_lanes(T* staged, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) {
+    T* lanes = staged + n * kLanes;
+#pragma omp simd
+    for (int64_t l = 0; l < kWidth; ++l) lanes[l] += lanes[l + kWidth];
+  }
+  if constexpr (kWidth > 1) fold_lanes<kWidth / 2>(staged, N);
+}
+
 // Adds one step's gradients of b (or c), staged (N, kLanes), to the projection's: summed over the
-// lanes (sum_row's fixed tree) into row t of a variable projection, per lane for a fixed one.
+// lanes into row t of a variable projection, per lane for a fixed one.
 template <typename T>
 HV_INLINE void accumulate_projection_grad(const LaneProjection<T>& p, int64_t t, int64_t N,
-                                          const T* staged, T* grad) {
+                                          T* staged, T* grad) {
   if (!p.variable()) {
 #pragma omp simd
     for (int64_t i = 0; i < N * kLanes; ++i) grad[i] += staged[i];
     return;
   }
+  fold_lanes<kLanes / 2>(staged, N);
   T* row = grad + t * p.step;
-  for (int64_t n = 0; n < N; ++n) row[n] += sum_row(staged + n * kLanes, kLanes);
+  for (int64_t n = 0; n < N; ++n) row[n] += staged[n * kLanes];
 }
 
 // The backward pass of a block, chunk by chunk as backward_channel: `dout` (L, kLanes) is zero in
