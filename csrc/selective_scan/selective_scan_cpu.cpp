@@ -389,8 +389,10 @@ struct LaneInputs {
 // Per-thread storage of the tiles of one block at a time.
 template <typename T>
 struct LaneTiles {
-  std::vector<T> u, A, B, C, ones;
+  std::vector<T> u, A, B, C, ones, products;
+  std::vector<T> dy, du_terms, delta_terms, y;  // LaneStepTiles
   FactorRows<T> rows[kLanes], tiles;
+  StepFactors<T> row_factors[kLanes];  // each lane's rows (lanes past the width: the first's)
 };
 
 template <typename T>
@@ -399,8 +401,8 @@ HV_INLINE LaneProjection<T> lane_projection(const Projection<T>& p, const T* one
   return {ones, 0, tile};
 }
 
-// Computes each channel's step factors in row loops and transposes them and its inputs into
-// `storage`; in the dispatched functions, so that the row loops are vectorised for the ISA.
+// Computes each channel's step factors in row loops and transposes those the scan reads and its
+// inputs into `storage`; in the dispatched functions, so that the row loops are vectorised for the ISA.
 template <typename T>
 HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
                                    LaneTiles<T>& storage) {
@@ -410,7 +412,8 @@ HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
   for (std::vector<T>* tile : {&storage.A, &storage.B, &storage.C}) tile->resize(N * kLanes);
   storage.u.resize(L * kLanes);
   storage.ones.assign(N * kLanes, T(1));
-  const StepFactors<T> tiles = storage.tiles.get(L * kLanes, has_z, backward);
+  // The backward pass reads only δ per lane; it applies the gate and dδ/d(delta) in row loops.
+  const StepFactors<T> tiles = storage.tiles.get(L * kLanes, has_z && !backward, false);
   LaneInputs<T> x{&first,
                   storage.u.data(),
                   tiles,
@@ -418,7 +421,7 @@ HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
                   lane_projection(first.B, storage.ones.data(), storage.B.data()),
                   lane_projection(first.C, storage.ones.data(), storage.C.data()),
                   {}};
-  StepFactors<T> rows[kLanes];
+  StepFactors<T>* rows = storage.row_factors;
   const T *u[kLanes], *A[kLanes], *B[kLanes], *C[kLanes];
   for (int64_t lane = 0; lane < kLanes; ++lane) {
     const Channel<T>& c = block.lanes[lane];
@@ -516,18 +519,29 @@ HV_INLINE void forward_lanes(const LaneInputs<T>& x, T* state, T* checkpoints, T
   }
 }
 
-// Gradient destinations of a block. du, ddelta, dz are (L, kLanes) tiles (dz nullptr without z),
-// dA (N, kLanes), accumulated; dB and dC are the block's (L, N) rows for a variable projection
-// and (N, kLanes) tiles for a fixed one, accumulated.
+// The (L, kLanes) tiles of the backward scan: dy = dL/dy in, and out the per-step sums over the
+// states of the du and dδ terms, and y = C·h (only with z, for dz).
+template <typename T>
+struct LaneStepTiles {
+  T* dy;
+  T* du_terms;
+  T* delta_terms;
+  T* y;
+};
+
+// Gradient destinations of a block: its channels' (L,) rows of du, ddelta and dz (dz only with
+// z), in the accumulation type; dA (N, kLanes), accumulated; dB and dC the block's (L, N) rows
+// for a variable projection and (N, kLanes) tiles for a fixed one, accumulated.
 template <typename T>
 struct LaneGrads {
-  T* du;
-  T* ddelta;
-  T* dz;
+  const T* dout[kLanes];
+  T* du[kLanes];
+  T* ddelta[kLanes];
+  T* dz[kLanes];
   T* dA;
   T* dB;
   T* dC;
-  T d_skip[kLanes] = {}, d_delta_bias[kLanes] = {};
+  T d_skip[kLanes], d_delta_bias[kLanes];
 };
 
 // Sums each of the N rows of `staged` (N, kLanes) into its first value by halving it kWidth
@@ -557,12 +571,12 @@ HV_INLINE void accumulate_projection_grad(const LaneProjection<T>& p, int64_t t,
   for (int64_t n = 0; n < N; ++n) row[n] += staged[n * kLanes];
 }
 
-// The backward pass of a block, chunk by chunk as backward_channel: `dout` (L, kLanes) is zero in
-// the lanes past the block's width, `adjoint` (N, kLanes) holds dL/d(last state) on entry and
+// The scan of the backward pass of a block, chunk by chunk as backward_channel: `tiles.dy` is zero
+// in the lanes past the block's width, `adjoint` (N, kLanes) holds dL/d(last state) on entry and
 // dL/d(initial state) on exit; `scratch` has backward_scratch_size(N) * kLanes values.
 template <typename T>
-HV_INLINE void backward_lanes(const LaneInputs<T>& x, const T* dout, const T* checkpoints,
-                              T* adjoint, T* scratch, LaneGrads<T>& g) {
+HV_INLINE void backward_lanes(const LaneInputs<T>& x, const LaneStepTiles<T>& tiles,
+                              const T* checkpoints, T* adjoint, T* scratch, LaneGrads<T>& g) {
   const Channel<T>& c = *x.first;
   const int64_t N = c.state;
   const int64_t tile = N * kLanes;
@@ -587,18 +601,9 @@ HV_INLINE void backward_lanes(const LaneInputs<T>& x, const T* dout, const T* ch
       const T* h = states + (k + 1) * tile;
       const T* h_prev = states + k * tile;
       const T* decay = decays + k * tile;
-      T y[kLanes] = {};  // C·h, needed only for dz
-      if (g.dz) project_lanes(x, t, h, y);
-      T dy[kLanes], dz[kLanes], du_sum[kLanes] = {}, ddelta_sum[kLanes] = {};
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const Gate<T> gate = f.gate ? Gate<T>{f.gate[row + l], f.gate_grad[row + l]}
-                                    : Gate<T>{T(1), T(0)};
-        scan_output_backward(dout[row + l], y[l], u[l], x.skip_d[l], gate, dy[l], dz[l]);
-        g.d_skip[l] += dy[l] * u[l];
-      }
-      if (g.dz) std::copy_n(dz, kLanes, g.dz + row);
-
+      if (tiles.y) project_lanes(x, t, h, tiles.y + row);
+      const T* dy = tiles.dy + row;
+      T du_sum[kLanes] = {}, ddelta_sum[kLanes] = {};
       const T* B = x.B.at(t);
       const T* C = x.C.at(t);
       for (int64_t n = 0; n < N; ++n) {
@@ -616,12 +621,8 @@ HV_INLINE void backward_lanes(const LaneInputs<T>& x, const T* dout, const T* ch
                                   b * b_lane[l], u[l], ddelta_sum[l], du_sum[l], g.dA[i + l]);
         }
       }
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        g.du[row + l] = dy[l] * x.skip_d[l] + du_sum[l];
-        g.ddelta[row + l] = ddelta_sum[l] * f.delta_grad[row + l];
-        g.d_delta_bias[l] += g.ddelta[row + l];
-      }
+      std::copy_n(du_sum, kLanes, tiles.du_terms + row);
+      std::copy_n(ddelta_sum, kLanes, tiles.delta_terms + row);
       accumulate_projection_grad(x.B, t, N, staged_b, g.dB);
       accumulate_projection_grad(x.C, t, N, staged_c, g.dC);
     }
@@ -636,11 +637,62 @@ HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stora
   forward_lanes(load_lanes(block, false, storage), state, checkpoints, decay, out);
 }
 
+// Backward of scan_output over one channel's row: dy and, given the row of y, dz (into `dz`,
+// which may be `y`).
+template <typename T>
+HV_INLINE void output_backward_row(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
+                                   const T* y, T* dy, T* dz) {
+#pragma omp simd
+  for (int64_t t = 0; t < c.length; ++t) {
+    const Gate<T> gate = f.gate ? Gate<T>{f.gate[t], f.gate_grad[t]} : Gate<T>{T(1), T(0)};
+    T dz_t;
+    scan_output_backward(dout[t], y ? y[t] : T(0), c.u[t], c.skip_d, gate, dy[t], dz_t);
+    if (dz) dz[t] = dz_t;
+  }
+}
+
+// The backward pass of a block: dy in row loops, the scan on tiles, then du, ddelta, dz, dD and
+// d(delta_bias) in row loops from the scan's per-step sums. Row loops read and write one value
+// per step where the scan would need a transposed tile each.
 template <typename T>
 HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage,
-                                   const T* dout, const T* checkpoints, T* adjoint, T* scratch,
+                                   const T* checkpoints, T* adjoint, T* scratch,
                                    LaneGrads<T>& g) {
-  backward_lanes(load_lanes(block, true, storage), dout, checkpoints, adjoint, scratch, g);
+  const LaneInputs<T> x = load_lanes(block, true, storage);
+  const int64_t L = block.first().length, width = block.width;
+  const bool has_z = block.first().z != nullptr;
+  storage.dy.assign(L * kLanes, T(0));
+  for (std::vector<T>* tile : {&storage.du_terms, &storage.delta_terms, &storage.y}) {
+    tile->resize(L * kLanes);
+  }
+  storage.products.resize(L);
+  for (int64_t lane = 0; lane < width; ++lane) {  // dy, staged in the du row
+    output_backward_row(block.lanes[lane], storage.row_factors[lane], g.dout[lane],
+                        static_cast<const T*>(nullptr), g.du[lane], static_cast<T*>(nullptr));
+  }
+  rows_to_tile(g.du, width, L, storage.dy.data());
+  const LaneStepTiles<T> tiles{storage.dy.data(), storage.du_terms.data(),
+                               storage.delta_terms.data(), has_z ? storage.y.data() : nullptr};
+  backward_lanes(x, tiles, checkpoints, adjoint, scratch, g);
+  tile_to_rows(tiles.du_terms, width, L, g.du);
+  tile_to_rows(tiles.delta_terms, width, L, g.ddelta);
+  if (has_z) tile_to_rows(tiles.y, width, L, g.dz);
+  T* dy = storage.products.data();
+  for (int64_t lane = 0; lane < width; ++lane) {
+    const Channel<T>& c = block.lanes[lane];
+    const StepFactors<T>& f = storage.row_factors[lane];
+    T* du = g.du[lane];
+    T* ddelta = g.ddelta[lane];
+    output_backward_row(c, f, g.dout[lane], has_z ? g.dz[lane] : nullptr, dy, g.dz[lane]);
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) {
+      du[t] += dy[t] * c.skip_d;
+      ddelta[t] *= f.delta_grad[t];
+      dy[t] *= c.u[t];
+    }
+    g.d_skip[lane] = sum_row(dy, L);
+    g.d_delta_bias[lane] = sum_row(ddelta, L);
+  }
 }
 
 HV_CPU_DISPATCH(run_forward_lanes, scan_forward_lanes)
@@ -906,10 +958,9 @@ void backward_lanes_kernel(const ScanInputs& in, const at::Tensor& dout,
   const ScanView<scalar_t, T> view(in);
   const int64_t N = in.state, L = in.length;
   const int64_t chunks = scan_num_chunks(L);
-  const int64_t state_tile = N * kLanes, row_tile = L * kLanes;
+  const int64_t state_tile = N * kLanes;
   at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> rows[kLanes][3], dout_tile(row_tile), du_tile(row_tile), ddelta_tile(row_tile);
-    std::vector<T> dz_tile(in.z ? row_tile : 0), checkpoint_tile(chunks * state_tile);
+    std::vector<T> rows[kLanes][3], grad_rows[kLanes][4], checkpoint_tile(chunks * state_tile);
     std::vector<T> adjoint(state_tile), dA(state_tile), dB(state_tile), dC(state_tile);
     std::vector<T> scratch(backward_scratch_size(N) * kLanes);
     LaneTiles<T> storage;
@@ -918,35 +969,49 @@ void backward_lanes_kernel(const ScanInputs& in, const at::Tensor& dout,
       const auto [first, last] = task_channels(in, blocks, block);
       for_each_lane_block(in, first, last, [&](int64_t d0, int64_t width) {
         const int64_t channel0 = b * in.dim + d0;
-        // Lanes past the width get no gradient and start from zero states.
-        for (std::vector<T>* tile : {&dout_tile, &checkpoint_tile, &adjoint, &dA, &dB, &dC}) {
+        // Lanes past the width start from zero states and get no gradient.
+        for (std::vector<T>* tile : {&checkpoint_tile, &adjoint, &dA, &dB, &dC}) {
           std::fill(tile->begin(), tile->end(), T(0));
         }
-        rows_to_tile(lane_rows(dout.data_ptr<scalar_t>(), channel0, width, L).data(), width, L,
-                     dout_tile.data());
         rows_to_tile(lane_rows(checkpoints.data_ptr<T>(), channel0, width, chunks * N).data(),
                      width, chunks * N, checkpoint_tile.data());
         if (dlast_state) {
           rows_to_tile(lane_rows(dlast_state->data_ptr<T>(), channel0, width, N).data(), width,
                        N, adjoint.data());
         }
-        LaneGrads<T> grads{
-            du_tile.data(),
-            ddelta_tile.data(),
-            in.z ? dz_tile.data() : nullptr,
-            dA.data(),
-            in.B_variable() ? projection_grad<T>(g.dB, in.groups_B, in, blocks, b, block, d0)
-                            : dB.data(),
-            in.C_variable() ? projection_grad<T>(g.dC, in.groups_C, in, blocks, b, block, d0)
-                            : dC.data()};
-        run_backward_lanes(view.load_block(b, d0, width, rows), storage, dout_tile.data(),
-                           checkpoint_tile.data(), adjoint.data(), scratch.data(), grads);
+        LaneGrads<T> grads{{},
+                           {},
+                           {},
+                           {},
+                           dA.data(),
+                           in.B_variable()
+                               ? projection_grad<T>(g.dB, in.groups_B, in, blocks, b, block, d0)
+                               : dB.data(),
+                           in.C_variable()
+                               ? projection_grad<T>(g.dC, in.groups_C, in, blocks, b, block, d0)
+                               : dC.data(),
+                           {},
+                           {}};
+        const auto row = [&](const at::Tensor& t, int64_t lane) {
+          return t.data_ptr<scalar_t>() + (channel0 + lane) * L;
+        };
+        for (int64_t lane = 0; lane < width; ++lane) {
+          std::vector<T>* buffers = grad_rows[lane];
+          grads.dout[lane] = widen(row(dout, lane), L, buffers[0]);
+          grads.du[lane] = output_row<T>(row(g.du, lane), L, buffers[1]);
+          grads.ddelta[lane] = output_row<T>(row(g.ddelta, lane), L, buffers[2]);
+          grads.dz[lane] = in.z ? output_row<T>(row(g.dz, lane), L, buffers[3]) : nullptr;
+        }
+        run_backward_lanes(view.load_block(b, d0, width, rows), storage, checkpoint_tile.data(),
+                           adjoint.data(), scratch.data(), grads);
         const auto store = [&](const std::vector<T>& tile, int64_t count, auto* base) {
           tile_to_rows(tile.data(), width, count, lane_rows(base, channel0, width, count).data());
         };
-        store(du_tile, L, g.du.data_ptr<scalar_t>());
-        store(ddelta_tile, L, g.ddelta.data_ptr<scalar_t>());
-        if (in.z) store(dz_tile, L, g.dz.data_ptr<scalar_t>());
+        for (int64_t lane = 0; lane < width; ++lane) {
+          narrow_row(grads.du[lane], row(g.du, lane), L);
+          narrow_row(grads.ddelta[lane], row(g.ddelta, lane), L);
+          if (in.z) narrow_row(grads.dz[lane], row(g.dz, lane), L);
+        }
         store(dA, N, g.dA.data_ptr<T>());
         if (!in.B_variable()) store(dB, N, g.dB.data_ptr<T>());
         if (!in.C_variable()) store(dC, N, g.dC.data_ptr<T>());
