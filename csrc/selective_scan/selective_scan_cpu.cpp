@@ -383,8 +383,8 @@ struct LaneProjection {
   const T* at(int64_t t) const { return shared + t * step; }
 };
 
-// A block's inputs as the lane kernels read them: (L, kLanes) tiles of u and of the step
-// factors, (N, kLanes) tiles of A.
+// A block's inputs as the lane kernels read them: (L, kLanes) tiles of u and of the step factors
+// the scan reads (δ, and the gate in the forward pass), (N, kLanes) tiles of A.
 template <typename T>
 struct LaneInputs {
   const Channel<T>* first;  // sizes and flags
