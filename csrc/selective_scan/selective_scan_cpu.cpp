@@ -1,7 +1,9 @@
 // selective_scan CPU kernels. Work is split over (batch, channel) with at::parallel_for; within a
-// channel the time loop is sequential and the N states of a step form one vector loop (`omp
-// simd`), compiled per instruction set (HV_CPU_DISPATCH). Inputs in fp16/bf16 are widened one row
-// at a time; everything accumulates in float (double for float64 inputs).
+// channel the time loop is sequential. With many states (N > kMaxLaneStates) the N states of a
+// step form one vector loop (`omp simd`); with few, a block of kLanes channels is scanned together,
+// one channel per vector lane. Both are compiled per instruction set (HV_CPU_DISPATCH). Inputs in
+// fp16/bf16 are widened one row at a time; everything accumulates in float (double for float64
+// inputs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <type_traits>
 #include <vector>
 
@@ -238,9 +241,9 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
   }
 }
 
-// The state sizes with a straight-line build of their own: Mamba's default 16 and the 8 of the
-// small presets (with N read at run time, N = 8 ran slower than N = 16). Every build is compiled
-// per instruction set.
+// The state sizes with a straight-line build of their own: Mamba's default 16 and, for the
+// backward pass, the 8 of the small presets (see backward_uses_lanes). Every build is compiled per
+// instruction set.
 constexpr int64_t kMambaStates = 16;
 constexpr int64_t kSmallStates = 8;
 
@@ -249,8 +252,6 @@ HV_INLINE void scan_forward_channel(const Channel<T>& c, const StepFactors<T>& f
                                     T* checkpoints, T* products) {
   if (c.state == kMambaStates) {
     forward_channel<kMambaStates>(c, f, state, out, checkpoints, products);
-  } else if (c.state == kSmallStates) {
-    forward_channel<kSmallStates>(c, f, state, out, checkpoints, products);
   } else {
     forward_channel<0>(c, f, state, out, checkpoints, products);
   }
@@ -305,6 +306,407 @@ void narrow_row(const T* computed, scalar_t* row, int64_t length) {
   if constexpr (!std::is_same_v<T, scalar_t>) std::copy_n(computed, length, row);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Channel lanes, for N <= kMaxLaneStates (N < kMaxLaneStates in the backward pass). A vector over so few states is mostly empty and its
+// C·h is a horizontal sum every step, so a block of up to kLanes channels of one batch is scanned
+// together instead: lane l of every vector is channel d0 + l, a step is a loop over the N states
+// of whole vectors, and C·h and the backward's sums over the states are per-lane sums. The
+// channels of a block read the same B and C rows (a variable B or C is one broadcast per
+// (t, n)). Their inputs are transposed into tiles, which store one value per (row, lane) at
+// [row * kLanes + lane]; lanes past the block's width repeat its first channel and are never
+// stored.
+// ---------------------------------------------------------------------------------------------
+
+// Channels per block: one AVX-512 vector of float, two AVX2 vectors.
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxLaneStates = kSmallStates;
+
+bool forward_uses_lanes(const ScanInputs& in) { return in.state <= kMaxLaneStates; }
+
+// At N = 8 the per-state backward build measured faster than the lanes (by about a fifth, on
+// AVX-512 and AVX2): its vectors are full on AVX2, and it adds dB and dC to their rows where the
+// lanes sum them across channels every step.
+bool backward_uses_lanes(const ScanInputs& in) { return in.state < kMaxLaneStates; }
+
+// Tiles from and to the rows of a block's channels (the first `lanes`), kTransposeRows rows of the
+// tile at a time: filling or reading a whole tile one lane at a time would touch one value per
+// cache line and keep none of its lines in L1.
+constexpr int64_t kTransposeRows = 64;
+
+template <typename T, typename Row>
+void rows_to_tile(const Row* rows, int64_t lanes, int64_t count, T* tile) {
+  for (int64_t first = 0; first < count; first += kTransposeRows) {
+    const int64_t last = std::min(count, first + kTransposeRows);
+    for (int64_t l = 0; l < lanes; ++l) {
+      for (int64_t i = first; i < last; ++i) tile[i * kLanes + l] = static_cast<T>(rows[l][i]);
+    }
+  }
+}
+
+template <typename T, typename Row>
+void tile_to_rows(const T* tile, int64_t lanes, int64_t count, const Row* rows) {
+  using S = std::remove_pointer_t<Row>;
+  for (int64_t first = 0; first < count; first += kTransposeRows) {
+    const int64_t last = std::min(count, first + kTransposeRows);
+    for (int64_t l = 0; l < lanes; ++l) {
+      for (int64_t i = first; i < last; ++i) rows[l][i] = static_cast<S>(tile[i * kLanes + l]);
+    }
+  }
+}
+
+// The rows of channels channel0 .. channel0 + width - 1 in a buffer of `stride` values a channel.
+template <typename S>
+std::array<S*, kLanes> lane_rows(S* base, int64_t channel0, int64_t width, int64_t stride) {
+  std::array<S*, kLanes> rows{};
+  for (int64_t l = 0; l < width; ++l) rows[l] = base + (channel0 + l) * stride;
+  return rows;
+}
+
+template <typename T>
+struct LaneBlock {
+  Channel<T> lanes[kLanes];
+  int64_t width;
+
+  const Channel<T>& first() const { return lanes[0]; }
+};
+
+// B or C of a block: value (t, n, lane) = shared[t * step + n] * per_lane[n * kLanes + lane]. A
+// variable projection is shared by the channels (per_lane all ones); a fixed one is per channel
+// and constant in time (shared a row of ones, step 0).
+template <typename T>
+struct LaneProjection {
+  const T* shared;
+  int64_t step;
+  const T* per_lane;  // (N, kLanes)
+
+  bool variable() const { return step != 0; }
+  const T* at(int64_t t) const { return shared + t * step; }
+};
+
+// A block's inputs as the lane kernels read them: (L, kLanes) tiles of u and of the step factors
+// the scan reads (δ, and the gate in the forward pass), (N, kLanes) tiles of A.
+template <typename T>
+struct LaneInputs {
+  const Channel<T>* first;  // sizes and flags
+  const T* u;
+  StepFactors<T> factors;
+  const T* A;
+  LaneProjection<T> B, C;
+  T skip_d[kLanes];
+};
+
+// Per-thread storage of the tiles of one block at a time.
+template <typename T>
+struct LaneTiles {
+  std::vector<T> u, A, B, C, ones, products;
+  std::vector<T> dy, du_terms, delta_terms, y;  // LaneStepTiles
+  FactorRows<T> rows[kLanes], tiles;
+  StepFactors<T> row_factors[kLanes];  // each lane's rows (lanes past the width: the first's)
+};
+
+template <typename T>
+HV_INLINE LaneProjection<T> lane_projection(const Projection<T>& p, const T* ones, const T* tile) {
+  if (p.step != 0) return {p.data, p.step, ones};
+  return {ones, 0, tile};
+}
+
+// Computes each channel's step factors in row loops and transposes those the scan reads and its
+// inputs into `storage`; in the dispatched functions, so that the row loops are vectorised for the ISA.
+template <typename T>
+HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
+                                   LaneTiles<T>& storage) {
+  const Channel<T>& first = block.first();
+  const int64_t L = first.length, N = first.state;
+  const bool has_z = first.z != nullptr;
+  for (std::vector<T>* tile : {&storage.A, &storage.B, &storage.C}) tile->resize(N * kLanes);
+  storage.u.resize(L * kLanes);
+  storage.ones.assign(N * kLanes, T(1));
+  // The backward pass reads only δ per lane; it applies the gate and dδ/d(delta) in row loops.
+  const StepFactors<T> tiles = storage.tiles.get(L * kLanes, has_z && !backward, false);
+  LaneInputs<T> x{&first,
+                  storage.u.data(),
+                  tiles,
+                  storage.A.data(),
+                  lane_projection(first.B, storage.ones.data(), storage.B.data()),
+                  lane_projection(first.C, storage.ones.data(), storage.C.data()),
+                  {}};
+  StepFactors<T>* rows = storage.row_factors;
+  const T *u[kLanes], *A[kLanes], *B[kLanes], *C[kLanes];
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    const Channel<T>& c = block.lanes[lane];
+    if (lane < block.width) {
+      rows[lane] = storage.rows[lane].get(L, has_z, backward);
+      compute_step_factors(c, rows[lane]);
+    } else {
+      rows[lane] = rows[0];
+    }
+    u[lane] = c.u;
+    A[lane] = c.A;
+    B[lane] = c.B.data;
+    C[lane] = c.C.data;
+    x.skip_d[lane] = c.skip_d;
+  }
+  for (T* StepFactors<T>::*factor : {&StepFactors<T>::delta, &StepFactors<T>::delta_grad,
+                                     &StepFactors<T>::gate, &StepFactors<T>::gate_grad}) {
+    if (tiles.*factor == nullptr) continue;
+    const T* factor_rows[kLanes];
+    for (int64_t lane = 0; lane < kLanes; ++lane) factor_rows[lane] = rows[lane].*factor;
+    rows_to_tile(factor_rows, kLanes, L, tiles.*factor);
+  }
+  rows_to_tile(u, kLanes, L, storage.u.data());
+  rows_to_tile(A, kLanes, N, storage.A.data());
+  if (!x.B.variable()) rows_to_tile(B, kLanes, N, storage.B.data());
+  if (!x.C.variable()) rows_to_tile(C, kLanes, N, storage.C.data());
+  return x;
+}
+
+// One step of a block's (N, kLanes) states from `prev` to `next` (may be the same), leaving each
+// state's exp(δA) in `decay`.
+template <typename T>
+HV_INLINE void advance_lanes(const LaneInputs<T>& x, int64_t t, const T* prev, T* next,
+                             T* decay) {
+  const int64_t N = x.first->state;
+  const T* delta = x.factors.delta + t * kLanes;
+  const T* u = x.u + t * kLanes;
+  T delta_u[kLanes];
+#pragma omp simd
+  for (int64_t l = 0; l < kLanes; ++l) delta_u[l] = delta[l] * u[l];
+  const T* B = x.B.at(t);
+  for (int64_t n = 0; n < N; ++n) {
+    const T b = B[n];
+    const T* b_lane = x.B.per_lane + n * kLanes;
+    const T* a = x.A + n * kLanes;
+    const int64_t i = n * kLanes;
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      decay[i + l] = scan_decay(delta[l], a[l]);
+      next[i + l] = scan_state_update(prev[i + l], decay[i + l], b * b_lane[l], delta_u[l]);
+    }
+  }
+}
+
+// y = C_t · h per lane, summed over n in order.
+template <typename T>
+HV_INLINE void project_lanes(const LaneInputs<T>& x, int64_t t, const T* h, T* y) {
+  const int64_t N = x.first->state;
+  const T* C = x.C.at(t);
+  std::fill_n(y, kLanes, T(0));
+  for (int64_t n = 0; n < N; ++n) {
+    const T c = C[n];
+    const T* c_lane = x.C.per_lane + n * kLanes;
+    const T* state = h + n * kLanes;
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) y[l] += c * c_lane[l] * state[l];
+  }
+}
+
+// The forward pass of a block: `state` (N, kLanes) holds the initial states on entry and the last
+// on exit, `checkpoints` (chunks, N, kLanes) receives the state entering every chunk, `out`
+// (L, kLanes) the output; `decay` is (N, kLanes) scratch.
+template <typename T>
+HV_INLINE void forward_lanes(const LaneInputs<T>& x, T* state, T* checkpoints, T* decay, T* out) {
+  const Channel<T>& c = *x.first;
+  const int64_t N = c.state;
+  for (int64_t step = 0; step < c.length; ++step) {
+    if (step % kScanChunk == 0) {
+      std::copy_n(state, N * kLanes, checkpoints + step / kScanChunk * N * kLanes);
+    }
+    const int64_t t = c.time(step);
+    advance_lanes(x, t, state, state, decay);
+    T y[kLanes];
+    project_lanes(x, t, state, y);
+    std::copy_n(y, kLanes, out + t * kLanes);
+  }
+  const T* u = x.u;
+  const T* gate = x.factors.gate;
+  for (int64_t t = 0; t < c.length; ++t) {
+    const int64_t i = t * kLanes;
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      out[i + l] = scan_output(out[i + l], u[i + l], x.skip_d[l], gate ? gate[i + l] : T(1));
+    }
+  }
+}
+
+// The (L, kLanes) tiles of the backward scan: dy = dL/dy in, and out the per-step sums over the
+// states of the du and dδ terms, and y = C·h (only with z, for dz).
+template <typename T>
+struct LaneStepTiles {
+  T* dy;
+  T* du_terms;
+  T* delta_terms;
+  T* y;
+};
+
+// Gradient destinations of a block: its channels' (L,) rows of du, ddelta and dz (dz only with
+// z), in the accumulation type; dA (N, kLanes), accumulated; dB and dC the block's (L, N) rows
+// for a variable projection and (N, kLanes) tiles for a fixed one, accumulated.
+template <typename T>
+struct LaneGrads {
+  const T* dout[kLanes];
+  T* du[kLanes];
+  T* ddelta[kLanes];
+  T* dz[kLanes];
+  T* dA;
+  T* dB;
+  T* dC;
+  T d_skip[kLanes], d_delta_bias[kLanes];
+};
+
+// Sums each of the N rows of `staged` (N, kLanes) into its first value by halving it kWidth
+// values at a time: a fixed tree, and whole vectors down to the last halvings.
+template <int64_t kWidth, typename T>
+HV_INLINE void fold_lanes(T* staged, int64_t N) {
+  for (int64_t n = 0; n < N; ++n) {
+    T* lanes = staged + n * kLanes;
+#pragma omp simd
+    for (int64_t l = 0; l < kWidth; ++l) lanes[l] += lanes[l + kWidth];
+  }
+  if constexpr (kWidth > 1) fold_lanes<kWidth / 2>(staged, N);
+}
+
+// Adds one step's gradients of b (or c), staged (N, kLanes), to the projection's: summed over the
+// lanes into row t of a variable projection, per lane for a fixed one.
+template <typename T>
+HV_INLINE void accumulate_projection_grad(const LaneProjection<T>& p, int64_t t, int64_t N,
+                                          T* staged, T* grad) {
+  if (!p.variable()) {
+#pragma omp simd
+    for (int64_t i = 0; i < N * kLanes; ++i) grad[i] += staged[i];
+    return;
+  }
+  fold_lanes<kLanes / 2>(staged, N);
+  T* row = grad + t * p.step;
+  for (int64_t n = 0; n < N; ++n) row[n] += staged[n * kLanes];
+}
+
+// The scan of the backward pass of a block, chunk by chunk as backward_channel: `tiles.dy` is zero
+// in the lanes past the block's width, `adjoint` (N, kLanes) holds dL/d(last state) on entry and
+// dL/d(initial state) on exit; `scratch` has backward_scratch_size(N) * kLanes values.
+template <typename T>
+HV_INLINE void backward_lanes(const LaneInputs<T>& x, const LaneStepTiles<T>& tiles,
+                              const T* checkpoints, T* adjoint, T* scratch, LaneGrads<T>& g) {
+  const Channel<T>& c = *x.first;
+  const int64_t N = c.state;
+  const int64_t tile = N * kLanes;
+  T* states = scratch;
+  T* decays = states + (kScanChunk + 1) * tile;
+  T* staged_b = decays + kScanChunk * tile;
+  T* staged_c = staged_b + tile;
+  const StepFactors<T>& f = x.factors;
+  for (int64_t chunk = scan_num_chunks(c.length) - 1; chunk >= 0; --chunk) {
+    const int64_t first = chunk * kScanChunk;
+    const int64_t count = std::min(kScanChunk, c.length - first);
+    std::copy_n(checkpoints + chunk * tile, tile, states);
+    for (int64_t k = 0; k < count; ++k) {
+      advance_lanes(x, c.time(first + k), states + k * tile, states + (k + 1) * tile,
+                             decays + k * tile);
+    }
+    for (int64_t k = count - 1; k >= 0; --k) {
+      const int64_t t = c.time(first + k);
+      const int64_t row = t * kLanes;
+      const T* delta = f.delta + row;
+      const T* u = x.u + row;
+      const T* h = states + (k + 1) * tile;
+      const T* h_prev = states + k * tile;
+      const T* decay = decays + k * tile;
+      if (tiles.y) project_lanes(x, t, h, tiles.y + row);
+      const T* dy = tiles.dy + row;
+      T du_sum[kLanes] = {}, ddelta_sum[kLanes] = {};
+      const T* B = x.B.at(t);
+      const T* C = x.C.at(t);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t i = n * kLanes;
+        const T b = B[n], c_shared = C[n];
+        const T* b_lane = x.B.per_lane + i;
+        const T* c_lane = x.C.per_lane + i;
+        const T* a = x.A + i;
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          staged_c[i + l] = dy[l] * h[i + l];
+          adjoint[i + l] += dy[l] * c_shared * c_lane[l];
+          staged_b[i + l] =
+              scan_state_backward(adjoint[i + l], h_prev[i + l], decay[i + l], delta[l], a[l],
+                                  b * b_lane[l], u[l], ddelta_sum[l], du_sum[l], g.dA[i + l]);
+        }
+      }
+      std::copy_n(du_sum, kLanes, tiles.du_terms + row);
+      std::copy_n(ddelta_sum, kLanes, tiles.delta_terms + row);
+      accumulate_projection_grad(x.B, t, N, staged_b, g.dB);
+      accumulate_projection_grad(x.C, t, N, staged_c, g.dC);
+    }
+  }
+}
+
+// The state loop is left rolled: with N = 8 fixed at compile time and unrolled, the forward pass
+// ran about 45 % slower.
+template <typename T>
+HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage, T* state,
+                                  T* checkpoints, T* decay, T* out) {
+  forward_lanes(load_lanes(block, false, storage), state, checkpoints, decay, out);
+}
+
+// Backward of scan_output over one channel's row: dy and, given the row of y, dz (into `dz`,
+// which may be `y`).
+template <typename T>
+HV_INLINE void output_backward_row(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
+                                   const T* y, T* dy, T* dz) {
+#pragma omp simd
+  for (int64_t t = 0; t < c.length; ++t) {
+    const Gate<T> gate = f.gate ? Gate<T>{f.gate[t], f.gate_grad[t]} : Gate<T>{T(1), T(0)};
+    T dz_t;
+    scan_output_backward(dout[t], y ? y[t] : T(0), c.u[t], c.skip_d, gate, dy[t], dz_t);
+    if (dz) dz[t] = dz_t;
+  }
+}
+
+// The backward pass of a block: dy in row loops, the scan on tiles, then du, ddelta, dz, dD and
+// d(delta_bias) in row loops from the scan's per-step sums. Row loops read and write one value
+// per step where the scan would need a transposed tile each.
+template <typename T>
+HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage,
+                                   const T* checkpoints, T* adjoint, T* scratch,
+                                   LaneGrads<T>& g) {
+  const LaneInputs<T> x = load_lanes(block, true, storage);
+  const int64_t L = block.first().length, width = block.width;
+  const bool has_z = block.first().z != nullptr;
+  storage.dy.assign(L * kLanes, T(0));
+  for (std::vector<T>* tile : {&storage.du_terms, &storage.delta_terms, &storage.y}) {
+    tile->resize(L * kLanes);
+  }
+  storage.products.resize(L);
+  for (int64_t lane = 0; lane < width; ++lane) {  // dy, staged in the du row
+    output_backward_row(block.lanes[lane], storage.row_factors[lane], g.dout[lane],
+                        static_cast<const T*>(nullptr), g.du[lane], static_cast<T*>(nullptr));
+  }
+  rows_to_tile(g.du, width, L, storage.dy.data());
+  const LaneStepTiles<T> tiles{storage.dy.data(), storage.du_terms.data(),
+                               storage.delta_terms.data(), has_z ? storage.y.data() : nullptr};
+  backward_lanes(x, tiles, checkpoints, adjoint, scratch, g);
+  tile_to_rows(tiles.du_terms, width, L, g.du);
+  tile_to_rows(tiles.delta_terms, width, L, g.ddelta);
+  if (has_z) tile_to_rows(tiles.y, width, L, g.dz);
+  T* dy = storage.products.data();
+  for (int64_t lane = 0; lane < width; ++lane) {
+    const Channel<T>& c = block.lanes[lane];
+    const StepFactors<T>& f = storage.row_factors[lane];
+    T* du = g.du[lane];
+    T* ddelta = g.ddelta[lane];
+    output_backward_row(c, f, g.dout[lane], has_z ? g.dz[lane] : nullptr, dy, g.dz[lane]);
+#pragma omp simd
+    for (int64_t t = 0; t < L; ++t) {
+      du[t] += dy[t] * c.skip_d;
+      ddelta[t] *= f.delta_grad[t];
+      dy[t] *= c.u[t];
+    }
+    g.d_skip[lane] = sum_row(dy, L);
+    g.d_delta_bias[lane] = sum_row(ddelta, L);
+  }
+}
+
+HV_CPU_DISPATCH(run_forward_lanes, scan_forward_lanes)
+HV_CPU_DISPATCH(run_backward_lanes, scan_backward_lanes)
+
 // Read-only views of everything a channel needs, resolved to raw pointers once per call.
 template <typename scalar_t, typename T>
 struct ScanView {
@@ -350,7 +752,35 @@ struct ScanView {
                       in.softplus,
                       in.reverse};
   }
+
+  // Channels d0 .. d0 + width - 1 of batch b, which read the same B and C rows.
+  LaneBlock<T> load_block(int64_t b, int64_t d0, int64_t width,
+                          std::vector<T> (&buffers)[kLanes][3]) const {
+    LaneBlock<T> block;
+    block.width = width;
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      block.lanes[lane] = lane < width ? load_channel(b, d0 + lane, buffers[lane]) : block.lanes[0];
+    }
+    return block;
+  }
 };
+
+// Splits channels [begin, end) into blocks of at most kLanes channels that read the same B and C
+// rows (a block never crosses a group) and calls fn(d0, width) for each, in order.
+template <typename Fn>
+void for_each_lane_block(const ScanInputs& in, int64_t begin, int64_t end, Fn&& fn) {
+  const auto group_end = [&in](int64_t groups, int64_t d) {
+    if (groups == 0) return in.dim;
+    const int64_t size = in.dim / groups;
+    return (d / size + 1) * size;
+  };
+  for (int64_t d = begin; d < end;) {
+    const int64_t next =
+        std::min({d + kLanes, end, group_end(in.groups_B, d), group_end(in.groups_C, d)});
+    fn(d, next - d);
+    d = next;
+  }
+}
 
 template <typename scalar_t>
 void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_state,
@@ -380,6 +810,42 @@ void forward_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_stat
                           checkpoint_base + channel * chunks * N,
                           products.data());
       narrow_row(computed, out_row, in.length);
+    }
+  });
+}
+
+// The forward pass with channel lanes: tasks are (batch, kLanes consecutive channels).
+template <typename scalar_t>
+void forward_lanes_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& last_state,
+                          at::Tensor& checkpoints) {
+  using T = at::opmath_type<scalar_t>;
+  const ScanView<scalar_t, T> view(in);
+  const int64_t N = in.state, L = in.length;
+  const int64_t chunks = scan_num_chunks(L);
+  const int64_t slots = (in.dim + kLanes - 1) / kLanes;
+  const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
+  at::parallel_for(0, in.batch * slots, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows[kLanes][3], out_tile(L * kLanes), state(N * kLanes), decay(N * kLanes);
+    std::vector<T> checkpoint_tile(chunks * N * kLanes);
+    LaneTiles<T> storage;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / slots, slot_begin = task % slots * kLanes;
+      const int64_t slot_end = std::min(in.dim, slot_begin + kLanes);
+      for_each_lane_block(in, slot_begin, slot_end, [&](int64_t d0, int64_t width) {
+        const int64_t channel0 = b * in.dim + d0;
+        std::fill(state.begin(), state.end(), T(0));
+        if (initial) {
+          rows_to_tile(lane_rows(initial, channel0, width, N).data(), width, N, state.data());
+        }
+        run_forward_lanes(view.load_block(b, d0, width, rows), storage, state.data(),
+                          checkpoint_tile.data(), decay.data(), out_tile.data());
+        tile_to_rows(out_tile.data(), width, L,
+                     lane_rows(out.data_ptr<scalar_t>(), channel0, width, L).data());
+        tile_to_rows(state.data(), width, N,
+                     lane_rows(last_state.data_ptr<T>(), channel0, width, N).data());
+        tile_to_rows(checkpoint_tile.data(), width, chunks * N,
+                     lane_rows(checkpoints.data_ptr<T>(), channel0, width, chunks * N).data());
+      });
     }
   });
 }
@@ -428,6 +894,25 @@ at::Tensor reduce_projection_grad(const at::Tensor& buffer, bool variable, at::S
   return buffer.sum(1).transpose(-1, -2).to(dtype);
 }
 
+// A backward task is (batch, block of channels); it alone writes its rows of the dB/dC buffers.
+// Its channels: a share of dim, in whole kLanes slots on the lane path.
+std::pair<int64_t, int64_t> task_channels(const ScanInputs& in, int64_t blocks, int64_t block) {
+  const int64_t unit = backward_uses_lanes(in) ? kLanes : 1;
+  const int64_t units = (in.dim + unit - 1) / unit;
+  const auto start = [&](int64_t i) { return std::min(in.dim, i * units / blocks * unit); };
+  return {start(block), start(block + 1)};
+}
+
+// Where channel d of task (b, block) accumulates dB or dC: its (N,) row of a fixed projection's
+// buffer, or its group's (L, N) rows of the task in a variable one's.
+template <typename T>
+T* projection_grad(const at::Tensor& buffer, int64_t groups, const ScanInputs& in,
+                   int64_t blocks, int64_t b, int64_t block, int64_t d) {
+  if (groups == 0) return buffer.data_ptr<T>() + (b * in.dim + d) * in.state;
+  const int64_t group = d / (in.dim / groups);
+  return buffer.data_ptr<T>() + ((b * blocks + block) * groups + group) * in.length * in.state;
+}
+
 template <typename scalar_t>
 void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
                      const std::optional<at::Tensor>& dlast_state, const at::Tensor& checkpoints,
@@ -436,20 +921,14 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
   const ScanView<scalar_t, T> view(in);
   const int64_t N = in.state, L = in.length;
   const int64_t chunks = scan_num_chunks(L);
-  // A task is (batch, block of channels); it alone writes its rows of the dB/dC buffers.
-  const auto grad_projection = [&](const at::Tensor& buffer, int64_t groups, int64_t b,
-                                   int64_t block, int64_t d) {
-    if (groups == 0) return buffer.data_ptr<T>() + (b * in.dim + d) * N;
-    const int64_t group = d / (in.dim / groups);
-    return buffer.data_ptr<T>() + ((b * blocks + block) * groups + group) * L * N;
-  };
   at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> rows[3], dout_buffer, du_buffer, ddelta_buffer, dz_buffer;
     std::vector<T> scratch(backward_scratch_size(N));
     FactorRows<T> factors;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / blocks, block = task % blocks;
-      for (int64_t d = block * in.dim / blocks; d < (block + 1) * in.dim / blocks; ++d) {
+      const auto [first, last] = task_channels(in, blocks, block);
+      for (int64_t d = first; d < last; ++d) {
         const int64_t channel = b * in.dim + d;
         const int64_t offset = channel * L;
         const Channel<T> c = view.load_channel(b, d, rows);
@@ -459,8 +938,8 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
             output_row<T>(g.ddelta.data_ptr<scalar_t>() + offset, L, ddelta_buffer),
             in.z ? output_row<T>(g.dz.data_ptr<scalar_t>() + offset, L, dz_buffer) : nullptr,
             g.dA.data_ptr<T>() + channel * N,
-            grad_projection(g.dB, in.groups_B, b, block, d),
-            grad_projection(g.dC, in.groups_C, b, block, d)};
+            projection_grad<T>(g.dB, in.groups_B, in, blocks, b, block, d),
+            projection_grad<T>(g.dC, in.groups_C, in, blocks, b, block, d)};
         T* adjoint = g.d_initial_state.data_ptr<T>() + channel * N;
         if (dlast_state) {
           std::copy_n(dlast_state->data_ptr<T>() + channel * N, N, adjoint);
@@ -479,13 +958,94 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
   });
 }
 
+// The backward pass with channel lanes: each task scans its channels a lane block at a time.
+template <typename scalar_t>
+void backward_lanes_kernel(const ScanInputs& in, const at::Tensor& dout,
+                           const std::optional<at::Tensor>& dlast_state,
+                           const at::Tensor& checkpoints, GradBuffers& g, int64_t blocks) {
+  using T = at::opmath_type<scalar_t>;
+  const ScanView<scalar_t, T> view(in);
+  const int64_t N = in.state, L = in.length;
+  const int64_t chunks = scan_num_chunks(L);
+  const int64_t state_tile = N * kLanes;
+  at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> rows[kLanes][3], grad_rows[kLanes][4], checkpoint_tile(chunks * state_tile);
+    std::vector<T> adjoint(state_tile), dA(state_tile), dB(state_tile), dC(state_tile);
+    std::vector<T> scratch(backward_scratch_size(N) * kLanes);
+    LaneTiles<T> storage;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, block = task % blocks;
+      const auto [first, last] = task_channels(in, blocks, block);
+      for_each_lane_block(in, first, last, [&](int64_t d0, int64_t width) {
+        const int64_t channel0 = b * in.dim + d0;
+        // Lanes past the width start from zero states and get no gradient.
+        for (std::vector<T>* tile : {&checkpoint_tile, &adjoint, &dA, &dB, &dC}) {
+          std::fill(tile->begin(), tile->end(), T(0));
+        }
+        rows_to_tile(lane_rows(checkpoints.data_ptr<T>(), channel0, width, chunks * N).data(),
+                     width, chunks * N, checkpoint_tile.data());
+        if (dlast_state) {
+          rows_to_tile(lane_rows(dlast_state->data_ptr<T>(), channel0, width, N).data(), width,
+                       N, adjoint.data());
+        }
+        LaneGrads<T> grads{{},
+                           {},
+                           {},
+                           {},
+                           dA.data(),
+                           in.B_variable()
+                               ? projection_grad<T>(g.dB, in.groups_B, in, blocks, b, block, d0)
+                               : dB.data(),
+                           in.C_variable()
+                               ? projection_grad<T>(g.dC, in.groups_C, in, blocks, b, block, d0)
+                               : dC.data(),
+                           {},
+                           {}};
+        const auto row = [&](const at::Tensor& t, int64_t lane) {
+          return t.data_ptr<scalar_t>() + (channel0 + lane) * L;
+        };
+        for (int64_t lane = 0; lane < width; ++lane) {
+          std::vector<T>* buffers = grad_rows[lane];
+          grads.dout[lane] = widen(row(dout, lane), L, buffers[0]);
+          grads.du[lane] = output_row<T>(row(g.du, lane), L, buffers[1]);
+          grads.ddelta[lane] = output_row<T>(row(g.ddelta, lane), L, buffers[2]);
+          grads.dz[lane] = in.z ? output_row<T>(row(g.dz, lane), L, buffers[3]) : nullptr;
+        }
+        run_backward_lanes(view.load_block(b, d0, width, rows), storage, checkpoint_tile.data(),
+                           adjoint.data(), scratch.data(), grads);
+        const auto store = [&](const std::vector<T>& tile, int64_t count, auto* base) {
+          tile_to_rows(tile.data(), width, count, lane_rows(base, channel0, width, count).data());
+        };
+        for (int64_t lane = 0; lane < width; ++lane) {
+          narrow_row(grads.du[lane], row(g.du, lane), L);
+          narrow_row(grads.ddelta[lane], row(g.ddelta, lane), L);
+          if (in.z) narrow_row(grads.dz[lane], row(g.dz, lane), L);
+        }
+        store(dA, N, g.dA.data_ptr<T>());
+        if (!in.B_variable()) store(dB, N, g.dB.data_ptr<T>());
+        if (!in.C_variable()) store(dC, N, g.dC.data_ptr<T>());
+        store(adjoint, N, g.d_initial_state.data_ptr<T>());
+        std::copy_n(grads.d_skip, width, g.dD.data_ptr<T>() + channel0);
+        std::copy_n(grads.d_delta_bias, width, g.d_delta_bias.data_ptr<T>() + channel0);
+      });
+    }
+  });
+}
+
 ForwardResult forward_cpu(const ScanInputs& in) {
   auto [out, last_state, checkpoints] = empty_forward_outputs(in);
   if (in.length == 0) copy_or_zero(last_state, in.initial_state);
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_fwd_cpu",
-                                    [&] { forward_kernel<scalar_t>(in, out, last_state, checkpoints); });
+                                    [&] {
+                                      if (forward_uses_lanes(in)) {
+                                        forward_lanes_kernel<scalar_t>(in, out, last_state,
+                                                                       checkpoints);
+                                      } else {
+                                        forward_kernel<scalar_t>(in, out, last_state, checkpoints);
+                                      }
+                                    });
   }
   return {out, last_state, checkpoints};
 }
@@ -499,8 +1059,13 @@ BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_bwd_cpu", [&] {
-                                      backward_kernel<scalar_t>(in, dout, dlast_state, checkpoints,
-                                                                g, blocks);
+                                      if (backward_uses_lanes(in)) {
+                                        backward_lanes_kernel<scalar_t>(in, dout, dlast_state,
+                                                                        checkpoints, g, blocks);
+                                      } else {
+                                        backward_kernel<scalar_t>(in, dout, dlast_state,
+                                                                  checkpoints, g, blocks);
+                                      }
                                     });
   }
   return {g.du,

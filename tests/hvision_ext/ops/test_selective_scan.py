@@ -188,6 +188,31 @@ def test_random_shapes_match_reference(
     check_against_reference(kwargs, torch.float64)
 
 
+# With N <= 8 the CPU kernels scan blocks of 16 channels together, one channel per vector lane
+# (the backward pass with N < 8).
+# 38 channels in 2 groups of 19: a full block and a remainder of 3 in each group.
+LANE_DIM = 38
+
+
+@pytest.mark.parametrize("state", [1, 4, 8])
+@pytest.mark.parametrize(
+    "B_kind, C_kind", [("variable", "variable"), ("fixed", "grouped"), ("grouped", "fixed")]
+)
+@pytest.mark.parametrize("features", [ALL, ("delta_softplus",), ("z", "reverse", "initial_state")])
+def test_channel_lanes_match_reference(state, B_kind, C_kind, features):
+    kwargs = make_inputs(
+        dim=LANE_DIM, state=state, B_kind=B_kind, C_kind=C_kind, features=features, seed=state
+    )
+    check_against_reference(kwargs, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("state", [4, 8])
+def test_channel_lanes_dtypes(dtype, state):
+    kwargs = make_inputs(dim=LANE_DIM, length=150, state=state, dtype=dtype)
+    check_against_reference(kwargs, dtype, grad_scale=1.0 if dtype == torch.float32 else 2.0)
+
+
 # --- semantics ----------------------------------------------------------------------------
 
 
@@ -302,8 +327,9 @@ def within(event, name):
     return parent is not None
 
 
-def test_cpu_backward_is_deterministic_whatever_the_thread_count():
-    kwargs = make_inputs(dtype=torch.float32, dim=32, length=200, state=16)
+@pytest.mark.parametrize("state", [16, 8, 4])
+def test_cpu_backward_is_deterministic_whatever_the_thread_count(state):
+    kwargs = make_inputs(dtype=torch.float32, dim=LANE_DIM, length=200, state=state)
     inputs = list(tensor_inputs(kwargs).values())
     out = as_tuple(ops.selective_scan(**kwargs))
     cot = [torch.ones_like(o) for o in out]
@@ -360,6 +386,18 @@ def test_gradcheck(device, B_kind, C_kind, reverse):
 
 def test_gradcheck_across_chunks():
     kwargs = make_inputs(length=SCAN_CHUNK + 6, dim=2, state=2, batch=1, groups=1)
+    names = list(tensor_inputs(kwargs))
+
+    def fn(*tensors):
+        return ops.selective_scan(**{**kwargs, **dict(zip(names, tensors))})
+
+    assert torch.autograd.gradcheck(fn, tuple(kwargs[n] for n in names), fast_mode=True)
+
+
+@pytest.mark.parametrize("B_kind, C_kind", [("variable", "fixed"), ("fixed", "variable")])
+def test_gradcheck_channel_lanes(B_kind, C_kind):
+    """17 channels: a full block of 16 lanes and a remainder of one."""
+    kwargs = make_inputs(length=6, dim=17, state=2, batch=1, B_kind=B_kind, C_kind=C_kind)
     names = list(tensor_inputs(kwargs))
 
     def fn(*tensors):
