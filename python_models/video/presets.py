@@ -8,19 +8,21 @@ from .model import HierarchicalVLM
 @register_model
 def hvlm_tiny(**overrides) -> HierarchicalVLM:
     """Sized to train on the built-in video set on 2 CPU cores: 8 frames of 64², the motion
-    convolution stem to patch 8, tubelet 2 (4 × 64 tokens), width 96, depth 4, 3 heads, 12
-    classes."""
+    convolution stem to patch 16, tubelet 4 (2 × 16 tokens), width 96, depth 4, 3 heads, the
+    mean of the tokens (no final norm) to 12 classes."""
     defaults = dict(
         num_frames=8,
         img_size=64,
-        patch_size=8,
-        tubelet_size=2,
+        patch_size=16,
+        tubelet_size=4,
         stem="motion_conv",
         num_classes=12,
         embed_dim=96,
         depth=4,
         num_heads=3,
         mlp_ratio=2.0,
+        global_pool="avg",
+        final_norm=False,
     )
     return HierarchicalVLM(**{**defaults, **overrides})
 
