@@ -25,9 +25,10 @@ from .common import (
     load_pretrained,
     loaders_for,
     plain,
+    run_job,
     start,
 )
-from .config import field, load_config
+from .config import field
 from .data import ImageTensorDataset
 from .engine import Trainer
 
@@ -109,11 +110,7 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(ClassifyConfig, argv, "python -m train.classify", __doc__.splitlines()[0])
-    try:
-        return run(config)[1]
-    finally:
-        distributed.cleanup()
+    return run_job(ClassifyConfig, lambda config: run(config)[1], argv, "train.classify", __doc__)
 
 
 def cli() -> None:

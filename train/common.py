@@ -2,6 +2,7 @@
 
 import dataclasses
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from python_models import create_model
 
 from . import checkpoint, distributed
-from .config import field
+from .config import field, load_config
 from .data import BatchTransform, DataSplits, load_splits, make_loader
 from .engine import EngineConfig
 
@@ -128,3 +129,16 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
 def plain(config: Any) -> dict[str, Any]:
     """A config as plain values (what a checkpoint may hold)."""
     return dataclasses.asdict(config)
+
+
+def run_job(
+    config_class: type, run: Callable[[Any], dict], argv: list[str] | None, module: str, doc: str
+) -> dict:
+    """A job's ``main``: its settings (dataclass defaults, then ``--config`` YAML, then flags;
+    ``python -m module --help`` with the first line of ``doc``), then ``run``; the process group
+    is torn down however the run ends."""
+    config = load_config(config_class, argv, f"python -m {module}", doc.splitlines()[0])
+    try:
+        return run(config)
+    finally:
+        distributed.cleanup()

@@ -30,10 +30,11 @@ from .common import (
     data_for,
     load_pretrained,
     plain,
+    run_job,
     seed_all,
     start,
 )
-from .config import field, load_config
+from .config import field
 from .continual_metrics import plot_accuracy_matrix, summary
 from .continual_strategies import STRATEGIES, Finetune, evaluate_seen
 from .data import make_loader
@@ -310,13 +311,7 @@ def run(config: ContinualConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(
-        ContinualConfig, argv, "python -m train.continual", __doc__.splitlines()[0]
-    )
-    try:
-        return run(config)
-    finally:
-        distributed.cleanup()
+    return run_job(ContinualConfig, run, argv, "train.continual", __doc__)
 
 
 def cli() -> None:

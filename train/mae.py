@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from python_models import VisionMambaMAE
 
 from . import distributed
-from .common import BuiltinJobConfig, build_backbone, data_for, loaders_for, plain, start
-from .config import field, load_config
+from .common import BuiltinJobConfig, build_backbone, data_for, loaders_for, plain, run_job, start
+from .config import field
 from .data import BatchTransform
 from .engine import Trainer
 
@@ -81,18 +81,19 @@ def build_mae(config: MAEConfig, splits) -> VisionMambaMAE:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    config = load_config(MAEConfig, argv, "python -m train.mae", __doc__.splitlines()[0])
+def run(config: MAEConfig) -> dict:
+    """Pre-trains as configured; returns the engine's summary."""
     device = start(config)
     splits, transform = data_for(config)
     model = build_mae(config, splits)
     train_loader, test_loader = loaders_for(config, splits)
-    try:
-        return Trainer(
-            model, MAETask(transform), train_loader, test_loader, config, plain(config), device
-        ).fit()
-    finally:
-        distributed.cleanup()
+    return Trainer(
+        model, MAETask(transform), train_loader, test_loader, config, plain(config), device
+    ).fit()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_job(MAEConfig, run, argv, "train.mae", __doc__)
 
 
 def cli() -> None:

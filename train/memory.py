@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from python_models import LinearProbeViT, MemoryAugmentedViT, VPTDeep, VPTShallow, create_model
 
-from . import checkpoint, distributed
+from . import checkpoint
 from .classification import ClassificationTask
 from .common import (
     BuiltinJobConfig,
@@ -34,9 +34,10 @@ from .common import (
     data_for,
     loaders_for,
     plain,
+    run_job,
     start,
 )
-from .config import field, load_config
+from .config import field
 from .data import BatchTransform, DataSplits
 from .data.fewshot import FewShotEpisodes
 from .data.shapes import BASE_PATTERN_CLASSES, NOVEL_PATTERN_CLASSES
@@ -414,11 +415,7 @@ def run(config: MemoryConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(MemoryConfig, argv, "python -m train.memory", __doc__.splitlines()[0])
-    try:
-        return run(config)
-    finally:
-        distributed.cleanup()
+    return run_job(MemoryConfig, run, argv, "train.memory", __doc__)
 
 
 def cli() -> None:

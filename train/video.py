@@ -25,8 +25,8 @@ from python_models.video.mixers import mixer_options
 
 from . import distributed
 from .classification import ClassificationTask
-from .common import plain, start
-from .config import field, load_config
+from .common import plain, run_job, start
+from .config import field
 from .data import ClipTransform, SelectFields, VideoDataset, make_loader
 from .data.annotations import read_json_split, read_video_list
 from .data.moving_shapes import load_moving_shapes
@@ -257,11 +257,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(VideoConfig, argv, "python -m train.video", __doc__.splitlines()[0])
-    try:
-        return run(config)[1]
-    finally:
-        distributed.cleanup()
+    return run_job(VideoConfig, lambda config: run(config)[1], argv, "train.video", __doc__)
 
 
 def cli() -> None:
