@@ -1,6 +1,19 @@
-"""HierarchicalVLM, the video model: token mixers, token merging, the model and its presets."""
+"""HierarchicalVLM, the video model: token mixers, token merging, domain experts with a router,
+the model and its presets."""
 
 from . import presets  # noqa: F401  (registers the presets)
+from .experts import (
+    DEFAULT_DOMAINS,
+    ROUTING_MODES,
+    DomainRouter,
+    ExpertFFN,
+    RouterOutput,
+    expert_usage,
+    load_balancing_loss,
+    router_z_loss,
+    routing_accuracy,
+    routing_loss,
+)
 from .merging import MERGE_MODES, drop_frames, merge_frames, merge_ratio_at
 from .mixers import (
     MIXERS,
@@ -18,9 +31,13 @@ from .mixers import (
 from .model import HierarchicalVLM, TubeletEmbed, VideoBlock
 
 __all__ = [
+    "DEFAULT_DOMAINS",
     "MERGE_MODES",
     "MIXERS",
+    "ROUTING_MODES",
     "CrossMemoryAttention",
+    "DomainRouter",
+    "ExpertFFN",
     "FullAttention",
     "HierarchicalAttention",
     "HierarchicalVLM",
@@ -28,12 +45,18 @@ __all__ = [
     "LocalGlobalAttention",
     "MambaMixer",
     "PerformerAttention",
+    "RouterOutput",
     "StridedAttention",
     "TokenLayout",
     "TubeletEmbed",
     "VideoBlock",
     "build_mixer",
     "drop_frames",
+    "expert_usage",
+    "load_balancing_loss",
     "merge_frames",
     "merge_ratio_at",
+    "router_z_loss",
+    "routing_accuracy",
+    "routing_loss",
 ]
