@@ -1,0 +1,209 @@
+import pytest
+import torch
+
+from python_models.video.text import AnswerVocab, CaptionDecoder, VideoQAHead, WordTokenizer
+
+DIM, VOCAB = 16, 12
+PAD, BOS, EOS, UNK = WordTokenizer.PAD, WordTokenizer.BOS, WordTokenizer.EOS, WordTokenizer.UNK
+CAPTIONS = [
+    "A red half-disk waits, then moves sideways.",
+    "On a whiteboard, a yellow crescent turns.",
+    "A red square moves.",
+]
+
+
+@pytest.fixture
+def tokenizer() -> WordTokenizer:
+    return WordTokenizer.build(CAPTIONS)
+
+
+def video_tokens(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 5, DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def random_decoder(seed: int, vocab: int = VOCAB) -> CaptionDecoder:
+    torch.manual_seed(seed)
+    decoder = CaptionDecoder(DIM, vocab, num_layers=2, num_heads=2, max_len=8).eval()
+    with torch.no_grad():  # sharper next-token distributions than the 0.02-std initialisation
+        for parameter in decoder.parameters():
+            parameter.normal_(0, 0.5)
+    return decoder
+
+
+def sequence_log_prob(decoder: CaptionDecoder, video: torch.Tensor, ids: torch.Tensor) -> float:
+    """Sum of the log-probabilities of one generated caption's tokens up to its EOS."""
+    length = (ids == EOS).nonzero()[0, 0].item() + 1 if (ids == EOS).any() else len(ids)
+    ids = ids[:length]
+    inputs = torch.cat([torch.tensor([BOS]), ids[:-1]])[None]
+    log_probs = decoder._next_log_probs  # the same PAD/BOS exclusion as generation
+    total = 0.0
+    for step in range(length):
+        total += log_probs(decoder.video_norm(video), inputs[:, : step + 1])[0, ids[step]].item()
+    return total
+
+
+# -- tokenizer -------------------------------------------------------------------------------
+
+
+def test_tokenizer_splits_words_and_punctuation(tokenizer):
+    assert tokenizer.tokenize("A red Half-disk waits, then moves.") == [
+        "a",
+        "red",
+        "half-disk",
+        "waits",
+        ",",
+        "then",
+        "moves",
+        ".",
+    ]
+    assert tokenizer.words[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    # "a" occurs 4 times, "." 3, "," "moves" "red" twice (alphabetical among equals), then singles.
+    assert tokenizer.words[4:9] == ["a", ".", ",", "moves", "red"]
+
+
+def test_tokenizer_round_trip_and_unknown_words(tokenizer):
+    for caption in CAPTIONS:
+        ids = tokenizer.encode(caption, bos=True, eos=True)
+        assert ids[0] == BOS and ids[-1] == EOS and UNK not in ids
+        assert tokenizer.decode(ids + [PAD, PAD]) == caption.lower()
+    ids = tokenizer.encode("A purple square zigzags.")
+    assert ids == [tokenizer.ids["a"], UNK, tokenizer.ids["square"], UNK, tokenizer.ids["."]]
+    assert tokenizer.decode(ids) == "a <unk> square <unk>."
+    assert tokenizer.decode(torch.tensor([tokenizer.ids["red"], EOS, tokenizer.ids["a"]])) == "red"
+
+
+def test_tokenizer_build_options_and_state_dict(tokenizer):
+    assert WordTokenizer.build(CAPTIONS, min_freq=2).words[4:] == ["a", ".", ",", "moves", "red"]
+    assert len(WordTokenizer.build(CAPTIONS, max_size=3)) == 4 + 3
+    assert len(WordTokenizer.build([])) == 4
+    restored = WordTokenizer.from_state_dict(tokenizer.state_dict())
+    assert restored.words == tokenizer.words and len(restored) == len(tokenizer)
+    with pytest.raises(ValueError, match="min_freq"):
+        WordTokenizer.build(CAPTIONS, min_freq=0)
+    with pytest.raises(TypeError, match="texts"):
+        WordTokenizer.build("a caption")
+
+
+def test_encode_batch_pads_and_truncates(tokenizer):
+    batch = tokenizer.encode_batch(["A red square moves.", "red"], max_len=5, bos=True, eos=True)
+    a, red, square = (tokenizer.ids[word] for word in ("a", "red", "square"))
+    # The first caption keeps BOS and EOS and loses its last two tokens.
+    assert batch.tolist() == [[BOS, a, red, square, EOS], [BOS, red, EOS, PAD, PAD]]
+    assert batch.dtype == torch.long
+    assert tokenizer.encode_batch([], max_len=7).shape == (0, 7)
+    assert tokenizer.encode_batch([""], max_len=3, eos=True).tolist() == [[EOS, PAD, PAD]]
+    with pytest.raises(ValueError, match="max_len"):
+        tokenizer.encode_batch(["red"], max_len=2, bos=True, eos=True)
+
+
+def test_answer_vocab():
+    vocab = AnswerVocab.build(["red", "circle", "red", "left", "circle", "blue"])
+    assert vocab.answers == ["circle", "red", "blue", "left"]
+    assert vocab.index("red") == 1 and vocab.index("purple") == -1
+    assert vocab.answer(3) == "left" and len(vocab) == 4
+    assert AnswerVocab.from_state_dict(vocab.state_dict()).answers == vocab.answers
+    assert len(AnswerVocab.build([])) == 0
+    with pytest.raises(IndexError, match="index 4"):
+        vocab.answer(4)
+
+
+# -- QA head ---------------------------------------------------------------------------------
+
+
+def test_qa_head_shapes_and_empty_question():
+    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2, max_question_len=6)
+    questions = torch.tensor([[4, 5, 6, PAD, PAD], [PAD] * 5, [7, 8, 9, 10, 11]])
+    logits = head(video_tokens(3), questions)
+    assert logits.shape == (3, 5) and torch.isfinite(logits).all()
+    # Padding a question further changes nothing.
+    longer = head(video_tokens(3), torch.cat([questions, torch.zeros(3, 1, dtype=torch.long)], 1))
+    torch.testing.assert_close(longer, logits)
+    with pytest.raises(ValueError, match="questions length"):
+        head(video_tokens(1), torch.ones(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="questions ids"):
+        head(video_tokens(1), torch.full((1, 3), VOCAB))
+    with pytest.raises(ValueError, match="video_tokens"):
+        head(video_tokens(2), questions)
+
+
+def test_every_parameter_gets_a_gradient():
+    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2)
+    decoder = CaptionDecoder(DIM, VOCAB, num_heads=2)
+    video = video_tokens(2).requires_grad_()
+    questions = torch.tensor([[4, 5, 6, 7], [8, 9, PAD, PAD]])
+    captions = torch.tensor([[BOS, 4, 5, 6, EOS], [BOS, 7, EOS, PAD, PAD]])
+    loss = head(video, questions).logsumexp(1).sum() + decoder.loss(video, captions)
+    loss.backward()
+    for module in (head, decoder):
+        for name, parameter in module.named_parameters():
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert video.grad.abs().sum() > 0
+
+
+# -- caption decoder -------------------------------------------------------------------------
+
+
+def test_caption_loss_ignores_padding():
+    decoder = random_decoder(0)
+    video = video_tokens(2)
+    captions = torch.tensor([[BOS, 4, 5, EOS, PAD], [BOS, 6, EOS, PAD, PAD]])
+    padded = torch.cat([captions, torch.zeros(2, 3, dtype=torch.long)], 1)
+    empty = torch.zeros(1, 8, dtype=torch.long)
+    loss = decoder.loss(video, captions)
+    torch.testing.assert_close(decoder.loss(video, padded), loss)
+    # An all-PAD row adds no target; a batch of them gives 0.
+    with_empty = decoder.loss(video_tokens(3)[[0, 1, 0]], torch.cat([padded, empty]))
+    torch.testing.assert_close(with_empty, loss)
+    assert decoder.loss(video[:1], empty).item() == 0.0
+    # Teacher forcing by hand: the mean over the five target tokens of -log p(target).
+    logits = decoder(video, captions[:, :-1]).log_softmax(-1)
+    targets = captions[:, 1:]
+    picked = logits.gather(-1, targets[..., None])[..., 0][targets != PAD]
+    torch.testing.assert_close(loss, -picked.mean())
+
+
+def test_causal_decoder_ignores_later_tokens():
+    decoder = random_decoder(1)
+    video, captions = video_tokens(1), torch.tensor([[BOS, 4, 5, 6]])
+    changed = captions.clone()
+    changed[0, 3] = 7
+    torch.testing.assert_close(decoder(video, changed)[:, :3], decoder(video, captions)[:, :3])
+
+
+def test_beam_one_equals_greedy():
+    for seed in range(3):
+        decoder, video = random_decoder(seed), video_tokens(6, seed)
+        greedy = decoder.greedy(video)
+        assert torch.equal(decoder.beam_search(video, beam_size=1), greedy)
+        assert torch.equal(decoder.generate(video), greedy)
+
+
+def test_greedy_output_format():
+    decoder, video = random_decoder(2), video_tokens(6, 2)
+    ids = decoder.greedy(video, max_len=6)
+    assert ids.dtype == torch.long and ids.shape[0] == 6 and 1 <= ids.shape[1] <= 6
+    assert not (ids == BOS).any()
+    for row in ids:
+        ends = (row == EOS).nonzero()
+        if len(ends):  # PAD after EOS, none before
+            assert (row[ends[0, 0] + 1 :] == PAD).all() and not (row[: ends[0, 0]] == PAD).any()
+        else:
+            assert not (row == PAD).any()
+    if ids.shape[1] < 6:  # stopped early: every clip emitted its EOS
+        assert (ids == EOS).any(1).all()
+    with pytest.raises(ValueError, match="max_len"):
+        decoder.greedy(video, max_len=9)
+
+
+def test_beam_search_scores_at_least_greedy():
+    decoder, video = random_decoder(3), video_tokens(6, 3)
+    greedy = decoder.greedy(video)
+    beam = decoder.beam_search(video, beam_size=4)
+    assert beam.shape[0] == 6 and not (beam == BOS).any()
+    greedy_scores = [sequence_log_prob(decoder, v[None], ids) for v, ids in zip(video, greedy)]
+    beam_scores = [sequence_log_prob(decoder, v[None], ids) for v, ids in zip(video, beam)]
+    for beam_score, greedy_score in zip(beam_scores, greedy_scores):
+        assert beam_score >= greedy_score - 1e-5
+    assert any(b > g + 1e-5 for b, g in zip(beam_scores, greedy_scores))  # beams do search
+    with pytest.raises(ValueError, match="beam_size"):
+        decoder.beam_search(video, beam_size=0)
