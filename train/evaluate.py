@@ -108,9 +108,7 @@ def evaluate_video(
     if config.num_clips:
         job.video = {**job.video, "num_clips": config.num_clips}
     dataset = video.datasets_for(job, "test", train=False)
-    vocabulary = None
-    if job.multitask:
-        vocabulary = TextVocabulary.build(video.datasets_for(job, "training", train=False).records)
+    vocabulary = TextVocabulary.from_state_dict(job.vocabulary) if job.multitask else None
     model = video.build_model(job, dataset.num_classes, vocabulary)
     if job.finetune_domain:
         video.prepare_finetuning(model, job)

@@ -119,6 +119,9 @@ class VideoConfig(EngineConfig):
     finetune: str = field("lora", f"what fine-tuning trains: one of {list(FINETUNE_MODES)}")
     lora_rank: int = field(8, "LoRA rank of the fine-tuning adapters")
     lora: dict = field(LORA_DEFAULTS, "LoRA alpha, dropout and target_modules (name patterns)")
+    vocabulary: dict = field(
+        {}, "QA/captioning words and answers (set from the training annotations or --pretrained)"
+    )
     crop_scale: list = field([1.0, 1.0], "random resized crop: area fraction range (1, 1: off)")
     label_smoothing: float = field(0.0, "label smoothing")
     epochs: int = field(30, "training epochs")
@@ -375,6 +378,20 @@ def loader_for(
     )
 
 
+def text_vocabulary(config: VideoConfig, train_set: VideoDataset) -> TextVocabulary:
+    """The vocabulary of the configuration, else of the ``pretrained`` checkpoint (its heads
+    were built for it), else of the training annotations; kept in ``config`` so that every
+    checkpoint carries it."""
+    state = config.vocabulary
+    if not state and config.pretrained:
+        state = checkpoint.load(config.pretrained)["config"].get("vocabulary", {})
+    vocabulary = (
+        TextVocabulary.from_state_dict(state) if state else TextVocabulary.build(train_set.records)
+    )
+    config.vocabulary = vocabulary.state_dict()
+    return vocabulary
+
+
 def make_task(config: VideoConfig, num_classes: int, vocabulary: TextVocabulary):
     transform = clip_transform(config)
     if not config.multitask:
@@ -399,7 +416,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     train_set = datasets_for(config, "training", train=True)
     config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
-    vocabulary = TextVocabulary.build(train_set.records) if config.multitask else None
+    vocabulary = text_vocabulary(config, train_set) if config.multitask else None
     model = build_model(config, train_set.num_classes, vocabulary)
     load_pretrained(model, config)
     task = make_task(config, train_set.num_classes, vocabulary)

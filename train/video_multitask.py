@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from python_models.video.detection import IGNORE_INDEX as NO_FRAME_LABEL
 from python_models.video.detection import decode_segments, detection_loss
 from python_models.video.experts import (
     expert_usage,
@@ -50,6 +51,16 @@ class TextVocabulary:
             WordTokenizer.build(texts), AnswerVocab.build([a for r in records for _, a in r.qa])
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"words": self.words.state_dict(), "answers": self.answers.state_dict()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "TextVocabulary":
+        return cls(
+            WordTokenizer.from_state_dict(state["words"]),
+            AnswerVocab.from_state_dict(state["answers"]),
+        )
+
 
 class MultiTaskCollate:
     """``VideoDataset`` items → the tensors of ``FIELDS``. Targets a clip lacks become IGNORE
@@ -78,7 +89,7 @@ class MultiTaskCollate:
         return [
             frames,
             batch.get("label", unknown),
-            batch.get("frame_labels", torch.full((size, steps), IGNORE, dtype=torch.int64)),
+            batch.get("frame_labels", torch.full((size, steps), NO_FRAME_LABEL, dtype=torch.int64)),
             batch.get("domain", unknown),
             *self._qa(batch.get("qa", [[]] * size)),
             self._captions(batch.get("captions", [[]] * size)),

@@ -140,12 +140,6 @@ class MultiTaskVLM(nn.Module):
             return tokens, None
         return self.experts(tokens, self.backbone.num_prefix_tokens)
 
-    def time_steps(self, tokens: Tensor, clip_shape: Sequence[int]) -> Tensor:
-        """(batch, time steps, dim): the mean patch token of each token time step."""
-        layout = self.backbone.feature_layout(clip_shape)
-        patches = tokens[:, layout.prefix :]
-        return patches.unflatten(1, (layout.frames, -1)).mean(2)
-
     def forward(
         self, clips: Tensor, questions: Tensor | None = None, captions: Tensor | None = None
     ) -> MultiTaskOutput:
@@ -155,7 +149,9 @@ class MultiTaskVLM(nn.Module):
         tokens, routing = self.forward_features(clips)
         output = MultiTaskOutput(action=self.backbone.forward_head(tokens), routing=routing)
         if self.detection_head is not None:
-            output.detection = self.detection_head(self.time_steps(tokens, clips.shape))
+            layout = self.backbone.feature_layout(clips.shape)  # the mean token of each time step:
+            steps = tokens[:, layout.prefix :].unflatten(1, (layout.frames, -1)).mean(2)
+            output.detection = self.detection_head(steps)
         if self.qa_head is not None and questions is not None:
             per_clip = questions.shape[1]
             logits = self.qa_head(tokens.repeat_interleave(per_clip, 0), questions.flatten(0, 1))
