@@ -34,6 +34,13 @@ class RouterOutput:
     gates: Tensor
 
 
+def _check_positive(owner: str, **sizes: int | None) -> None:
+    """Sizes must be >= 1 (None: not used)."""
+    for name, size in sizes.items():
+        if size is not None and size < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {size}")
+
+
 class DomainRouter(nn.Module):
     """Pooled clip features (batch, dim) → one gate per expert: LayerNorm → (with
     ``hidden_dim``) linear → GELU → linear to ``num_experts`` logits, computed in float32 even
@@ -56,6 +63,7 @@ class DomainRouter(nn.Module):
         hidden_dim: int | None = None,
     ):
         super().__init__()
+        _check_positive("DomainRouter", num_experts=num_experts, hidden_dim=hidden_dim)
         if mode not in ROUTING_MODES:
             raise ValueError(f"DomainRouter: mode must be one of {ROUTING_MODES}, got {mode!r}")
         if not 1 <= top_k <= num_experts:
@@ -69,7 +77,7 @@ class DomainRouter(nn.Module):
         layers: list[nn.Module] = [nn.LayerNorm(dim)]
         if hidden_dim is not None:
             layers += [nn.Linear(dim, hidden_dim), nn.GELU()]
-        layers.append(nn.Linear(hidden_dim or dim, num_experts))
+        layers.append(nn.Linear(dim if hidden_dim is None else hidden_dim, num_experts))
         self.net = nn.Sequential(*layers)
 
     def forward(self, pooled: Tensor) -> RouterOutput:
@@ -84,6 +92,7 @@ class DomainRouter(nn.Module):
         return RouterOutput(logits, probs, self.gates(probs))
 
     def gates(self, probs: Tensor) -> Tensor:
+        """The gates for these router probabilities (see ``RouterOutput``)."""
         if self.mode == "soft":
             return probs
         kept, experts = probs.topk(self.top_k, dim=-1)
@@ -105,6 +114,7 @@ class ExpertFFN(nn.Module):
         self, dim: int, hidden_dim: int, num_experts: int = len(DEFAULT_DOMAINS), drop: float = 0.0
     ):
         super().__init__()
+        _check_positive("ExpertFFN", num_experts=num_experts)
         self.experts = nn.ModuleList(Mlp(dim, hidden_dim, drop) for _ in range(num_experts))
 
     def forward(self, x: Tensor, gates: Tensor) -> Tensor:

@@ -66,6 +66,7 @@ def test_router_logits_stay_float32_under_autocast():
         ({"mode": "hard"}, r"mode must be one of \('soft', 'top_k'\), got 'hard'"),
         ({"mode": "top_k", "top_k": 0}, r"top_k must be in \[1, num_experts=4\], got 0"),
         ({"mode": "top_k", "top_k": 5}, r"top_k must be in \[1, num_experts=4\], got 5"),
+        ({"hidden_dim": 0}, r"DomainRouter: hidden_dim must be >= 1, got 0"),
     ],
 )
 def test_router_rejects_bad_settings(kwargs, match):
@@ -125,7 +126,9 @@ def test_expert_mixture_under_autocast_returns_the_tokens_dtype(dtype):
     torch.testing.assert_close(out.float(), ffn(x, gates), atol=0.05, rtol=0.05)
 
 
-def test_expert_mixture_rejects_mismatched_shapes():
+def test_expert_mixture_rejects_no_experts_and_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"ExpertFFN: num_experts must be >= 1, got 0"):
+        ExpertFFN(DIM, HIDDEN, 0)
     ffn = ExpertFFN(DIM, HIDDEN, EXPERTS)
     with pytest.raises(
         ValueError, match=r"gates \(batch, 4\), got shapes \(3, 5, 8\) and \(2, 4\)"
