@@ -74,7 +74,12 @@ TEXT_DEFAULTS = {
 }
 DOMAIN_BALANCING_DEFAULTS = {"sample_strategy": "none"}  # or weighted
 SAMPLE_STRATEGIES = ("none", "weighted")
-LORA_DEFAULTS = {"alpha": 16.0, "dropout": 0.0, "target_modules": ["qkv", "proj", "fc1", "fc2"]}
+LORA_DEFAULTS = {
+    "alpha": 16.0,
+    "dropout": 0.0,
+    "target_modules": ["qkv", "proj"],  # the attention projections, as in the LoRA paper
+    "modules_to_save": [],  # prefixes of parameters that train too, beside the action head
+}
 FINETUNE_MODES = ("lora", "heads", "full")
 VIDEO_DEFAULTS = {
     "num_frames": 8,  # frames sampled per clip (one per TSN segment)
@@ -82,8 +87,6 @@ VIDEO_DEFAULTS = {
     "num_clips": 1,  # views averaged at test time
     "backend": None,  # decord or opencv (None: decord when installed)
 }
-HEAD_PREFIXES = ("head",)  # what fine-tuning trains besides adapters: the task heads
-HEAD_PREFIXES_MULTITASK = ("backbone.head", "detection_head", "qa_head", "caption_decoder")
 CLIP_MEAN, CLIP_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -266,8 +269,9 @@ def load_pretrained(model: nn.Module, config: VideoConfig) -> None:
 
 def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
     """``lora``: adapters (``lora_rank``) on the backbone's linear layers, trained with the
-    heads; ``heads``: the heads only; ``full``: everything."""
-    heads = HEAD_PREFIXES_MULTITASK if config.multitask else HEAD_PREFIXES
+    action head and ``lora.modules_to_save``; ``heads``: those alone; ``full``: everything."""
+    action_head = "backbone.head" if config.multitask else "head"
+    heads = (action_head, *config.lora["modules_to_save"])
     if config.finetune == "full":
         return
     if config.finetune == "lora":
