@@ -147,12 +147,14 @@ def detection_loss(
     then count equally, and the head cannot settle on "never a boundary".
     """
     classes, starts, ends = detection_targets(frame_labels, num_classes)
-    expected = (*classes.shape, num_classes + 1)
-    if output.class_logits.shape != expected:
-        raise ValueError(
-            f"detection_loss: class_logits must be (batch, T, num_classes + 1) = {expected} for "
-            f"these frame_labels, got {tuple(output.class_logits.shape)}"
-        )
+    expected = {"class_logits": num_classes + 1, "boundary_logits": len(BOUNDARIES)}
+    for name, width in expected.items():
+        shape = tuple(getattr(output, name).shape)
+        if shape != (*classes.shape, width):
+            raise ValueError(
+                f"detection_loss: {name} must be {(*classes.shape, width)} for frame_labels of "
+                f"shape {tuple(classes.shape)} and {num_classes} classes, got {shape}"
+            )
     valid = (classes != IGNORE_INDEX).float()
     frames = valid.sum().clamp(min=1.0)
     class_loss = F.cross_entropy(

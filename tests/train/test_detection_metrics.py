@@ -9,6 +9,7 @@ from python_models.video.detection import (
     Segment,
     decode_segments,
     detection_loss,
+    temporal_iou,
 )
 from train.detection_metrics import average_precision, detection_map, ground_truth_segments
 
@@ -45,6 +46,7 @@ def test_a_shifted_prediction_counts_at_low_thresholds_only():
     # 3 frames late on 10-frame segments: overlap 7, union 13, tIoU 7/13 ≈ 0.54
     truth = [[TRUTH[0][0]], [TRUTH[1][0]]]
     predictions = [[scored(clip[0], 0.9, shift=3)] for clip in truth]
+    assert temporal_iou((0, 10), (3, 13)) == pytest.approx(7 / 13)
     metrics = detection_map(predictions, truth)
     assert metrics["mAP@0.3"] == 1.0
     assert metrics["mAP@0.5"] == 1.0  # 7/13 > 0.5

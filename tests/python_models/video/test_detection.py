@@ -127,6 +127,9 @@ def test_loss_ignores_padding_and_falls_for_a_confident_right_answer():
     assert detection_loss(confident_output(FRAME_LABELS), FRAME_LABELS, NUM_CLASSES) < 1e-3
     with pytest.raises(ValueError, match="class_logits must be"):
         detection_loss(logits, FRAME_LABELS[:, :6], NUM_CLASSES)
+    with pytest.raises(ValueError, match="boundary_logits must be"):
+        short = DetectionOutput(logits.class_logits, logits.boundary_logits[..., :1])
+        detection_loss(short, FRAME_LABELS, NUM_CLASSES)
 
 
 def test_smoothing_averages_the_frames_that_exist():
