@@ -1,5 +1,6 @@
-"""Temporal action detection: a per-frame head over a video model's token time steps, its
-targets and loss, and the decoding of its scores into scored, non-overlapping action segments.
+"""Temporal action detection: a per-frame head over a video model's token time steps (pooled by
+``step_features``), its targets and loss, and the decoding of its scores into scored action
+segments.
 
 Time is counted in the clip's sampled frames throughout. Labels follow the video data's
 ``frame_labels``: an action's index, -1 for background, anything below -1 for padding.
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .mixers import TokenLayout
 
 BACKGROUND_LABEL = -1  # frame_labels' value outside every action; below it: padding
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: the target class of padding
@@ -28,6 +31,19 @@ class DetectionOutput:
 
     class_logits: Tensor
     boundary_logits: Tensor
+
+
+def step_features(tokens: Tensor, layout: TokenLayout) -> Tensor:
+    """The mean token of each time step: (batch, L, dim) laid out as ``layout`` says →
+    (batch, layout.frames, dim). Merged tokens weigh by how many patches they stand for when
+    ``layout.size`` is given."""
+    per_frame = layout.per_frame(tokens.shape[1])
+    steps = tokens[:, layout.prefix :].unflatten(1, (layout.frames, per_frame))
+    if layout.size is None:
+        return steps.mean(2)
+    size = layout.size[:, layout.prefix :].unflatten(1, (layout.frames, per_frame))
+    size = size.unsqueeze(-1).to(tokens.dtype)
+    return (steps * size).sum(2) / size.sum(2)
 
 
 class DetectionHead(nn.Module):
@@ -61,7 +77,9 @@ class DetectionHead(nn.Module):
             raise ValueError(f"DetectionHead: frames_per_step must be >= 1, got {frames_per_step}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"DetectionHead: kernel_size must be odd and >= 1, got {kernel_size}")
-        hidden_dim = hidden_dim or dim
+        hidden_dim = dim if hidden_dim is None else hidden_dim
+        if hidden_dim < 1:
+            raise ValueError(f"DetectionHead: hidden_dim must be >= 1, got {hidden_dim}")
         self.dim = dim
         self.num_classes = num_classes
         self.frames_per_step = frames_per_step
@@ -129,12 +147,14 @@ def detection_loss(
     then count equally, and the head cannot settle on "never a boundary".
     """
     classes, starts, ends = detection_targets(frame_labels, num_classes)
-    expected = (*classes.shape, num_classes + 1)
-    if output.class_logits.shape != expected:
-        raise ValueError(
-            f"detection_loss: class_logits must be (batch, T, num_classes + 1) = {expected} for "
-            f"these frame_labels, got {tuple(output.class_logits.shape)}"
-        )
+    expected = {"class_logits": num_classes + 1, "boundary_logits": len(BOUNDARIES)}
+    for name, width in expected.items():
+        shape = tuple(getattr(output, name).shape)
+        if shape != (*classes.shape, width):
+            raise ValueError(
+                f"detection_loss: {name} must be {(*classes.shape, width)} for frame_labels of "
+                f"shape {tuple(classes.shape)} and {num_classes} classes, got {shape}"
+            )
     valid = (classes != IGNORE_INDEX).float()
     frames = valid.sum().clamp(min=1.0)
     class_loss = F.cross_entropy(

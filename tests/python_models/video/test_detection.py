@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from python_models import create_model
+from python_models.video import TokenLayout
 from python_models.video.detection import (
     DetectionHead,
     DetectionOutput,
@@ -14,6 +16,7 @@ from python_models.video.detection import (
     detection_targets,
     pairwise_temporal_iou,
     smooth_scores,
+    step_features,
     temporal_iou,
     temporal_nms,
 )
@@ -66,6 +69,30 @@ def test_head_predicts_each_frame_of_a_step_from_that_step():
     assert (moved > 0).tolist() == [False, False, True, True, False, False, False, False]
 
 
+def test_step_features_average_each_frames_tokens_by_size():
+    tokens = torch.arange(7.0).view(1, 7, 1)  # class token, then 2 frames of 3 tokens
+    plain = step_features(tokens, TokenLayout(prefix=1, frames=2))
+    assert plain.flatten().tolist() == [2.0, 5.0]
+    size = torch.tensor([[1.0, 1.0, 2.0, 1.0, 3.0, 1.0, 1.0]])
+    weighted = step_features(tokens, TokenLayout(prefix=1, frames=2, size=size))
+    assert weighted.flatten().tolist() == pytest.approx([(1 + 4 + 3) / 4, (12 + 5 + 6) / 5])
+
+
+def test_head_on_the_video_model_gives_scores_per_sampled_frame():
+    torch.manual_seed(0)
+    model = create_model(
+        "hvlm_tiny", num_frames=8, img_size=32, patch_size=8, tubelet_size=2, embed_dim=16,
+        depth=2, num_heads=2, num_classes=NUM_CLASSES,
+    )  # fmt: skip
+    clips = torch.randint(0, 256, (2, 8, 3, 32, 32), dtype=torch.uint8)
+    head = DetectionHead(16, NUM_CLASSES, frames_per_step=model.patch_embed.tubelet_size)
+    steps = step_features(model.forward_features(clips), model.feature_layout(clips.shape))
+    output = head(steps)
+    assert steps.shape == (2, 4, 16)
+    detection_loss(output, FRAME_LABELS, NUM_CLASSES).backward()
+    assert all(p.grad is not None for p in model.patch_embed.parameters())
+
+
 def test_head_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         DetectionHead(8, NUM_CLASSES, kernel_size=2)
@@ -100,6 +127,9 @@ def test_loss_ignores_padding_and_falls_for_a_confident_right_answer():
     assert detection_loss(confident_output(FRAME_LABELS), FRAME_LABELS, NUM_CLASSES) < 1e-3
     with pytest.raises(ValueError, match="class_logits must be"):
         detection_loss(logits, FRAME_LABELS[:, :6], NUM_CLASSES)
+    with pytest.raises(ValueError, match="boundary_logits must be"):
+        short = DetectionOutput(logits.class_logits, logits.boundary_logits[..., :1])
+        detection_loss(short, FRAME_LABELS, NUM_CLASSES)
 
 
 def test_smoothing_averages_the_frames_that_exist():
