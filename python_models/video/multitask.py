@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..layers import init_vit_weights
 from ..vit import NORM_EPS
-from .detection import DetectionHead, DetectionOutput
+from .detection import DetectionHead, DetectionOutput, step_features
 from .experts import DomainRouter, ExpertFFN, RouterOutput
 from .model import HierarchicalVLM
 from .text import CaptionDecoder, VideoQAHead
@@ -149,9 +149,8 @@ class MultiTaskVLM(nn.Module):
         tokens, routing = self.forward_features(clips)
         output = MultiTaskOutput(action=self.backbone.forward_head(tokens), routing=routing)
         if self.detection_head is not None:
-            layout = self.backbone.feature_layout(clips.shape)  # the mean token of each time step:
-            steps = tokens[:, layout.prefix :].unflatten(1, (layout.frames, -1)).mean(2)
-            output.detection = self.detection_head(steps)
+            layout = self.backbone.feature_layout(clips.shape)
+            output.detection = self.detection_head(step_features(tokens, layout))
         if self.qa_head is not None and questions is not None:
             per_clip = questions.shape[1]
             logits = self.qa_head(tokens.repeat_interleave(per_clip, 0), questions.flatten(0, 1))
