@@ -207,3 +207,41 @@ def test_beam_search_scores_at_least_greedy():
     assert any(b > g + 1e-5 for b, g in zip(beam_scores, greedy_scores))  # beams do search
     with pytest.raises(ValueError, match="beam_size"):
         decoder.beam_search(video, beam_size=0)
+
+
+def fit(module: torch.nn.Module, loss_fn, steps: int = 100) -> None:
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn().backward()
+        optimizer.step()
+    module.eval()
+
+
+def test_heads_learn_the_text_of_distinct_clips(tokenizer):
+    """Trained on three clips, the decoder reproduces their captions and the QA head their
+    answers: the tokenizer, the heads and decoding agree end to end."""
+    torch.manual_seed(0)
+    video = video_tokens(len(CAPTIONS))
+    decoder = CaptionDecoder(DIM, len(tokenizer), num_heads=2, max_len=12)
+    captions = tokenizer.encode_batch(CAPTIONS, 12, bos=True, eos=True)
+    fit(decoder, lambda: decoder.loss(video, captions))
+    for ids in (decoder.greedy(video), decoder.beam_search(video)):
+        assert [tokenizer.decode(row) for row in ids] == [text.lower() for text in CAPTIONS]
+
+    answers = AnswerVocab.build(["red", "yellow", "red", "half-disk", "crescent", "square"])
+    pairs = [
+        ("What colour is it?", "red"),
+        ("What colour is it?", "yellow"),
+        ("What colour is it?", "red"),
+        ("What shape is it?", "half-disk"),
+        ("What shape is it?", "crescent"),
+        ("What shape is it?", "square"),
+    ]
+    question_tokenizer = WordTokenizer.build(question for question, _ in pairs)
+    questions = question_tokenizer.encode_batch([question for question, _ in pairs], 6)
+    targets = torch.tensor([answers.index(answer) for _, answer in pairs])
+    head = VideoQAHead(DIM, len(question_tokenizer), len(answers), num_heads=2, max_question_len=6)
+    clips = video.repeat(2, 1, 1)
+    fit(head, lambda: torch.nn.functional.cross_entropy(head(clips, questions), targets))
+    assert head(clips, questions).argmax(1).tolist() == targets.tolist()
