@@ -8,6 +8,7 @@ returns and LayerNorm them once before every cross-attention reads them.
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -38,23 +39,49 @@ def _strings(name: str, values: Iterable[str]) -> list[str]:
     return values
 
 
-class WordTokenizer:
+class Vocabulary:
+    """Distinct strings in index order, their indices, and a state dict of plain lists (it
+    goes into checkpoints) under ``state_key``."""
+
+    state_key = "entries"
+
+    def __init__(self, entries: Iterable[str]):
+        entries = _strings(self.state_key, entries)
+        if len(set(entries)) != len(entries):
+            raise ValueError(f"{type(self).__name__}: {self.state_key} must be distinct")
+        self.entries = entries
+        self.ids = {entry: index for index, entry in enumerate(entries)}
+
+    def state_dict(self) -> dict[str, list[str]]:
+        return {self.state_key: list(self.entries)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Self:
+        return cls(state[cls.state_key])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class WordTokenizer(Vocabulary):
     """Word-level tokenizer: lower-cased words and punctuation marks, ids from a vocabulary whose
     first four entries are ``SPECIAL_TOKENS`` (so ``PAD, BOS, EOS, UNK = 0, 1, 2, 3``)."""
 
     PAD, BOS, EOS, UNK = range(len(SPECIAL_TOKENS))
+    state_key = "words"
 
     def __init__(self, words: Sequence[str]):
         """``words``: the whole vocabulary in id order, starting with ``SPECIAL_TOKENS``."""
-        words = list(words)
-        if tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        super().__init__(words)
+        if tuple(self.words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(
-                f"WordTokenizer: words must start with {list(SPECIAL_TOKENS)}, got {words[:4]}"
+                f"WordTokenizer: words must start with {list(SPECIAL_TOKENS)}, "
+                f"got {self.words[: len(SPECIAL_TOKENS)]}"
             )
-        if len(set(words)) != len(words):
-            raise ValueError("WordTokenizer: words must be distinct")
-        self.words = words
-        self.ids = {word: index for index, word in enumerate(words)}
+
+    @property
+    def words(self) -> list[str]:
+        return self.entries
 
     @classmethod
     def build(
@@ -68,8 +95,8 @@ class WordTokenizer:
             raise ValueError(f"WordTokenizer.build: max_size must be >= 0 or None, got {max_size}")
         texts = _strings("texts", texts)
         tokens = (token for text in texts for token in cls.tokenize(text))
-        words = [word for word in _by_frequency(tokens, min_freq) if word not in SPECIAL_TOKENS]
-        return cls(SPECIAL_TOKENS + tuple(words[:max_size]))
+        # No token matches a special one: the pattern splits "<pad>" into "<", "pad", ">".
+        return cls(SPECIAL_TOKENS + tuple(_by_frequency(tokens, min_freq)[:max_size]))
 
     @staticmethod
     def tokenize(text: str) -> list[str]:
@@ -93,8 +120,8 @@ class WordTokenizer:
                 break
             if index in (self.PAD, self.BOS):
                 continue
-            if not 0 <= index < len(self.words):
-                raise ValueError(f"WordTokenizer.decode: id {index} not in [0, {len(self.words)})")
+            if not 0 <= index < len(self):
+                raise ValueError(f"WordTokenizer.decode: id {index} not in [0, {len(self)})")
             word = self.words[index]
             is_punctuation = not word[0].isalnum() and word not in SPECIAL_TOKENS
             text += word if is_punctuation or not text else " " + word
@@ -118,49 +145,28 @@ class WordTokenizer:
             batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return batch
 
-    def state_dict(self) -> dict[str, list[str]]:
-        return {"words": list(self.words)}
 
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "WordTokenizer":
-        return cls(state["words"])
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-
-class AnswerVocab:
+class AnswerVocab(Vocabulary):
     """The answers a QA head chooses from, most frequent first (ties alphabetical)."""
 
-    def __init__(self, answers: Sequence[str]):
-        answers = _strings("answers", answers)
-        if len(set(answers)) != len(answers):
-            raise ValueError("AnswerVocab: answers must be distinct")
-        self.answers = answers
-        self.indices = {answer: index for index, answer in enumerate(answers)}
+    state_key = "answers"
 
     @classmethod
     def build(cls, answers: Iterable[str]) -> "AnswerVocab":
         return cls(_by_frequency(_strings("answers", answers)))
 
+    @property
+    def answers(self) -> list[str]:
+        return self.entries
+
     def index(self, answer: str) -> int:
         """The answer's class index, -1 for an answer outside the vocabulary."""
-        return self.indices.get(answer, -1)
+        return self.ids.get(answer, -1)
 
     def answer(self, index: int) -> str:
-        if not 0 <= index < len(self.answers):
-            raise IndexError(f"AnswerVocab.answer: index {index} not in [0, {len(self.answers)})")
+        if not 0 <= index < len(self):
+            raise IndexError(f"AnswerVocab.answer: index {index} not in [0, {len(self)})")
         return self.answers[index]
-
-    def state_dict(self) -> dict[str, list[str]]:
-        return {"answers": list(self.answers)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "AnswerVocab":
-        return cls(state["answers"])
-
-    def __len__(self) -> int:
-        return len(self.answers)
 
 
 # -- layers ----------------------------------------------------------------------------------

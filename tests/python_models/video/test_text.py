@@ -69,6 +69,7 @@ def test_tokenizer_round_trip_and_unknown_words(tokenizer):
     ids = tokenizer.encode("A purple square zigzags.")
     assert ids == [tokenizer.ids["a"], UNK, tokenizer.ids["square"], UNK, tokenizer.ids["."]]
     assert tokenizer.decode(ids) == "a <unk> square <unk>."
+    assert tokenizer.encode("<pad>") == [UNK, UNK, UNK]  # text never yields a special token
     assert tokenizer.decode(torch.tensor([tokenizer.ids["red"], EOS, tokenizer.ids["a"]])) == "red"
 
 
