@@ -191,16 +191,52 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
+    def keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (batch, heads, length, head_dim) of the context tokens."""
+        keys, values = self.kv(context).chunk(2, dim=-1)
+        return self._heads(keys), self._heads(values)
+
+    def attend(
+        self,
+        x: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
+    ) -> Tensor:
+        """key_mask: (batch, keys) bool, True for keys that may be attended."""
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q(x)), keys, values, attn_mask=mask, is_causal=causal
+        )
+        return self.drop(self.proj(out.transpose(1, 2).flatten(2)))
+
     def forward(
         self, x: Tensor, context: Tensor, key_mask: Tensor | None = None, causal: bool = False
     ) -> Tensor:
-        """key_mask: (batch, keys) bool, True for keys that may be attended."""
-        k, v = self.kv(context).chunk(2, dim=-1)
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            self._heads(self.q(x)), self._heads(k), self._heads(v), attn_mask=mask, is_causal=causal
-        )
-        return self.drop(self.proj(out.transpose(1, 2).flatten(2)))
+        return self.attend(x, *self.keys_values(context), key_mask, causal)
+
+
+class DecodingCache:
+    """One layer's keys and values during incremental decoding: those of the video tokens
+    (fixed) and those of the positions decoded so far (growing by one each step)."""
+
+    def __init__(self, video_keys_values: tuple[Tensor, Tensor]):
+        self.video = video_keys_values
+        self.past: tuple[Tensor, Tensor] | None = None
+
+    def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The past keys and values followed by the newest position's."""
+        if self.past is not None:
+            keys = torch.cat([self.past[0], keys], 2)
+            values = torch.cat([self.past[1], values], 2)
+        self.past = keys, values
+        return self.past
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the past of these rows, in this order (beam search's surviving hypotheses,
+        each a row of the same clip, so the video's keys stay)."""
+        self.past = tuple(tensor[rows] for tensor in self.past)
 
 
 class TextLayer(nn.Module):
@@ -230,12 +266,20 @@ class TextLayer(nn.Module):
         video: Tensor | None = None,
         key_mask: Tensor | None = None,
         causal: bool = False,
+        cache: DecodingCache | None = None,
     ) -> Tensor:
+        """With a ``cache``, ``x`` holds the newest position only: it attends to every cached
+        one (no mask needed) and to the cached video keys (``video`` is not read)."""
         if self.self_attn is not None:
             normed = self.self_norm(x)
-            x = x + self.self_attn(normed, normed, key_mask, causal)
+            keys, values = self.self_attn.keys_values(normed)
+            if cache is not None:
+                keys, values = cache.extend(keys, values)
+            causal = causal and cache is None
+            x = x + self.self_attn.attend(normed, keys, values, key_mask, causal)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), video)
+            keys, values = cache.video if cache else self.cross_attn.keys_values(video)
+            x = x + self.cross_attn.attend(self.cross_norm(x), keys, values)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -257,19 +301,23 @@ class TokenEmbedding(nn.Module):
         with torch.no_grad():
             self.words.weight[WordTokenizer.PAD].zero_()
 
-    def forward(self, ids: Tensor, name: str) -> Tensor:
+    def forward(self, ids: Tensor, name: str, offset: int = 0) -> Tensor:
+        """Embeddings of ``ids`` (batch, length) at positions offset … offset + length − 1;
+        ``name`` is the argument's in error messages."""
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(
                 f"{name} must be (batch, length) int64, got {tuple(ids.shape)} {ids.dtype}"
             )
-        if not 1 <= ids.shape[1] <= self.max_len:
-            raise ValueError(f"{name} length must be in [1, {self.max_len}], got {ids.shape[1]}")
+        if not 1 <= offset + ids.shape[1] <= self.max_len:
+            raise ValueError(
+                f"{name} length must be in [1, {self.max_len}], got {offset + ids.shape[1]}"
+            )
         vocab_size = self.words.num_embeddings
         if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
             raise ValueError(
                 f"{name} ids must be in [0, {vocab_size}), got [{ids.min().item()}, {ids.max().item()}]"
             )
-        return self.words(ids) + self.positions[:, : ids.shape[1]]
+        return self.words(ids) + self.positions[:, offset : offset + ids.shape[1]]
 
 
 def _check_video(video_tokens: Tensor, dim: int, batch: int | None = None) -> None:
@@ -381,17 +429,25 @@ class CaptionDecoder(nn.Module):
         never[[WordTokenizer.PAD, WordTokenizer.BOS]] = float("-inf")
         self.register_buffer("never_generated", never, persistent=False)
 
-    def _decode(self, video: Tensor, captions_in: Tensor) -> Tensor:
-        x = self.embed(captions_in, "captions")
-        for layer in self.layers:
-            x = layer(x, video, causal=True)
+    def _decode(
+        self,
+        captions_in: Tensor,
+        video: Tensor | None = None,
+        caches: list[DecodingCache] | None = None,
+        offset: int = 0,
+    ) -> Tensor:
+        """Logits after each position of ``captions_in``: the whole sequence reading ``video``,
+        or (with ``caches``) the positions from ``offset`` on, after the cached ones."""
+        x = self.embed(captions_in, "captions", offset)
+        for layer, cache in zip(self.layers, caches or [None] * len(self.layers)):
+            x = layer(x, video, causal=True, cache=cache)
         return F.linear(self.norm(x), self.embed.words.weight, self.bias)
 
     def forward(self, video_tokens: Tensor, captions_in: Tensor) -> Tensor:
         """video_tokens (batch, L, dim), captions_in (batch, Lc) int64 (BOS first) → logits
         (batch, Lc, vocab) for the token after each position."""
         _check_video(video_tokens, self.dim, len(captions_in))
-        return self._decode(self.video_norm(video_tokens), captions_in)
+        return self._decode(captions_in, self.video_norm(video_tokens))
 
     def loss(self, video_tokens: Tensor, captions: Tensor) -> Tensor:
         """Teacher-forced cross-entropy per target token; captions (batch, Lc) are BOS, words,
@@ -414,33 +470,35 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"max_len must be in [1, {self.max_len}], got {max_len}")
         return max_len
 
-    def _next_log_probs(self, video: Tensor, sequences: Tensor) -> Tensor:
-        """(rows, vocab) log-probabilities of the token after each sequence, PAD and BOS
-        excluded."""
-        logits = self._decode(video, sequences)[:, -1].float() + self.never_generated
-        return logits.log_softmax(-1)
-
-    def _start(self, video_tokens: Tensor, copies: int) -> tuple[Tensor, Tensor]:
+    def _start(self, video_tokens: Tensor, copies: int) -> tuple[list[DecodingCache], Tensor]:
+        """Each layer's cache for ``copies`` rows per clip, and a BOS token per row."""
         _check_video(video_tokens, self.dim)
         video = self.video_norm(video_tokens).repeat_interleave(copies, 0)
-        start = torch.full((len(video), 1), WordTokenizer.BOS, device=video.device)
-        return video, start
+        caches = [DecodingCache(layer.cross_attn.keys_values(video)) for layer in self.layers]
+        return caches, torch.full((len(video),), WordTokenizer.BOS, device=video.device)
+
+    def _next_log_probs(self, tokens: Tensor, step: int, caches: list[DecodingCache]) -> Tensor:
+        """(rows, vocab) log-probabilities of the token after each row's ``tokens`` (at position
+        ``step``) and its cached past, PAD and BOS excluded."""
+        logits = self._decode(tokens[:, None], caches=caches, offset=step)[:, -1].float()
+        return (logits + self.never_generated).log_softmax(-1)
 
     @torch.no_grad()
     def greedy(self, video_tokens: Tensor, max_len: int | None = None) -> Tensor:
         """(batch, ≤ max_len) int64: the most likely token at each step, until every clip has
         emitted EOS; PAD after a clip's EOS, no BOS."""
         max_len = self._generation_length(max_len)
-        video, sequences = self._start(video_tokens, 1)
-        finished = torch.zeros(len(video), dtype=torch.bool, device=video.device)
-        for _ in range(max_len):
-            token = self._next_log_probs(video, sequences).argmax(-1)
-            token = token.masked_fill(finished, WordTokenizer.PAD)
-            sequences = torch.cat([sequences, token[:, None]], 1)
-            finished |= token == WordTokenizer.EOS
+        caches, tokens = self._start(video_tokens, 1)
+        finished = torch.zeros_like(tokens, dtype=torch.bool)
+        generated = []
+        for step in range(max_len):
+            tokens = self._next_log_probs(tokens, step, caches).argmax(-1)
+            tokens = tokens.masked_fill(finished, WordTokenizer.PAD)
+            generated.append(tokens)
+            finished |= tokens == WordTokenizer.EOS
             if finished.all():
                 break
-        return sequences[:, 1:]
+        return torch.stack(generated, 1)
 
     @torch.no_grad()
     def beam_search(
@@ -457,33 +515,36 @@ class CaptionDecoder(nn.Module):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         max_len = self._generation_length(max_len)
-        batch = len(video_tokens)
-        video, sequences = self._start(video_tokens, beam_size)
+        batch, device = len(video_tokens), video_tokens.device
+        caches, tokens = self._start(video_tokens, beam_size)
+        sequences = tokens.new_empty(len(tokens), 0)
         vocab = self.never_generated.numel()
         # Only the first beam is live at the start, so the first step's candidates are distinct.
-        totals = torch.full((batch, beam_size), float("-inf"), device=video.device)
+        totals = torch.full((batch, beam_size), float("-inf"), device=device)
         totals[:, 0] = 0
         lengths = torch.zeros_like(totals)
         finished = torch.zeros_like(totals, dtype=torch.bool)
-        pad_only = torch.full((vocab,), float("-inf"), device=video.device)
+        pad_only = torch.full((vocab,), float("-inf"), device=device)
         pad_only[WordTokenizer.PAD] = 0
-        for _ in range(max_len):
-            log_probs = self._next_log_probs(video, sequences).view(batch, beam_size, vocab)
+        for step in range(max_len):
+            log_probs = self._next_log_probs(tokens, step, caches).view(batch, beam_size, vocab)
             log_probs = torch.where(finished[..., None], pad_only, log_probs)
             candidate_totals = (totals[..., None] + log_probs).flatten(1)
             candidate_lengths = (lengths + ~finished).repeat_interleave(vocab, 1)
             scores = candidate_totals / candidate_lengths.clamp(min=1) ** length_penalty
             chosen = scores.topk(beam_size, dim=1).indices
-            beam, token = chosen // vocab, chosen % vocab
+            beam, tokens = chosen // vocab, (chosen % vocab).flatten()
             totals = candidate_totals.gather(1, chosen)
             lengths = candidate_lengths.gather(1, chosen)
-            finished = finished.gather(1, beam) | (token == WordTokenizer.EOS)
-            rows = (beam + torch.arange(batch, device=beam.device)[:, None] * beam_size).flatten()
-            sequences = torch.cat([sequences[rows], token.view(-1, 1)], 1)
+            finished = finished.gather(1, beam) | (tokens == WordTokenizer.EOS).view(batch, -1)
+            rows = (beam + torch.arange(batch, device=device)[:, None] * beam_size).flatten()
+            sequences = torch.cat([sequences[rows], tokens[:, None]], 1)
+            for cache in caches:
+                cache.select(rows)
             if finished.all():
                 break
         best = (totals / lengths.clamp(min=1) ** length_penalty).argmax(1)
-        return sequences.view(batch, beam_size, -1)[torch.arange(batch), best, 1:]
+        return sequences.view(batch, beam_size, -1)[torch.arange(batch), best]
 
     def generate(
         self, video_tokens: Tensor, beam_size: int = 1, max_len: int | None = None

@@ -35,11 +35,9 @@ def sequence_log_prob(decoder: CaptionDecoder, video: torch.Tensor, ids: torch.T
     length = (ids == EOS).nonzero()[0, 0].item() + 1 if (ids == EOS).any() else len(ids)
     ids = ids[:length]
     inputs = torch.cat([torch.tensor([BOS]), ids[:-1]])[None]
-    log_probs = decoder._next_log_probs  # the same PAD/BOS exclusion as generation
-    total = 0.0
-    for step in range(length):
-        total += log_probs(decoder.video_norm(video), inputs[:, : step + 1])[0, ids[step]].item()
-    return total
+    with torch.no_grad():  # the full forward, PAD and BOS excluded as in generation
+        logits = decoder(video, inputs)[0] + decoder.never_generated
+    return logits.log_softmax(-1).gather(1, ids[:, None]).sum().item()
 
 
 # -- tokenizer -------------------------------------------------------------------------------
@@ -169,6 +167,15 @@ def test_causal_decoder_ignores_later_tokens():
     changed = captions.clone()
     changed[0, 3] = 7
     torch.testing.assert_close(decoder(video, changed)[:, :3], decoder(video, captions)[:, :3])
+
+
+def test_incremental_decoding_matches_the_full_forward():
+    decoder, video = random_decoder(4), video_tokens(3, 4)
+    captions = torch.tensor([[BOS, 4, 5, 6, 7], [BOS, 8, 9, EOS, PAD], [BOS, 10, 11, 4, 5]])
+    caches, _ = decoder._start(video, 1)
+    steps = [decoder._next_log_probs(captions[:, step], step, caches) for step in range(5)]
+    full = (decoder(video, captions) + decoder.never_generated).log_softmax(-1)
+    torch.testing.assert_close(torch.stack(steps, 1), full.detach())
 
 
 def test_beam_one_equals_greedy():
