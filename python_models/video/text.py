@@ -57,6 +57,10 @@ class Vocabulary:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> Self:
+        if cls.state_key not in state:
+            raise KeyError(
+                f"{cls.__name__}: a state dict with {cls.state_key!r}, got {list(state)}"
+            )
         return cls(state[cls.state_key])
 
     def __len__(self) -> int:
