@@ -177,8 +177,10 @@ class AnswerVocab(Vocabulary):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention of queries ``x`` to ``context`` (self-attention when it is ``x``)
-    through ``scaled_dot_product_attention``, with an optional key mask or a causal mask."""
+    """Multi-head attention through ``scaled_dot_product_attention``, with an optional key
+    mask or a causal mask: ``keys_values(context)`` projects the context (``x`` itself for
+    self-attention), which a decoder may cache, and ``forward`` attends the queries of ``x``
+    to them."""
 
     def __init__(self, dim: int, num_heads: int, drop: float = 0.0):
         super().__init__()
@@ -200,7 +202,7 @@ class MultiHeadAttention(nn.Module):
         keys, values = self.kv(context).chunk(2, dim=-1)
         return self._heads(keys), self._heads(values)
 
-    def attend(
+    def forward(
         self,
         x: Tensor,
         keys: Tensor,
@@ -214,11 +216,6 @@ class MultiHeadAttention(nn.Module):
             self._heads(self.q(x)), keys, values, attn_mask=mask, is_causal=causal
         )
         return self.drop(self.proj(out.transpose(1, 2).flatten(2)))
-
-    def forward(
-        self, x: Tensor, context: Tensor, key_mask: Tensor | None = None, causal: bool = False
-    ) -> Tensor:
-        return self.attend(x, *self.keys_values(context), key_mask, causal)
 
 
 class DecodingCache:
@@ -280,10 +277,10 @@ class TextLayer(nn.Module):
             if cache is not None:
                 keys, values = cache.extend(keys, values)
             causal = causal and cache is None
-            x = x + self.self_attn.attend(normed, keys, values, key_mask, causal)
+            x = x + self.self_attn(normed, keys, values, key_mask, causal)
         if self.cross_attn is not None:
-            keys, values = cache.video if cache else self.cross_attn.keys_values(video)
-            x = x + self.cross_attn.attend(self.cross_norm(x), keys, values)
+            keys, values = self.cross_attn.keys_values(video) if cache is None else cache.video
+            x = x + self.cross_attn(self.cross_norm(x), keys, values)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -454,8 +451,9 @@ class CaptionDecoder(nn.Module):
         return self._decode(captions_in, self.video_norm(video_tokens))
 
     def loss(self, video_tokens: Tensor, captions: Tensor) -> Tensor:
-        """Teacher-forced cross-entropy per target token; captions (batch, Lc) are BOS, words,
-        EOS, then PAD, which is ignored (0 for a batch with no target token)."""
+        """Teacher-forced cross-entropy per target token; captions (batch, Lc ≤ max_len + 1)
+        are BOS, words, EOS, then PAD, which is ignored (0 for a batch with no target
+        token)."""
         if captions.dim() != 2 or captions.shape[1] < 2:
             raise ValueError(f"captions must be (batch, length >= 2), got {tuple(captions.shape)}")
         logits = self(video_tokens, captions[:, :-1])
