@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from python_models.video.text import AnswerVocab, CaptionDecoder, VideoQAHead, WordTokenizer
+from tests.helpers import DEVICES, seeded
 
 DIM, VOCAB = 16, 12
 PAD, BOS, EOS, UNK = WordTokenizer.PAD, WordTokenizer.BOS, WordTokenizer.EOS, WordTokenizer.UNK
@@ -18,7 +19,7 @@ def tokenizer() -> WordTokenizer:
 
 
 def video_tokens(batch: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 5, DIM, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, 5, DIM, generator=seeded(seed))
 
 
 def random_decoder(seed: int, vocab: int = VOCAB) -> CaptionDecoder:
@@ -253,3 +254,18 @@ def test_heads_learn_the_text_of_distinct_clips(tokenizer):
     clips = video.repeat(2, 1, 1)
     fit(head, lambda: torch.nn.functional.cross_entropy(head(clips, questions), targets))
     assert head(clips, questions).argmax(1).tolist() == targets.tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_heads_under_bfloat16_autocast(device):
+    decoder = random_decoder(5).to(device)
+    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2).to(device)
+    video = video_tokens(4, 5).to(device)
+    captions = torch.tensor([[BOS, 4, 5, EOS]] * 4, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        assert torch.isfinite(decoder.loss(video, captions))
+        assert torch.isfinite(head(video, captions)).all()
+        greedy = decoder.greedy(video)
+        assert torch.equal(decoder.beam_search(video, beam_size=1), greedy)
+        beams = decoder.beam_search(video, beam_size=3, length_penalty=1.0)
+    assert greedy.device == beams.device == video.device and len(beams) == 4
