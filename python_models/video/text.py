@@ -8,6 +8,7 @@ returns and LayerNorm them once before every cross-attention reads them.
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -38,23 +39,53 @@ def _strings(name: str, values: Iterable[str]) -> list[str]:
     return values
 
 
-class WordTokenizer:
+class Vocabulary:
+    """Distinct strings in index order, their indices, and a state dict of plain lists (it
+    goes into checkpoints) under ``state_key``."""
+
+    state_key = "entries"
+
+    def __init__(self, entries: Iterable[str]):
+        entries = _strings(self.state_key, entries)
+        if len(set(entries)) != len(entries):
+            raise ValueError(f"{type(self).__name__}: {self.state_key} must be distinct")
+        self.entries = entries
+        self.ids = {entry: index for index, entry in enumerate(entries)}
+
+    def state_dict(self) -> dict[str, list[str]]:
+        return {self.state_key: list(self.entries)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Self:
+        if cls.state_key not in state:
+            raise KeyError(
+                f"{cls.__name__}: a state dict with {cls.state_key!r}, got {list(state)}"
+            )
+        return cls(state[cls.state_key])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class WordTokenizer(Vocabulary):
     """Word-level tokenizer: lower-cased words and punctuation marks, ids from a vocabulary whose
     first four entries are ``SPECIAL_TOKENS`` (so ``PAD, BOS, EOS, UNK = 0, 1, 2, 3``)."""
 
     PAD, BOS, EOS, UNK = range(len(SPECIAL_TOKENS))
+    state_key = "words"
 
     def __init__(self, words: Sequence[str]):
         """``words``: the whole vocabulary in id order, starting with ``SPECIAL_TOKENS``."""
-        words = list(words)
-        if tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+        super().__init__(words)
+        if tuple(self.words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(
-                f"WordTokenizer: words must start with {list(SPECIAL_TOKENS)}, got {words[:4]}"
+                f"WordTokenizer: words must start with {list(SPECIAL_TOKENS)}, "
+                f"got {self.words[: len(SPECIAL_TOKENS)]}"
             )
-        if len(set(words)) != len(words):
-            raise ValueError("WordTokenizer: words must be distinct")
-        self.words = words
-        self.ids = {word: index for index, word in enumerate(words)}
+
+    @property
+    def words(self) -> list[str]:
+        return self.entries
 
     @classmethod
     def build(
@@ -68,8 +99,8 @@ class WordTokenizer:
             raise ValueError(f"WordTokenizer.build: max_size must be >= 0 or None, got {max_size}")
         texts = _strings("texts", texts)
         tokens = (token for text in texts for token in cls.tokenize(text))
-        words = [word for word in _by_frequency(tokens, min_freq) if word not in SPECIAL_TOKENS]
-        return cls(SPECIAL_TOKENS + tuple(words[:max_size]))
+        # No token matches a special one: the pattern splits "<pad>" into "<", "pad", ">".
+        return cls(SPECIAL_TOKENS + tuple(_by_frequency(tokens, min_freq)[:max_size]))
 
     @staticmethod
     def tokenize(text: str) -> list[str]:
@@ -93,8 +124,8 @@ class WordTokenizer:
                 break
             if index in (self.PAD, self.BOS):
                 continue
-            if not 0 <= index < len(self.words):
-                raise ValueError(f"WordTokenizer.decode: id {index} not in [0, {len(self.words)})")
+            if not 0 <= index < len(self):
+                raise ValueError(f"WordTokenizer.decode: id {index} not in [0, {len(self)})")
             word = self.words[index]
             is_punctuation = not word[0].isalnum() and word not in SPECIAL_TOKENS
             text += word if is_punctuation or not text else " " + word
@@ -118,57 +149,38 @@ class WordTokenizer:
             batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return batch
 
-    def state_dict(self) -> dict[str, list[str]]:
-        return {"words": list(self.words)}
 
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "WordTokenizer":
-        return cls(state["words"])
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-
-class AnswerVocab:
+class AnswerVocab(Vocabulary):
     """The answers a QA head chooses from, most frequent first (ties alphabetical)."""
 
-    def __init__(self, answers: Sequence[str]):
-        answers = _strings("answers", answers)
-        if len(set(answers)) != len(answers):
-            raise ValueError("AnswerVocab: answers must be distinct")
-        self.answers = answers
-        self.indices = {answer: index for index, answer in enumerate(answers)}
+    state_key = "answers"
 
     @classmethod
     def build(cls, answers: Iterable[str]) -> "AnswerVocab":
         return cls(_by_frequency(_strings("answers", answers)))
 
+    @property
+    def answers(self) -> list[str]:
+        return self.entries
+
     def index(self, answer: str) -> int:
         """The answer's class index, -1 for an answer outside the vocabulary."""
-        return self.indices.get(answer, -1)
+        return self.ids.get(answer, -1)
 
     def answer(self, index: int) -> str:
-        if not 0 <= index < len(self.answers):
-            raise IndexError(f"AnswerVocab.answer: index {index} not in [0, {len(self.answers)})")
+        if not 0 <= index < len(self):
+            raise IndexError(f"AnswerVocab.answer: index {index} not in [0, {len(self)})")
         return self.answers[index]
-
-    def state_dict(self) -> dict[str, list[str]]:
-        return {"answers": list(self.answers)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "AnswerVocab":
-        return cls(state["answers"])
-
-    def __len__(self) -> int:
-        return len(self.answers)
 
 
 # -- layers ----------------------------------------------------------------------------------
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention of queries ``x`` to ``context`` (self-attention when it is ``x``)
-    through ``scaled_dot_product_attention``, with an optional key mask or a causal mask."""
+    """Multi-head attention through ``scaled_dot_product_attention``, with an optional key
+    mask or a causal mask: ``keys_values(context)`` projects the context (``x`` itself for
+    self-attention), which a decoder may cache, and ``forward`` attends the queries of ``x``
+    to them."""
 
     def __init__(self, dim: int, num_heads: int, drop: float = 0.0):
         super().__init__()
@@ -185,16 +197,47 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
+    def keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (batch, heads, length, head_dim) of the context tokens."""
+        keys, values = self.kv(context).chunk(2, dim=-1)
+        return self._heads(keys), self._heads(values)
+
     def forward(
-        self, x: Tensor, context: Tensor, key_mask: Tensor | None = None, causal: bool = False
+        self,
+        x: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        key_mask: Tensor | None = None,
+        causal: bool = False,
     ) -> Tensor:
         """key_mask: (batch, keys) bool, True for keys that may be attended."""
-        k, v = self.kv(context).chunk(2, dim=-1)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(
-            self._heads(self.q(x)), self._heads(k), self._heads(v), attn_mask=mask, is_causal=causal
+            self._heads(self.q(x)), keys, values, attn_mask=mask, is_causal=causal
         )
         return self.drop(self.proj(out.transpose(1, 2).flatten(2)))
+
+
+class DecodingCache:
+    """One layer's keys and values during incremental decoding: those of the video tokens
+    (fixed) and those of the positions decoded so far (growing by one each step)."""
+
+    def __init__(self, video_keys_values: tuple[Tensor, Tensor]):
+        self.video = video_keys_values
+        self.past: tuple[Tensor, Tensor] | None = None
+
+    def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The past keys and values followed by the newest position's."""
+        if self.past is not None:
+            keys = torch.cat([self.past[0], keys], 2)
+            values = torch.cat([self.past[1], values], 2)
+        self.past = keys, values
+        return self.past
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the past of these rows, in this order (beam search's surviving hypotheses,
+        each a row of the same clip, so the video's keys stay)."""
+        self.past = tuple(tensor[rows] for tensor in self.past)
 
 
 class TextLayer(nn.Module):
@@ -224,12 +267,20 @@ class TextLayer(nn.Module):
         video: Tensor | None = None,
         key_mask: Tensor | None = None,
         causal: bool = False,
+        cache: DecodingCache | None = None,
     ) -> Tensor:
+        """With a ``cache``, ``x`` holds the newest position only: it attends to every cached
+        one (no mask needed) and to the cached video keys (``video`` is not read)."""
         if self.self_attn is not None:
             normed = self.self_norm(x)
-            x = x + self.self_attn(normed, normed, key_mask, causal)
+            keys, values = self.self_attn.keys_values(normed)
+            if cache is not None:
+                keys, values = cache.extend(keys, values)
+            causal = causal and cache is None
+            x = x + self.self_attn(normed, keys, values, key_mask, causal)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), video)
+            keys, values = self.cross_attn.keys_values(video) if cache is None else cache.video
+            x = x + self.cross_attn(self.cross_norm(x), keys, values)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -251,19 +302,23 @@ class TokenEmbedding(nn.Module):
         with torch.no_grad():
             self.words.weight[WordTokenizer.PAD].zero_()
 
-    def forward(self, ids: Tensor, name: str) -> Tensor:
+    def forward(self, ids: Tensor, name: str, offset: int = 0) -> Tensor:
+        """Embeddings of ``ids`` (batch, length) at positions offset … offset + length − 1;
+        ``name`` is the argument's in error messages."""
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(
                 f"{name} must be (batch, length) int64, got {tuple(ids.shape)} {ids.dtype}"
             )
-        if not 1 <= ids.shape[1] <= self.max_len:
-            raise ValueError(f"{name} length must be in [1, {self.max_len}], got {ids.shape[1]}")
+        if not 1 <= offset + ids.shape[1] <= self.max_len:
+            raise ValueError(
+                f"{name} length must be in [1, {self.max_len}], got {offset + ids.shape[1]}"
+            )
         vocab_size = self.words.num_embeddings
         if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
             raise ValueError(
                 f"{name} ids must be in [0, {vocab_size}), got [{ids.min().item()}, {ids.max().item()}]"
             )
-        return self.words(ids) + self.positions[:, : ids.shape[1]]
+        return self.words(ids) + self.positions[:, offset : offset + ids.shape[1]]
 
 
 def _check_video(video_tokens: Tensor, dim: int, batch: int | None = None) -> None:
@@ -375,21 +430,30 @@ class CaptionDecoder(nn.Module):
         never[[WordTokenizer.PAD, WordTokenizer.BOS]] = float("-inf")
         self.register_buffer("never_generated", never, persistent=False)
 
-    def _decode(self, video: Tensor, captions_in: Tensor) -> Tensor:
-        x = self.embed(captions_in, "captions")
-        for layer in self.layers:
-            x = layer(x, video, causal=True)
+    def _decode(
+        self,
+        captions_in: Tensor,
+        video: Tensor | None = None,
+        caches: list[DecodingCache] | None = None,
+        offset: int = 0,
+    ) -> Tensor:
+        """Logits after each position of ``captions_in``: the whole sequence reading ``video``,
+        or (with ``caches``) the positions from ``offset`` on, after the cached ones."""
+        x = self.embed(captions_in, "captions", offset)
+        for layer, cache in zip(self.layers, caches or [None] * len(self.layers)):
+            x = layer(x, video, causal=True, cache=cache)
         return F.linear(self.norm(x), self.embed.words.weight, self.bias)
 
     def forward(self, video_tokens: Tensor, captions_in: Tensor) -> Tensor:
         """video_tokens (batch, L, dim), captions_in (batch, Lc) int64 (BOS first) → logits
         (batch, Lc, vocab) for the token after each position."""
         _check_video(video_tokens, self.dim, len(captions_in))
-        return self._decode(self.video_norm(video_tokens), captions_in)
+        return self._decode(captions_in, self.video_norm(video_tokens))
 
     def loss(self, video_tokens: Tensor, captions: Tensor) -> Tensor:
-        """Teacher-forced cross-entropy per target token; captions (batch, Lc) are BOS, words,
-        EOS, then PAD, which is ignored (0 for a batch with no target token)."""
+        """Teacher-forced cross-entropy per target token; captions (batch, Lc ≤ max_len + 1)
+        are BOS, words, EOS, then PAD, which is ignored (0 for a batch with no target
+        token)."""
         if captions.dim() != 2 or captions.shape[1] < 2:
             raise ValueError(f"captions must be (batch, length >= 2), got {tuple(captions.shape)}")
         logits = self(video_tokens, captions[:, :-1])
@@ -408,33 +472,35 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"max_len must be in [1, {self.max_len}], got {max_len}")
         return max_len
 
-    def _next_log_probs(self, video: Tensor, sequences: Tensor) -> Tensor:
-        """(rows, vocab) log-probabilities of the token after each sequence, PAD and BOS
-        excluded."""
-        logits = self._decode(video, sequences)[:, -1].float() + self.never_generated
-        return logits.log_softmax(-1)
-
-    def _start(self, video_tokens: Tensor, copies: int) -> tuple[Tensor, Tensor]:
+    def _start(self, video_tokens: Tensor, copies: int) -> tuple[list[DecodingCache], Tensor]:
+        """Each layer's cache for ``copies`` rows per clip, and a BOS token per row."""
         _check_video(video_tokens, self.dim)
         video = self.video_norm(video_tokens).repeat_interleave(copies, 0)
-        start = torch.full((len(video), 1), WordTokenizer.BOS, device=video.device)
-        return video, start
+        caches = [DecodingCache(layer.cross_attn.keys_values(video)) for layer in self.layers]
+        return caches, torch.full((len(video),), WordTokenizer.BOS, device=video.device)
+
+    def _next_log_probs(self, tokens: Tensor, step: int, caches: list[DecodingCache]) -> Tensor:
+        """(rows, vocab) log-probabilities of the token after each row's ``tokens`` (at position
+        ``step``) and its cached past, PAD and BOS excluded."""
+        logits = self._decode(tokens[:, None], caches=caches, offset=step)[:, -1].float()
+        return (logits + self.never_generated).log_softmax(-1)
 
     @torch.no_grad()
     def greedy(self, video_tokens: Tensor, max_len: int | None = None) -> Tensor:
         """(batch, ≤ max_len) int64: the most likely token at each step, until every clip has
         emitted EOS; PAD after a clip's EOS, no BOS."""
         max_len = self._generation_length(max_len)
-        video, sequences = self._start(video_tokens, 1)
-        finished = torch.zeros(len(video), dtype=torch.bool, device=video.device)
-        for _ in range(max_len):
-            token = self._next_log_probs(video, sequences).argmax(-1)
-            token = token.masked_fill(finished, WordTokenizer.PAD)
-            sequences = torch.cat([sequences, token[:, None]], 1)
-            finished |= token == WordTokenizer.EOS
+        caches, tokens = self._start(video_tokens, 1)
+        finished = torch.zeros_like(tokens, dtype=torch.bool)
+        generated = []
+        for step in range(max_len):
+            tokens = self._next_log_probs(tokens, step, caches).argmax(-1)
+            tokens = tokens.masked_fill(finished, WordTokenizer.PAD)
+            generated.append(tokens)
+            finished |= tokens == WordTokenizer.EOS
             if finished.all():
                 break
-        return sequences[:, 1:]
+        return torch.stack(generated, 1)
 
     @torch.no_grad()
     def beam_search(
@@ -451,33 +517,36 @@ class CaptionDecoder(nn.Module):
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         max_len = self._generation_length(max_len)
-        batch = len(video_tokens)
-        video, sequences = self._start(video_tokens, beam_size)
+        batch, device = len(video_tokens), video_tokens.device
+        caches, tokens = self._start(video_tokens, beam_size)
+        sequences = tokens.new_empty(len(tokens), 0)
         vocab = self.never_generated.numel()
         # Only the first beam is live at the start, so the first step's candidates are distinct.
-        totals = torch.full((batch, beam_size), float("-inf"), device=video.device)
+        totals = torch.full((batch, beam_size), float("-inf"), device=device)
         totals[:, 0] = 0
         lengths = torch.zeros_like(totals)
         finished = torch.zeros_like(totals, dtype=torch.bool)
-        pad_only = torch.full((vocab,), float("-inf"), device=video.device)
+        pad_only = torch.full((vocab,), float("-inf"), device=device)
         pad_only[WordTokenizer.PAD] = 0
-        for _ in range(max_len):
-            log_probs = self._next_log_probs(video, sequences).view(batch, beam_size, vocab)
+        for step in range(max_len):
+            log_probs = self._next_log_probs(tokens, step, caches).view(batch, beam_size, vocab)
             log_probs = torch.where(finished[..., None], pad_only, log_probs)
             candidate_totals = (totals[..., None] + log_probs).flatten(1)
             candidate_lengths = (lengths + ~finished).repeat_interleave(vocab, 1)
             scores = candidate_totals / candidate_lengths.clamp(min=1) ** length_penalty
             chosen = scores.topk(beam_size, dim=1).indices
-            beam, token = chosen // vocab, chosen % vocab
+            beam, tokens = chosen // vocab, (chosen % vocab).flatten()
             totals = candidate_totals.gather(1, chosen)
             lengths = candidate_lengths.gather(1, chosen)
-            finished = finished.gather(1, beam) | (token == WordTokenizer.EOS)
-            rows = (beam + torch.arange(batch, device=beam.device)[:, None] * beam_size).flatten()
-            sequences = torch.cat([sequences[rows], token.view(-1, 1)], 1)
+            finished = finished.gather(1, beam) | (tokens == WordTokenizer.EOS).view(batch, -1)
+            rows = (beam + torch.arange(batch, device=device)[:, None] * beam_size).flatten()
+            sequences = torch.cat([sequences[rows], tokens[:, None]], 1)
+            for cache in caches:
+                cache.select(rows)
             if finished.all():
                 break
         best = (totals / lengths.clamp(min=1) ** length_penalty).argmax(1)
-        return sequences.view(batch, beam_size, -1)[torch.arange(batch), best, 1:]
+        return sequences.view(batch, beam_size, -1)[torch.arange(batch), best]
 
     def generate(
         self, video_tokens: Tensor, beam_size: int = 1, max_len: int | None = None

@@ -42,6 +42,9 @@ def test_bleu_brevity_penalty_and_clipping():
 def test_bleu_properties():
     references = [[hypothesis] for hypothesis in HYPOTHESES]
     assert corpus_bleu(HYPOTHESES, references) == 1.0
+    # A clip shorter than n adds no n-gram to count (NLTK counts 1 there, and would give 0.90).
+    short = [words("a red square moves left"), words("a square")]
+    assert corpus_bleu(short, [[hypothesis] for hypothesis in short]) == 1.0
     assert corpus_bleu([[]], [[words("a red square")]]) == 0.0
     assert corpus_bleu([], []) == 0.0
     # Corpus BLEU is invariant to the order of the clips.

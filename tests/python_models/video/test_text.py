@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from python_models.video.text import AnswerVocab, CaptionDecoder, VideoQAHead, WordTokenizer
+from tests.helpers import DEVICES, seeded
 
 DIM, VOCAB = 16, 12
 PAD, BOS, EOS, UNK = WordTokenizer.PAD, WordTokenizer.BOS, WordTokenizer.EOS, WordTokenizer.UNK
@@ -18,7 +19,7 @@ def tokenizer() -> WordTokenizer:
 
 
 def video_tokens(batch: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 5, DIM, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, 5, DIM, generator=seeded(seed))
 
 
 def random_decoder(seed: int, vocab: int = VOCAB) -> CaptionDecoder:
@@ -35,11 +36,9 @@ def sequence_log_prob(decoder: CaptionDecoder, video: torch.Tensor, ids: torch.T
     length = (ids == EOS).nonzero()[0, 0].item() + 1 if (ids == EOS).any() else len(ids)
     ids = ids[:length]
     inputs = torch.cat([torch.tensor([BOS]), ids[:-1]])[None]
-    log_probs = decoder._next_log_probs  # the same PAD/BOS exclusion as generation
-    total = 0.0
-    for step in range(length):
-        total += log_probs(decoder.video_norm(video), inputs[:, : step + 1])[0, ids[step]].item()
-    return total
+    with torch.no_grad():  # the full forward, PAD and BOS excluded as in generation
+        logits = decoder(video, inputs)[0] + decoder.never_generated
+    return logits.log_softmax(-1).gather(1, ids[:, None]).sum().item()
 
 
 # -- tokenizer -------------------------------------------------------------------------------
@@ -69,6 +68,7 @@ def test_tokenizer_round_trip_and_unknown_words(tokenizer):
     ids = tokenizer.encode("A purple square zigzags.")
     assert ids == [tokenizer.ids["a"], UNK, tokenizer.ids["square"], UNK, tokenizer.ids["."]]
     assert tokenizer.decode(ids) == "a <unk> square <unk>."
+    assert tokenizer.encode("<pad>") == [UNK, UNK, UNK]  # text never yields a special token
     assert tokenizer.decode(torch.tensor([tokenizer.ids["red"], EOS, tokenizer.ids["a"]])) == "red"
 
 
@@ -170,6 +170,15 @@ def test_causal_decoder_ignores_later_tokens():
     torch.testing.assert_close(decoder(video, changed)[:, :3], decoder(video, captions)[:, :3])
 
 
+def test_incremental_decoding_matches_the_full_forward():
+    decoder, video = random_decoder(4), video_tokens(3, 4)
+    captions = torch.tensor([[BOS, 4, 5, 6, 7], [BOS, 8, 9, EOS, PAD], [BOS, 10, 11, 4, 5]])
+    caches, _ = decoder._start(video, 1)
+    steps = [decoder._next_log_probs(captions[:, step], step, caches) for step in range(5)]
+    full = (decoder(video, captions) + decoder.never_generated).log_softmax(-1)
+    torch.testing.assert_close(torch.stack(steps, 1), full.detach())
+
+
 def test_beam_one_equals_greedy():
     for seed in range(3):
         decoder, video = random_decoder(seed), video_tokens(6, seed)
@@ -207,3 +216,56 @@ def test_beam_search_scores_at_least_greedy():
     assert any(b > g + 1e-5 for b, g in zip(beam_scores, greedy_scores))  # beams do search
     with pytest.raises(ValueError, match="beam_size"):
         decoder.beam_search(video, beam_size=0)
+
+
+def fit(module: torch.nn.Module, loss_fn, steps: int = 100) -> None:
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn().backward()
+        optimizer.step()
+    module.eval()
+
+
+def test_heads_learn_the_text_of_distinct_clips(tokenizer):
+    """Trained on three clips, the decoder reproduces their captions and the QA head their
+    answers: the tokenizer, the heads and decoding agree end to end."""
+    torch.manual_seed(0)
+    video = video_tokens(len(CAPTIONS))
+    decoder = CaptionDecoder(DIM, len(tokenizer), num_heads=2, max_len=12)
+    captions = tokenizer.encode_batch(CAPTIONS, 12, bos=True, eos=True)
+    fit(decoder, lambda: decoder.loss(video, captions))
+    for ids in (decoder.greedy(video), decoder.beam_search(video)):
+        assert [tokenizer.decode(row) for row in ids] == [text.lower() for text in CAPTIONS]
+
+    answers = AnswerVocab.build(["red", "yellow", "red", "half-disk", "crescent", "square"])
+    pairs = [
+        ("What colour is it?", "red"),
+        ("What colour is it?", "yellow"),
+        ("What colour is it?", "red"),
+        ("What shape is it?", "half-disk"),
+        ("What shape is it?", "crescent"),
+        ("What shape is it?", "square"),
+    ]
+    question_tokenizer = WordTokenizer.build(question for question, _ in pairs)
+    questions = question_tokenizer.encode_batch([question for question, _ in pairs], 6)
+    targets = torch.tensor([answers.index(answer) for _, answer in pairs])
+    head = VideoQAHead(DIM, len(question_tokenizer), len(answers), num_heads=2, max_question_len=6)
+    clips = video.repeat(2, 1, 1)
+    fit(head, lambda: torch.nn.functional.cross_entropy(head(clips, questions), targets))
+    assert head(clips, questions).argmax(1).tolist() == targets.tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_heads_under_bfloat16_autocast(device):
+    decoder = random_decoder(5).to(device)
+    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2).to(device)
+    video = video_tokens(4, 5).to(device)
+    captions = torch.tensor([[BOS, 4, 5, EOS]] * 4, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        assert torch.isfinite(decoder.loss(video, captions))
+        assert torch.isfinite(head(video, captions)).all()
+        greedy = decoder.greedy(video)
+        assert torch.equal(decoder.beam_search(video, beam_size=1), greedy)
+        beams = decoder.beam_search(video, beam_size=3, length_penalty=1.0)
+    assert greedy.device == beams.device == video.device and len(beams) == 4
