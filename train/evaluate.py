@@ -128,7 +128,13 @@ def evaluate_video(
 
 
 def evaluate_multitask(
-    job: video.VideoConfig, model, dataset, vocabulary, config: EvaluateConfig, out_dir: Path, device
+    job: video.VideoConfig,
+    model,
+    dataset,
+    vocabulary,
+    config: EvaluateConfig,
+    out_dir: Path,
+    device,
 ) -> dict:
     """Every enabled task's metrics on the test split, the action report and confusion matrix,
     and ``predictions.png``: a few clips with their predicted segments, answers and captions."""
@@ -140,7 +146,9 @@ def evaluate_multitask(
     action_loader = make_loader(
         dataset, config.batch_size, False, config.num_workers, config.seed, fields
     )
-    matrix, _ = confusion_matrix(actions, action_loader, task.transform, dataset.num_classes, device)
+    matrix, _ = confusion_matrix(
+        actions, action_loader, task.transform, dataset.num_classes, device
+    )
     results = {**metrics, **classification_report(matrix, dataset.classes, out_dir)}
     if distributed.is_main():
         print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

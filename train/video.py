@@ -180,7 +180,11 @@ class VideoConfig(EngineConfig):
             "training.domain_balancing", self.domain_balancing, DOMAIN_BALANCING_DEFAULTS
         )
         choices = (
-            ("training.domain_balancing.sample_strategy", self.domain_balancing["sample_strategy"], SAMPLE_STRATEGIES),
+            (
+                "training.domain_balancing.sample_strategy",
+                self.domain_balancing["sample_strategy"],
+                SAMPLE_STRATEGIES,
+            ),
             ("model.experts.routing", self.experts["routing"], ROUTING_MODES),
             ("finetune", self.finetune, FINETUNE_MODES),
         )

@@ -189,7 +189,10 @@ class MultiTaskVideoTask:
         losses = {}
         if "action" in wants:
             losses["action"] = F.cross_entropy(
-                output.action.float(), label, ignore_index=IGNORE, label_smoothing=self.label_smoothing
+                output.action.float(),
+                label,
+                ignore_index=IGNORE,
+                label_smoothing=self.label_smoothing,
             )
         if "detection" in wants:
             losses["detection"] = detection_loss(output.detection, frame_labels, self.num_classes)
@@ -226,8 +229,15 @@ class MultiTaskVideoTask:
 class EvaluationTally:
     """Sums and predictions gathered over an evaluation pass (every process's, at the end)."""
 
-    COUNTS = ("loss", "clips", "action_correct", "qa_correct", "qa_counted", "route_correct",
-              "route_counted")
+    COUNTS = (
+        "loss",
+        "clips",
+        "action_correct",
+        "qa_correct",
+        "qa_counted",
+        "route_correct",
+        "route_counted",
+    )
 
     def __init__(self, task: MultiTaskVideoTask, model: nn.Module):
         self.task = task
@@ -258,7 +268,7 @@ class EvaluationTally:
             counts["qa_counted"] += known.sum().item()
         if "captioning" in wants:
             words = task.vocabulary.words
-            generated = model.generate_captions(clips, beam_size=task.beam_size)
+            generated = model.caption_decoder.generate(output.features, beam_size=task.beam_size)
             for hypothesis, references in zip(generated.tolist(), captions.tolist()):
                 refs = [words.tokenize(words.decode(r)) for r in references]
                 self.captions.append(
@@ -271,7 +281,9 @@ class EvaluationTally:
             self.usage.append(expert_usage(output.routing.gates) * len(frames))
 
     def metrics(self, device: torch.device) -> dict[str, float]:
-        totals = torch.tensor([self.counts[k] for k in self.COUNTS], dtype=torch.float64, device=device)
+        totals = torch.tensor(
+            [self.counts[k] for k in self.COUNTS], dtype=torch.float64, device=device
+        )
         distributed.all_reduce_sum(totals)
         counts = dict(zip(self.COUNTS, totals.tolist()))
         clips = max(counts["clips"], 1.0)
@@ -322,7 +334,11 @@ def plot_predictions(
         if output.detection is not None
         else [[] for _ in frames]
     )
-    generated = model.generate_captions(clips, task.beam_size) if "captioning" in wants else None
+    generated = (
+        model.caption_decoder.generate(output.features, beam_size=task.beam_size)
+        if "captioning" in wants
+        else None
+    )
     words, vocabulary = task.vocabulary.words, task.vocabulary.answers
     fig = Figure(figsize=(10, 2.6 * len(frames)), layout="tight")
     axes = fig.subplots(2 * len(frames), 1, height_ratios=[4, 1] * len(frames))

@@ -36,6 +36,7 @@ class MultiTaskOutput:
     qa: Tensor | None = None  # (batch, questions, answers)
     captioning: Tensor | None = None  # (batch, caption length - 1, vocabulary): next-word logits
     routing: RouterOutput | None = None
+    features: Tensor | None = None  # the tokens the heads read (batch, tokens, dim)
 
 
 class DomainExperts(nn.Module):
@@ -87,12 +88,18 @@ class MultiTaskVLM(nn.Module):
         super().__init__()
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown or not tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+            raise ValueError(
+                f"tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}"
+            )
         if backbone.num_classes <= 0:
-            raise ValueError("MultiTaskVLM: the backbone needs a classification head (num_classes > 0)")
+            raise ValueError(
+                "MultiTaskVLM: the backbone needs a classification head (num_classes > 0)"
+            )
         text_tasks = [t for t in ("qa", "captioning") if t in tasks]
         if text_tasks and vocab_size <= 4:
-            raise ValueError(f"tasks {text_tasks} need vocab_size > 4 (the special tokens), got {vocab_size}")
+            raise ValueError(
+                f"tasks {text_tasks} need vocab_size > 4 (the special tokens), got {vocab_size}"
+            )
         if "qa" in tasks and num_answers < 1:
             raise ValueError(f"task qa needs num_answers >= 1, got {num_answers}")
         self.tasks = tuple(t for t in TASKS if t in tasks)
@@ -147,7 +154,9 @@ class MultiTaskVLM(nn.Module):
         clip; ``captions`` (batch, words) BOS … EOS token ids (teacher forcing). Heads whose
         input is not given are skipped."""
         tokens, routing = self.forward_features(clips)
-        output = MultiTaskOutput(action=self.backbone.forward_head(tokens), routing=routing)
+        output = MultiTaskOutput(
+            self.backbone.forward_head(tokens), routing=routing, features=tokens
+        )
         if self.detection_head is not None:
             layout = self.backbone.feature_layout(clips.shape)
             output.detection = self.detection_head(step_features(tokens, layout))

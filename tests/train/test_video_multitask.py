@@ -55,14 +55,24 @@ def multitask_job(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_collate_pads_missing_annotations_and_maps_unknown_words():
-    records = [VideoRecord(Path("a.mp4"), (0,), qa=(("what shape?", "square"),), captions=("A square.",))]
+    records = [
+        VideoRecord(Path("a.mp4"), (0,), qa=(("what shape?", "square"),), captions=("A square.",))
+    ]
     vocabulary = TextVocabulary.build(records)
     collate = MultiTaskCollate(vocabulary, 2, 5, 1, 6)
     items = [
-        {"frames": torch.zeros(4, 3, 8, 8, dtype=torch.uint8), "label": torch.tensor(1),
-         "qa": [("what colour?", "blue")], "captions": ["A red star."]},
-        {"frames": torch.zeros(4, 3, 8, 8, dtype=torch.uint8), "label": torch.tensor(0),
-         "qa": [], "captions": []},
+        {
+            "frames": torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
+            "label": torch.tensor(1),
+            "qa": [("what colour?", "blue")],
+            "captions": ["A red star."],
+        },
+        {
+            "frames": torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
+            "label": torch.tensor(0),
+            "qa": [],
+            "captions": [],
+        },
     ]
     frames, label, frame_labels, domain, questions, answers, captions = collate(items)
     assert frames.shape == (2, 4, 3, 8, 8) and label.tolist() == [1, 0]
@@ -111,8 +121,16 @@ def test_every_head_trains_evaluates_and_resumes_exactly(tiny_set, tmp_path, mon
 
     tuned = tmp_path / "tuned"
     finetune = multitask_job(
-        tiny_set, tuned, "--pretrained", str(tmp_path / "whole" / "last.pt"),
-        "--finetune-domain", "news", "--lora-rank", "2", "--epochs", "1",
+        tiny_set,
+        tuned,
+        "--pretrained",
+        str(tmp_path / "whole" / "last.pt"),
+        "--finetune-domain",
+        "news",
+        "--lora-rank",
+        "2",
+        "--epochs",
+        "1",
     )
     result = video.main(finetune)
     state = checkpoint.load(tuned / "last.pt")["model"]
@@ -123,7 +141,9 @@ def test_every_head_trains_evaluates_and_resumes_exactly(tiny_set, tmp_path, mon
     tuned_names = {n.replace(".base_layer", ""): v for n, v in state.items()}
     for name in unchanged:
         torch.testing.assert_close(tuned_names[name], whole["model"][name], rtol=0, atol=0)
-    assert evaluate.main(["--checkpoint", str(tuned / "last.pt"), "--threads", "1"])["accuracy"] >= 0
+    assert (
+        evaluate.main(["--checkpoint", str(tuned / "last.pt"), "--threads", "1"])["accuracy"] >= 0
+    )
 
 
 @pytest.mark.parametrize(
