@@ -1,0 +1,127 @@
+"""``python -m train.infer_bench``: inference throughput (clips/s) and peak memory of a video
+model for every attention type, with and without token merging, and with LoRA adapters off,
+unmerged and merged into the base weights.
+
+    python -m train.infer_bench                                 # hvlm_tiny on the CPU
+    python -m train.infer_bench --device cuda --amp bf16 --batch-size 64
+    python -m train.infer_bench --grid '{attention: [full, performer], merge_ratio: [0.0, 0.7]}'
+
+Each setting builds the model in eval mode and times forward passes under
+``torch.inference_mode`` on random uint8 clips of the model's ``clip_shape``: first the plain
+model, then with LoRA (``LoraConfig()``: rank 8 on ``qkv``, ``proj``, ``fc1``, ``fc2``, B drawn at
+random so the adapters really compute), then with the adapter merged. Each row also reports how
+far the merged model's logits are from the unmerged one's.
+"""
+
+import argparse
+
+import torch
+import yaml
+from torch import nn
+
+from hvision_ext.bench.timing import time_impl
+from python_models import create_model
+from python_models.video.lora import LoraConfig, inject_lora, lora_layers, merge_lora
+
+from .bench import VIDEO_GRID, add_measurement_arguments, format_mib, run_grid
+from .engine import AMP_DTYPES
+
+LORA_MODES = ("off", "unmerged", "merged")
+LORA_ADAPTER = "default"
+LORA_B_STD = 0.02  # small random B: the unmerged update costs what a trained one does
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.infer_bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--model", default="hvlm_tiny", help="registered video model")
+    parser.add_argument(
+        "--grid",
+        type=yaml.safe_load,
+        default=VIDEO_GRID,
+        help=f"YAML mapping of model argument → list of values (default {VIDEO_GRID})",
+    )
+    add_measurement_arguments(parser, batch_size=8, budget_s=2.0)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def random_clips(model: nn.Module, batch_size: int, device: torch.device) -> torch.Tensor:
+    """uint8 clips (batch, T, C, H, W) of the shape the model's positions are learned for."""
+    clip_shape = getattr(model, "clip_shape", None)
+    if clip_shape is None:
+        raise ValueError(
+            f"--model: expected a video model (one with clip_shape), got {type(model).__name__}"
+        )
+    return torch.randint(0, 256, (batch_size, *clip_shape), dtype=torch.uint8, device=device)
+
+
+def add_lora(model: nn.Module) -> None:
+    """The default adapter on the default targets, with B random instead of zero."""
+    inject_lora(model, LoraConfig(), adapters=(LORA_ADAPTER,))
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            nn.init.normal_(layer.lora_B[LORA_ADAPTER].weight, std=LORA_B_STD)
+
+
+def measure(args: argparse.Namespace, model_args: dict, device: torch.device) -> dict:
+    """For one model setting, each LoRA mode's clips/s and peak MiB, the largest logit change
+    LoRA makes, and the largest logit difference between merged and unmerged LoRA."""
+    torch.manual_seed(0)
+    model = create_model(args.model, **model_args).to(device).eval()
+    clips = random_clips(model, args.batch_size, device)
+    dtype = AMP_DTYPES.get(args.amp)
+
+    def forward() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+            return model(clips)
+
+    results, logits = {}, {}
+    for mode in LORA_MODES:
+        if mode == "unmerged":
+            add_lora(model)
+        elif mode == "merged":
+            merge_lora(model, LORA_ADAPTER)
+        timing = time_impl(forward, device, budget_s=args.budget_s, min_runs=args.min_steps)
+        logits[mode] = forward().float()
+        results[mode] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "batch_ms": timing.median_s * 1e3,
+            "clips_per_s": args.batch_size / timing.median_s,
+            "peak_mib": None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
+        }
+    results["lora_max_abs_change"] = (logits["unmerged"] - logits["off"]).abs().max().item()
+    results["merge_max_abs_diff"] = (logits["merged"] - logits["unmerged"]).abs().max().item()
+    return results
+
+
+def print_modes(label: str, results: dict) -> None:
+    for mode in LORA_MODES:
+        result = results[mode]
+        print(
+            f"{label} {mode:<9} {result['params']:>9} {result['batch_ms']:>9.1f} "
+            f"{result['clips_per_s']:>9.1f} {format_mib(result['peak_mib']):>9}",
+            flush=True,
+        )
+    print(
+        f"{'':<{len(label)}} LoRA moves the logits by up to {results['lora_max_abs_change']:.1e}; "
+        f"merged vs unmerged: {results['merge_max_abs_diff']:.1e}"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    columns = f"{'LoRA':<9} {'params':>9} {'batch ms':>9} {'clips/s':>9} {'peak MiB':>9}"
+    return run_grid(args, "inference", columns, measure, print_modes)
+
+
+def cli() -> None:
+    """Console-script entry point (``main`` returns results for programmatic use)."""
+    main()
+
+
+if __name__ == "__main__":
+    cli()
