@@ -7,13 +7,17 @@ unmerged and merged into the base weights.
     python -m train.infer_bench --grid '{attention: [full, performer], merge_ratio: [0.0, 0.7]}'
 
 Each setting builds the model in eval mode and times forward passes under
-``torch.inference_mode`` on random uint8 clips of the model's ``clip_shape``: first the plain
-model, then with LoRA (``LoraConfig()``: rank 8 on ``qkv``, ``proj``, ``fc1``, ``fc2``, B drawn at
-random so the adapters really compute), then with the adapter merged. Each row also reports how
-far the merged model's logits are from the unmerged one's.
+``torch.inference_mode`` on random uint8 clips of the model's ``clip_shape``: the plain model,
+a copy with LoRA (``LoraConfig()``: rank 8 on ``qkv``, ``proj``, ``fc1``, ``fc2``, B drawn at
+random so the adapters really compute) and a copy with that adapter merged, timed in turn for
+``--rounds`` rounds (the median over all of a mode's passes is quoted). Each row also reports
+how far LoRA moves the logits and how far the merged model's are from the unmerged one's.
 """
 
 import argparse
+import copy
+import math
+import statistics
 
 import torch
 import yaml
@@ -42,10 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=VIDEO_GRID,
         help=f"YAML mapping of model argument → list of values (default {VIDEO_GRID})",
     )
-    add_measurement_arguments(parser, batch_size=8, budget_s=2.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times the LoRA modes are timed in turn"
+    )
+    add_measurement_arguments(parser, batch_size=8, budget_s=3.0)
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    for flag in ("batch_size", "rounds"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     return args
 
 
@@ -59,40 +67,68 @@ def random_clips(model: nn.Module, batch_size: int, device: torch.device) -> tor
     return torch.randint(0, 256, (batch_size, *clip_shape), dtype=torch.uint8, device=device)
 
 
-def add_lora(model: nn.Module) -> None:
-    """The default adapter on the default targets, with B random instead of zero."""
+def with_lora(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the default adapter on the default targets, B random instead of
+    zero so the update changes the outputs as a trained one would."""
+    model = copy.deepcopy(model)
     inject_lora(model, LoraConfig(), adapters=(LORA_ADAPTER,))
     with torch.no_grad():
         for _, layer in lora_layers(model):
             nn.init.normal_(layer.lora_B[LORA_ADAPTER].weight, std=LORA_B_STD)
+    return model
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """A copy of a LoRA model with its adapter folded into the base weights."""
+    model = copy.deepcopy(model)
+    merge_lora(model, LORA_ADAPTER)
+    return model
 
 
 def measure(args: argparse.Namespace, model_args: dict, device: torch.device) -> dict:
     """For one model setting, each LoRA mode's clips/s and peak MiB, the largest logit change
-    LoRA makes, and the largest logit difference between merged and unmerged LoRA."""
+    LoRA makes, and the largest logit difference between merged and unmerged LoRA. The modes
+    are timed in turn, ``args.rounds`` times, so a change in the machine's load falls on all."""
     torch.manual_seed(0)
-    model = create_model(args.model, **model_args).to(device).eval()
-    clips = random_clips(model, args.batch_size, device)
+    plain = create_model(args.model, **model_args).to(device).eval()
+    clips = random_clips(plain, args.batch_size, device)
+    models = {"off": plain}
+    models["unmerged"] = with_lora(plain)
+    models["merged"] = merged(models["unmerged"])
     dtype = AMP_DTYPES.get(args.amp)
 
-    def forward() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
-            return model(clips)
+    def forward(model: nn.Module):
+        def run() -> torch.Tensor:
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, dtype, enabled=dtype is not None),
+            ):
+                return model(clips)
 
-    results, logits = {}, {}
-    for mode in LORA_MODES:
-        if mode == "unmerged":
-            add_lora(model)
-        elif mode == "merged":
-            merge_lora(model, LORA_ADAPTER)
-        timing = time_impl(forward, device, budget_s=args.budget_s, min_runs=args.min_steps)
-        logits[mode] = forward().float()
+        return run
+
+    samples = {mode: [] for mode in LORA_MODES}
+    peaks = {mode: [] for mode in LORA_MODES}
+    for _ in range(args.rounds):
+        for mode in LORA_MODES:
+            timing = time_impl(
+                forward(models[mode]),
+                device,
+                budget_s=args.budget_s / args.rounds,
+                min_runs=math.ceil(args.min_steps / args.rounds),
+            )
+            samples[mode] += timing.samples_s
+            peaks[mode].append(timing.peak_bytes)
+    results = {}
+    for mode, model in models.items():
+        median_s = statistics.median(samples[mode])
         results[mode] = {
             "params": sum(p.numel() for p in model.parameters()),
-            "batch_ms": timing.median_s * 1e3,
-            "clips_per_s": args.batch_size / timing.median_s,
-            "peak_mib": None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
+            "batch_ms": median_s * 1e3,
+            "clips_per_s": args.batch_size / median_s,
+            "peak_mib": None if None in peaks[mode] else max(peaks[mode]) / 2**20,
         }
+    logits = {mode: forward(model)().float() for mode, model in models.items()}
     results["lora_max_abs_change"] = (logits["unmerged"] - logits["off"]).abs().max().item()
     results["merge_max_abs_diff"] = (logits["merged"] - logits["unmerged"]).abs().max().item()
     return results
