@@ -10,7 +10,9 @@ Each setting builds the model in eval mode and times forward passes under
 ``torch.inference_mode`` on random uint8 clips of the model's ``clip_shape``: the plain model,
 a copy with LoRA (``LoraConfig()``: rank 8 on ``qkv``, ``proj``, ``fc1``, ``fc2``, B drawn at
 random so the adapters really compute) and a copy with that adapter merged, timed in turn for
-``--rounds`` rounds (the median over all of a mode's passes is quoted). Each row also reports
+``--rounds`` rounds (the median over all of a mode's passes is quoted; on the CPU also the
+process's CPU time per batch, which another process's load does not inflate as it does the wall
+time). Each row also reports
 how far LoRA moves the logits and how far the merged model's are from the unmerged one's.
 """
 
@@ -18,6 +20,7 @@ import argparse
 import copy
 import math
 import statistics
+import time
 
 import torch
 import yaml
@@ -86,9 +89,11 @@ def merged(model: nn.Module) -> nn.Module:
 
 
 def measure(args: argparse.Namespace, model_args: dict, device: torch.device) -> dict:
-    """For one model setting, each LoRA mode's clips/s and peak MiB, the largest logit change
-    LoRA makes, and the largest logit difference between merged and unmerged LoRA. The modes
-    are timed in turn, ``args.rounds`` times, so a change in the machine's load falls on all."""
+    """For one model setting, each LoRA mode's clips/s, peak MiB and (on the CPU) the process's
+    CPU time per batch, the largest logit change LoRA makes, and the largest logit difference
+    between merged and unmerged LoRA. The modes are timed in turn, ``args.rounds`` times, so a
+    change in the machine's load falls on all; the CPU time counts the work done, not the
+    waiting for a core, so it stays comparable across settings on a shared machine."""
     torch.manual_seed(0)
     plain = create_model(args.model, **model_args).to(device).eval()
     clips = random_clips(plain, args.batch_size, device)
@@ -97,20 +102,27 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
     models["merged"] = merged(models["unmerged"])
     dtype = AMP_DTYPES.get(args.amp)
 
+    cpu_calls: list[float] = []
+
     def forward(model: nn.Module):
         def run() -> torch.Tensor:
+            start = time.process_time()
             with (
                 torch.inference_mode(),
                 torch.autocast(device.type, dtype, enabled=dtype is not None),
             ):
-                return model(clips)
+                logits = model(clips)
+            cpu_calls.append(time.process_time() - start)
+            return logits
 
         return run
 
     samples = {mode: [] for mode in LORA_MODES}
+    cpu_samples = {mode: [] for mode in LORA_MODES}
     peaks = {mode: [] for mode in LORA_MODES}
     for _ in range(args.rounds):
         for mode in LORA_MODES:
+            cpu_calls.clear()
             timing = time_impl(
                 forward(models[mode]),
                 device,
@@ -118,6 +130,7 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
                 min_runs=math.ceil(args.min_steps / args.rounds),
             )
             samples[mode] += timing.samples_s
+            cpu_samples[mode] += cpu_calls[-len(timing.samples_s) :]  # the timed calls
             peaks[mode].append(timing.peak_bytes)
     results = {}
     for mode, model in models.items():
@@ -125,6 +138,7 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
         results[mode] = {
             "params": sum(p.numel() for p in model.parameters()),
             "batch_ms": median_s * 1e3,
+            "cpu_ms": statistics.median(cpu_samples[mode]) * 1e3 if device.type == "cpu" else None,
             "clips_per_s": args.batch_size / median_s,
             "peak_mib": None if None in peaks[mode] else max(peaks[mode]) / 2**20,
         }
@@ -137,8 +151,9 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
 def print_modes(label: str, results: dict) -> None:
     for mode in LORA_MODES:
         result = results[mode]
+        cpu_ms = "" if result["cpu_ms"] is None else f"{result['cpu_ms']:.1f}"
         print(
-            f"{label} {mode:<9} {result['params']:>9} {result['batch_ms']:>9.1f} "
+            f"{label} {mode:<9} {result['params']:>9} {result['batch_ms']:>9.1f} {cpu_ms:>9} "
             f"{result['clips_per_s']:>9.1f} {format_mib(result['peak_mib']):>9}",
             flush=True,
         )
@@ -150,7 +165,9 @@ def print_modes(label: str, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    columns = f"{'LoRA':<9} {'params':>9} {'batch ms':>9} {'clips/s':>9} {'peak MiB':>9}"
+    columns = (
+        f"{'LoRA':<9} {'params':>9} {'batch ms':>9} {'CPU ms':>9} {'clips/s':>9} {'peak MiB':>9}"
+    )
     return run_grid(args, "inference", columns, measure, print_modes)
 
 

@@ -20,6 +20,7 @@ def test_a_tiny_grid_gives_sane_rows(tmp_path):
     ]
     for row in rows:
         assert all(row[mode]["clips_per_s"] > 0 for mode in infer_bench.LORA_MODES)
+        assert all(row[mode]["cpu_ms"] > 0 for mode in infer_bench.LORA_MODES)
         assert row["unmerged"]["params"] == row["merged"]["params"] > row["off"]["params"]
         assert row["lora_max_abs_change"] > 1e-3
         assert row["merge_max_abs_diff"] < 1e-4
