@@ -159,7 +159,7 @@ class LoraLinear(nn.Module):
                 f"LoraLinear: per-sample adapter weights for a batch of {weights.shape[0]} "
                 f"need inputs (batch {weights.shape[0]}, ..., features), got shape {tuple(x.shape)}"
             )
-        weights = weights.to(x.dtype).view(len(weights), *[1] * (x.dim() - 2), -1)
+        weights = weights.to(x.device, x.dtype).view(len(weights), *[1] * (x.dim() - 2), -1)
         total = 0
         for column, name in enumerate(self.mixing_names):
             if name in self.lora_A:
