@@ -159,7 +159,7 @@ class LoraLinear(nn.Module):
                 f"LoraLinear: per-sample adapter weights for a batch of {weights.shape[0]} "
                 f"need inputs (batch {weights.shape[0]}, ..., features), got shape {tuple(x.shape)}"
             )
-        weights = weights.to(x.dtype).view(len(weights), *[1] * (x.dim() - 2), -1)
+        weights = weights.to(x.device, x.dtype).view(len(weights), *[1] * (x.dim() - 2), -1)
         total = 0
         for column, name in enumerate(self.mixing_names):
             if name in self.lora_A:
@@ -183,6 +183,11 @@ def adapter_names(model: nn.Module) -> list[str]:
     for _, layer in lora_layers(model):
         names.update(dict.fromkeys(layer.lora_A))
     return list(names)
+
+
+def _as_tuple(names: str | Sequence[str]) -> tuple[str, ...]:
+    """A name or a sequence of names as a tuple (a lone string is one name, not its letters)."""
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def _check_known(model: nn.Module, names: Sequence[str]) -> None:
@@ -212,7 +217,7 @@ def inject_lora(
     """Wraps every ``nn.Linear`` whose name matches ``config.target_modules`` in a
     ``LoraLinear`` holding ``adapters`` (in place); layers wrapped before get the new adapters
     added. Makes the first of ``adapters`` active. Returns the names of the layers."""
-    adapters = (adapters,) if isinstance(adapters, str) else tuple(adapters)
+    adapters = _as_tuple(adapters)
     if not adapters or len(set(adapters)) != len(adapters):
         raise ValueError(f"inject_lora: adapters must be distinct names, got {list(adapters)}")
     for name in adapters:
@@ -294,6 +299,7 @@ def _lora_parameters(
 ) -> dict[str, nn.Parameter]:
     """The LoRA parameters of ``adapters`` (all if None), by their names in ``state_dict``."""
     if adapters is not None:
+        adapters = _as_tuple(adapters)
         _check_known(model, adapters)
     chosen = {}
     for layer_name, layer in lora_layers(model):
@@ -311,7 +317,7 @@ def mark_only_lora_trainable(
     """Freezes every parameter but the LoRA ones of ``adapters`` (all if None) and those whose
     qualified names start with one of the prefixes ``also``."""
     lora = {id(parameter) for parameter in _lora_parameters(model, adapters).values()}
-    prefixes = tuple(also)
+    prefixes = _as_tuple(also)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(id(parameter) in lora or name.startswith(prefixes))
 

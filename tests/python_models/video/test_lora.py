@@ -163,7 +163,7 @@ def test_mark_only_lora_trainable_leaves_gradients_only_where_asked():
     model, x = tiny_vlm(), clips()
     inject_lora(model, LoraConfig(), adapters=("a", "b"))
     randomise_lora(model)
-    mark_only_lora_trainable(model, adapters=["a"])
+    mark_only_lora_trainable(model, adapters="a", also="head")  # a lone name, not its letters
     model(x).sum().backward()
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {n for n in lora_state_dict(model, ["a"])} | {"head.weight", "head.bias"}
