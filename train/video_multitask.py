@@ -268,7 +268,9 @@ class EvaluationTally:
             counts["qa_counted"] += known.sum().item()
         if "captioning" in wants:
             words = task.vocabulary.words
-            generated = model.caption_decoder.generate(output.features, beam_size=task.beam_size)
+            generated = model.caption_decoder.generate(
+                model.text_memory(output), beam_size=task.beam_size
+            )
             for hypothesis, references in zip(generated.tolist(), captions.tolist()):
                 refs = [words.tokenize(words.decode(r)) for r in references]
                 self.captions.append(
@@ -335,7 +337,7 @@ def plot_predictions(
         else [[] for _ in frames]
     )
     generated = (
-        model.caption_decoder.generate(output.features, beam_size=task.beam_size)
+        model.caption_decoder.generate(model.text_memory(output), beam_size=task.beam_size)
         if "captioning" in wants
         else None
     )

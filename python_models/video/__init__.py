@@ -1,5 +1,6 @@
 """HierarchicalVLM, the video model: token mixers, token merging, domain experts with a router,
-the model and its presets."""
+the model, its multi-task form and their presets (LoRA, detection and text heads: their own
+modules)."""
 
 from . import presets  # noqa: F401  (registers the presets)
 from .experts import (
@@ -29,13 +30,16 @@ from .mixers import (
     build_mixer,
 )
 from .model import HierarchicalVLM, TubeletEmbed, VideoBlock
+from .multitask import TASKS, DomainExperts, MultiTaskOutput, MultiTaskVLM
 
 __all__ = [
     "DEFAULT_DOMAINS",
     "MERGE_MODES",
     "MIXERS",
     "ROUTING_MODES",
+    "TASKS",
     "CrossMemoryAttention",
+    "DomainExperts",
     "DomainRouter",
     "ExpertFFN",
     "FullAttention",
@@ -44,6 +48,8 @@ __all__ = [
     "LinearAttention",
     "LocalGlobalAttention",
     "MambaMixer",
+    "MultiTaskOutput",
+    "MultiTaskVLM",
     "PerformerAttention",
     "RouterOutput",
     "StridedAttention",

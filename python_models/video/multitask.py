@@ -2,26 +2,30 @@
 and captioning heads, with optional domain experts between the backbone and the heads.
 
 clips → backbone tokens (class token + frames × patches) → [domain experts: a router over the
-pooled clip picks a mixture of expert FFNs, applied to every token as a residual] →
+clip's appearance picks a mixture of expert FFNs, applied to every token as a residual] →
 
 - ``action``: the backbone's own head on the pooled tokens;
 - ``detection``: ``DetectionHead`` on the mean token of each time step, per input frame;
-- ``qa``: ``VideoQAHead``, each question cross-attending to the tokens;
-- ``captioning``: ``CaptionDecoder``, teacher-forced in training, ``generate`` at inference.
+- ``qa``: ``VideoQAHead``, each question cross-attending to the tokens and the appearance ones;
+- ``captioning``: ``CaptionDecoder`` over the same, teacher-forced in training, ``generate``
+  at inference.
 
-LoRA adapters (``lora``) wrap the backbone's linear layers by name, one adapter set per domain.
+The appearance tokens (``AppearanceTokens``: the middle frame through a small stem of its own)
+feed the router and the text heads. LoRA adapters (``lora``) wrap the backbone's linear layers
+by name, one adapter set per domain.
 """
 
 import dataclasses
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..layers import init_vit_weights
 from ..vit import NORM_EPS
 from .detection import DetectionHead, DetectionOutput, step_features
 from .experts import DomainRouter, ExpertFFN, RouterOutput
-from .model import HierarchicalVLM
+from .model import HierarchicalVLM, MotionConvStem
 from .text import CaptionDecoder, VideoQAHead
 
 TASKS = ("action", "detection", "qa", "captioning")
@@ -36,12 +40,29 @@ class MultiTaskOutput:
     qa: Tensor | None = None  # (batch, questions, answers)
     captioning: Tensor | None = None  # (batch, caption length - 1, vocabulary): next-word logits
     routing: RouterOutput | None = None
-    features: Tensor | None = None  # the tokens the heads read (batch, tokens, dim)
+    features: Tensor | None = None  # the backbone's tokens after the experts (batch, L, dim)
+    appearance: Tensor | None = None  # the middle frame's tokens (batch, patches, dim)
+
+
+class AppearanceTokens(nn.Module):
+    """Tokens of the clip's middle frame through a stem of its own (``MotionConvStem`` on one
+    frame): the background (the domain), colour and shape, which a backbone trained for motion
+    need not keep. On the built-in video set a router over the backbone's pooled tokens stayed
+    at chance when it did not train the backbone, and held back action learning when it did."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int):
+        super().__init__()
+        self.stem = MotionConvStem(patch_size, 1, in_chans, dim)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """Normalised clips (batch, T, C, H, W) → (batch, patches, dim)."""
+        middle = clips.shape[1] // 2
+        return self.stem(clips[:, middle : middle + 1])
 
 
 class DomainExperts(nn.Module):
-    """tokens + Σ_e gate_e · FFN_e(norm(tokens)), the gates from a router over the mean patch
-    token (one mixture per clip: the domain is a property of the whole clip)."""
+    """tokens + Σ_e gate_e · FFN_e(norm(tokens)), one mixture per clip (the domain is a property
+    of the whole clip), the gates from a router over a pooled clip feature."""
 
     def __init__(
         self, dim: int, num_experts: int, hidden_dim: int, routing: str = "soft", top_k: int = 1
@@ -51,8 +72,8 @@ class DomainExperts(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=NORM_EPS)
         self.ffn = ExpertFFN(dim, hidden_dim, num_experts)
 
-    def forward(self, tokens: Tensor, prefix: int) -> tuple[Tensor, RouterOutput]:
-        routing = self.router(tokens[:, prefix:].mean(1))
+    def forward(self, tokens: Tensor, pooled: Tensor) -> tuple[Tensor, RouterOutput]:
+        routing = self.router(pooled)
         return tokens + self.ffn(self.norm(tokens), routing.gates.to(tokens.dtype)), routing
 
 
@@ -108,6 +129,11 @@ class MultiTaskVLM(nn.Module):
         self.experts = (
             DomainExperts(dim, num_domains, 2 * dim, routing, top_k) if num_domains else None
         )
+        self.appearance = (
+            AppearanceTokens(backbone.patch_embed.patch_size, backbone.clip_shape[1], dim)
+            if num_domains or text_tasks
+            else None
+        )
         self.detection_head = (
             DetectionHead(dim, backbone.num_classes, backbone.patch_embed.tubelet_size)
             if "detection" in tasks
@@ -140,12 +166,20 @@ class MultiTaskVLM(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enabled)
 
-    def forward_features(self, clips: Tensor) -> tuple[Tensor, RouterOutput | None]:
-        """The tokens every head reads, and the router's output (None without experts)."""
+    def forward_features(self, clips: Tensor) -> MultiTaskOutput:
+        """The backbone's tokens after the experts (``features``), the middle frame's appearance
+        tokens and the router's output, where the model has them."""
         tokens = self.backbone.forward_features(clips)
-        if self.experts is None:
-            return tokens, None
-        return self.experts(tokens, self.backbone.num_prefix_tokens)
+        output = MultiTaskOutput(features=tokens)
+        if self.appearance is not None:
+            output.appearance = self.appearance(self.backbone.prepare(clips))
+        if self.experts is not None:
+            output.features, output.routing = self.experts(tokens, output.appearance.mean(1))
+        return output
+
+    def text_memory(self, output: MultiTaskOutput) -> Tensor:
+        """What the QA and caption heads attend to: the video tokens and the appearance ones."""
+        return torch.cat([output.features, output.appearance], 1)
 
     def forward(
         self, clips: Tensor, questions: Tensor | None = None, captions: Tensor | None = None
@@ -153,19 +187,18 @@ class MultiTaskVLM(nn.Module):
         """``clips`` (batch, T, C, H, W); ``questions`` (batch, Q, words) token ids, several per
         clip; ``captions`` (batch, words) BOS … EOS token ids (teacher forcing). Heads whose
         input is not given are skipped."""
-        tokens, routing = self.forward_features(clips)
-        output = MultiTaskOutput(
-            self.backbone.forward_head(tokens), routing=routing, features=tokens
-        )
+        output = self.forward_features(clips)
+        tokens = output.features
+        output.action = self.backbone.forward_head(tokens)
         if self.detection_head is not None:
             layout = self.backbone.feature_layout(clips.shape)
             output.detection = self.detection_head(step_features(tokens, layout))
         if self.qa_head is not None and questions is not None:
             per_clip = questions.shape[1]
-            logits = self.qa_head(tokens.repeat_interleave(per_clip, 0), questions.flatten(0, 1))
-            output.qa = logits.unflatten(0, (len(clips), per_clip))
+            memory = self.text_memory(output).repeat_interleave(per_clip, 0)
+            output.qa = self.qa_head(memory, questions.flatten(0, 1)).unflatten(0, (len(clips), -1))
         if self.caption_decoder is not None and captions is not None:
-            output.captioning = self.caption_decoder(tokens, captions[:, :-1])
+            output.captioning = self.caption_decoder(self.text_memory(output), captions[:, :-1])
         return output
 
     def generate_captions(
@@ -174,5 +207,5 @@ class MultiTaskVLM(nn.Module):
         """Caption token ids (batch, ≤ max_len), greedy (beam 1) or by beam search."""
         if self.caption_decoder is None:
             raise ValueError("generate_captions: the model was built without the captioning task")
-        tokens, _ = self.forward_features(clips)
-        return self.caption_decoder.generate(tokens, beam_size=beam_size, max_len=max_len)
+        memory = self.text_memory(self.forward_features(clips))
+        return self.caption_decoder.generate(memory, beam_size=beam_size, max_len=max_len)
