@@ -289,7 +289,6 @@ def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
         inject_lora(model, adapter_config, adapters=(config.finetune_domain,))
         mark_only_lora_trainable(model, also=heads)
     else:
-        model.requires_grad_(False)
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(heads))
 
@@ -418,7 +417,8 @@ def make_task(config: VideoConfig, num_classes: int, vocabulary: TextVocabulary)
 
 def run(config: VideoConfig) -> tuple[Trainer, dict]:
     """Trains as configured, then tests the last weights; returns the trainer and a summary
-    (test accuracy, best validation accuracy, wall and CPU time)."""
+    (test accuracy, every test metric, trained parameters, the best validation value of the
+    task's monitored metric, wall and CPU time)."""
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
     train_set = datasets_for(config, "training", train=True)
@@ -459,7 +459,11 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
             f"done in {summary['time_s']:.0f} s (CPU time of this process "
             f"{summary['cpu_time_s']:.0f} s): test "
             + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
-            + f" (best validation {task.monitor} {trainer.best:.4f})",
+            + (
+                ""
+                if trainer.best is None
+                else f" (best validation {task.monitor} {trainer.best:.4f})"
+            ),
             flush=True,
         )
     return trainer, summary

@@ -97,44 +97,45 @@ class MultiTaskCollate:
 
     def _qa(self, pairs: list[list[tuple[str, str]]]) -> tuple[Tensor, Tensor]:
         words, answers = self.vocabulary.words, self.vocabulary.answers
+        count = self.max_questions
         questions = torch.stack(
             [
-                words.encode_batch(
-                    [q for q, _ in clip[: self.max_questions]]
-                    + [""] * (self.max_questions - len(clip[: self.max_questions])),
-                    self.max_question_len,
-                )
+                words.encode_batch(_padded([q for q, _ in clip], count), self.max_question_len)
                 for clip in pairs
             ]
         )
-        targets = torch.full((len(pairs), self.max_questions), IGNORE, dtype=torch.int64)
+        targets = torch.full((len(pairs), count), IGNORE, dtype=torch.int64)
         for row, clip in enumerate(pairs):
-            for column, (_, answer) in enumerate(clip[: self.max_questions]):
+            for column, (_, answer) in enumerate(clip[:count]):
                 targets[row, column] = answers.index(answer)
         return questions, targets
 
     def _captions(self, captions: list[list[str]]) -> Tensor:
-        words = self.vocabulary.words
+        words, length = self.vocabulary.words, self.max_caption_len
         return torch.stack(
             [
-                words.encode_batch(
-                    list(clip[: self.max_captions])
-                    + [""] * (self.max_captions - len(clip[: self.max_captions])),
-                    self.max_caption_len,
-                    bos=True,
-                    eos=True,
-                )
+                words.encode_batch(_padded(clip, self.max_captions), length, bos=True, eos=True)
                 for clip in captions
             ]
         )
 
 
-def masked_cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+def _padded(texts: Sequence[str], count: int) -> list[str]:
+    """The first ``count`` texts, then empty ones up to ``count`` (they encode to padding)."""
+    texts = list(texts[:count])
+    return texts + [""] * (count - len(texts))
+
+
+def masked_cross_entropy(
+    logits: Tensor, targets: Tensor, ignore_index: int, label_smoothing: float = 0.0
+) -> Tensor:
     """Mean cross-entropy over the known targets; 0 (with a gradient path) when none is known,
     where ``F.cross_entropy`` would give NaN."""
     logits, targets = logits.flatten(0, -2).float(), targets.flatten()
     known = targets != ignore_index
-    total = F.cross_entropy(logits, targets.clamp_min(0), reduction="none")
+    total = F.cross_entropy(
+        logits, targets.clamp_min(0), reduction="none", label_smoothing=label_smoothing
+    )
     return (total * known).sum() / known.sum().clamp_min(1)
 
 
@@ -188,11 +189,8 @@ class MultiTaskVideoTask:
         )
         losses = {}
         if "action" in wants:
-            losses["action"] = F.cross_entropy(
-                output.action.float(),
-                label,
-                ignore_index=IGNORE,
-                label_smoothing=self.label_smoothing,
+            losses["action"] = masked_cross_entropy(
+                output.action, label, IGNORE, self.label_smoothing
             )
         if "detection" in wants:
             losses["detection"] = detection_loss(output.detection, frame_labels, self.num_classes)
@@ -232,6 +230,7 @@ class EvaluationTally:
     COUNTS = (
         "loss",
         "clips",
+        "labelled",
         "action_correct",
         "qa_correct",
         "qa_counted",
@@ -246,7 +245,6 @@ class EvaluationTally:
         self.usage: list[Tensor] = []
         self.segments: list[tuple[list, list]] = []  # (predicted, ground truth) per clip
         self.captions: list[tuple[list[str], list[list[str]]]] = []  # (hypothesis, references)
-        self.examples: list[dict[str, Any]] = []
 
     def add(self, batch: list[Tensor]) -> None:
         task, model = self.task, self.model
@@ -256,7 +254,10 @@ class EvaluationTally:
         output = model(clips, questions if "qa" in wants else None)
         counts = self.counts
         counts["clips"] += len(frames)
-        counts["loss"] += F.cross_entropy(output.action.float(), label, reduction="sum").item()
+        counts["labelled"] += (label != IGNORE).sum().item()
+        counts["loss"] += F.cross_entropy(
+            output.action.float(), label, ignore_index=IGNORE, reduction="sum"
+        ).item()
         counts["action_correct"] += (output.action.argmax(-1) == label).sum().item()
         if output.detection is not None:
             predicted = decode_segments(output.detection, smoothing_window=task.smoothing_window)
@@ -288,21 +289,22 @@ class EvaluationTally:
         )
         distributed.all_reduce_sum(totals)
         counts = dict(zip(self.COUNTS, totals.tolist()))
-        clips = max(counts["clips"], 1.0)
-        metrics = {"loss": counts["loss"] / clips, "acc": counts["action_correct"] / clips}
+        clips, labelled = max(counts["clips"], 1.0), max(counts["labelled"], 1.0)
+        metrics = {"loss": counts["loss"] / labelled, "acc": counts["action_correct"] / labelled}
         headline = {"action": metrics["acc"]}
-        if self.segments:
-            pairs = distributed.gather_objects(self.segments)
+        pairs = distributed.gather_objects(self.segments)
+        if any(truth for _, truth in pairs):  # mAP needs ground-truth segments
             maps = detection_map([p for p, _ in pairs], [t for _, t in pairs])
             metrics.update(maps)
             headline["detection"] = maps["mAP@0.5"]
         if counts["qa_counted"]:
             metrics["qa_acc"] = counts["qa_correct"] / counts["qa_counted"]
             headline["qa"] = metrics["qa_acc"]
-        if self.captions:
+        if "captioning" in self.task.loss_weights:
             pairs = [p for p in distributed.gather_objects(self.captions) if p[1]]
-            metrics["bleu4"] = corpus_bleu([h for h, _ in pairs], [r for _, r in pairs])
-            headline["captioning"] = metrics["bleu4"]
+            if pairs:  # BLEU needs references
+                metrics["bleu4"] = corpus_bleu([h for h, _ in pairs], [r for _, r in pairs])
+                headline["captioning"] = metrics["bleu4"]
         if counts["route_counted"]:
             metrics["routing_acc"] = counts["route_correct"] / counts["route_counted"]
         if self.usage:
@@ -310,9 +312,7 @@ class EvaluationTally:
             distributed.all_reduce_sum(usage)
             for index, share in enumerate((usage / clips).tolist()):
                 metrics[f"expert_{index}_usage"] = share
-        metrics["score"] = sum(headline[t] for t in headline if t in self.task.loss_weights) / max(
-            1, sum(t in self.task.loss_weights for t in headline)
-        )
+        metrics["score"] = sum(headline.values()) / len(headline)
         return metrics
 
 
@@ -342,10 +342,13 @@ def plot_predictions(
         else None
     )
     words, vocabulary = task.vocabulary.words, task.vocabulary.answers
-    fig = Figure(figsize=(10, 2.6 * len(frames)), layout="tight")
-    axes = fig.subplots(2 * len(frames), 1, height_ratios=[4, 1] * len(frames))
+    fig = Figure(figsize=(13, 1.9 * len(frames)), layout="constrained")
+    rows = fig.add_gridspec(len(frames), 2, width_ratios=[3, 2])
     for k in range(len(frames)):
-        strip, timeline = axes[2 * k], axes[2 * k + 1]
+        picture = rows[k, 0].subgridspec(2, 1, height_ratios=[3, 1])
+        strip, timeline = fig.add_subplot(picture[0]), fig.add_subplot(picture[1])
+        notes = fig.add_subplot(rows[k, 1])
+        notes.set_axis_off()
         strip.imshow(frames[k].permute(2, 0, 3, 1).flatten(1, 2).cpu().numpy())
         strip.set_axis_off()
         lines = [
@@ -364,7 +367,7 @@ def plot_predictions(
         if generated is not None:
             lines.append(f"caption: {words.decode(generated[k].tolist())}")
             lines.append(f"reference: {words.decode(captions[k, 0].tolist())}")
-        strip.set_title("\n".join(lines), fontsize=8, loc="left")
+        notes.text(0, 1, "\n".join(lines), fontsize=8, va="top", wrap=True)
         _timeline(timeline, frame_labels[k].cpu(), segments[k], classes)
     fig.savefig(path, dpi=100)
 
@@ -372,11 +375,13 @@ def plot_predictions(
 def _timeline(ax, frame_labels: Tensor, predicted: list, classes: Sequence[str]) -> None:
     """True segments (top row) and the best predicted one (bottom row) over the frames."""
     steps = len(frame_labels)
-    for row, segments in ((1, ground_truth_segments(frame_labels)), (0, predicted[:1])):
+    rows = ((1, ground_truth_segments(frame_labels), "tab:green"), (0, predicted[:1], "tab:orange"))
+    for row, segments, colour in rows:
         for segment in segments:
-            ax.broken_barh([(segment.start, segment.end - segment.start)], (row, 0.8))
-            ax.text(segment.start, row + 0.3, classes[segment.label], fontsize=7)
+            width = segment.end - segment.start
+            ax.broken_barh([(segment.start, width)], (row + 0.1, 0.8), facecolors=colour)
+            ax.text(segment.start + 0.1, row + 0.35, classes[segment.label], fontsize=7)
     ax.set_xlim(0, steps)
     ax.set_ylim(0, 2)
-    ax.set_yticks([0.4, 1.4], ["predicted", "true"], fontsize=7)
-    ax.set_xlabel("frame", fontsize=7)
+    ax.set_yticks([0.5, 1.5], ["predicted", "true"], fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
