@@ -80,7 +80,7 @@ def test_a_model_without_text_tasks_or_experts_has_no_appearance_tokens():
         (dict(vocab_size=3), "need vocab_size > 4"),
         (dict(num_answers=0), "task qa needs num_answers >= 1"),
         (dict(num_classes=0), "needs a classification head"),
-        (dict(routing="hard"), "routing"),
+        (dict(routing="hard"), "mode must be one of"),
     ],
 )
 def test_inconsistent_settings_are_errors(overrides, message):
