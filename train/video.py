@@ -436,7 +436,8 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     if distributed.is_main():
         trainable, total = count_parameters(model)
         print(
-            f"{config.model} ({total / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trained; "
+            f"{config.model}{' with the multi-task heads' * config.multitask} "
+            f"({total / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trained; "
             f"tasks {list(config.tasks)}, attention {config.attention['type']}, merging "
             f"{config.merging}): {len(train_set)} train / {len(val_set)} validation clips, "
             f"device {device}, {torch.get_num_threads()} threads",
