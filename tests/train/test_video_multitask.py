@@ -10,8 +10,6 @@ import torch
 from python_models.video.text import WordTokenizer
 from train import checkpoint, evaluate, video
 from train.data.annotations import VideoRecord
-from train.data.moving_shapes import ensure_moving_shapes
-from train.engine import Trainer
 from train.video_multitask import (
     IGNORE,
     MultiTaskCollate,
@@ -20,38 +18,21 @@ from train.video_multitask import (
     pick_reference,
 )
 
-TINY_SIZES = {"training": 24, "validation": 8, "test": 8}
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory) -> Path:
-    return ensure_moving_shapes(tmp_path_factory.mktemp("tiny_multitask"), TINY_SIZES, seed=5)
+from .video_jobs import assert_same_weights, stop_and_resume, tiny_video_job
 
 
 def multitask_job(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--config",
-        "configs/video_multitask.yaml",
-        "--train-data",
-        str(data),
-        "--val-data",
-        str(data),
-        "--video",
-        "{num_frames: 4, frame_size: 32}",
-        "--model-args",
-        "{embed_dim: 16, depth: 2, num_heads: 2, patch_size: 8, tubelet_size: 2}",
-        "--text",
-        "{head_layers: 1, head_heads: 2, beam_size: 2}",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--threads",
-        "1",
-        "--out-dir",
-        str(out),
+    return tiny_video_job(
+        data,
+        out,
+        *("--config", "configs/video_multitask.yaml"),
+        *(
+            "--model-args",
+            "{embed_dim: 16, depth: 2, num_heads: 2, patch_size: 8, tubelet_size: 2}",
+        ),
+        *("--text", "{head_layers: 1, head_heads: 2, beam_size: 2}"),
         *extra,
-    ]
+    )
 
 
 def test_collate_pads_missing_annotations_and_maps_unknown_words():
@@ -92,8 +73,8 @@ def test_losses_of_clips_without_targets_are_zero_not_nan():
     assert (pick_reference(empty) == WordTokenizer.PAD).all()
 
 
-def test_every_head_trains_evaluates_and_resumes_exactly(tiny_set, tmp_path, monkeypatch):
-    summary = video.main(multitask_job(tiny_set, tmp_path / "whole"))
+def test_every_head_trains_evaluates_and_resumes_exactly(tiny_video_set, tmp_path, monkeypatch):
+    summary = video.main(multitask_job(tiny_video_set, tmp_path / "whole"))
     test = summary["test"]
     for key in ("acc", "mAP@0.5", "qa_acc", "bleu4", "routing_acc", "expert_0_usage", "score"):
         assert 0 <= test[key] <= 1, key
@@ -101,27 +82,13 @@ def test_every_head_trains_evaluates_and_resumes_exactly(tiny_set, tmp_path, mon
     assert report["qa_acc"] == pytest.approx(test["qa_acc"])
     assert (tmp_path / "whole" / "predictions.png").is_file()
 
-    step = Trainer.train_step
-
-    def stop_after_four_steps(self, batch):
-        if self.global_step == 4:
-            raise KeyboardInterrupt
-        return step(self, batch)
-
-    stopped = multitask_job(tiny_set, tmp_path / "stopped", "--checkpoint-every", "2")
-    monkeypatch.setattr(Trainer, "train_step", stop_after_four_steps)
-    with pytest.raises(KeyboardInterrupt):
-        video.main(stopped)
-    monkeypatch.setattr(Trainer, "train_step", step)
-    video.main([*stopped, "--resume", "last"])
+    stop_and_resume(video.main, multitask_job(tiny_video_set, tmp_path / "stopped"), monkeypatch)
+    assert_same_weights(tmp_path / "whole" / "last.pt", tmp_path / "stopped" / "last.pt")
     whole = checkpoint.load(tmp_path / "whole" / "last.pt")
-    resumed = checkpoint.load(tmp_path / "stopped" / "last.pt")
-    for name, value in whole["model"].items():
-        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
 
     tuned = tmp_path / "tuned"
     finetune = multitask_job(
-        tiny_set,
+        tiny_video_set,
         tuned,
         "--pretrained",
         str(tmp_path / "whole" / "last.pt"),
