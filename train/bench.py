@@ -46,9 +46,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"a video model (hvlm_tiny by default) over the grid {VIDEO_GRID} unless --grid",
     )
     parser.add_argument(
-        "--model-args", type=yaml.safe_load, default={}, help="YAML overrides of the preset"
-    )
-    parser.add_argument(
         "--grid",
         type=yaml.safe_load,
         default={},
@@ -57,20 +54,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--impl", choices=("both", *IMPLS), default="both", help="which paths to time"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--budget-s", type=float, default=3.0, help="seconds of timed steps per measurement"
-    )
-    parser.add_argument("--min-steps", type=int, default=3, help="timed steps at least")
-    parser.add_argument("--amp", choices=("none", *AMP_DTYPES), default="none")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--json", help="also write the results to this file")
+    add_measurement_arguments(parser, batch_size=32, budget_s=3.0)
     args = parser.parse_args(argv)
     args.model = args.model or ("hvlm_tiny" if args.video else "vim_tiny_cifar")
     if args.video and not args.grid:
         args.grid = VIDEO_GRID
     return args
+
+
+def add_measurement_arguments(parser: argparse.ArgumentParser, batch_size: int, budget_s: float):
+    """The options of a benchmark over a grid of model settings, besides the model and grid."""
+    parser.add_argument(
+        "--model-args", type=yaml.safe_load, default={}, help="YAML overrides of the preset"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument(
+        "--budget-s", type=float, default=budget_s, help="seconds of timed calls per measurement"
+    )
+    parser.add_argument("--min-steps", type=int, default=3, help="timed calls at least")
+    parser.add_argument("--amp", choices=("none", *AMP_DTYPES), default="none")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--json", help="also write the results to this file")
 
 
 def grid_points(grid: dict) -> list[dict]:
@@ -81,6 +86,18 @@ def grid_points(grid: dict) -> list[dict]:
                 f"--grid: expected a non-empty list of values for {name!r}, got {values!r}"
             )
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def point_label(point: dict) -> str:
+    """A grid point as table text: ``attention=full merge_ratio=0.5`` (``-`` for no settings)."""
+    return " ".join(f"{name}={value}" for name, value in point.items()) or "-"
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU and its torch thread count, for a table's title."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def example_input(model, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -130,42 +147,26 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def run_grid(args: argparse.Namespace, what: str, columns: str, measure, print_rows) -> dict:
+    """Prints a title and the ``columns`` header, then for every point of ``args.grid`` runs
+    ``measure(args, model_args, device)`` and prints its rows with ``print_rows(label,
+    results)`` (``label``: the settings, padded to the table's first column). Returns the
+    results, also written to ``args.json`` if given."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
-    )
+    where = describe_device(device)
     print(
-        f"{args.model} {args.model_args or ''}, batch {args.batch_size}, forward+backward, amp {args.amp}, {where}"
+        f"{args.model} {args.model_args or ''}, batch {args.batch_size}, {what}, amp {args.amp}, {where}"
     )
     points = grid_points(args.grid)
-    labels = [
-        " ".join(f"{name}={value}" for name, value in point.items()) or "-" for point in points
-    ]
+    labels = [point_label(point) for point in points]
     width = max(len("settings"), *map(len, labels))
-    print(
-        f"  {'settings':<{width}} {'path':<10} {'params':>9} {'step ms':>9} {'images/s':>10} "
-        f"{'peak MiB':>9}"
-    )
+    print(f"  {'settings':<{width}} {columns}")
     rows = []
     for point, label in zip(points, labels):
         results = measure(args, {**args.model_args, **point}, device)
-        paths = {name: result for name, result in results.items() if name in IMPLS}
-        for name, result in paths.items():
-            peak = "" if result["peak_mib"] is None else f"{result['peak_mib']:.0f}"
-            print(
-                f"  {label:<{width}} {name:<10} {results['params']:>9} {result['step_ms']:>9.1f} "
-                f"{result['images_per_s']:>10.1f} {peak:>9}",
-                flush=True,
-            )
-        if len(paths) == 2:
-            speedup = results["kernels"]["images_per_s"] / results["reference"]["images_per_s"]
-            print(f"  {'':<{width}} {'speed-up':<10} {speedup:>9.1f}x")
+        print_rows(f"  {label:<{width}}", results)
         rows.append({"settings": point, **results})
     summary = {
         "model": args.model,
@@ -179,6 +180,29 @@ def main(argv: list[str] | None = None) -> dict:
         with open(args.json, "w") as file:
             json.dump(summary, file, indent=2)
     return summary
+
+
+def format_mib(peak_mib: float | None) -> str:
+    return "" if peak_mib is None else f"{peak_mib:.0f}"
+
+
+def print_paths(label: str, results: dict) -> None:
+    paths = {name: result for name, result in results.items() if name in IMPLS}
+    for name, result in paths.items():
+        print(
+            f"{label} {name:<10} {results['params']:>9} {result['step_ms']:>9.1f} "
+            f"{result['images_per_s']:>10.1f} {format_mib(result['peak_mib']):>9}",
+            flush=True,
+        )
+    if len(paths) == 2:
+        speedup = results["kernels"]["images_per_s"] / results["reference"]["images_per_s"]
+        print(f"{'':<{len(label)}} {'speed-up':<10} {speedup:>9.1f}x")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    columns = f"{'path':<10} {'params':>9} {'step ms':>9} {'images/s':>10} {'peak MiB':>9}"
+    return run_grid(args, "forward+backward", columns, measure, print_paths)
 
 
 def cli() -> None:

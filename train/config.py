@@ -60,18 +60,19 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
 
 
 def load_config(cls: type[Config], argv: list[str] | None, prog: str, description: str) -> Config:
-    """The dataclass defaults, overridden by ``--config FILE`` and then by the flags given."""
+    """The dataclass defaults, overridden by ``--config FILE`` and then by the flags given; a
+    dict flag updates the file's dict key by key (``--experts '{top_k: 2}'`` keeps the file's
+    other expert settings)."""
     args = build_parser(cls, prog, description).parse_args(argv)
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(read_yaml(cls, args.config))
-    values.update(
-        {
-            name: value
-            for name, value in vars(args).items()
-            if name != "config" and value is not None
-        }
-    )
+    for name, value in vars(args).items():
+        if name == "config" or value is None:
+            continue
+        if isinstance(value, dict) and isinstance(values.get(name), dict):
+            value = {**values[name], **value}
+        values[name] = value
     return cls(**values)
 
 

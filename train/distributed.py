@@ -61,3 +61,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_objects(items: list) -> list:
+    """Every process's ``items`` (picklable), concatenated in rank order (``items`` itself when
+    not distributed): for metrics that need all predictions at once, such as mAP or BLEU."""
+    if not is_distributed():
+        return items
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]

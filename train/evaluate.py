@@ -3,6 +3,8 @@
 
 Classifier: accuracy, per-class precision/recall/F1 and a confusion-matrix PNG.
 Video classifier: the same plus top-5 accuracy, with ``--num-clips`` views per video averaged.
+Multi-task video model: also detection mAP at temporal IoU 0.3/0.5/0.7, QA accuracy, caption
+BLEU-4, routing accuracy and expert usage, and a PNG of clips with their predictions.
 MAE: masked-patch MSE (the training loss), PSNR and SSIM of the reconstructions in pixel space,
 a reconstruction grid PNG, and all of these at mask ratios 25/50/75/90 %.
 Results go to ``evaluation.json`` beside the PNGs (in the checkpoint's folder by default).
@@ -33,6 +35,7 @@ from .common import build_backbone, data_for, start  # noqa: E402
 from .config import field, load_config  # noqa: E402
 from .data import BatchTransform, DataSplits, SelectFields, make_loader  # noqa: E402
 from .mae import MAEConfig, build_mae  # noqa: E402
+from .video_multitask import TextVocabulary, plot_predictions  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -50,6 +53,7 @@ class EvaluateConfig:
     mask_ratios: list = field([0.25, 0.5, 0.75, 0.9], "MAE: mask ratios of the sweep")
     grid_images: int = field(8, "MAE: images in the reconstruction grid")
     num_clips: int = field(0, "video: views per test video, averaged (0: as trained)")
+    example_clips: int = field(4, "multi-task video: clips drawn in predictions.png")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,10 +108,15 @@ def evaluate_video(
     if config.num_clips:
         job.video = {**job.video, "num_clips": config.num_clips}
     dataset = video.datasets_for(job, "test", train=False)
+    vocabulary = TextVocabulary.from_state_dict(job.vocabulary) if job.multitask else None
+    model = video.build_model(job, dataset.num_classes, vocabulary)
+    if job.finetune_domain:
+        video.prepare_finetuning(model, job)
+    model.to(device).load_state_dict(weights)
+    if job.multitask:
+        return evaluate_multitask(job, model, dataset, vocabulary, config, out_dir, device)
     fields = SelectFields(("frames", "label"))
     loader = make_loader(dataset, config.batch_size, False, config.num_workers, config.seed, fields)
-    model = video.build_model(job, dataset.num_classes).to(device)
-    model.load_state_dict(weights)
     classifier = video.MultiViewClassifier(model)
     transform = video.clip_transform(job)
     matrix, _ = confusion_matrix(classifier, loader, transform, dataset.num_classes, device)
@@ -116,6 +125,47 @@ def evaluate_video(
     if distributed.is_main():
         print(f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video")
     return {"top5_accuracy": top5, "num_clips": job.video["num_clips"], **results}
+
+
+def evaluate_multitask(
+    job: video.VideoConfig,
+    model,
+    dataset,
+    vocabulary,
+    config: EvaluateConfig,
+    out_dir: Path,
+    device,
+) -> dict:
+    """Every enabled task's metrics on the test split, the action report and confusion matrix,
+    and ``predictions.png``: a few clips with their predicted segments, answers and captions."""
+    task = video.make_task(job, dataset.num_classes, vocabulary)
+    loader = video.loader_for(job, dataset, False, vocabulary)
+    metrics = task.evaluate(model, loader, device)
+    actions = ActionLogits(model)
+    fields = SelectFields(("frames", "label"))
+    action_loader = make_loader(
+        dataset, config.batch_size, False, config.num_workers, config.seed, fields
+    )
+    matrix, _ = confusion_matrix(
+        actions, action_loader, task.transform, dataset.num_classes, device
+    )
+    results = {**metrics, **classification_report(matrix, dataset.classes, out_dir)}
+    if distributed.is_main():
+        print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        batch = [t[: config.example_clips].to(device) for t in next(iter(loader))]
+        plot_predictions(model, task, batch, dataset.classes, out_dir / "predictions.png")
+    return results
+
+
+class ActionLogits(torch.nn.Module):
+    """A multi-task model seen as a classifier: clips → its action logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, clips: Tensor) -> Tensor:
+        return self.model(clips).action
 
 
 @torch.no_grad()

@@ -21,16 +21,25 @@ from torch import nn
 
 from python_models import create_model
 from python_models.video import MERGE_MODES, MIXERS, merge_ratio_at
+from python_models.video.experts import ROUTING_MODES
+from python_models.video.lora import (
+    LoraConfig,
+    count_parameters,
+    inject_lora,
+    mark_only_lora_trainable,
+)
 from python_models.video.mixers import mixer_options
+from python_models.video.multitask import TASKS, MultiTaskVLM
 
-from . import distributed
+from . import checkpoint, distributed
 from .classification import ClassificationTask
 from .common import plain, run_job, start
 from .config import field
-from .data import ClipTransform, SelectFields, VideoDataset, make_loader
+from .data import ClipTransform, SelectFields, VideoDataset, domain_balance_weights, make_loader
 from .data.annotations import read_json_split, read_video_list
 from .data.moving_shapes import load_moving_shapes
 from .engine import EngineConfig, Trainer
+from .video_multitask import ROUTER_LOSSES, MultiTaskCollate, MultiTaskVideoTask, TextVocabulary
 
 # Sections of settings with the source design's keys, and their defaults.
 ATTENTION_DEFAULTS = {"type": "full"}  # plus the chosen type's own options
@@ -45,6 +54,33 @@ TOKEN_MERGING_DEFAULTS = {
     "proportional_attention": False,  # ToMe's size-weighted attention (full attention)
     "ramp_fraction": 0.0,  # share of training over which the ratio ramps up from 0
 }
+TASK_WEIGHTS = {"action": 1.0}  # enabled tasks and their loss weights (multitask: all four)
+EXPERTS_DEFAULTS = {
+    "num_domains": 0,  # expert FFNs and router outputs (0: no experts)
+    "routing": "soft",  # soft or top_k
+    "top_k": 1,
+    "balance_weight": 0.01,  # Switch Transformer's load-balancing loss
+    "z_weight": 0.001,  # router z-loss
+    "supervised_weight": 0.5,  # cross-entropy against the clip's domain, where known
+}
+TEXT_DEFAULTS = {
+    "max_questions": 3,  # question/answer pairs per clip
+    "max_question_len": 12,  # words
+    "max_captions": 1,  # reference captions per clip
+    "max_caption_len": 20,  # words with BOS and EOS
+    "head_layers": 2,
+    "head_heads": 4,
+    "beam_size": 1,  # caption decoding in evaluation (1: greedy)
+}
+DOMAIN_BALANCING_DEFAULTS = {"sample_strategy": "none"}  # or weighted
+SAMPLE_STRATEGIES = ("none", "weighted")
+LORA_DEFAULTS = {
+    "alpha": 16.0,
+    "dropout": 0.0,
+    "target_modules": ["qkv", "proj"],  # the attention projections, as in the LoRA paper
+    "modules_to_save": [],  # prefixes of parameters that train too, beside the action head
+}
+FINETUNE_MODES = ("lora", "heads", "full")
 VIDEO_DEFAULTS = {
     "num_frames": 8,  # frames sampled per clip (one per TSN segment)
     "frame_size": 64,
@@ -75,6 +111,20 @@ class VideoConfig(EngineConfig):
     val_data: str = field("", "validation videos: a JSON-layout folder or a list file")
     data_dir: str = field("data", "where the built-in video set is made and read")
     num_classes: int = field(0, "classes (0: 1 + the largest training label)")
+    domains: list = field([], "use only the clips of these domains (empty: every clip)")
+    tasks: dict = field(TASK_WEIGHTS, f"tasks to train and their loss weights: {list(TASKS)}")
+    experts: dict = field(EXPERTS_DEFAULTS, "model.experts: domain experts and router settings")
+    text: dict = field(TEXT_DEFAULTS, "QA and captioning: lengths, head shape, beam size")
+    temporal_smoothing: int = field(3, "detection: moving-average window over frames (odd)")
+    domain_balancing: dict = field(DOMAIN_BALANCING_DEFAULTS, "sample_strategy: none or weighted")
+    pretrained: str = field("", "start from the weights of this train.video checkpoint")
+    finetune_domain: str = field("", "fine-tune on this domain's clips (with --pretrained)")
+    finetune: str = field("lora", f"what fine-tuning trains: one of {list(FINETUNE_MODES)}")
+    lora_rank: int = field(8, "LoRA rank of the fine-tuning adapters")
+    lora: dict = field(LORA_DEFAULTS, "LoRA alpha, dropout and target_modules (name patterns)")
+    vocabulary: dict = field(
+        {}, "QA/captioning words and answers (set from the training annotations or --pretrained)"
+    )
     crop_scale: list = field([1.0, 1.0], "random resized crop: area fraction range (1, 1: off)")
     label_smoothing: float = field(0.0, "label smoothing")
     epochs: int = field(30, "training epochs")
@@ -113,12 +163,54 @@ class VideoConfig(EngineConfig):
                 raise ValueError(
                     f"data.video.{key} must be a positive integer, got {self.video[key]!r}"
                 )
+        self._check_multitask()
         if bool(self.train_data) != bool(self.val_data):
             raise ValueError("give both --train-data and --val-data, or neither (built-in set)")
+
+    def _check_multitask(self) -> None:
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown or "action" not in self.tasks:
+            raise ValueError(
+                f"tasks must map 'action' and any of {list(TASKS)} to loss weights, got {self.tasks}"
+            )
+        self.experts = section("model.experts", self.experts, EXPERTS_DEFAULTS)
+        self.text = section("text", self.text, TEXT_DEFAULTS)
+        self.lora = section("lora", self.lora, LORA_DEFAULTS)
+        self.domain_balancing = section(
+            "training.domain_balancing", self.domain_balancing, DOMAIN_BALANCING_DEFAULTS
+        )
+        choices = (
+            (
+                "training.domain_balancing.sample_strategy",
+                self.domain_balancing["sample_strategy"],
+                SAMPLE_STRATEGIES,
+            ),
+            ("model.experts.routing", self.experts["routing"], ROUTING_MODES),
+            ("finetune", self.finetune, FINETUNE_MODES),
+        )
+        for key, value, allowed in choices:
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
+        if self.temporal_smoothing < 1 or self.temporal_smoothing % 2 == 0:
+            raise ValueError(
+                f"training.temporal_smoothing must be an odd window >= 1, got {self.temporal_smoothing}"
+            )
+        if self.multitask and self.video["num_clips"] != 1:
+            raise ValueError(
+                "data.video.num_clips must be 1 with several tasks (multi-view testing averages "
+                f"action scores only), got {self.video['num_clips']}"
+            )
+        if self.finetune_domain and not self.pretrained:
+            raise ValueError("--finetune-domain needs --pretrained CHECKPOINT to start from")
 
     @property
     def merging(self) -> bool:
         return bool(self.token_merging["enabled"])
+
+    @property
+    def multitask(self) -> bool:
+        """More than the action task, or domain experts: the model is a ``MultiTaskVLM``."""
+        return set(self.tasks) != {"action"} or self.experts["num_domains"] > 0
 
 
 def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
@@ -144,8 +236,61 @@ def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
     }
 
 
-def build_model(config: VideoConfig, num_classes: int) -> nn.Module:
-    return create_model(config.model, **model_arguments(config, num_classes))
+def build_model(
+    config: VideoConfig, num_classes: int, vocabulary: TextVocabulary | None = None
+) -> nn.Module:
+    """The configured backbone; a ``MultiTaskVLM`` around it for several tasks or experts;
+    with the fine-tuning domain's LoRA adapters when fine-tuning with ``lora``. Weights of
+    ``pretrained`` are loaded into the model before the adapters are added."""
+    model = create_model(config.model, **model_arguments(config, num_classes))
+    if config.multitask:
+        text, experts = config.text, config.experts
+        model = MultiTaskVLM(
+            model,
+            tuple(config.tasks),
+            vocab_size=len(vocabulary.words) if vocabulary else 0,
+            num_answers=len(vocabulary.answers) if vocabulary else 0,
+            num_domains=experts["num_domains"],
+            routing=experts["routing"],
+            top_k=experts["top_k"],
+            head_layers=text["head_layers"],
+            head_heads=text["head_heads"],
+            max_question_len=text["max_question_len"],
+            max_caption_len=text["max_caption_len"],
+        )
+    return model
+
+
+def load_pretrained(model: nn.Module, config: VideoConfig) -> None:
+    """The ``pretrained`` checkpoint's weights (its EMA when it kept one), then the fine-tuning
+    set-up: LoRA adapters named after the domain, and which parameters train."""
+    if config.pretrained:
+        state = checkpoint.load(config.pretrained)
+        model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    if config.finetune_domain:
+        prepare_finetuning(model, config)
+
+
+def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
+    """``lora``: adapters (``lora_rank``) on the backbone's linear layers, trained with the
+    action head and ``lora.modules_to_save``; ``heads``: those alone; ``full``: everything."""
+    action_head = "backbone.head" if config.multitask else "head"
+    heads = (action_head, *config.lora["modules_to_save"])
+    if config.finetune == "full":
+        return
+    if config.finetune == "lora":
+        lora = config.lora
+        adapter_config = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=tuple(lora["target_modules"]),
+        )
+        inject_lora(model, adapter_config, adapters=(config.finetune_domain,))
+        mark_only_lora_trainable(model, also=heads)
+    else:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(heads))
 
 
 def _records(source: str, split: str):
@@ -164,9 +309,13 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
         backend=video["backend"],
     )
     if not config.train_data:
-        return load_moving_shapes(Path(config.data_dir) / "moving_shapes", split, **sampling)
-    source = config.train_data if split == "training" else config.val_data
-    return VideoDataset(_records(source, split), num_classes=config.num_classes or None, **sampling)
+        dataset = load_moving_shapes(Path(config.data_dir) / "moving_shapes", split, **sampling)
+    else:
+        source = config.train_data if split == "training" else config.val_data
+        records = _records(source, split)
+        dataset = VideoDataset(records, num_classes=config.num_classes or None, **sampling)
+    domains = config.domains + [config.finetune_domain] * bool(config.finetune_domain)
+    return dataset.of_domains(domains[-1:] if config.finetune_domain else domains)
 
 
 class MultiViewClassifier(nn.Module):
@@ -209,48 +358,113 @@ def clip_transform(config: VideoConfig) -> ClipTransform:
     return ClipTransform(CLIP_MEAN, CLIP_STD, size=size, crop_scale=tuple(config.crop_scale))
 
 
-def loader_for(config: VideoConfig, dataset: VideoDataset, train: bool):
-    fields = SelectFields(("frames", "label"))
-    return make_loader(dataset, config.batch_size, train, config.num_workers, config.seed, fields)
+def loader_for(
+    config: VideoConfig,
+    dataset: VideoDataset,
+    train: bool,
+    vocabulary: TextVocabulary | None = None,
+):
+    """Batches of (clips, labels), or of every multi-task field; the training loader draws
+    domains equally often under ``domain_balancing.sample_strategy: weighted``."""
+    if config.multitask:
+        text = config.text
+        collate = MultiTaskCollate(
+            vocabulary,
+            text["max_questions"],
+            text["max_question_len"],
+            text["max_captions"],
+            text["max_caption_len"],
+        )
+    else:
+        collate = SelectFields(("frames", "label"))
+    weights = None
+    if train and config.domain_balancing["sample_strategy"] == "weighted":
+        weights = domain_balance_weights(dataset.domain_indices())
+    return make_loader(
+        dataset, config.batch_size, train, config.num_workers, config.seed, collate, weights
+    )
+
+
+def text_vocabulary(config: VideoConfig, train_set: VideoDataset) -> TextVocabulary:
+    """The vocabulary of the configuration, else of the ``pretrained`` checkpoint (its heads
+    were built for it), else of the training annotations; kept in ``config`` so that every
+    checkpoint carries it."""
+    state = config.vocabulary
+    if not state and config.pretrained:
+        state = checkpoint.load(config.pretrained)["config"].get("vocabulary", {})
+    vocabulary = (
+        TextVocabulary.from_state_dict(state) if state else TextVocabulary.build(train_set.records)
+    )
+    config.vocabulary = vocabulary.state_dict()
+    return vocabulary
+
+
+def make_task(config: VideoConfig, num_classes: int, vocabulary: TextVocabulary):
+    transform = clip_transform(config)
+    if not config.multitask:
+        return VideoClassificationTask(transform, num_classes, config)
+    return MultiTaskVideoTask(
+        transform,
+        num_classes,
+        config.tasks,
+        {k: config.experts[k] for k in ROUTER_LOSSES},
+        vocabulary,
+        config.temporal_smoothing,
+        config.label_smoothing,
+        config.text["beam_size"],
+    )
 
 
 def run(config: VideoConfig) -> tuple[Trainer, dict]:
     """Trains as configured, then tests the last weights; returns the trainer and a summary
-    (test accuracy, best validation accuracy, wall and CPU time)."""
+    (test accuracy, every test metric, trained parameters, the best validation value of the
+    task's monitored metric, wall and CPU time)."""
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
     train_set = datasets_for(config, "training", train=True)
     config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
-    model = build_model(config, train_set.num_classes)
-    task = VideoClassificationTask(clip_transform(config), train_set.num_classes, config)
+    vocabulary = text_vocabulary(config, train_set) if config.multitask else None
+    model = build_model(config, train_set.num_classes, vocabulary)
+    load_pretrained(model, config)
+    task = make_task(config, train_set.num_classes, vocabulary)
     train_loader, val_loader = (
-        loader_for(config, train_set, True),
-        loader_for(config, val_set, False),
+        loader_for(config, train_set, True, vocabulary),
+        loader_for(config, val_set, False, vocabulary),
     )
     trainer = Trainer(model, task, train_loader, val_loader, config, plain(config), device)
     if distributed.is_main():
-        params = sum(p.numel() for p in model.parameters())
+        trainable, total = count_parameters(model)
         print(
-            f"{config.model} ({params / 1e6:.2f} M parameters, attention {config.attention['type']}, "
-            f"merging {config.merging}): {len(train_set)} train / {len(val_set)} validation clips, "
+            f"{config.model}{' with the multi-task heads' * config.multitask} "
+            f"({total / 1e6:.2f} M parameters, {trainable / 1e6:.3f} M trained; "
+            f"tasks {list(config.tasks)}, attention {config.attention['type']}, merging "
+            f"{config.merging}): {len(train_set)} train / {len(val_set)} validation clips, "
             f"device {device}, {torch.get_num_threads()} threads",
             flush=True,
         )
     trainer.fit()
-    test_loader = loader_for(config, datasets_for(config, "test", train=False), False)
+    test_set = datasets_for(config, "test", train=False)
+    test_loader = loader_for(config, test_set, False, vocabulary)
     test = task.evaluate(trainer.eval_model, test_loader, device)
     summary = {
         "test_acc": test["acc"],
-        "best_val_acc": trainer.best,
+        "test": test,
+        "trainable_params": count_parameters(model)[0],
+        "best_val": trainer.best,
         "time_s": time.perf_counter() - started,
         "cpu_time_s": time.process_time() - cpu_started,
     }
     if distributed.is_main():
         print(
             f"done in {summary['time_s']:.0f} s (CPU time of this process "
-            f"{summary['cpu_time_s']:.0f} s): test accuracy {summary['test_acc']:.4f} "
-            f"(best validation accuracy {trainer.best:.4f})",
+            f"{summary['cpu_time_s']:.0f} s): test "
+            + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
+            + (
+                ""
+                if trainer.best is None
+                else f" (best validation {task.monitor} {trainer.best:.4f})"
+            ),
             flush=True,
         )
     return trainer, summary

@@ -1,6 +1,20 @@
-"""HierarchicalVLM, the video model: token mixers, token merging, the model and its presets."""
+"""HierarchicalVLM, the video model: token mixers, token merging, domain experts with a router,
+the model, its multi-task form and their presets (LoRA, detection and text heads: their own
+modules)."""
 
 from . import presets  # noqa: F401  (registers the presets)
+from .experts import (
+    DEFAULT_DOMAINS,
+    ROUTING_MODES,
+    DomainRouter,
+    ExpertFFN,
+    RouterOutput,
+    expert_usage,
+    load_balancing_loss,
+    router_z_loss,
+    routing_accuracy,
+    routing_loss,
+)
 from .merging import MERGE_MODES, drop_frames, merge_frames, merge_ratio_at
 from .mixers import (
     MIXERS,
@@ -16,24 +30,39 @@ from .mixers import (
     build_mixer,
 )
 from .model import HierarchicalVLM, TubeletEmbed, VideoBlock
+from .multitask import TASKS, DomainExperts, MultiTaskOutput, MultiTaskVLM
 
 __all__ = [
+    "DEFAULT_DOMAINS",
     "MERGE_MODES",
     "MIXERS",
+    "ROUTING_MODES",
+    "TASKS",
     "CrossMemoryAttention",
+    "DomainExperts",
+    "DomainRouter",
+    "ExpertFFN",
     "FullAttention",
     "HierarchicalAttention",
     "HierarchicalVLM",
     "LinearAttention",
     "LocalGlobalAttention",
     "MambaMixer",
+    "MultiTaskOutput",
+    "MultiTaskVLM",
     "PerformerAttention",
+    "RouterOutput",
     "StridedAttention",
     "TokenLayout",
     "TubeletEmbed",
     "VideoBlock",
     "build_mixer",
     "drop_frames",
+    "expert_usage",
+    "load_balancing_loss",
     "merge_frames",
     "merge_ratio_at",
+    "router_z_loss",
+    "routing_accuracy",
+    "routing_loss",
 ]

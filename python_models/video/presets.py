@@ -3,6 +3,7 @@
 
 from ..registry import register_model
 from .model import HierarchicalVLM
+from .multitask import TASKS, MultiTaskVLM
 
 
 @register_model
@@ -58,3 +59,26 @@ def hvlm_base(**overrides) -> HierarchicalVLM:
         mlp_ratio=4.0,
     )
     return HierarchicalVLM(**{**defaults, **overrides})
+
+
+@register_model
+def hvlm_multitask_tiny(
+    tasks: tuple[str, ...] = TASKS,
+    vocab_size: int = 0,
+    num_answers: int = 0,
+    num_domains: int = 4,
+    routing: str = "soft",
+    top_k: int = 1,
+    **backbone_overrides,
+) -> MultiTaskVLM:
+    """``hvlm_tiny`` with the detection, QA and captioning heads and four domain experts; the
+    vocabulary sizes come from the data (``train.video`` builds them from the annotations)."""
+    return MultiTaskVLM(
+        hvlm_tiny(**backbone_overrides),
+        tasks,
+        vocab_size=vocab_size,
+        num_answers=num_answers,
+        num_domains=num_domains,
+        routing=routing,
+        top_k=top_k,
+    )

@@ -3,6 +3,10 @@ hundred built-in images, no loader workers, one thread."""
 
 import pytest
 
+from train.data.moving_shapes import ensure_moving_shapes
+
+from .video_jobs import TINY_SIZES
+
 TINY_JOB = [
     "--shapes-train-size",
     "128",
@@ -26,3 +30,9 @@ def tiny_job(tmp_path):
         return [*job, "--out-dir", str(tmp_path / out), *extra]
 
     return flags
+
+
+@pytest.fixture(scope="session")
+def tiny_video_set(tmp_path_factory):
+    """A tiny set in the built-in video layout (24 / 8 / 8 clips)."""
+    return ensure_moving_shapes(tmp_path_factory.mktemp("tiny_video"), TINY_SIZES, seed=3)

@@ -27,6 +27,13 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert config.batch_size == ClassifyConfig().batch_size
 
 
+def test_a_dict_flag_updates_the_files_dict_key_by_key(tmp_path):
+    (tmp_path / "c.yaml").write_text("model_args: {depth: 3, embed_dim: 32}\n")
+    argv = ["--config", str(tmp_path / "c.yaml"), "--model-args", "{depth: 5}"]
+    config = load_config(ClassifyConfig, argv, "t", "t")
+    assert config.model_args == {"depth": 5, "embed_dim": 32}
+
+
 def test_stage_layout_flags_go_into_the_model_arguments():
     config = load_config(
         ClassifyConfig,

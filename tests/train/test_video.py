@@ -4,51 +4,27 @@ an epoch resumes from its step checkpoint to the same weights, and bad settings 
 from pathlib import Path
 
 import pytest
-import torch
 
-from train import checkpoint, evaluate, video
+from train import evaluate, video
 from train.config import load_config
-from train.data.moving_shapes import ensure_moving_shapes
-from train.engine import Trainer
 
-TINY_SIZES = {"training": 24, "validation": 8, "test": 8}
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory) -> Path:
-    return ensure_moving_shapes(tmp_path_factory.mktemp("tiny_video"), TINY_SIZES, seed=3)
+from .video_jobs import TINY_SIZES, assert_same_weights, stop_and_resume, tiny_video_job
 
 
 def tiny_job(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--train-data",
-        str(data),
-        "--val-data",
-        str(data),
-        "--video",
-        "{num_frames: 4, frame_size: 32}",
-        "--model-args",
-        "{embed_dim: 16, depth: 2, num_heads: 2}",
-        "--attention",
-        "{type: performer, redraw_interval: 2}",
-        "--token-merging",
-        "{enabled: true, ramp_fraction: 0.5}",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--threads",
-        "1",
-        "--out-dir",
-        str(out),
+    return tiny_video_job(
+        data,
+        out,
+        *("--model-args", "{embed_dim: 16, depth: 2, num_heads: 2}"),
+        *("--attention", "{type: performer, redraw_interval: 2}"),
+        *("--token-merging", "{enabled: true, ramp_fraction: 0.5}"),
         *extra,
-    ]
+    )
 
 
-def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_set, tmp_path, monkeypatch):
-    summary = video.main(tiny_job(tiny_set, tmp_path / "whole"))
+def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_video_set, tmp_path, monkeypatch):
+    summary = video.main(tiny_job(tiny_video_set, tmp_path / "whole"))
     assert 0 <= summary["test_acc"] <= 1
-    whole = checkpoint.load(tmp_path / "whole" / "last.pt")
     report = evaluate.main(
         ["--checkpoint", str(tmp_path / "whole" / "last.pt"), "--num-clips", "2", "--threads", "1"]
     )
@@ -56,24 +32,11 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_set, tmp_path,
     assert sum(map(sum, report["confusion_matrix"])) == TINY_SIZES["test"]
     assert (tmp_path / "whole" / "confusion_matrix.png").is_file()
 
-    step = Trainer.train_step
-
-    def stop_after_four_steps(self, batch):
-        if self.global_step == 4:  # the second of the 2nd epoch's 3 steps is next
-            raise KeyboardInterrupt
-        return step(self, batch)
-
-    stopped = tiny_job(tiny_set, tmp_path / "stopped", "--checkpoint-every", "2")
-    monkeypatch.setattr(Trainer, "train_step", stop_after_four_steps)
-    with pytest.raises(KeyboardInterrupt):
-        video.main(stopped)
-    mid_epoch = checkpoint.load(tmp_path / "stopped" / "last.pt")
-    assert (mid_epoch["epoch"], mid_epoch["epoch_progress"]["steps"]) == (1, 1)
-    monkeypatch.setattr(Trainer, "train_step", step)
-    video.main([*stopped, "--resume", "last"])
-    resumed = checkpoint.load(tmp_path / "stopped" / "last.pt")
-    for name, value in whole["model"].items():
-        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+    stopped = stop_and_resume(
+        video.main, tiny_job(tiny_video_set, tmp_path / "stopped"), monkeypatch
+    )
+    assert (stopped["epoch"], stopped["epoch_progress"]["steps"]) == (1, 1)
+    assert_same_weights(tmp_path / "whole" / "last.pt", tmp_path / "stopped" / "last.pt")
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,14 @@
 """Data for the training jobs: image data sets (``sources``), the built-in shapes (``shapes``),
 tensor augmentations (``augment``), video decoding, sampling and data sets (``video``,
 ``annotations``), the built-in video set (``moving_shapes``), clip augmentations
-(``clip_augment``) and loaders."""
+(``clip_augment``), weighted sampling for unequal domains (``sampling``) and loaders."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .. import distributed
@@ -21,6 +22,7 @@ from .annotations import (
 from .augment import BatchTransform, mix_batch
 from .clip_augment import ClipTransform
 from .moving_shapes import ensure_moving_shapes, load_moving_shapes
+from .sampling import WeightedDistributedSampler, domain_balance_weights
 from .sources import (
     ImageFolder,
     ImageTensorDataset,
@@ -111,13 +113,40 @@ def make_loader(
     num_workers: int,
     seed: int,
     collate_fn: Callable | None = None,
+    sample_weights: Tensor | None = None,
 ) -> DataLoader:
     """Training: shuffled per epoch (``sampler.set_epoch``), sharded across processes, last
-    partial batch dropped. Evaluation: every sample once across the processes. Workers persist
+    partial batch dropped; with ``sample_weights`` (one per sample, e.g.
+    ``domain_balance_weights``), len(dataset) indices drawn per epoch with replacement by those
+    weights instead. Evaluation: every sample once across the processes. Workers persist
     across epochs; batches go to pinned memory when a GPU is present. ``collate_fn`` as in
     ``DataLoader`` (e.g. ``SelectFields(("frames", "label"))`` for video clips)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=_sampler(dataset, train, seed, sample_weights),
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
+    )
+
+
+def _sampler(
+    dataset: Dataset, train: bool, seed: int, sample_weights: Tensor | None
+) -> Sampler[int]:
+    if sample_weights is not None:
+        if not train:
+            raise ValueError("sample_weights: weighted sampling is for training loaders only")
+        if len(sample_weights) != len(dataset):
+            raise ValueError(
+                f"sample_weights: expected one weight per sample ({len(dataset)}), "
+                f"got {len(sample_weights)}"
+            )
+        return WeightedDistributedSampler(sample_weights, len(dataset), seed=seed)
     if train:
-        sampler = DistributedSampler(
+        return DistributedSampler(
             dataset,
             num_replicas=distributed.world_size(),
             rank=distributed.rank(),
@@ -125,18 +154,7 @@ def make_loader(
             seed=seed,
             drop_last=True,
         )
-    else:
-        sampler = ShardSampler(len(dataset))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
-        collate_fn=collate_fn,
-    )
+    return ShardSampler(len(dataset))
 
 
 __all__ = [
@@ -152,7 +170,9 @@ __all__ = [
     "VideoDataset",
     "VideoReadError",
     "VideoRecord",
+    "WeightedDistributedSampler",
     "collate_clips",
+    "domain_balance_weights",
     "ensure_moving_shapes",
     "load_cifar",
     "load_fashion_mnist",

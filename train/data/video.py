@@ -2,6 +2,7 @@
 TSN segment sampling, and ``VideoDataset``, which yields uint8 clips with whichever targets the
 annotations hold and skips (and counts) videos that cannot be read."""
 
+import copy
 import functools
 import warnings
 from collections.abc import Iterator, Sequence
@@ -464,6 +465,24 @@ class VideoDataset(Dataset):
             except VideoReadError as error:
                 self._skip(self.records[position].path, error)
         raise VideoReadError(f"none of the {len(self.records)} videos of the data set can be read")
+
+    def of_domains(self, domains: Sequence[str]) -> "VideoDataset":
+        """The same data set restricted to the clips of ``domains`` (itself when empty)."""
+        if not domains:
+            return self
+        unknown = sorted(set(domains) - set(self.domains))
+        if unknown:
+            raise ValueError(f"domains {unknown} are not among the data's, {list(self.domains)}")
+        restricted = copy.copy(self)
+        restricted.records = [r for r in self.records if r.domain in domains]
+        if not restricted.records:
+            raise ValueError(f"no clip of the data set belongs to the domains {list(domains)}")
+        restricted.skipped, restricted._warned = SkipCounter(), set()
+        return restricted
+
+    def domain_indices(self) -> list[int]:
+        """Each record's domain as an index into ``domains`` (-1 when it has none)."""
+        return [self.domains.index(r.domain) if r.domain else -1 for r in self.records]
 
     def take_skipped(self) -> int:
         """Items skipped since the last call (every loader worker's), and reset the count."""
