@@ -239,9 +239,8 @@ def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
 def build_model(
     config: VideoConfig, num_classes: int, vocabulary: TextVocabulary | None = None
 ) -> nn.Module:
-    """The configured backbone; a ``MultiTaskVLM`` around it for several tasks or experts;
-    with the fine-tuning domain's LoRA adapters when fine-tuning with ``lora``. Weights of
-    ``pretrained`` are loaded into the model before the adapters are added."""
+    """The configured backbone, or a ``MultiTaskVLM`` around it for several tasks or experts
+    (its text heads sized for ``vocabulary``)."""
     model = create_model(config.model, **model_arguments(config, num_classes))
     if config.multitask:
         text, experts = config.text, config.experts
@@ -272,8 +271,9 @@ def load_pretrained(model: nn.Module, config: VideoConfig) -> None:
 
 
 def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
-    """``lora``: adapters (``lora_rank``) on the backbone's linear layers, trained with the
-    action head and ``lora.modules_to_save``; ``heads``: those alone; ``full``: everything."""
+    """``lora``: an adapter named after the domain (``lora_rank``) on every linear layer that
+    ``lora.target_modules`` names, trained with the action head and ``lora.modules_to_save``;
+    ``heads``: those alone; ``full``: everything."""
     action_head = "backbone.head" if config.multitask else "head"
     heads = (action_head, *config.lora["modules_to_save"])
     if config.finetune == "full":
@@ -314,8 +314,9 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
         source = config.train_data if split == "training" else config.val_data
         records = _records(source, split)
         dataset = VideoDataset(records, num_classes=config.num_classes or None, **sampling)
-    domains = config.domains + [config.finetune_domain] * bool(config.finetune_domain)
-    return dataset.of_domains(domains[-1:] if config.finetune_domain else domains)
+    return dataset.of_domains(
+        [config.finetune_domain] if config.finetune_domain else config.domains
+    )
 
 
 class MultiViewClassifier(nn.Module):
