@@ -102,26 +102,30 @@ def evaluate_video(
     job_config: dict, weights: dict, config: EvaluateConfig, out_dir: Path, device
 ) -> dict:
     """A ``train.video`` checkpoint on its test split: top-1 and top-5 accuracy, the per-class
-    report and confusion matrix, each video's ``num_clips`` views averaged."""
+    report and confusion matrix, each video's ``num_clips`` views averaged; for a multi-task
+    model also every other task's metrics (on one view per video)."""
     job = video.VideoConfig(**job_config)
     job.data_dir = config.data_dir or job.data_dir
-    if config.num_clips:
-        job.video = {**job.video, "num_clips": config.num_clips}
-    dataset = video.datasets_for(job, "test", train=False)
+    single_view = video.datasets_for(job, "test", train=False)
     vocabulary = TextVocabulary.from_state_dict(job.vocabulary) if job.multitask else None
-    model = video.build_model(job, dataset.num_classes, vocabulary)
+    model = video.build_model(job, single_view.num_classes, vocabulary)
     if job.finetune_domain:
         video.prepare_finetuning(model, job)
     model.to(device).load_state_dict(weights)
+    results = {}
     if job.multitask:
-        return evaluate_multitask(job, model, dataset, vocabulary, config, out_dir, device)
+        results = evaluate_multitask(job, model, single_view, vocabulary, config, out_dir, device)
+        model = ActionLogits(model)
+    if config.num_clips:
+        job.video = {**job.video, "num_clips": config.num_clips}
+    dataset = video.datasets_for(job, "test", train=False)
     fields = SelectFields(("frames", "label"))
     loader = make_loader(dataset, config.batch_size, False, config.num_workers, config.seed, fields)
     classifier = video.MultiViewClassifier(model)
     transform = video.clip_transform(job)
     matrix, _ = confusion_matrix(classifier, loader, transform, dataset.num_classes, device)
     top5 = top_k_accuracy(classifier, loader, transform, device, k=5)
-    results = classification_report(matrix, dataset.classes, out_dir)
+    results.update(classification_report(matrix, dataset.classes, out_dir))
     if distributed.is_main():
         print(f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video")
     return {"top5_accuracy": top5, "num_clips": job.video["num_clips"], **results}
@@ -136,25 +140,16 @@ def evaluate_multitask(
     out_dir: Path,
     device,
 ) -> dict:
-    """Every enabled task's metrics on the test split, the action report and confusion matrix,
-    and ``predictions.png``: a few clips with their predicted segments, answers and captions."""
+    """Every enabled task's metrics on the test split, and ``predictions.png``: a few clips with
+    their predicted segments, answers and captions."""
     task = video.make_task(job, dataset.num_classes, vocabulary)
     loader = video.loader_for(job, dataset, False, vocabulary)
     metrics = task.evaluate(model, loader, device)
-    actions = ActionLogits(model)
-    fields = SelectFields(("frames", "label"))
-    action_loader = make_loader(
-        dataset, config.batch_size, False, config.num_workers, config.seed, fields
-    )
-    matrix, _ = confusion_matrix(
-        actions, action_loader, task.transform, dataset.num_classes, device
-    )
-    results = {**metrics, **classification_report(matrix, dataset.classes, out_dir)}
     if distributed.is_main():
         print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         batch = [t[: config.example_clips].to(device) for t in next(iter(loader))]
         plot_predictions(model, task, batch, dataset.classes, out_dir / "predictions.png")
-    return results
+    return metrics
 
 
 class ActionLogits(torch.nn.Module):
