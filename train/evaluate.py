@@ -106,19 +106,20 @@ def evaluate_video(
     model also every other task's metrics (on one view per video)."""
     job = video.VideoConfig(**job_config)
     job.data_dir = config.data_dir or job.data_dir
-    single_view = video.datasets_for(job, "test", train=False)
+    test_set = video.datasets_for(job, "test", train=False)
     vocabulary = TextVocabulary.from_state_dict(job.vocabulary) if job.multitask else None
-    model = video.build_model(job, single_view.num_classes, vocabulary)
+    model = video.build_model(job, test_set.num_classes, vocabulary)
     if job.finetune_domain:
         video.prepare_finetuning(model, job)
     model.to(device).load_state_dict(weights)
     results = {}
     if job.multitask:
-        results = evaluate_multitask(job, model, single_view, vocabulary, config, out_dir, device)
+        results = evaluate_multitask(job, model, test_set, vocabulary, config, out_dir, device)
         model = ActionLogits(model)
-    if config.num_clips:
+    dataset = test_set
+    if config.num_clips and config.num_clips != job.video["num_clips"]:
         job.video = {**job.video, "num_clips": config.num_clips}
-    dataset = video.datasets_for(job, "test", train=False)
+        dataset = video.datasets_for(job, "test", train=False)
     fields = SelectFields(("frames", "label"))
     loader = make_loader(dataset, config.batch_size, False, config.num_workers, config.seed, fields)
     classifier = video.MultiViewClassifier(model)

@@ -263,11 +263,10 @@ def build_model(
     return model
 
 
-def load_pretrained(model: nn.Module, config: VideoConfig) -> None:
-    """The ``pretrained`` checkpoint's weights (its EMA when it kept one), then the fine-tuning
-    set-up: LoRA adapters named after the domain, and which parameters train."""
-    if config.pretrained:
-        state = checkpoint.load(config.pretrained)
+def load_pretrained(model: nn.Module, config: VideoConfig, state: dict | None) -> None:
+    """The ``pretrained`` checkpoint's weights (``state``; its EMA when it kept one), then the
+    fine-tuning set-up: LoRA adapters named after the domain, and which parameters train."""
+    if state is not None:
         model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     if config.finetune_domain:
         prepare_finetuning(model, config)
@@ -290,10 +289,7 @@ def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
             target_modules=tuple(lora["target_modules"]),
         )
         inject_lora(model, adapter_config, adapters=(config.finetune_domain,))
-        mark_only_lora_trainable(model, also=heads)
-    else:
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith(heads))
+    mark_only_lora_trainable(model, also=heads)  # without adapters: the heads alone
 
 
 def _records(source: str, split: str):
@@ -389,13 +385,15 @@ def loader_for(
     )
 
 
-def text_vocabulary(config: VideoConfig, train_set: VideoDataset) -> TextVocabulary:
+def text_vocabulary(
+    config: VideoConfig, train_set: VideoDataset, pretrained: dict | None
+) -> TextVocabulary:
     """The vocabulary of the configuration, else of the ``pretrained`` checkpoint (its heads
     were built for it), else of the training annotations; kept in ``config`` so that every
     checkpoint carries it."""
     state = config.vocabulary
-    if not state and config.pretrained:
-        state = checkpoint.load(config.pretrained)["config"].get("vocabulary", {})
+    if not state and pretrained is not None:
+        state = pretrained["config"].get("vocabulary", {})
     vocabulary = (
         TextVocabulary.from_state_dict(state) if state else TextVocabulary.build(train_set.records)
     )
@@ -428,9 +426,10 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     train_set = datasets_for(config, "training", train=True)
     config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
-    vocabulary = text_vocabulary(config, train_set) if config.multitask else None
+    pretrained = checkpoint.load(config.pretrained) if config.pretrained else None
+    vocabulary = text_vocabulary(config, train_set, pretrained) if config.multitask else None
     model = build_model(config, train_set.num_classes, vocabulary)
-    load_pretrained(model, config)
+    load_pretrained(model, config, pretrained)
     task = make_task(config, train_set.num_classes, vocabulary)
     train_loader, val_loader = (
         loader_for(config, train_set, True, vocabulary),

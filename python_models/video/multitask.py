@@ -169,10 +169,11 @@ class MultiTaskVLM(nn.Module):
     def forward_features(self, clips: Tensor) -> MultiTaskOutput:
         """The backbone's tokens after the experts (``features``), the middle frame's appearance
         tokens and the router's output, where the model has them."""
+        clips = self.backbone.prepare(clips)  # once: the backbone takes float clips as given
         tokens = self.backbone.forward_features(clips)
         output = MultiTaskOutput(features=tokens)
         if self.appearance is not None:
-            output.appearance = self.appearance(self.backbone.prepare(clips))
+            output.appearance = self.appearance(clips)
         if self.experts is not None:
             output.features, output.routing = self.experts(tokens, output.appearance.mean(1))
         return output
