@@ -51,6 +51,7 @@ TOKEN_MERGING_DEFAULTS = {
     "motion_alpha": 0.5,
     "motion_source": "frame_difference",  # or optical_flow (OpenCV Farneback, CPU)
     "importance_weight": 1.0,
+    "class_attention_weight": 0.0,  # the class token's attention added to the importance
     "proportional_attention": False,  # ToMe's size-weighted attention (full attention)
     "ramp_fraction": 0.0,  # share of training over which the ratio ramps up from 0
 }
@@ -232,6 +233,7 @@ def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
         "motion_alpha": merging["motion_alpha"],
         "motion_source": merging["motion_source"],
         "importance_weight": merging["importance_weight"],
+        "class_attention_weight": merging["class_attention_weight"],
         "proportional_attention": merging["proportional_attention"],
         "pixel_mean": CLIP_MEAN,
         "pixel_std": CLIP_STD,

@@ -269,9 +269,7 @@ class EvaluationTally:
             counts["qa_counted"] += known.sum().item()
         if "captioning" in wants:
             words = task.vocabulary.words
-            generated = model.caption_decoder.generate(
-                model.text_memory(output), beam_size=task.beam_size
-            )
+            generated = model.caption(output, beam_size=task.beam_size)
             for hypothesis, references in zip(generated.tolist(), captions.tolist()):
                 refs = [words.tokenize(words.decode(r)) for r in references]
                 self.captions.append(
@@ -336,11 +334,7 @@ def plot_predictions(
         if output.detection is not None
         else [[] for _ in frames]
     )
-    generated = (
-        model.caption_decoder.generate(model.text_memory(output), beam_size=task.beam_size)
-        if "captioning" in wants
-        else None
-    )
+    generated = model.caption(output, beam_size=task.beam_size) if "captioning" in wants else None
     words, vocabulary = task.vocabulary.words, task.vocabulary.answers
     fig = Figure(figsize=(13, 1.9 * len(frames)), layout="constrained")
     rows = fig.add_gridspec(len(frames), 2, width_ratios=[3, 2])

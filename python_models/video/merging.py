@@ -7,7 +7,9 @@ of tokens and the time layout stays recoverable (strided and hierarchical attent
 - ``similarity``: the same merging without the motion importance.
 - ``random``: the baseline: drop the same number of randomly chosen tokens per frame.
 
-The class token is outside the frames and never merged.
+With ``class_attention_weight`` (``HierarchicalVLM``), the class token's attention over the
+patches in the block after the merge adds to the importance (alone in ``similarity`` mode), as
+in EViT's attentive token selection. The class token is outside the frames and never merged.
 """
 
 import cv2
@@ -93,12 +95,23 @@ def merge_frames(
         protect=0,
         importance_weight=importance_weight,
     )
-    if importance_rows is not None:
-        importance_rows = importance_rows.new_zeros(merged_size.shape).scatter_reduce(
-            -1, assign, importance_rows, "amax", include_self=False
-        )
-        importance = batch_rows(importance_rows, frames)
+    if importance is not None:
+        importance = carry_importance(importance, assign, frames, merged_size.shape[-1])
     return batch_rows(merged, frames), batch_rows(merged_size, frames), importance, assign
+
+
+def carry_importance(importance: Tensor, assign: Tensor, frames: int, kept: int) -> Tensor:
+    """Importance (batch, frames · P) after a merge to ``kept`` tokens per frame with ``assign``
+    (batch · frames, P): each merged token keeps the largest importance of those it absorbed."""
+    rows = frame_rows(importance, frames)
+    merged = rows.new_zeros(len(rows), kept)
+    return batch_rows(merged.scatter_reduce(-1, assign, rows, "amax", include_self=False), frames)
+
+
+def per_frame_maximum_one(scores: Tensor, frames: int) -> Tensor:
+    """Scores (batch, frames · P) divided by their maximum within each frame."""
+    rows = frame_rows(scores, frames)
+    return batch_rows(rows / rows.amax(-1, keepdim=True).clamp_min(1e-12), frames)
 
 
 def drop_frames(

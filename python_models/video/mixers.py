@@ -73,6 +73,18 @@ class QKVMixer(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         raise NotImplementedError
 
+    def class_attention(self, x: Tensor) -> Tensor:
+        """(batch, L): the softmax attention of the first token's query over every token's key,
+        averaged over the heads (what a dense layer's class token reads; the efficient mixers
+        use the same projections but mix differently). Projects only that query and the keys."""
+        dim = x.shape[-1]
+        weight, bias = self.qkv.weight, self.qkv.bias
+        query = F.linear(x[:, :1], weight[:dim], None if bias is None else bias[:dim])
+        keys = F.linear(x, weight[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim])
+        q, k = split_heads(query, self.num_heads), split_heads(keys, self.num_heads)
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (batch, heads, 1, L)
+        return scores.softmax(-1).mean(1)[:, 0]
+
 
 class FullAttention(QKVMixer):
     """Dense softmax attention (``scaled_dot_product_attention``): the O(L²) baseline. With

@@ -22,13 +22,15 @@ from .merging import (
     MERGE_MODES,
     MOTION_SOURCES,
     batch_rows,
+    carry_importance,
     drop_frames,
     frame_rows,
     merge_frames,
     motion_importance,
+    per_frame_maximum_one,
     tokens_to_remove,
 )
-from .mixers import MIXERS, PerformerAttention, TokenLayout, build_mixer
+from .mixers import MIXERS, PerformerAttention, QKVMixer, TokenLayout, build_mixer
 
 GLOBAL_POOLS = ("token", "avg")
 NUM_PREFIX_TOKENS = 1  # the class token
@@ -66,10 +68,10 @@ class TubeletEmbed(TokenGrid):
         return self.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
 
 
-def _power_of_two(name: str, value: int, low: int) -> int:
-    """log2(value), for a power of two >= low."""
+def power_of_two_log2(name: str, value: int, low: int) -> int:
+    """log2(value), for a power of two >= low; ``name`` says whose argument in the error."""
     if value < low or value & (value - 1):
-        raise ValueError(f"MotionConvStem: {name} must be a power of two >= {low}, got {value}")
+        raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
     return value.bit_length() - 1
 
 
@@ -87,8 +89,8 @@ class MotionConvStem(TokenGrid):
         self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int, width: int = 32
     ):
         super().__init__(patch_size, tubelet_size)
-        stages = _power_of_two("patch_size", patch_size, 2)
-        time_halvings = _power_of_two("tubelet_size", tubelet_size, 1)
+        stages = power_of_two_log2("MotionConvStem: patch_size", patch_size, 2)
+        time_halvings = power_of_two_log2("MotionConvStem: tubelet_size", tubelet_size, 1)
         if time_halvings > stages:
             raise ValueError(
                 f"MotionConvStem: tubelet_size {tubelet_size} needs patch_size >= {tubelet_size}"
@@ -170,6 +172,10 @@ class HierarchicalVLM(nn.Module):
         motion_source: ``frame_difference`` (``motion_saliency``) or ``optical_flow``
             (OpenCV's Farneback on the CPU: slower, never the default).
         importance_weight: how strongly importance keeps a token from being merged.
+        class_attention_weight: weight of the class token's attention in the block after each
+            merge (``QKVMixer.class_attention``, divided by its maximum in each frame) added to
+            the motion importance, or the only importance in ``similarity`` mode (0: unused);
+            needs a mixer with a ``qkv`` projection.
         proportional_attention: after merging, dense attention weighs each token by the number
             of tokens it stands for (ToMe's proportional attention; ``full`` mixers only).
         global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head;
@@ -204,6 +210,7 @@ class HierarchicalVLM(nn.Module):
         motion_alpha: float = 0.5,
         motion_source: str = "frame_difference",
         importance_weight: float = 1.0,
+        class_attention_weight: float = 0.0,
         proportional_attention: bool = False,
         global_pool: str | None = None,
         final_norm: bool = True,
@@ -231,6 +238,7 @@ class HierarchicalVLM(nn.Module):
         self.motion_alpha = motion_alpha
         self.motion_source = motion_source
         self.importance_weight = importance_weight
+        self.class_attention_weight = class_attention_weight
         self.proportional_attention = proportional_attention
         self.global_pool = global_pool
         self.clip_shape = (num_frames, in_chans, img_size, img_size)  # what positions fit
@@ -255,6 +263,7 @@ class HierarchicalVLM(nn.Module):
             )
             for rate in rates
         )
+        self._check_class_attention(class_attention_weight)
         self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS) if final_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -265,6 +274,16 @@ class HierarchicalVLM(nn.Module):
         init_vit_weights(
             self, self.cls_token, self.pos_embed_time, self.pos_embed_space, keep=("head",)
         )
+
+    def _check_class_attention(self, weight: float) -> None:
+        if weight < 0:
+            raise ValueError(f"token_merging.class_attention_weight must be >= 0, got {weight}")
+        if weight > 0 and not isinstance(self.blocks[0].attn, QKVMixer):
+            with_qkv = sorted(name for name, cls in MIXERS.items() if issubclass(cls, QKVMixer))
+            raise ValueError(
+                f"token_merging.class_attention_weight needs attention.type in {with_qkv} "
+                f"(a qkv projection), got {self.attention!r}"
+            )
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -341,7 +360,7 @@ class HierarchicalVLM(nn.Module):
         assigns = []
         for index, block in enumerate(self.blocks):
             if index in self.merge_at and self.merge_ratio > 0:
-                x, size, importance, assign = self._reduce(x, size, importance, frames)
+                x, size, importance, assign = self._reduce(x, size, importance, frames, block)
                 assigns.append(assign)
                 if self.proportional_attention:
                     layout = self._sized_layout(size, frames)
@@ -354,15 +373,27 @@ class HierarchicalVLM(nn.Module):
             x = self._unmerge(x, assigns, frames)
         return x
 
-    def _reduce(self, x: Tensor, size: Tensor, importance: Tensor | None, frames: int):
+    def _reduce(
+        self, x: Tensor, size: Tensor, importance: Tensor | None, frames: int, block: VideoBlock
+    ):
+        """Merges (or drops) tokens of each frame before ``block``; ``importance`` is the motion
+        importance carried from earlier merges."""
         prefix, patches = x[:, :NUM_PREFIX_TOKENS], x[:, NUM_PREFIX_TOKENS:]
         r = tokens_to_remove(patches.shape[1] // frames, self.merge_ratio, len(self.merge_at))
         if self.merge_mode == "random":
             patches, size, importance, assign = drop_frames(patches, size, importance, frames, r)
-        else:
-            patches, size, importance, assign = merge_frames(
-                patches, size, importance, frames, r, self.importance_weight
-            )
+            return torch.cat([prefix, patches], 1), size, importance, assign
+        scores = importance
+        if self.class_attention_weight > 0:
+            with torch.no_grad():
+                attention = block.attn.class_attention(block.norm1(x))[:, NUM_PREFIX_TOKENS:]
+            attention = self.class_attention_weight * per_frame_maximum_one(attention, frames)
+            scores = attention if importance is None else importance + attention
+        patches, size, _, assign = merge_frames(
+            patches, size, scores, frames, r, self.importance_weight
+        )
+        if importance is not None:
+            importance = carry_importance(importance, assign, frames, patches.shape[1] // frames)
         return torch.cat([prefix, patches], 1), size, importance, assign
 
     @staticmethod

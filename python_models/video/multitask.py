@@ -10,9 +10,9 @@ clip's appearance picks a mixture of expert FFNs, applied to every token as a re
 - ``captioning``: ``CaptionDecoder`` over the same, teacher-forced in training, ``generate``
   at inference.
 
-The appearance tokens (``AppearanceTokens``: the middle frame through a small stem of its own)
-feed the router and the text heads. LoRA adapters (``lora``) wrap the backbone's linear layers
-by name, one adapter set per domain.
+The appearance tokens (``AppearanceTokens``: one frame through a small stem of its own) feed the
+router and the text heads, which also read their channel-wise maximum as the clip's summary.
+LoRA adapters (``lora``) wrap the backbone's linear layers by name, one adapter set per domain.
 """
 
 import dataclasses
@@ -25,7 +25,7 @@ from ..layers import init_vit_weights
 from ..vit import NORM_EPS
 from .detection import DetectionHead, DetectionOutput, step_features
 from .experts import DomainRouter, ExpertFFN, RouterOutput
-from .model import HierarchicalVLM, MotionConvStem
+from .model import HierarchicalVLM, power_of_two_log2
 from .text import CaptionDecoder, VideoQAHead
 
 TASKS = ("action", "detection", "qa", "captioning")
@@ -41,23 +41,58 @@ class MultiTaskOutput:
     captioning: Tensor | None = None  # (batch, caption length - 1, vocabulary): next-word logits
     routing: RouterOutput | None = None
     features: Tensor | None = None  # the backbone's tokens after the experts (batch, L, dim)
-    appearance: Tensor | None = None  # the middle frame's tokens (batch, patches, dim)
+    appearance: Tensor | None = None  # one frame's tokens (batch, patches, dim)
 
 
 class AppearanceTokens(nn.Module):
-    """Tokens of the clip's middle frame through a stem of its own (``MotionConvStem`` on one
-    frame): the background (the domain), colour and shape, which a backbone trained for motion
-    need not keep. On the built-in video set a router over the backbone's pooled tokens stayed
-    at chance when it did not train the backbone, and held back action learning when it did."""
+    """Tokens of one frame through a 2D convolution stem of its own: the background (the
+    domain), colour and shape, which a backbone trained for motion need not keep. On the
+    built-in video set a router over the backbone's pooled tokens stayed at chance when it did
+    not train the backbone, and held back action learning when it did.
 
-    def __init__(self, patch_size: int, in_chans: int, dim: int):
+    The stem keeps full resolution for its first convolution (shapes of 15-20 pixels lose their
+    corners to an early stride), then halves the side down to ``patch_size``: a strided 3×3
+    convolution per stage, a second one at that resolution from the second stage on, each with
+    BatchNorm and ReLU, widths ``width`` doubling to ``dim``. It reads the middle frame at
+    evaluation and, in training, a random frame of each clip with a random flip and quarter
+    turn: what a clip shows does not depend on either, and on the built-in set the extra views
+    lift shape accuracy from 48 % to 62 %."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 8, width: int = 32):
         super().__init__()
-        self.stem = MotionConvStem(patch_size, 1, in_chans, dim)
+        stages = power_of_two_log2("AppearanceTokens: patch_size", patch_size, 2)
+        layers, channels = _conv2d(in_chans, width, 1), width
+        for stage in range(stages):
+            out = dim if stage == stages - 1 else width << stage
+            layers += _conv2d(channels, out, 2) + (_conv2d(out, out, 1) if stage else [])
+            channels = out
+        self.stem = nn.Sequential(*layers)
 
     def forward(self, clips: Tensor) -> Tensor:
         """Normalised clips (batch, T, C, H, W) → (batch, patches, dim)."""
-        middle = clips.shape[1] // 2
-        return self.stem(clips[:, middle : middle + 1])
+        batch, frames = clips.shape[:2]
+        if not self.training:
+            return self._tokens(clips[:, frames // 2])
+        rows = torch.arange(batch, device=clips.device)
+        images = clips[rows, torch.randint(frames, (batch,), device=clips.device)]
+        flip = torch.rand(batch, device=clips.device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        # A quarter turn keeps the size of square frames only; others get a half turn or none.
+        square = images.shape[-1] == images.shape[-2]
+        turns = torch.randint(4, (batch,)) if square else 2 * torch.randint(2, (batch,))
+        images = torch.stack([image.rot90(int(k), (-2, -1)) for image, k in zip(images, turns)])
+        return self._tokens(images)
+
+    def _tokens(self, images: Tensor) -> Tensor:
+        return self.stem(images).flatten(2).transpose(1, 2)
+
+
+def _conv2d(channels: int, out: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class DomainExperts(nn.Module):
@@ -130,9 +165,7 @@ class MultiTaskVLM(nn.Module):
             DomainExperts(dim, num_domains, 2 * dim, routing, top_k) if num_domains else None
         )
         self.appearance = (
-            AppearanceTokens(backbone.patch_embed.patch_size, backbone.clip_shape[1], dim)
-            if num_domains or text_tasks
-            else None
+            AppearanceTokens(backbone.clip_shape[1], dim) if num_domains or text_tasks else None
         )
         self.detection_head = (
             DetectionHead(dim, backbone.num_classes, backbone.patch_embed.tubelet_size)
@@ -140,12 +173,20 @@ class MultiTaskVLM(nn.Module):
             else None
         )
         self.qa_head = (
-            VideoQAHead(dim, vocab_size, num_answers, head_layers, heads, max_question_len)
+            VideoQAHead(
+                dim,
+                vocab_size,
+                num_answers,
+                head_layers,
+                heads,
+                max_question_len,
+                clip_summary=True,
+            )
             if "qa" in tasks
             else None
         )
         self.caption_decoder = (
-            CaptionDecoder(dim, vocab_size, head_layers, heads, max_caption_len)
+            CaptionDecoder(dim, vocab_size, head_layers, heads, max_caption_len, clip_summary=True)
             if "captioning" in tasks
             else None
         )
@@ -167,8 +208,8 @@ class MultiTaskVLM(nn.Module):
         self.backbone.set_grad_checkpointing(enabled)
 
     def forward_features(self, clips: Tensor) -> MultiTaskOutput:
-        """The backbone's tokens after the experts (``features``), the middle frame's appearance
-        tokens and the router's output, where the model has them."""
+        """The backbone's tokens after the experts (``features``), the appearance tokens and
+        the router's output, where the model has them."""
         clips = self.backbone.prepare(clips)  # once: the backbone takes float clips as given
         tokens = self.backbone.forward_features(clips)
         output = MultiTaskOutput(features=tokens)
@@ -178,9 +219,11 @@ class MultiTaskVLM(nn.Module):
             output.features, output.routing = self.experts(tokens, output.appearance.mean(1))
         return output
 
-    def text_memory(self, output: MultiTaskOutput) -> Tensor:
-        """What the QA and caption heads attend to: the video tokens and the appearance ones."""
-        return torch.cat([output.features, output.appearance], 1)
+    def text_inputs(self, output: MultiTaskOutput) -> tuple[Tensor, Tensor]:
+        """What the QA and caption heads read: the tokens they attend to (the video tokens and
+        the appearance ones) and the clip's summary (the appearance tokens' maximum)."""
+        memory = torch.cat([output.features, output.appearance], 1)
+        return memory, output.appearance.amax(1)
 
     def forward(
         self, clips: Tensor, questions: Tensor | None = None, captions: Tensor | None = None
@@ -196,17 +239,26 @@ class MultiTaskVLM(nn.Module):
             output.detection = self.detection_head(step_features(tokens, layout))
         if self.qa_head is not None and questions is not None:
             per_clip = questions.shape[1]
-            memory = self.text_memory(output).repeat_interleave(per_clip, 0)
-            output.qa = self.qa_head(memory, questions.flatten(0, 1)).unflatten(0, (len(clips), -1))
+            memory, summary = (t.repeat_interleave(per_clip, 0) for t in self.text_inputs(output))
+            answers = self.qa_head(memory, questions.flatten(0, 1), summary)
+            output.qa = answers.unflatten(0, (len(clips), -1))
         if self.caption_decoder is not None and captions is not None:
-            output.captioning = self.caption_decoder(self.text_memory(output), captions[:, :-1])
+            memory, summary = self.text_inputs(output)
+            output.captioning = self.caption_decoder(memory, captions[:, :-1], summary)
         return output
+
+    def caption(
+        self, output: MultiTaskOutput, beam_size: int = 1, max_len: int | None = None
+    ) -> Tensor:
+        """Caption token ids (batch, ≤ max_len) for the clips of ``output`` (from ``forward`` or
+        ``forward_features``), greedy (beam 1) or by beam search."""
+        if self.caption_decoder is None:
+            raise ValueError("caption: the model was built without the captioning task")
+        memory, summary = self.text_inputs(output)
+        return self.caption_decoder.generate(memory, beam_size, max_len, summary=summary)
 
     def generate_captions(
         self, clips: Tensor, beam_size: int = 1, max_len: int | None = None
     ) -> Tensor:
         """Caption token ids (batch, ≤ max_len), greedy (beam 1) or by beam search."""
-        if self.caption_decoder is None:
-            raise ValueError("generate_captions: the model was built without the captioning task")
-        memory = self.text_memory(self.forward_features(clips))
-        return self.caption_decoder.generate(memory, beam_size=beam_size, max_len=max_len)
+        return self.caption(self.forward_features(clips), beam_size, max_len)

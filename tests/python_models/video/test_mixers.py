@@ -74,6 +74,14 @@ def test_cross_memory_steps_iterate_the_hopfield_update():
     torch.testing.assert_close(mixer(x, LAYOUT), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_class_attention_is_the_first_row_of_the_dense_attention_weights():
+    torch.manual_seed(0)
+    mixer, x = FullAttention(DIM, HEADS), tokens()
+    q, k, _ = qkv_of(mixer, x)
+    weights = (q @ k.transpose(-2, -1) * (DIM // HEADS) ** -0.5).softmax(-1)
+    torch.testing.assert_close(mixer.class_attention(x), weights[:, :, 0].mean(1))
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_linear_attention_matches_its_quadratic_form(causal):
     torch.manual_seed(0)

@@ -118,6 +118,40 @@ def test_important_tokens_survive_merging():
     assert guided[0, 0] != guided[0, 1]
 
 
+@pytest.mark.parametrize("mode", ["motion", "similarity"])
+def test_class_attention_adds_to_the_merge_importance(mode):
+    """The merge before block 1 uses motion importance (if any) plus the weighted class-token
+    attention of that block, divided by its maximum per frame; motion alone is carried on. (At
+    ratio 0.25 a merge takes 4 of a frame's 8 A tokens, so the importance decides which.)"""
+    torch.manual_seed(0)
+    model = create_model(
+        "hvlm_tiny", merge_ratio=0.25, merge_mode=mode, class_attention_weight=2.0, **SMALL
+    ).eval()
+    block, frames, size = model.blocks[1], 2, torch.ones(2, 32)
+    with torch.no_grad():  # a peaked attention: the initial one is nearly uniform
+        block.attn.qkv.weight.normal_(0, 1)
+    x = torch.randn(2, 1 + 2 * 16, 32)
+    motion = torch.rand(2, 32) if mode == "motion" else None
+    attention = block.attn.class_attention(block.norm1(x))[:, 1:].view(2, frames, 16)
+    scores = (2.0 * attention / attention.amax(-1, keepdim=True)).view(2, 32)
+    scores = scores if motion is None else motion + scores
+    expected = merge_frames(x[:, 1:], size, scores, frames, 4)
+    merged, _, carried, assign = model._reduce(x, size, motion, frames, block)
+    torch.testing.assert_close(merged[:, 1:], expected[0])
+    assert torch.equal(assign, expected[3]) and torch.equal(merged[:, 0], x[:, 0])
+    without_attention = merge_frames(x[:, 1:], size, motion, frames, 4)
+    assert not torch.equal(assign, without_attention[3])
+    if motion is None:
+        assert carried is None
+    else:
+        merged_motion = (
+            motion.view(4, 16)
+            .new_zeros(4, 12)
+            .scatter_reduce(-1, assign, motion.view(4, 16), "amax", include_self=False)
+        )
+        assert torch.equal(carried, merged_motion.view(2, 24))
+
+
 def test_merge_ratio_schedule_ramps_to_the_target():
     ratios = [merge_ratio_at(step, 100, 0.5, 0.2) for step in (0, 9, 19, 50)]
     assert ratios == pytest.approx([0.025, 0.25, 0.5, 0.5])
@@ -158,6 +192,12 @@ def test_bad_settings_name_the_key_and_the_allowed_values():
         create_model("hvlm_tiny", merge_ratio=1.5)
     with pytest.raises(ValueError, match="merge_at must hold distinct block indices in \\[0, 4\\)"):
         create_model("hvlm_tiny", merge_at=[4])
+    with pytest.raises(
+        ValueError, match=r"class_attention_weight needs attention.type in \['full'"
+    ):
+        create_model("hvlm_tiny", attention="mamba", class_attention_weight=1.0)
+    with pytest.raises(ValueError, match="class_attention_weight must be >= 0, got -1"):
+        create_model("hvlm_tiny", class_attention_weight=-1.0)
     with pytest.raises(ValueError, match=r"motion_source must be one of \['frame_difference'"):
         create_model("hvlm_tiny", motion_source="flow")
     with pytest.raises(ValueError, match="do not split into tubelets"):

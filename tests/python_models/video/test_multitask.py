@@ -6,6 +6,7 @@ import torch
 
 from python_models import create_model
 from python_models.video import MultiTaskVLM
+from python_models.video.multitask import AppearanceTokens
 
 SMALL = dict(embed_dim=16, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4)
 VOCAB, ANSWERS = 20, 6
@@ -34,7 +35,7 @@ def test_every_head_answers_with_its_shape():
     assert out.qa.shape == (3, 2, ANSWERS) and out.captioning.shape == (3, 6, VOCAB)
     assert out.routing.gates.shape == (3, 4)
     torch.testing.assert_close(out.routing.gates.sum(-1), torch.ones(3))
-    assert out.appearance.shape == (3, 16, 16)  # the middle frame's 4 x 4 patches
+    assert out.appearance.shape == (3, 16, 16)  # one frame's 4 x 4 patches of 8 pixels
 
 
 def test_gradients_reach_every_parameter():
@@ -60,10 +61,43 @@ def test_heads_without_their_inputs_are_skipped_and_captions_generate():
     assert out.qa is None and out.captioning is None and out.action is not None
     words = model.generate_captions(clips, beam_size=2, max_len=6)
     assert words.shape[0] == 2 and words.shape[1] <= 6
+    memory, summary = model.text_inputs(model.forward_features(clips))
     torch.testing.assert_close(
         model.generate_captions(clips, beam_size=1, max_len=6),
-        model.caption_decoder.greedy(model.text_memory(model.forward_features(clips)), 6),
+        model.caption_decoder.greedy(memory, 6, summary=summary),
     )
+
+
+def test_appearance_tokens_read_the_middle_frame_in_eval_and_any_view_in_training():
+    """With the stem taken out, the tokens are the pixels of the frame read: in eval the middle
+    one, in training any frame, flipped or turned."""
+    appearance = AppearanceTokens(3, 16).eval()
+    appearance.stem = torch.nn.Identity()
+    clips = torch.randn(4, 5, 3, 8, 8)
+
+    def images(tokens):
+        return tokens.transpose(1, 2).unflatten(2, (8, 8))
+
+    torch.testing.assert_close(images(appearance(clips)), clips[:, 2])
+    views = {}
+    for k in range(4):
+        for flip in (False, True):
+            turned = clips.rot90(k, (-2, -1))
+            views[(k, flip)] = turned.flip(-1) if flip else turned
+    appearance.train()
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        for row, image in enumerate(images(appearance(clips))):
+            matches = [
+                (frame, view)
+                for view, frames in views.items()
+                for frame in range(5)
+                if torch.equal(image, frames[row, frame])
+            ]
+            assert matches, "a training view is not a flipped or turned frame of its clip"
+            seen.update(matches)
+    assert len({frame for frame, _ in seen}) == 5 and len({view for _, view in seen}) == 8
 
 
 def test_a_model_without_text_tasks_or_experts_has_no_appearance_tokens():

@@ -22,9 +22,15 @@ def video_tokens(batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 5, DIM, generator=seeded(seed))
 
 
-def random_decoder(seed: int, vocab: int = VOCAB) -> CaptionDecoder:
+def summaries(batch: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, DIM, generator=seeded(seed + 100))
+
+
+def random_decoder(seed: int, vocab: int = VOCAB, clip_summary: bool = False) -> CaptionDecoder:
     torch.manual_seed(seed)
-    decoder = CaptionDecoder(DIM, vocab, num_layers=2, num_heads=2, max_len=8).eval()
+    decoder = CaptionDecoder(
+        DIM, vocab, num_layers=2, num_heads=2, max_len=8, clip_summary=clip_summary
+    ).eval()
     with torch.no_grad():  # sharper next-token distributions than the 0.02-std initialisation
         for parameter in decoder.parameters():
             parameter.normal_(0, 0.5)
@@ -126,18 +132,45 @@ def test_qa_head_shapes_and_empty_question():
         head(video_tokens(2), questions)
 
 
-def test_every_parameter_gets_a_gradient():
-    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2)
-    decoder = CaptionDecoder(DIM, VOCAB, num_heads=2)
+@pytest.mark.parametrize("clip_summary", [False, True])
+def test_every_parameter_gets_a_gradient(clip_summary):
+    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2, clip_summary=clip_summary)
+    decoder = CaptionDecoder(DIM, VOCAB, num_heads=2, clip_summary=clip_summary)
     video = video_tokens(2).requires_grad_()
+    summary = summaries(2).requires_grad_() if clip_summary else None
     questions = torch.tensor([[4, 5, 6, 7], [8, 9, PAD, PAD]])
     captions = torch.tensor([[BOS, 4, 5, 6, EOS], [BOS, 7, EOS, PAD, PAD]])
-    loss = head(video, questions).logsumexp(1).sum() + decoder.loss(video, captions)
-    loss.backward()
+    loss = head(video, questions, summary).logsumexp(1).sum()
+    (loss + decoder.loss(video, captions, summary)).backward()
     for module in (head, decoder):
         for name, parameter in module.named_parameters():
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-    assert video.grad.abs().sum() > 0
+    for tensor in (video, summary) if clip_summary else (video,):
+        assert tensor.grad.abs().sum() > 0
+
+
+def test_heads_check_the_clip_summary():
+    questions, captions = torch.tensor([[4, 5]]), torch.tensor([[BOS, 4, EOS]])
+    video = video_tokens(1)
+    plain_head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2)
+    plain_decoder = CaptionDecoder(DIM, VOCAB, num_heads=2)
+    with pytest.raises(ValueError, match="without clip_summary"):
+        plain_head(video, questions, summaries(1))
+    with pytest.raises(ValueError, match="without clip_summary"):
+        plain_decoder.generate(video, summary=summaries(1))
+    head = VideoQAHead(DIM, VOCAB, num_answers=5, num_heads=2, clip_summary=True)
+    decoder = CaptionDecoder(DIM, VOCAB, num_heads=2, clip_summary=True)
+    for bad in (None, summaries(2), torch.randn(1, DIM + 1)):
+        with pytest.raises(ValueError, match=r"summary must be \(1, 16\)"):
+            head(video, questions, bad)
+        with pytest.raises(ValueError, match=r"summary must be \(1, 16\)"):
+            decoder.loss(video, captions, bad)
+    # The summary reaches the answers and every word.
+    assert not torch.equal(
+        head(video, questions, summaries(1)), head(video, questions, summaries(1, 1))
+    )
+    logits = [decoder(video, captions[:, :-1], summaries(1, seed)) for seed in (0, 1)]
+    assert not torch.isclose(logits[0], logits[1]).all(-1).any()
 
 
 # -- caption decoder -------------------------------------------------------------------------
@@ -170,21 +203,27 @@ def test_causal_decoder_ignores_later_tokens():
     torch.testing.assert_close(decoder(video, changed)[:, :3], decoder(video, captions)[:, :3])
 
 
-def test_incremental_decoding_matches_the_full_forward():
-    decoder, video = random_decoder(4), video_tokens(3, 4)
+@pytest.mark.parametrize("clip_summary", [False, True])
+def test_incremental_decoding_matches_the_full_forward(clip_summary):
+    decoder, video = random_decoder(4, clip_summary=clip_summary), video_tokens(3, 4)
+    summary = summaries(3) if clip_summary else None
     captions = torch.tensor([[BOS, 4, 5, 6, 7], [BOS, 8, 9, EOS, PAD], [BOS, 10, 11, 4, 5]])
-    caches, _ = decoder._start(video, 1)
-    steps = [decoder._next_log_probs(captions[:, step], step, caches) for step in range(5)]
-    full = (decoder(video, captions) + decoder.never_generated).log_softmax(-1)
+    caches, row_summary, _ = decoder._start(video, summary, 1)
+    steps = [
+        decoder._next_log_probs(captions[:, step], step, caches, row_summary) for step in range(5)
+    ]
+    full = (decoder(video, captions, summary) + decoder.never_generated).log_softmax(-1)
     torch.testing.assert_close(torch.stack(steps, 1), full.detach())
 
 
-def test_beam_one_equals_greedy():
+@pytest.mark.parametrize("clip_summary", [False, True])
+def test_beam_one_equals_greedy(clip_summary):
     for seed in range(3):
-        decoder, video = random_decoder(seed), video_tokens(6, seed)
-        greedy = decoder.greedy(video)
-        assert torch.equal(decoder.beam_search(video, beam_size=1), greedy)
-        assert torch.equal(decoder.generate(video), greedy)
+        decoder = random_decoder(seed, clip_summary=clip_summary)
+        video, summary = video_tokens(6, seed), summaries(6, seed) if clip_summary else None
+        greedy = decoder.greedy(video, summary=summary)
+        assert torch.equal(decoder.beam_search(video, beam_size=1, summary=summary), greedy)
+        assert torch.equal(decoder.generate(video, summary=summary), greedy)
 
 
 def test_greedy_output_format():
