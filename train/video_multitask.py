@@ -32,6 +32,7 @@ from .detection_metrics import detection_map, ground_truth_segments
 from .text_metrics import corpus_bleu
 
 # The engine's batch: these tensors, in this order.
+QUESTION_KIND_WORDS = 2  # a question's kind for per-kind QA accuracy: its first two words
 FIELDS = ("frames", "label", "frame_labels", "domain", "questions", "answers", "captions")
 IGNORE = -1  # a target that is not known (no label, no domain, a padding question)
 ROUTER_LOSSES = ("balance_weight", "z_weight", "supervised_weight")
@@ -245,6 +246,7 @@ class EvaluationTally:
         self.usage: list[Tensor] = []
         self.segments: list[tuple[list, list]] = []  # (predicted, ground truth) per clip
         self.captions: list[tuple[list[str], list[list[str]]]] = []  # (hypothesis, references)
+        self.answers: list[tuple[tuple[int, ...], bool]] = []  # (question's first words, correct)
 
     def add(self, batch: list[Tensor]) -> None:
         task, model = self.task, self.model
@@ -265,8 +267,13 @@ class EvaluationTally:
             self.segments += list(zip(predicted, truth))
         if output.qa is not None:
             known = answers != IGNORE
-            counts["qa_correct"] += ((output.qa.argmax(-1) == answers) & known).sum().item()
+            correct = (output.qa.argmax(-1) == answers) & known
+            counts["qa_correct"] += correct.sum().item()
             counts["qa_counted"] += known.sum().item()
+            kinds = questions[:, :, :QUESTION_KIND_WORDS][known].tolist()
+            self.answers += [
+                (tuple(kind), hit) for kind, hit in zip(kinds, correct[known].tolist())
+            ]
         if "captioning" in wants:
             words = task.vocabulary.words
             generated = model.caption(output, beam_size=task.beam_size)
@@ -298,6 +305,7 @@ class EvaluationTally:
         if counts["qa_counted"]:
             metrics["qa_acc"] = counts["qa_correct"] / counts["qa_counted"]
             headline["qa"] = metrics["qa_acc"]
+            metrics.update(self._qa_by_kind())
         if "captioning" in self.task.loss_weights:
             pairs = [p for p in distributed.gather_objects(self.captions) if p[1]]
             if pairs:  # BLEU needs references
@@ -312,6 +320,20 @@ class EvaluationTally:
                 metrics[f"expert_{index}_usage"] = share
         metrics["score"] = sum(headline.values()) / len(headline)
         return metrics
+
+    def _qa_by_kind(self) -> dict[str, float]:
+        """QA accuracy per kind of question (its first words, as VQA reports question types):
+        ``qa_acc_what_colour`` and the like."""
+        tallies: dict[tuple[int, ...], list[int]] = {}
+        for kind, hit in distributed.gather_objects(self.answers):
+            tally = tallies.setdefault(kind, [0, 0])
+            tally[0] += hit
+            tally[1] += 1
+        decode = self.task.vocabulary.words.decode
+        return {
+            "qa_acc_" + "_".join(decode(kind).split()): correct / counted
+            for kind, (correct, counted) in sorted(tallies.items())
+        }
 
 
 @torch.no_grad()

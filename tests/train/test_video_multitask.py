@@ -78,6 +78,10 @@ def test_every_head_trains_evaluates_and_resumes_exactly(tiny_video_set, tmp_pat
     test = summary["test"]
     for key in ("acc", "mAP@0.5", "qa_acc", "bleu4", "routing_acc", "expert_0_usage", "score"):
         assert 0 <= test[key] <= 1, key
+    by_kind = {key: value for key, value in test.items() if key.startswith("qa_acc_")}
+    assert {"qa_acc_what_shape", "qa_acc_what_colour"} <= set(by_kind)
+    # qa_acc is the mean over every question, so it lies within the kinds' accuracies.
+    assert min(by_kind.values()) - 1e-9 <= test["qa_acc"] <= max(by_kind.values()) + 1e-9
     report = evaluate.main(["--checkpoint", str(tmp_path / "whole" / "last.pt"), "--threads", "1"])
     assert report["qa_acc"] == pytest.approx(test["qa_acc"])
     assert (tmp_path / "whole" / "predictions.png").is_file()
