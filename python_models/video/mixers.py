@@ -188,6 +188,32 @@ def orthogonal_gaussian(num_features: int, dim: int) -> Tensor:
     return torch.cat(blocks)[:num_features] * norms
 
 
+FEATURE_FLOOR = 1e-6  # added to every positive feature, so that no normaliser is 0
+
+
+class PositiveRandomFeatures(torch.autograd.Function):
+    """φ(x) = (exp(x Wᵀ − ‖x‖²/2 − c) + ε) / √m for x (..., L, d) and a fixed projection W (m, d),
+    c the maximum of the exponent over ``dims`` (a constant in the gradient). Saves only x and
+    φ, which the attention keeps anyway: autograd through the plain formula also keeps the
+    exponent and the exponential, two more (L, m) tensors per call."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, projection: Tensor, dims: tuple[int, ...]) -> Tensor:
+        logits = x @ projection.T - x.pow(2).sum(-1, keepdim=True) / 2
+        logits -= logits.amax(dim=dims, keepdim=True)
+        features = (logits.exp_() + FEATURE_FLOOR) / math.sqrt(projection.shape[0])
+        ctx.save_for_backward(x, projection, features)
+        return features
+
+    @staticmethod
+    def backward(ctx, grad_features: Tensor):
+        x, projection, features = ctx.saved_tensors
+        # dφ/d(exponent) = φ − ε/√m, the exponential part of φ.
+        grad_logits = grad_features * (features - FEATURE_FLOOR / math.sqrt(projection.shape[0]))
+        grad_x = grad_logits @ projection - x * grad_logits.sum(-1, keepdim=True)
+        return grad_x, None, None
+
+
 class PerformerAttention(QKVMixer):
     """FAVOR+ (Performer): softmax attention approximated with positive orthogonal random
     features, φ(x) = exp(wᵀx − ‖x‖²/2) / √m. ``nb_features`` m defaults to d·ln d (d the head
@@ -232,10 +258,8 @@ class PerformerAttention(QKVMixer):
         out of the exponent for stability: per row for queries (it cancels in the row's
         normalisation), over the whole sequence for keys (a common factor)."""
         x = x.float() * self.head_dim**-0.25
-        logits = x @ self.projection.T - x.pow(2).sum(-1, keepdim=True) / 2
         dims = (-1,) if is_query else (-2, -1)
-        stabiliser = logits.detach().amax(dim=dims, keepdim=True)
-        return (torch.exp(logits - stabiliser) + 1e-6) / math.sqrt(self.nb_features)
+        return PositiveRandomFeatures.apply(x, self.projection, dims)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         out = kernel_attention(self.features(q, True), self.features(k, False), v, self.causal)
