@@ -233,8 +233,6 @@ class EvaluationTally:
         "clips",
         "labelled",
         "action_correct",
-        "qa_correct",
-        "qa_counted",
         "route_correct",
         "route_counted",
     )
@@ -267,13 +265,9 @@ class EvaluationTally:
             self.segments += list(zip(predicted, truth))
         if output.qa is not None:
             known = answers != IGNORE
-            correct = (output.qa.argmax(-1) == answers) & known
-            counts["qa_correct"] += correct.sum().item()
-            counts["qa_counted"] += known.sum().item()
+            hits = (output.qa.argmax(-1) == answers)[known].tolist()
             kinds = questions[:, :, :QUESTION_KIND_WORDS][known].tolist()
-            self.answers += [
-                (tuple(kind), hit) for kind, hit in zip(kinds, correct[known].tolist())
-            ]
+            self.answers += [(tuple(kind), hit) for kind, hit in zip(kinds, hits)]
         if "captioning" in wants:
             words = task.vocabulary.words
             generated = model.caption(output, beam_size=task.beam_size)
@@ -302,10 +296,11 @@ class EvaluationTally:
             maps = detection_map([p for p, _ in pairs], [t for _, t in pairs])
             metrics.update(maps)
             headline["detection"] = maps["mAP@0.5"]
-        if counts["qa_counted"]:
-            metrics["qa_acc"] = counts["qa_correct"] / counts["qa_counted"]
+        answers = distributed.gather_objects(self.answers)
+        if answers:
+            metrics["qa_acc"] = sum(hit for _, hit in answers) / len(answers)
             headline["qa"] = metrics["qa_acc"]
-            metrics.update(self._qa_by_kind())
+            metrics.update(self._qa_by_kind(answers))
         if "captioning" in self.task.loss_weights:
             pairs = [p for p in distributed.gather_objects(self.captions) if p[1]]
             if pairs:  # BLEU needs references
@@ -321,11 +316,11 @@ class EvaluationTally:
         metrics["score"] = sum(headline.values()) / len(headline)
         return metrics
 
-    def _qa_by_kind(self) -> dict[str, float]:
+    def _qa_by_kind(self, answers: list[tuple[tuple[int, ...], bool]]) -> dict[str, float]:
         """QA accuracy per kind of question (its first words, as VQA reports question types):
         ``qa_acc_what_colour`` and the like."""
         tallies: dict[tuple[int, ...], list[int]] = {}
-        for kind, hit in distributed.gather_objects(self.answers):
+        for kind, hit in answers:
             tally = tallies.setdefault(kind, [0, 0])
             tally[0] += hit
             tally[1] += 1

@@ -75,6 +75,12 @@ def power_of_two_log2(name: str, value: int, low: int) -> int:
     return value.bit_length() - 1
 
 
+def conv_bn_relu(dims: int, channels: int, out: int, stride) -> list[nn.Module]:
+    """A 3×3 (×3) convolution without bias, BatchNorm and ReLU, in 2 or 3 dimensions."""
+    conv, norm = {2: (nn.Conv2d, nn.BatchNorm2d), 3: (nn.Conv3d, nn.BatchNorm3d)}[dims]
+    return [conv(channels, out, 3, stride=stride, padding=1, bias=False), norm(out), nn.ReLU(True)]
+
+
 class MotionConvStem(TokenGrid):
     """A 3D-convolutional stem for small data, giving each token a receptive field that spans an
     object's motion: each frame with its difference to the previous one (TSN's RGB difference,
@@ -99,19 +105,11 @@ class MotionConvStem(TokenGrid):
         for stage in range(stages):
             out = embed_dim if stage == stages - 1 else min(embed_dim, width << max(0, stage - 1))
             time_stride = 2 if stage >= stages - time_halvings else 1
-            layers += self._conv(channels, out, (time_stride, 2, 2))
+            layers += conv_bn_relu(3, channels, out, (time_stride, 2, 2))
             if stage >= 2:
-                layers += self._conv(out, out, 1)
+                layers += conv_bn_relu(3, out, out, 1)
             channels = out
         self.stages = nn.Sequential(*layers)
-
-    @staticmethod
-    def _conv(channels: int, out: int, stride) -> list[nn.Module]:
-        return [
-            nn.Conv3d(channels, out, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm3d(out),
-            nn.ReLU(inplace=True),
-        ]
 
     def forward(self, clips: Tensor) -> Tensor:
         difference = torch.cat([torch.zeros_like(clips[:, :1]), clips.diff(dim=1)], dim=1)

@@ -25,7 +25,7 @@ from ..layers import init_vit_weights
 from ..vit import NORM_EPS
 from .detection import DetectionHead, DetectionOutput, step_features
 from .experts import DomainRouter, ExpertFFN, RouterOutput
-from .model import HierarchicalVLM, power_of_two_log2
+from .model import HierarchicalVLM, conv_bn_relu, power_of_two_log2
 from .text import CaptionDecoder, VideoQAHead
 
 TASKS = ("action", "detection", "qa", "captioning")
@@ -61,10 +61,12 @@ class AppearanceTokens(nn.Module):
     def __init__(self, in_chans: int, dim: int, patch_size: int = 8, width: int = 32):
         super().__init__()
         stages = power_of_two_log2("AppearanceTokens: patch_size", patch_size, 2)
-        layers, channels = _conv2d(in_chans, width, 1), width
+        layers, channels = conv_bn_relu(2, in_chans, width, 1), width
         for stage in range(stages):
             out = dim if stage == stages - 1 else width << stage
-            layers += _conv2d(channels, out, 2) + (_conv2d(out, out, 1) if stage else [])
+            layers += conv_bn_relu(2, channels, out, 2)
+            if stage:
+                layers += conv_bn_relu(2, out, out, 1)
             channels = out
         self.stem = nn.Sequential(*layers)
 
@@ -85,14 +87,6 @@ class AppearanceTokens(nn.Module):
 
     def _tokens(self, images: Tensor) -> Tensor:
         return self.stem(images).flatten(2).transpose(1, 2)
-
-
-def _conv2d(channels: int, out: int, stride: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class DomainExperts(nn.Module):
@@ -237,13 +231,19 @@ class MultiTaskVLM(nn.Module):
         if self.detection_head is not None:
             layout = self.backbone.feature_layout(clips.shape)
             output.detection = self.detection_head(step_features(tokens, layout))
-        if self.qa_head is not None and questions is not None:
-            per_clip = questions.shape[1]
-            memory, summary = (t.repeat_interleave(per_clip, 0) for t in self.text_inputs(output))
-            answers = self.qa_head(memory, questions.flatten(0, 1), summary)
-            output.qa = answers.unflatten(0, (len(clips), -1))
-        if self.caption_decoder is not None and captions is not None:
+        wants_qa = self.qa_head is not None and questions is not None
+        wants_captions = self.caption_decoder is not None and captions is not None
+        if wants_qa or wants_captions:
             memory, summary = self.text_inputs(output)
+        if wants_qa:
+            per_clip = questions.shape[1]
+            answers = self.qa_head(
+                memory.repeat_interleave(per_clip, 0),
+                questions.flatten(0, 1),
+                summary.repeat_interleave(per_clip, 0),
+            )
+            output.qa = answers.unflatten(0, (len(clips), -1))
+        if wants_captions:
             output.captioning = self.caption_decoder(memory, captions[:, :-1], summary)
         return output
 
