@@ -46,7 +46,10 @@ void multiply(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T*
 }
 
 // dst (cols x rows, row stride ld_dst) = the transpose of src (rows x cols, row stride ld_src),
-// widened to T; in 16 x 16 blocks, so that both sides stay in cache lines already loaded.
+// widened to T; in 16 x 16 blocks, so that both sides stay in cache lines already loaded, each
+// block written a destination row at a time: a destination of 1024 columns puts the 16 rows of a
+// block 4 KiB apart, in one L1 set, and writing them a column at a time evicted the lines it was
+// filling (the keys' transpose took a fifth of the forward pass).
 template <typename T, typename S>
 void transpose(const S* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
   constexpr int64_t kBlock = 16;
@@ -54,8 +57,8 @@ void transpose(const S* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst,
     const int64_t i1 = std::min(i0 + kBlock, rows);
     for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
       const int64_t j1 = std::min(j0 + kBlock, cols);
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t j = j0; j < j1; ++j) dst[j * ld_dst + i] = static_cast<T>(src[i * ld_src + j]);
+      for (int64_t j = j0; j < j1; ++j) {
+        for (int64_t i = i0; i < i1; ++i) dst[j * ld_dst + i] = static_cast<T>(src[i * ld_src + j]);
       }
     }
   }
@@ -267,25 +270,30 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
 // dS are computed pattern-major (Pᵀ = X ξ_{s-1}ᵀ), the layout the gradient products of the
 // patterns read, and dξ_{s-1} is accumulated transposed (Xᵀ dSᵀ): every product is a plain
 // row-major one, with ξ_{s-1} and dξ_s transposed once per step and each key tile once.
+// Pᵀ and dSᵀ sit side by side in one (patterns, 2 rows) tile, as do ξ_{s-1}ᵀ and dξ_sᵀ, so that
+// where a step's values are its keys (every step but the last one with separate values) the
+// two products of each side are one product of twice the width: Pᵀ | dSᵀ = X (ξ_{s-1}ᵀ | dξ_sᵀ)
+// and dX += (Pᵀ | dSᵀ)(dξ_s ; ξ_{s-1}).
 // ---------------------------------------------------------------------------------------------
 
 template <typename T>
 struct BackwardScratch {
-  std::vector<T> prev, current, grad;          // ξ_{s-1}, ξ_s (when widened), dξ_s: (rows, ·)
-  std::vector<T> prev_t, grad_t, prev_grad_t;  // ξ_{s-1}ᵀ, dξ_sᵀ, dξ_{s-1}ᵀ: (·, rows)
-  std::vector<T> probs_t, dot_grads_t;         // Pᵀ, dSᵀ of a tile: (patterns, rows)
-  std::vector<T> row_dots;                     // dξ_s·ξ_s
+  std::vector<T> prev, current, grad;  // ξ_{s-1}, ξ_s (when widened), dξ_s: (rows, ·)
+  std::vector<T> stacked;              // dξ_s over ξ_{s-1}: (2 rows, d)
+  std::vector<T> operands_t;           // ξ_{s-1}ᵀ | dξ_sᵀ: (·, 2 rows)
+  std::vector<T> prev_grad_t;          // dξ_{s-1}ᵀ: (d, rows)
+  std::vector<T> products_t;           // Pᵀ | dSᵀ of a tile: (patterns, 2 rows)
+  std::vector<T> row_dots;             // dξ_s·ξ_s
   PatternBuffers<T> patterns;
 
   explicit BackwardScratch(const RetrievalInputs& in)
       : prev(kQueryTile * in.dim),
         current(kQueryTile * std::max(in.dim, in.value_dim)),
         grad(kQueryTile * std::max(in.dim, in.value_dim)),
-        prev_t(in.dim * kQueryTile),
-        grad_t(std::max(in.dim, in.value_dim) * kQueryTile),
+        stacked(2 * kQueryTile * in.dim),
+        operands_t(std::max(in.dim, in.value_dim) * 2 * kQueryTile),
         prev_grad_t(in.dim * kQueryTile),
-        probs_t(kPatternTile * kQueryTile),
-        dot_grads_t(kPatternTile * kQueryTile),
+        products_t(kPatternTile * 2 * kQueryTile),
         row_dots(kQueryTile) {}
 };
 
@@ -328,29 +336,45 @@ void backward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set,
   for (int64_t r = 0; r < rows; ++r) {
     scratch.row_dots[r] = dot_product(grad + r * width, current + r * width, width);
   }
-  T* prev_t = scratch.prev_t.data();
-  T* grad_t = scratch.grad_t.data();
+  // Row strides: `pair` of the side-by-side tiles; their right halves start `rows` in.
+  const int64_t pair = 2 * rows;
+  T* operands_t = scratch.operands_t.data();
+  T* products_t = scratch.products_t.data();
   T* prev_grad_t = scratch.prev_grad_t.data();
-  T* probs_t = scratch.probs_t.data();
-  T* dot_grads_t = scratch.dot_grads_t.data();
-  transpose(prev, rows, d, d, prev_t, rows);
-  transpose(grad, rows, width, width, grad_t, rows);
+  transpose(prev, rows, d, d, operands_t, pair);
+  transpose(grad, rows, width, width, operands_t + rows, pair);
   std::fill_n(prev_grad_t, d * rows, T(0));
+  const bool values_are_keys = !step.last || !in.values_given();
+  T* stacked = scratch.stacked.data();
+  if (values_are_keys) {
+    std::copy_n(grad, rows * d, stacked);
+    std::copy_n(prev, rows * d, stacked + rows * d);
+  }
   T* value_grads = step.last ? grads.values : grads.keys;
   for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
     const PatternTile<T> tile =
         scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
     const int64_t n = tile.count;
-    multiply(n, rows, d, tile.keys, d, prev_t, rows, probs_t, rows, false);
-    multiply(n, rows, width, tile.values, width, grad_t, rows, dot_grads_t, rows, false);
-    for (int64_t j = 0; j < n; ++j) {
-      run_probabilities_and_dot_grads(probs_t + j * rows, dot_grads_t + j * rows, rows, beta, lse,
-                                      scratch.row_dots.data());
+    if (values_are_keys) {
+      multiply(n, pair, d, tile.keys, d, operands_t, pair, products_t, pair, false);
+    } else {
+      multiply(n, rows, d, tile.keys, d, operands_t, pair, products_t, pair, false);
+      multiply(n, rows, width, tile.values, width, operands_t + rows, pair, products_t + rows,
+               pair, false);
     }
-    multiply(n, width, rows, probs_t, rows, grad, width, value_grads + first * width, width, true);
-    multiply(n, d, rows, dot_grads_t, rows, prev, d, grads.keys + first * d, d, true);
-    multiply(d, rows, n, tile.keys_t, tile.keys_t_stride, dot_grads_t, rows, prev_grad_t, rows,
-             true);
+    for (int64_t j = 0; j < n; ++j) {
+      run_probabilities_and_dot_grads(products_t + j * pair, products_t + j * pair + rows, rows,
+                                      beta, lse, scratch.row_dots.data());
+    }
+    if (values_are_keys) {
+      multiply(n, d, pair, products_t, pair, stacked, d, grads.keys + first * d, d, true);
+    } else {
+      multiply(n, width, rows, products_t, pair, grad, width, value_grads + first * width, width,
+               true);
+      multiply(n, d, rows, products_t + rows, pair, prev, d, grads.keys + first * d, d, true);
+    }
+    multiply(d, rows, n, tile.keys_t, tile.keys_t_stride, products_t + rows, pair, prev_grad_t,
+             rows, true);
   }
   // dξ_{s-1} replaces dξ_s, which no product reads any more.
   transpose(prev_grad_t, d, rows, rows, scratch.grad.data(), d);
