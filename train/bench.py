@@ -11,7 +11,10 @@ reference, for one model configuration or a grid of them.
         --model-args '{embed_dim: 192, num_heads: 3, depth: 1}'     # 6,272 tokens
 
 A video model (one with ``clip_shape``) is fed random clips (batch, T, C, H, W), and its rows
-are clips/s.
+are clips/s. Memory is the peak a step adds above the model and its inputs: "peak MiB" the
+process's resident memory on the CPU (what the machine must have; it varies with which freed
+pages malloc reuses), "tensor MiB" the tensors alone (``cpu_tensor_peak_bytes``; the same every
+run). On CUDA both are the caching allocator's peak.
 """
 
 import argparse
@@ -138,11 +141,14 @@ def measure(args: argparse.Namespace, model_args: dict, device: torch.device) ->
         if args.impl not in ("both", name):
             continue
         with hvision_ext.use_reference(use_reference):
-            timing = time_impl(step, device, budget_s=args.budget_s, min_runs=args.min_steps)
+            timing = time_impl(
+                step, device, budget_s=args.budget_s, min_runs=args.min_steps, tensor_peak=True
+            )
         results[name] = {
             "step_ms": timing.median_s * 1e3,
             "images_per_s": args.batch_size / timing.median_s,
-            "peak_mib": None if timing.peak_bytes is None else timing.peak_bytes / 2**20,
+            "peak_mib": mib(timing.peak_bytes),
+            "tensor_peak_mib": mib(timing.tensor_peak_bytes),
         }
     return results
 
@@ -182,6 +188,10 @@ def run_grid(args: argparse.Namespace, what: str, columns: str, measure, print_r
     return summary
 
 
+def mib(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / 2**20
+
+
 def format_mib(peak_mib: float | None) -> str:
     return "" if peak_mib is None else f"{peak_mib:.0f}"
 
@@ -191,7 +201,8 @@ def print_paths(label: str, results: dict) -> None:
     for name, result in paths.items():
         print(
             f"{label} {name:<10} {results['params']:>9} {result['step_ms']:>9.1f} "
-            f"{result['images_per_s']:>10.1f} {format_mib(result['peak_mib']):>9}",
+            f"{result['images_per_s']:>10.1f} {format_mib(result['peak_mib']):>9} "
+            f"{format_mib(result['tensor_peak_mib']):>10}",
             flush=True,
         )
     if len(paths) == 2:
@@ -201,7 +212,10 @@ def print_paths(label: str, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    columns = f"{'path':<10} {'params':>9} {'step ms':>9} {'images/s':>10} {'peak MiB':>9}"
+    columns = (
+        f"{'path':<10} {'params':>9} {'step ms':>9} {'images/s':>10} {'peak MiB':>9} "
+        f"{'tensor MiB':>10}"
+    )
     return run_grid(args, "forward+backward", columns, measure, print_paths)
 
 

@@ -1,13 +1,16 @@
 """Timing of zero-argument callables on CPU and CUDA: warm-up, then repeats within a time budget,
 reporting every sample (the median is the figure to quote)."""
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
+import os
 import re
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -19,6 +22,7 @@ class Timing:
 
     samples_s: list[float]
     peak_bytes: int | None = None
+    tensor_peak_bytes: int | None = None
 
     @property
     def median_s(self) -> float:
@@ -49,6 +53,7 @@ def time_impl(
     min_runs: int = 1,
     max_runs: int = 50,
     slow: bool = False,
+    tensor_peak: bool = False,
 ) -> Timing:
     """Times ``fn``: warm-up calls for a fifth of the budget (at least one), then timed calls
     until ``budget_s`` of wall time has passed and there are ``min_runs`` samples, or there are
@@ -56,10 +61,13 @@ def time_impl(
 
     Also records the peak memory the timed calls allocated beyond what was already allocated
     before them (inputs shared by all implementations are not counted): on CUDA from the caching
-    allocator, on a Linux CPU from the first timed call's peak resident memory.
+    allocator, on a Linux CPU from the first timed call's peak resident memory. With
+    ``tensor_peak``, also the peak of the tensors alone (``cpu_tensor_peak_bytes`` on the CPU, in
+    an extra untimed call; the caching allocator's peak on CUDA).
     """
     on_cuda = device.type == "cuda"
     measure_cpu_peak = not on_cuda and cpu_peak_supported()
+    cpu_tensor_peak = cpu_tensor_peak_bytes(fn) if tensor_peak and not on_cuda else None
     if not slow:
         _warm_up(fn, device, budget_s / 5)
     if on_cuda:
@@ -79,7 +87,43 @@ def time_impl(
     ):
         samples.append(time_call(fn, device))
     peak = torch.cuda.max_memory_allocated(device) - allocated_before if on_cuda else cpu_peak
-    return Timing(samples, peak)
+    return Timing(samples, peak, (peak if on_cuda else cpu_tensor_peak) if tensor_peak else None)
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """Sends file descriptor 2 to /dev/null: the profiler's C++ side logs its start and stop (and,
+    in a CUDA build on a machine without a GPU, an error) on every call."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_tensor_peak_bytes(fn: Callable[[], object]) -> int:
+    """The most bytes of CPU tensors alive at once during one call of ``fn``, beyond those alive
+    before it, from the allocations and frees the profiler records: the CPU counterpart of the
+    caching allocator's peak on CUDA. Unlike resident memory it does not depend on which freed
+    pages malloc happens to reuse (resident peaks of one training step varied by a third between
+    calls), and it leaves out memory that is not a tensor (BLAS buffers, kernels' scratch)."""
+    with (
+        _stderr_silenced(),
+        torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        ) as profile,
+    ):
+        fn()
+    events = [e for e in profile.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 _PROC_STATUS = Path("/proc/self/status")

@@ -13,6 +13,7 @@ def test_bench_times_both_paths(tmp_path):
     (row,) = summary["results"]
     assert set(row) == {"settings", "params", "kernels", "reference"}
     assert all(row[impl]["images_per_s"] > 0 for impl in ("kernels", "reference"))
+    assert all(row[impl]["tensor_peak_mib"] > 0 for impl in ("kernels", "reference"))
     assert (tmp_path / "b.json").is_file()
 
 

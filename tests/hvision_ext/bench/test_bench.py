@@ -79,6 +79,19 @@ def test_cpu_peak_memory_counts_what_a_call_allocates():
     assert 124 * 2**20 <= result.peak_bytes <= 136 * 2**20
 
 
+def test_cpu_tensor_peak_counts_the_tensors_alive_at_once():
+    def two_live_buffers():
+        first = torch.ones(2**20)  # 4 MiB
+        second = first * 2  # allocated while `first` is alive
+        del first
+        third = second + 1  # `first` is gone: still two alive
+        return third
+
+    peak = timing.cpu_tensor_peak_bytes(two_live_buffers)
+    assert 8 * 2**20 <= peak < 8 * 2**20 + 1024  # and the few bytes of the scalar operands
+    assert timing.cpu_tensor_peak_bytes(two_live_buffers) == peak
+
+
 def test_sparse_attention_cases_are_registered(capsys):
     assert main(["--list"]) == 0
     listed = capsys.readouterr().out
