@@ -12,7 +12,7 @@ from . import (  # noqa: F401  (importing registers their cases)
     sparse_attention,  # noqa: F401
 )
 from .registry import BenchCase, CaseSpec, all_cases, bench_case, select_cases
-from .timing import Timing, copy_bandwidth, time_impl
+from .timing import Timing, copy_bandwidth, time_impl, time_impls
 
 __all__ = [
     "BenchCase",
@@ -23,4 +23,5 @@ __all__ = [
     "copy_bandwidth",
     "select_cases",
     "time_impl",
+    "time_impls",
 ]

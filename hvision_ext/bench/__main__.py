@@ -24,7 +24,7 @@ from .report import (
     table_rows,
     write_json,
 )
-from .timing import copy_bandwidth, time_impl
+from .timing import copy_bandwidth, time_impls
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # What each device's models train in: full precision on CPU, bf16 mixed precision on GPUs.
@@ -72,35 +72,33 @@ def progress(message: str) -> None:
 def run_case(
     spec: CaseSpec, device: torch.device, dtype: torch.dtype, budget_s: float
 ) -> list[Result]:
-    """Every implementation of one case. A failure (of the builder or of one implementation, e.g.
-    out of memory) is recorded as that result's error so the other results still come back."""
+    """Every implementation of one case, timed together (``time_impls``). A failure (of the
+    builder or of one implementation, e.g. out of memory) is recorded as that result's error so
+    the other results still come back."""
     try:
         case = spec.build(device, dtype)
     except Exception as err:  # whatever it is (e.g. CUDA out of memory), it is reported
         return [Result(spec.op, spec.name, "", "", "(build)", None, error=describe(err))]
-    results = []
-    for name, fn in case.impls.items():
-        slow = name in case.slow
-        progress(f"[{spec.title}] {name}" + (" (slow: one run)" if slow else ""))
-        timing, error = None, None
-        try:
-            timing = time_impl(fn, device, budget_s=budget_s, slow=slow)
-        except Exception as err:  # as above: reported, and the other implementations still run
-            error = describe(err)
-        results.append(
-            Result(
-                spec.op,
-                spec.name,
-                case.shape,
-                case.mode,
-                name,
-                timing,
-                error,
-                case.bytes_moved,
-                case.notes,
-            )
+    slow = [name for name in case.impls if name in case.slow]
+    progress(
+        f"[{spec.title}] {', '.join(case.impls)}"
+        + (f" ({', '.join(slow)}: one run)" if slow else "")
+    )
+    timings = time_impls(case.impls, device, budget_s=budget_s, slow=slow)
+    return [
+        Result(
+            spec.op,
+            spec.name,
+            case.shape,
+            case.mode,
+            name,
+            None if isinstance(timing, Exception) else timing,
+            describe(timing) if isinstance(timing, Exception) else None,
+            case.bytes_moved,
+            case.notes,
         )
-    return results
+        for name, timing in timings.items()
+    ]
 
 
 def describe(err: Exception) -> str:

@@ -5,12 +5,13 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import math
 import os
 import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -45,6 +46,11 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return start_event.elapsed_time(end_event) / 1e3
 
 
+# Implementations timed together take their timed calls in this many rounds, each giving every
+# one an equal share of its budget.
+_ROUNDS = 5
+
+
 def time_impl(
     fn: Callable[[], object],
     device: torch.device,
@@ -55,18 +61,79 @@ def time_impl(
     slow: bool = False,
     tensor_peak: bool = False,
 ) -> Timing:
-    """Times ``fn``: warm-up calls for a fifth of the budget (at least one), then timed calls
-    until ``budget_s`` of wall time has passed and there are ``min_runs`` samples, or there are
-    ``max_runs``. A ``slow`` callable runs exactly once, without warm-up.
+    """Times ``fn`` alone (``time_impls`` with one implementation); raises what ``fn`` raises."""
+    (result,) = time_impls(
+        {"": fn},
+        device,
+        budget_s=budget_s,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        slow={""} if slow else (),
+        tensor_peak=tensor_peak,
+    ).values()
+    if isinstance(result, Exception):
+        raise result
+    return result
 
-    Also records the peak memory the timed calls allocated beyond what was already allocated
-    before them (inputs shared by all implementations are not counted): on CUDA from the caching
-    allocator, on a Linux CPU from the first timed call's peak resident memory. With
-    ``tensor_peak``, also the peak of the tensors alone (``cpu_tensor_peak_bytes`` on the CPU, in
-    an extra untimed call; the caching allocator's peak on CUDA).
+
+def time_impls(
+    impls: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    budget_s: float = 1.0,
+    min_runs: int = 1,
+    max_runs: int = 50,
+    slow: Collection[str] = (),
+    tensor_peak: bool = False,
+) -> dict[str, Timing | Exception]:
+    """Times implementations of one computation together. Each is warmed up for a fifth of the
+    budget (at least one call) and timed once with its memory measured; then their timed calls
+    are interleaved, ``_ROUNDS`` rounds of ``budget_s / _ROUNDS`` each (at least one call), and
+    continue until each has ``min_runs`` samples, none beyond ``max_runs``. A slow spell of a
+    shared machine then falls on all of them, not on whichever ran at the time. A ``slow`` one
+    runs exactly once, without warm-up. One that raises gets the exception in place of its
+    Timing and runs no more.
+
+    Memory is the peak the first timed call allocated beyond what was already allocated before
+    it (inputs shared by all implementations are not counted): on CUDA from the caching
+    allocator, on a Linux CPU from peak resident memory. With ``tensor_peak``, also the peak of
+    the tensors alone (``cpu_tensor_peak_bytes`` on the CPU, in an extra untimed call; the
+    caching allocator's peak on CUDA).
     """
+    results: dict[str, Timing | Exception] = {}
+    for name, fn in impls.items():
+        try:
+            results[name] = _first_timing(fn, device, budget_s, name in slow, tensor_peak)
+        except Exception as err:  # reported in place of the timing; the others still run
+            results[name] = err
+
+    def timed(name: str, runs: int) -> bool:
+        result = results[name]
+        return isinstance(result, Timing) and name not in slow and len(result.samples_s) < runs
+
+    def add_samples(name: str, seconds: float, runs: int) -> None:
+        timing = results[name]
+        start = time.perf_counter()
+        try:
+            timing.samples_s.append(time_call(impls[name], device))
+            while len(timing.samples_s) < runs and time.perf_counter() - start < seconds:
+                timing.samples_s.append(time_call(impls[name], device))
+        except Exception as err:  # as above
+            results[name] = err
+
+    for _ in range(_ROUNDS):
+        for name in [name for name in impls if timed(name, max_runs)]:
+            add_samples(name, budget_s / _ROUNDS, max_runs)
+    for name in [name for name in impls if timed(name, min_runs)]:
+        add_samples(name, math.inf, min_runs)
+    return results
+
+
+def _first_timing(
+    fn: Callable[[], object], device: torch.device, budget_s: float, slow: bool, tensor_peak: bool
+) -> Timing:
+    """The warm-up and the first timed call of ``fn``, with its memory (see ``time_impls``)."""
     on_cuda = device.type == "cuda"
-    measure_cpu_peak = not on_cuda and cpu_peak_supported()
     cpu_tensor_peak = cpu_tensor_peak_bytes(fn) if tensor_peak and not on_cuda else None
     if not slow:
         _warm_up(fn, device, budget_s / 5)
@@ -74,20 +141,14 @@ def time_impl(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         allocated_before = torch.cuda.memory_allocated(device)
-    start = time.perf_counter()
-    if measure_cpu_peak:
-        sample, cpu_peak = _time_with_cpu_peak(fn, device)
-        samples = [sample]
+        sample = time_call(fn, device)
+        peak = torch.cuda.max_memory_allocated(device) - allocated_before
+        return Timing([sample], peak, peak if tensor_peak else None)
+    if cpu_peak_supported():
+        sample, peak = _time_with_cpu_peak(fn, device)
     else:
-        samples, cpu_peak = [time_call(fn, device)], None
-    while (
-        not slow
-        and len(samples) < max_runs
-        and (len(samples) < min_runs or time.perf_counter() - start < budget_s)
-    ):
-        samples.append(time_call(fn, device))
-    peak = torch.cuda.max_memory_allocated(device) - allocated_before if on_cuda else cpu_peak
-    return Timing(samples, peak, (peak if on_cuda else cpu_tensor_peak) if tensor_peak else None)
+        sample, peak = time_call(fn, device), None
+    return Timing([sample], peak, cpu_tensor_peak)
 
 
 @contextlib.contextmanager

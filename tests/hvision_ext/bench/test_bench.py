@@ -79,6 +79,29 @@ def test_cpu_peak_memory_counts_what_a_call_allocates():
     assert 124 * 2**20 <= result.peak_bytes <= 136 * 2**20
 
 
+def test_time_impls_interleaves_the_timed_calls_and_reports_failures():
+    calls = []
+
+    def recorder(name):
+        return lambda: calls.append(name)
+
+    def fails_on_third_call():
+        calls.append("failing")
+        if calls.count("failing") == 3:
+            raise RuntimeError("out of memory")
+
+    impls = {"a": recorder("a"), "b": recorder("b"), "failing": fails_on_third_call}
+    impls["once"] = recorder("once")
+    results = timing.time_impls(
+        impls, torch.device("cpu"), budget_s=0.0, min_runs=7, max_runs=10, slow={"once"}
+    )
+    assert isinstance(results["failing"], RuntimeError)
+    assert len(results["once"].samples_s) == 1 and calls.count("once") == 1  # no warm-up
+    assert len(results["a"].samples_s) == len(results["b"].samples_s) == 7
+    rounds = [name for name in calls if name in ("a", "b")][4:]  # after warm-up and first call
+    assert rounds[: 2 * timing._ROUNDS] == ["a", "b"] * timing._ROUNDS
+
+
 def test_cpu_tensor_peak_counts_the_tensors_alive_at_once():
     def two_live_buffers():
         first = torch.ones(2**20)  # 4 MiB
