@@ -98,7 +98,7 @@ def test_matches_reference_float64(device, n_steps, shared, value_dim, beta):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("patterns", [1, 2, 127, 128, 129, 1000, 5000])
-@pytest.mark.parametrize("queries", [1, 67])
+@pytest.mark.parametrize("queries", [1, 67, 300])  # 300: two CPU query tiles
 def test_pattern_counts_float32(device, patterns, queries):
     kwargs = make_inputs(
         batch=1,
