@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import yaml
 
 import hvision_ext
-from hvision_ext.bench.timing import time_impl
+from hvision_ext.bench.timing import time_impls
 from python_models import create_model
 from python_models.video import MIXERS
 
@@ -130,20 +130,29 @@ def training_step(model, images, labels, amp: str):
 
 
 def measure(args: argparse.Namespace, model_args: dict, device: torch.device) -> dict:
-    """images/s and peak MiB of each asked-for path for one configuration."""
+    """images/s and peak MiB of each asked-for path for one configuration; the two paths' steps
+    are timed together (``time_impls``), so a change in the machine's load falls on both."""
     torch.manual_seed(0)
     model = create_model(args.model, **model_args).to(device).train()
     images = example_input(model, args.batch_size, device)
     labels = torch.randint(0, model.num_classes, (args.batch_size,), device=device)
     step = training_step(model, images, labels, args.amp)
     results: dict = {"params": sum(p.numel() for p in model.parameters())}
-    for name, use_reference in IMPLS.items():
-        if args.impl not in ("both", name):
-            continue
-        with hvision_ext.use_reference(use_reference):
-            timing = time_impl(
-                step, device, budget_s=args.budget_s, min_runs=args.min_steps, tensor_peak=True
-            )
+
+    def on_path(use_reference: bool):
+        def run() -> None:
+            with hvision_ext.use_reference(use_reference):
+                step()
+
+        return run
+
+    paths = {name: on_path(flag) for name, flag in IMPLS.items() if args.impl in ("both", name)}
+    timings = time_impls(
+        paths, device, budget_s=args.budget_s, min_runs=args.min_steps, tensor_peak=True
+    )
+    for name, timing in timings.items():
+        if isinstance(timing, Exception):
+            raise timing
         results[name] = {
             "step_ms": timing.median_s * 1e3,
             "images_per_s": args.batch_size / timing.median_s,
