@@ -97,8 +97,8 @@ def time_impls(
     Memory is the peak the first timed call allocated beyond what was already allocated before
     it (inputs shared by all implementations are not counted): on CUDA from the caching
     allocator, on a Linux CPU from peak resident memory. With ``tensor_peak``, also the peak of
-    the tensors alone (``cpu_tensor_peak_bytes`` on the CPU, in an extra untimed call; the
-    caching allocator's peak on CUDA).
+    the tensors alone (``cpu_tensor_peak_bytes`` on the CPU, in an extra untimed call after the
+    warm-up, not for a slow one; the caching allocator's peak on CUDA).
     """
     results: dict[str, Timing | Exception] = {}
     for name, fn in impls.items():
@@ -134,9 +134,10 @@ def _first_timing(
 ) -> Timing:
     """The warm-up and the first timed call of ``fn``, with its memory (see ``time_impls``)."""
     on_cuda = device.type == "cuda"
-    cpu_tensor_peak = cpu_tensor_peak_bytes(fn) if tensor_peak and not on_cuda else None
     if not slow:
         _warm_up(fn, device, budget_s / 5)
+    measure_tensors = tensor_peak and not on_cuda and not slow
+    cpu_tensor_peak = cpu_tensor_peak_bytes(fn) if measure_tensors else None
     if on_cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
