@@ -387,12 +387,16 @@ class HierarchicalVLM(nn.Module):
                 attention = block.attn.class_attention(block.norm1(x))[:, NUM_PREFIX_TOKENS:]
             attention = self.class_attention_weight * per_frame_maximum_one(attention, frames)
             scores = attention if importance is None else importance + attention
-        patches, size, _, assign = merge_frames(
+        patches, size, carried, assign = merge_frames(
             patches, size, scores, frames, r, self.importance_weight
         )
-        if importance is not None:
-            importance = carry_importance(importance, assign, frames, patches.shape[1] // frames)
-        return torch.cat([prefix, patches], 1), size, importance, assign
+        if scores is not importance and importance is not None:
+            # The merge carried motion + attention; only the motion importance goes on, as a
+            # later merge adds its own block's attention.
+            carried = carry_importance(importance, assign, frames, patches.shape[1] // frames)
+        elif scores is not importance:
+            carried = None  # similarity mode: the attention was the only importance
+        return torch.cat([prefix, patches], 1), size, carried, assign
 
     @staticmethod
     def _sized_layout(size: Tensor, frames: int) -> TokenLayout:

@@ -469,16 +469,17 @@ class CaptionDecoder(nn.Module):
     def _decode(
         self,
         captions_in: Tensor,
-        summary: Tensor | None,
+        summary_input: Tensor | None,
         video: Tensor | None = None,
         caches: list[DecodingCache] | None = None,
         offset: int = 0,
     ) -> Tensor:
         """Logits after each position of ``captions_in``: the whole sequence reading ``video``,
-        or (with ``caches``) the positions from ``offset`` on, after the cached ones."""
+        or (with ``caches``) the positions from ``offset`` on, after the cached ones;
+        ``summary_input`` (``_summary_input``) is added to every position's input."""
         x = self.embed(captions_in, "captions", offset)
-        if summary is not None:
-            x = x + self.summary_proj(self.summary_norm(summary))[:, None]
+        if summary_input is not None:
+            x = x + summary_input
         for layer, cache in zip(self.layers, caches or [None] * len(self.layers)):
             x = layer(x, video, causal=True, cache=cache)
         return F.linear(self.norm(x), self.embed.words.weight, self.bias)
@@ -491,7 +492,13 @@ class CaptionDecoder(nn.Module):
         position."""
         _check_video(video_tokens, self.dim, len(captions_in))
         _check_summary(summary, self.summary_norm, video_tokens)
-        return self._decode(captions_in, summary, self.video_norm(video_tokens))
+        return self._decode(
+            captions_in, self._summary_input(summary), self.video_norm(video_tokens)
+        )
+
+    def _summary_input(self, summary: Tensor | None) -> Tensor | None:
+        """What a clip's summary adds to every word's input: (batch, 1, dim), or None."""
+        return None if summary is None else self.summary_proj(self.summary_norm(summary))[:, None]
 
     def loss(self, video_tokens: Tensor, captions: Tensor, summary: Tensor | None = None) -> Tensor:
         """Teacher-forced cross-entropy per target token; captions (batch, Lc ≤ max_len + 1)
@@ -518,22 +525,28 @@ class CaptionDecoder(nn.Module):
     def _start(
         self, video_tokens: Tensor, summary: Tensor | None, copies: int
     ) -> tuple[list[DecodingCache], Tensor | None, Tensor]:
-        """Each layer's cache for ``copies`` rows per clip, the summary of each row, and a BOS
-        token per row."""
+        """Each layer's cache for ``copies`` rows per clip, the summary's input of each row
+        (``_summary_input``, computed once for every step), and a BOS token per row."""
         _check_video(video_tokens, self.dim)
         _check_summary(summary, self.summary_norm, video_tokens)
         video = self.video_norm(video_tokens).repeat_interleave(copies, 0)
         caches = [DecodingCache(layer.cross_attn.keys_values(video)) for layer in self.layers]
-        if summary is not None:
-            summary = summary.repeat_interleave(copies, 0)
-        return caches, summary, torch.full((len(video),), WordTokenizer.BOS, device=video.device)
+        summary_input = self._summary_input(summary)
+        if summary_input is not None:
+            summary_input = summary_input.repeat_interleave(copies, 0)
+        return (
+            caches,
+            summary_input,
+            torch.full((len(video),), WordTokenizer.BOS, device=video.device),
+        )
 
     def _next_log_probs(
-        self, tokens: Tensor, step: int, caches: list[DecodingCache], summary: Tensor | None
+        self, tokens: Tensor, step: int, caches: list[DecodingCache], summary_input: Tensor | None
     ) -> Tensor:
         """(rows, vocab) log-probabilities of the token after each row's ``tokens`` (at position
         ``step``) and its cached past, PAD and BOS excluded."""
-        logits = self._decode(tokens[:, None], summary, caches=caches, offset=step)[:, -1].float()
+        logits = self._decode(tokens[:, None], summary_input, caches=caches, offset=step)
+        logits = logits[:, -1].float()
         return (logits + self.never_generated).log_softmax(-1)
 
     @torch.no_grad()
@@ -543,11 +556,11 @@ class CaptionDecoder(nn.Module):
         """(batch, ≤ max_len) int64: the most likely token at each step, until every clip has
         emitted EOS; PAD after a clip's EOS, no BOS."""
         max_len = self._generation_length(max_len)
-        caches, summary, tokens = self._start(video_tokens, summary, 1)
+        caches, summary_input, tokens = self._start(video_tokens, summary, 1)
         finished = torch.zeros_like(tokens, dtype=torch.bool)
         generated = []
         for step in range(max_len):
-            tokens = self._next_log_probs(tokens, step, caches, summary).argmax(-1)
+            tokens = self._next_log_probs(tokens, step, caches, summary_input).argmax(-1)
             tokens = tokens.masked_fill(finished, WordTokenizer.PAD)
             generated.append(tokens)
             finished |= tokens == WordTokenizer.EOS
@@ -573,7 +586,7 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         max_len = self._generation_length(max_len)
         batch, device = len(video_tokens), video_tokens.device
-        caches, summary, tokens = self._start(video_tokens, summary, beam_size)
+        caches, summary_input, tokens = self._start(video_tokens, summary, beam_size)
         sequences = tokens.new_empty(len(tokens), 0)
         vocab = self.never_generated.numel()
         # Only the first beam is live at the start, so the first step's candidates are distinct.
@@ -584,7 +597,7 @@ class CaptionDecoder(nn.Module):
         pad_only = torch.full((vocab,), float("-inf"), device=device)
         pad_only[WordTokenizer.PAD] = 0
         for step in range(max_len):
-            log_probs = self._next_log_probs(tokens, step, caches, summary)
+            log_probs = self._next_log_probs(tokens, step, caches, summary_input)
             log_probs = log_probs.view(batch, beam_size, vocab)
             log_probs = torch.where(finished[..., None], pad_only, log_probs)
             candidate_totals = (totals[..., None] + log_probs).flatten(1)
