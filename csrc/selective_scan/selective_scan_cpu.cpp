@@ -646,17 +646,35 @@ HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stora
   forward_lanes(load_lanes(block, false, storage), state, checkpoints, decay, out);
 }
 
-// Backward of scan_output over one channel's row: dy and, given the row of y, dz (into `dz`,
-// which may be `y`).
+// Backward of scan_output over one channel's row: dy and, with kWithDz, dz from the row of y
+// (`y_dz` holds y on entry and dz on exit). The choices are template arguments and the length and
+// pointers local copies so that GCC vectorises the loop: with a branch in it, or reading through
+// `c` and `f`, it left it scalar (a third of a block's backward pass at N = 4), and under
+// `omp simd` it kept each step's Gate in memory and gave up.
+template <bool kGated, bool kWithDz, typename T>
+HV_INLINE void output_backward_loop(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
+                                    T* dy, T* y_dz) {
+  const T *u = c.u, *gate = f.gate, *gate_grad = f.gate_grad;
+  const T skip_d = c.skip_d;
+  const int64_t L = c.length;
+  for (int64_t t = 0; t < L; ++t) {
+    const Gate<T> step_gate = kGated ? Gate<T>{gate[t], gate_grad[t]} : Gate<T>{T(1), T(0)};
+    T dz;
+    scan_output_backward(dout[t], kWithDz ? y_dz[t] : T(0), u[t], skip_d, step_gate, dy[t], dz);
+    if constexpr (kWithDz) y_dz[t] = dz;
+  }
+}
+
+// dy of one channel's row and, given the row of y in `y_dz` (only with z), dz in its place.
 template <typename T>
 HV_INLINE void output_backward_row(const Channel<T>& c, const StepFactors<T>& f, const T* dout,
-                                   const T* y, T* dy, T* dz) {
-#pragma omp simd
-  for (int64_t t = 0; t < c.length; ++t) {
-    const Gate<T> gate = f.gate ? Gate<T>{f.gate[t], f.gate_grad[t]} : Gate<T>{T(1), T(0)};
-    T dz_t;
-    scan_output_backward(dout[t], y ? y[t] : T(0), c.u[t], c.skip_d, gate, dy[t], dz_t);
-    if (dz) dz[t] = dz_t;
+                                   T* dy, T* y_dz) {
+  if (f.gate == nullptr) {
+    output_backward_loop<false, false>(c, f, dout, dy, y_dz);
+  } else if (y_dz == nullptr) {
+    output_backward_loop<true, false>(c, f, dout, dy, y_dz);
+  } else {
+    output_backward_loop<true, true>(c, f, dout, dy, y_dz);
   }
 }
 
@@ -676,8 +694,8 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
   }
   storage.products.resize(L);
   for (int64_t lane = 0; lane < width; ++lane) {  // dy, staged in the du row
-    output_backward_row(block.lanes[lane], storage.row_factors[lane], g.dout[lane],
-                        static_cast<const T*>(nullptr), g.du[lane], static_cast<T*>(nullptr));
+    output_backward_row(block.lanes[lane], storage.row_factors[lane], g.dout[lane], g.du[lane],
+                        static_cast<T*>(nullptr));
   }
   rows_to_tile(g.du, width, L, storage.dy.data());
   const LaneStepTiles<T> tiles{storage.dy.data(), storage.du_terms.data(),
@@ -690,14 +708,17 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
   for (int64_t lane = 0; lane < width; ++lane) {
     const Channel<T>& c = block.lanes[lane];
     const StepFactors<T>& f = storage.row_factors[lane];
+    output_backward_row(c, f, g.dout[lane], dy, has_z ? g.dz[lane] : nullptr);
+    // Local copies: read through `c` and `f`, GCC left this loop scalar.
     T* du = g.du[lane];
     T* ddelta = g.ddelta[lane];
-    output_backward_row(c, f, g.dout[lane], has_z ? g.dz[lane] : nullptr, dy, g.dz[lane]);
+    const T *u = c.u, *delta_grad = f.delta_grad;
+    const T skip_d = c.skip_d;
 #pragma omp simd
     for (int64_t t = 0; t < L; ++t) {
-      du[t] += dy[t] * c.skip_d;
-      ddelta[t] *= f.delta_grad[t];
-      dy[t] *= c.u[t];
+      du[t] += dy[t] * skip_d;
+      ddelta[t] *= delta_grad[t];
+      dy[t] *= u[t];
     }
     g.d_skip[lane] = sum_row(dy, L);
     g.d_delta_bias[lane] = sum_row(ddelta, L);
