@@ -90,6 +90,7 @@ extern "C" PyObject* PyInit__C(void) {
       {"SCAN_MAX_STATE", hvision::kScanMaxState},
       {"ATTENTION_MAX_HEAD_DIM", hvision::sparse_attention::kMaxHeadDim},
       {"HOPFIELD_MAX_DIM", hvision::kHopfieldMaxDim},
+      {"HOPFIELD_MAX_STEPS", hvision::kHopfieldMaxSteps},
   };
   for (const auto& [name, value] : limits) {
     if (PyModule_AddIntConstant(m, name, static_cast<long>(value)) < 0) {

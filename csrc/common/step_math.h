@@ -463,6 +463,9 @@ struct SparseStridedRuns {
 // softmax above.
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kHopfieldMaxDim = 256;
+// Updates per call at most: the retrieval converges in a few; the bound keeps the saved states
+// (n_steps - 1 rows per query) from an absurd allocation or an overflowing size.
+constexpr int64_t kHopfieldMaxSteps = 1024;
 
 // The score of a stored pattern: β ξ·x.
 template <typename T>
@@ -524,6 +527,13 @@ HV_HOST_DEVICE T abs_difference(T a, T b) {
 
 // Each of motion and saliency is divided by its maximum over the frame's patches (+1e-6).
 constexpr double kMotionSaliencyEpsilon = 1e-6;
+
+// The running maximum of a frame's patch values, NaN once any value is NaN (as torch.amax), so
+// that a NaN pixel spoils its whole frame rather than only its patch.
+template <typename T>
+HV_HOST_DEVICE T motion_saliency_max(T largest, T value) {
+  return value > largest || value != value ? value : largest;
+}
 
 template <typename T>
 HV_HOST_DEVICE T motion_saliency_score(T motion, T motion_max, T saliency, T saliency_max,

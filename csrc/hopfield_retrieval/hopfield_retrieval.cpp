@@ -45,7 +45,8 @@ RetrievalInputs check_inputs(const at::Tensor& query, const at::Tensor& stored,
   TORCH_CHECK_VALUE(stored.dim() == 3 || stored.dim() == 4, kOp,
                     ": expected stored of shape (batch, heads, M, d) or (heads, M, d), got ",
                     shape_string(stored.sizes()));
-  TORCH_CHECK_VALUE(n_steps >= 1, kOp, ": expected n_steps >= 1, got ", n_steps);
+  TORCH_CHECK_VALUE(n_steps >= 1 && n_steps <= kHopfieldMaxSteps, kOp, ": expected n_steps in [1, ",
+                    kHopfieldMaxSteps, "], got ", n_steps);
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta > 0, kOp, ": expected beta > 0 and finite, got ",
                     beta);
 

@@ -119,7 +119,7 @@ HV_INLINE void collect_patch_row(T* columns, int64_t width, int64_t patch, T* pa
 template <typename T>
 HV_INLINE T max_of(const T* values, int64_t count) {
   T largest = 0;  // motion and saliency are >= 0
-  for (int64_t i = 0; i < count; ++i) largest = values[i] > largest ? values[i] : largest;
+  for (int64_t i = 0; i < count; ++i) largest = motion_saliency_max(largest, values[i]);
   return largest;
 }
 

@@ -108,8 +108,7 @@ __device__ T block_max(T value, T* shared) {
   __syncthreads();
   for (int width = blockDim.x / 2; width > 0; width /= 2) {
     if (threadIdx.x < width) {
-      const T other = shared[threadIdx.x + width];
-      shared[threadIdx.x] = other > shared[threadIdx.x] ? other : shared[threadIdx.x];
+      shared[threadIdx.x] = motion_saliency_max(shared[threadIdx.x], shared[threadIdx.x + width]);
     }
     __syncthreads();
   }
@@ -125,8 +124,8 @@ __global__ void normalise_kernel(const T* motion, const T* saliency, T* scores, 
   const int64_t base = static_cast<int64_t>(blockIdx.x) * patches;
   T motion_max = 0, saliency_max = 0;
   for (int64_t p = threadIdx.x; p < patches; p += blockDim.x) {
-    motion_max = motion[base + p] > motion_max ? motion[base + p] : motion_max;
-    saliency_max = saliency[base + p] > saliency_max ? saliency[base + p] : saliency_max;
+    motion_max = motion_saliency_max(motion_max, motion[base + p]);
+    saliency_max = motion_saliency_max(saliency_max, saliency[base + p]);
   }
   motion_max = block_max(motion_max, shared);
   saliency_max = block_max(saliency_max, shared);

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "common/checks.h"
@@ -48,8 +49,12 @@ AttentionInputs check_inputs(const at::Tensor& q, const at::Tensor& k, const at:
   in.q = q.contiguous();
   in.k = k.contiguous();
   in.v = v.contiguous();
-  in.pattern = SparsePattern{in.length, window.value_or(-1), stride.value_or(0), num_global,
-                             causal, /*transposed=*/false};
+  // A window past the sequence or a stride past it changes no pair (|i − j| < L): clamped to L,
+  // so that the pattern's index arithmetic cannot overflow (window = sys.maxsize).
+  const int64_t span = std::max<int64_t>(in.length, 1);
+  in.pattern = SparsePattern{in.length, window ? std::min(*window, span) : -1,
+                             stride ? std::min(*stride, span) : 0, num_global, causal,
+                             /*transposed=*/false};
   in.scale = scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
   return in;
 }

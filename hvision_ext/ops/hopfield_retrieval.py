@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._C import HOPFIELD_MAX_DIM
+from .._C import HOPFIELD_MAX_DIM, HOPFIELD_MAX_STEPS
 from .._dtype import accumulation_dtype
 from .._switch import switchable
 from ._meta import FLOATING, Checks, Output, register_meta, validate
@@ -43,7 +43,8 @@ def hopfield_retrieval(query, stored, values, beta, n_steps):
             (read in place, never expanded); same dtype as query; M ≥ 1.
         values: V, like stored with last dim dv ≤ 256, or None for V = X.
         beta: inverse temperature, > 0; default 1/sqrt(d).
-        n_steps: number of updates, ≥ 1 (1 is attention with scale beta).
+        n_steps: number of updates, 1 to ``HOPFIELD_MAX_STEPS`` (1024); 1 is attention with scale
+            beta.
 
     Returns out (batch, heads, Q, dv) in query's dtype, computed in float32 (float64 for float64
     inputs). Gradients flow to query, stored and values through every step. See
@@ -76,7 +77,9 @@ def _fwd_meta(query, stored, values, beta, n_steps):
         "n_steps to be an int",
         type(n_steps).__name__,
     )
-    _check.range(n_steps >= 1, "n_steps >= 1", n_steps)
+    _check.range(
+        1 <= n_steps <= HOPFIELD_MAX_STEPS, f"n_steps in [1, {HOPFIELD_MAX_STEPS}]", n_steps
+    )
     _check.range(math.isfinite(beta) and beta > 0, "beta > 0 and finite", beta)
     batch, heads, queries, dim = query.shape
     patterns = stored.shape[-2]

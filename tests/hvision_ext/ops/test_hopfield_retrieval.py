@@ -529,7 +529,8 @@ BAD_INPUTS = [
         ValueError,
         r"pattern size d .* got 0",
     ),
-    (dict(n_steps=0), ValueError, "expected n_steps >= 1, got 0"),
+    (dict(n_steps=0), ValueError, r"expected n_steps in \[1, 1024\], got 0"),
+    (dict(n_steps=2**62), ValueError, r"expected n_steps in \[1, 1024\], got 4611686018427387904"),
     (dict(n_steps=2.0), TypeError, "expected n_steps to be an int, got float"),
     (dict(beta=0.0), ValueError, "expected beta > 0 and finite, got 0.0"),
     (dict(beta=-1.0), ValueError, "expected beta > 0 and finite, got -1.0"),
@@ -547,7 +548,11 @@ def test_bad_input_is_named(changes, error, message):
 
 @pytest.mark.parametrize(
     "beta, n_steps, message",
-    [(0.0, 1, "expected beta > 0 and finite"), (1.0, 0, "expected n_steps >= 1")],
+    [
+        (0.0, 1, "expected beta > 0 and finite"),
+        (1.0, 0, r"expected n_steps in \[1, 1024\], got 0"),
+        (1.0, 1025, r"expected n_steps in \[1, 1024\], got 1025"),
+    ],
 )
 def test_the_kernels_check_beta_and_n_steps_themselves(beta, n_steps, message):
     kwargs = bad()

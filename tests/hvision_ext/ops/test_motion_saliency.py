@@ -108,6 +108,17 @@ def test_non_contiguous_frames():
     torch.testing.assert_close(ops.motion_saliency(strided, 4), ops.motion_saliency(frames, 4))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_nan_pixel_spoils_its_frames_as_in_the_reference(device):
+    """As torch.amax, the frame's maximum is NaN: a NaN pixel in frame 2 makes every score of
+    frame 2 NaN (its motion and saliency) and leaves frames 0 and 1 finite."""
+    frames = random_frames(batch=1, time=3, channels=1, height=8, width=8, dtype=torch.float32)
+    frames[0, 2, 0, 7, 7] = float("nan")
+    ours = ops.motion_saliency(frames.to(device), 4).cpu()
+    torch.testing.assert_close(ours, reference.motion_saliency(frames, 4), equal_nan=True)
+    assert ours[0, 2].isnan().all() and ours[0, :2].isfinite().all()
+
+
 def test_deterministic_whatever_the_thread_count():
     frames = random_frames(batch=3, time=5, height=32, width=32)
     first = ops.motion_saliency(frames, 8)

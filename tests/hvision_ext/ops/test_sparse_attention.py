@@ -1,6 +1,8 @@
 """sparse_attention: parity with the masked-SDPA reference, gradients, op registration, compile,
 bad input."""
 
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -24,6 +26,8 @@ PATTERNS = [
     dict(num_global=1000),  # every row global: dense
     dict(window=1000),  # a band wider than L: dense
     dict(stride=1000, num_global=1),  # the diagonal and one global token
+    dict(window=sys.maxsize),  # int64's largest: dense, with no overflow in the band's ends
+    dict(stride=sys.maxsize),  # the diagonal alone, likewise
 ]
 
 
