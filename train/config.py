@@ -84,7 +84,13 @@ SECTIONS = ("model", "training", "data")
 def read_yaml(cls: type, path: Path) -> dict[str, Any]:
     """A YAML mapping of ``cls`` fields, flat or in ``SECTIONS``; unknown keys are an error, not
     silently ignored."""
-    values = flatten_sections(yaml.safe_load(Path(path).read_text()) or {})
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got a {type(document).__name__}")
+    values = flatten_sections(document)
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -157,9 +157,9 @@ class VideoConfig(EngineConfig):
                 f"got {self.token_merging['mode']!r}"
             )
         ratio = self.token_merging["target_compression_ratio"]
-        if not 0 <= ratio < 1:
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
             raise ValueError(
-                f"model.token_merging.target_compression_ratio must be in [0, 1), got {ratio}"
+                f"model.token_merging.target_compression_ratio must be in [0, 1), got {ratio!r}"
             )
         self.video = section("data.video", self.video, VIDEO_DEFAULTS)
         for key in ("num_frames", "frame_size", "num_clips"):
@@ -299,6 +299,18 @@ def _records(source: str, split: str):
     return read_json_split(path, split) if path.is_dir() else read_video_list(path)
 
 
+def _check_labelled(dataset: VideoDataset, split: str) -> None:
+    """The action task alone trains and scores on clip labels: every clip needs one."""
+    unlabelled = [r.path for r in dataset.records if not r.labels]
+    if unlabelled:
+        raise ValueError(
+            f"the action task alone needs a label for every clip, but {len(unlabelled)} "
+            f"{split} clip(s) have none (no actions), e.g. {unlabelled[0]}; label them or add "
+            "the detection task (--tasks '{action: 1.0, detection: 0.33}'), which ignores them "
+            "for the action loss"
+        )
+
+
 def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
     """A split of the configured data: ``training``, ``validation`` or ``test`` (the built-in
     set's, or the given folder's; a list file is the same for every split)."""
@@ -314,7 +326,13 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
     else:
         source = config.train_data if split == "training" else config.val_data
         records = _records(source, split)
-        dataset = VideoDataset(records, num_classes=config.num_classes or None, **sampling)
+        # Decoded at the model's size: videos of different sizes must stack into one batch.
+        size = (video["frame_size"],) * 2
+        dataset = VideoDataset(
+            records, num_classes=config.num_classes or None, frame_size=size, **sampling
+        )
+    if not config.multitask:
+        _check_labelled(dataset, split)
     return dataset.of_domains(
         [config.finetune_domain] if config.finetune_domain else config.domains
     )
@@ -428,6 +446,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     train_set = datasets_for(config, "training", train=True)
     config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
+    test_set = datasets_for(config, "test", train=False)  # before training: a bad split fails now
     pretrained = checkpoint.load(config.pretrained) if config.pretrained else None
     vocabulary = text_vocabulary(config, train_set, pretrained) if config.multitask else None
     model = build_model(config, train_set.num_classes, vocabulary)
@@ -449,7 +468,6 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
             flush=True,
         )
     trainer.fit()
-    test_set = datasets_for(config, "test", train=False)
     test_loader = loader_for(config, test_set, False, vocabulary)
     test = task.evaluate(trainer.eval_model, test_loader, device)
     summary = {

@@ -53,6 +53,19 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
         load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml")], "t", "t")
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- 1\n- 2\n", r"c.yaml: expected a mapping of settings, got a list"),
+        ("epochs: [1\n", r"c.yaml: not valid YAML"),
+    ],
+)
+def test_a_yaml_file_that_is_no_mapping_of_settings_is_named(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml")], "t", "t")
+
+
 def test_builtin_default_config_file_is_the_default_job():
     assert read_yaml(ClassifyConfig, CONFIGS / "classify_shapes.yaml") == dataclasses.asdict(
         ClassifyConfig()

@@ -1,12 +1,17 @@
 """``train.video`` on a tiny set in the built-in layout: it trains and evaluates, a run stopped in the middle of
 an epoch resumes from its step checkpoint to the same weights, and bad settings name their key."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from train import evaluate, video
 from train.config import load_config
+from train.data.moving_shapes import write_mp4
+from train.data.video import collate_clips
 
 from .video_jobs import TINY_SIZES, assert_same_weights, stop_and_resume, tiny_video_job
 
@@ -53,6 +58,10 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_video_set, tmp
             ["--token-merging", "{target_compression_ratio: 1.0}"],
             r"target_compression_ratio must be in \[0, 1\), got 1.0",
         ),
+        (
+            ["--token-merging", "{target_compression_ratio: half}"],
+            r"target_compression_ratio must be in \[0, 1\), got 'half'",
+        ),
         (["--video", "{num_frames: 0}"], "data.video.num_frames must be a positive integer"),
         (["--train-data", "x"], "give both --train-data and --val-data"),
     ],
@@ -81,3 +90,49 @@ def test_the_builtin_config_file_is_the_default_job():
     assert load_config(video.VideoConfig, ["--config", str(path)], "train.video", "") == (
         video.VideoConfig()
     )
+
+
+def test_videos_of_different_sizes_stack_at_the_model_frame_size(tmp_path):
+    """User videos are decoded at data.video.frame_size, so a list mixing sizes makes batches."""
+    sizes = [(48, 64), (37, 53)]
+    lines = []
+    for k, (height, width) in enumerate(sizes):
+        path = tmp_path / f"clip{k}.mp4"
+        write_mp4(path, torch.full((6, height, width, 3), 40 * k, dtype=torch.uint8), fps=8)
+        lines.append(f"{path} {k}")
+    listing = tmp_path / "videos.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    flags = ["--train-data", str(listing), "--val-data", str(listing)]
+    config = load_config(
+        video.VideoConfig, [*flags, "--video", "{num_frames: 4, frame_size: 32}"], "train.video", ""
+    )
+    dataset = video.datasets_for(config, "training", train=True)
+    batch = collate_clips([dataset[0], dataset[1]])
+    assert batch["frames"].shape == (2, 4, 3, 32, 32)
+
+
+def copy_of(data: Path, into: Path) -> Path:
+    shutil.copytree(data, into)
+    return into
+
+
+def test_clips_without_a_label_are_named_when_the_action_task_trains_alone(
+    tiny_video_set, tmp_path
+):
+    data = copy_of(tiny_video_set, tmp_path / "data")
+    annotations = data / "training" / "annotations" / "action_detection.json"
+    entries = json.loads(annotations.read_text())
+    entries[0]["actions"] = []
+    annotations.write_text(json.dumps(entries))
+    flags = ["--train-data", str(data), "--val-data", str(data), "--tasks", "{action: 1.0}"]
+    config = load_config(video.VideoConfig, flags, "train.video", "")
+    with pytest.raises(ValueError, match=r"needs a label for every clip, but 1 training clip"):
+        video.datasets_for(config, "training", train=True)
+
+
+def test_a_missing_test_split_fails_before_training(tiny_video_set, tmp_path):
+    data = copy_of(tiny_video_set, tmp_path / "data")
+    shutil.rmtree(data / "test")
+    with pytest.raises(FileNotFoundError, match="test"):
+        video.main(tiny_job(data, tmp_path / "run"))
+    assert not (tmp_path / "run" / "last.pt").exists()
