@@ -296,7 +296,10 @@ def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
 
 def _records(source: str, split: str):
     path = Path(source)
-    return read_json_split(path, split) if path.is_dir() else read_video_list(path)
+    records = read_json_split(path, split) if path.is_dir() else read_video_list(path)
+    if not records:
+        raise ValueError(f"no video listed for the {split} split in {path}")
+    return records
 
 
 def _check_labelled(dataset: VideoDataset, split: str) -> None:

@@ -136,3 +136,12 @@ def test_a_missing_test_split_fails_before_training(tiny_video_set, tmp_path):
     with pytest.raises(FileNotFoundError, match="test"):
         video.main(tiny_job(data, tmp_path / "run"))
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_an_empty_list_file_is_named(tmp_path):
+    listing = tmp_path / "empty.txt"
+    listing.write_text("# no videos yet\n")
+    flags = ["--train-data", str(listing), "--val-data", str(listing)]
+    config = load_config(video.VideoConfig, flags, "train.video", "")
+    with pytest.raises(ValueError, match=r"no video listed for the training split in .*empty.txt"):
+        video.datasets_for(config, "training", train=True)

@@ -565,10 +565,16 @@ def _targets_of(records: Sequence[VideoRecord]) -> tuple[str, ...]:
 
 
 def _check_targets(records: Sequence[VideoRecord], num_classes: int, domains: tuple) -> None:
-    labels = {label for r in records for label in r.labels + tuple(a[2] for a in r.actions)}
-    outside = sorted(label for label in labels if not 0 <= label < num_classes)
+    def labels_of(record: VideoRecord) -> tuple[int, ...]:
+        return record.labels + tuple(a[2] for a in record.actions)
+
+    outside = sorted({k for r in records for k in labels_of(r) if not 0 <= k < num_classes})
     if outside:
-        raise ValueError(f"labels must be in [0, num_classes={num_classes}), got {outside[:8]}")
+        first = next(r for r in records if any(k in outside for k in labels_of(r)))
+        raise ValueError(
+            f"labels must be in [0, num_classes={num_classes}), got {outside[:8]} "
+            f"(e.g. {first.path})"
+        )
     unknown = sorted({r.domain for r in records if r.domain and r.domain not in domains})
     if unknown:
         raise ValueError(f"domains {unknown} are not among the domains given, {list(domains)}")
