@@ -38,6 +38,7 @@ from .config import field
 from .data import ClipTransform, SelectFields, VideoDataset, domain_balance_weights, make_loader
 from .data.annotations import read_json_split, read_video_list
 from .data.moving_shapes import load_moving_shapes
+from .data.video import BACKENDS
 from .engine import EngineConfig, Trainer
 from .video_multitask import ROUTER_LOSSES, MultiTaskCollate, MultiTaskVideoTask, TextVocabulary
 
@@ -167,6 +168,11 @@ class VideoConfig(EngineConfig):
                 raise ValueError(
                     f"data.video.{key} must be a positive integer, got {self.video[key]!r}"
                 )
+        if self.video["backend"] not in (None, *BACKENDS):
+            raise ValueError(
+                f"data.video.backend must be one of {list(BACKENDS)} or null (the default), "
+                f"got {self.video['backend']!r}"
+            )
         self._check_multitask()
         if bool(self.train_data) != bool(self.val_data):
             raise ValueError("give both --train-data and --val-data, or neither (built-in set)")

@@ -63,6 +63,10 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_video_set, tmp
             r"target_compression_ratio must be in \[0, 1\), got 'half'",
         ),
         (["--video", "{num_frames: 0}"], "data.video.num_frames must be a positive integer"),
+        (
+            ["--video", "{backend: ffmpeg}"],
+            r"data.video.backend must be one of \['decord', 'opencv'\] or null",
+        ),
         (["--train-data", "x"], "give both --train-data and --val-data"),
     ],
 )
