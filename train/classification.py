@@ -69,8 +69,10 @@ def confusion_matrix(
     model.eval()
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for batch in loader:
+        if batch is None:  # a batch whose every clip was unreadable (VideoDataset)
+            continue
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
         logits = model(transform(images, train=False)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         counts += torch.bincount(

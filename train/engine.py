@@ -137,6 +137,18 @@ class ModelEma:
             ema_b.copy_(b)
 
 
+def take_skipped(dataset, device: torch.device) -> int | None:
+    """Items ``dataset`` skipped since the last call (unreadable files), summed over the
+    processes; None for a data set that does not count them (``take_skipped()``, e.g.
+    ``VideoDataset``)."""
+    take = getattr(dataset, "take_skipped", None)
+    if take is None:
+        return None
+    skipped = torch.tensor(take(), dtype=torch.float64, device=device)
+    distributed.all_reduce_sum(skipped)
+    return int(skipped.item())
+
+
 class Trainer:
     """Runs ``config.epochs`` epochs of ``task`` on ``model`` (or resumes a run).
 
@@ -234,15 +246,12 @@ class Trainer:
         return record
 
     def _skipped_items(self) -> dict[str, int]:
-        """Items skipped this epoch (unreadable files), summed over the processes, for data sets
-        that count them (``take_skipped()``, e.g. ``VideoDataset``)."""
+        """Items skipped this epoch (unreadable files) by the data sets that count them."""
         counts = {}
         for split, loader in (("train", self.train_loader), ("val", self.val_loader)):
-            take_skipped = getattr(loader.dataset, "take_skipped", None)
-            if take_skipped is not None:
-                skipped = torch.tensor(take_skipped(), dtype=torch.float64, device=self.device)
-                distributed.all_reduce_sum(skipped)
-                counts[f"{split}_skipped"] = int(skipped.item())
+            skipped = take_skipped(loader.dataset, self.device)
+            if skipped is not None:
+                counts[f"{split}_skipped"] = skipped
         return counts
 
     @property

@@ -34,6 +34,7 @@ from .classify import ClassifyConfig  # noqa: E402
 from .common import build_backbone, data_for, start  # noqa: E402
 from .config import field, load_config  # noqa: E402
 from .data import BatchTransform, DataSplits, SelectFields, make_loader  # noqa: E402
+from .engine import take_skipped  # noqa: E402
 from .mae import MAEConfig, build_mae  # noqa: E402
 from .video_multitask import TextVocabulary, plot_predictions  # noqa: E402
 
@@ -124,12 +125,23 @@ def evaluate_video(
     loader = make_loader(dataset, config.batch_size, False, config.num_workers, config.seed, fields)
     classifier = video.MultiViewClassifier(model)
     transform = video.clip_transform(job)
+    dataset.take_skipped()  # counted by the multi-task pass, if any
     matrix, _ = confusion_matrix(classifier, loader, transform, dataset.num_classes, device)
+    skipped = take_skipped(dataset, device)  # unreadable videos, left out of every metric
     top5 = top_k_accuracy(classifier, loader, transform, device, k=5)
+    dataset.take_skipped()  # the same videos again
     results.update(classification_report(matrix, dataset.classes, out_dir))
     if distributed.is_main():
-        print(f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video")
-    return {"top5_accuracy": top5, "num_clips": job.video["num_clips"], **results}
+        print(
+            f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video, "
+            f"{skipped} unreadable test video(s) left out"
+        )
+    return {
+        "top5_accuracy": top5,
+        "num_clips": job.video["num_clips"],
+        "skipped": skipped,
+        **results,
+    }
 
 
 def evaluate_multitask(
@@ -148,7 +160,8 @@ def evaluate_multitask(
     metrics = task.evaluate(model, loader, device)
     if distributed.is_main():
         print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        batch = [t[: config.example_clips].to(device) for t in next(iter(loader))]
+        first = next(batch for batch in loader if batch is not None)
+        batch = [t[: config.example_clips].to(device) for t in first]
         plot_predictions(model, task, batch, dataset.classes, out_dir / "predictions.png")
     return metrics
 
@@ -169,7 +182,10 @@ def top_k_accuracy(model, loader, transform, device, k: int) -> float:
     """Share of samples whose label is among the ``k`` highest logits (over every process)."""
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=device)  # hits, samples
-    for clips, labels in loader:
+    for batch in loader:
+        if batch is None:  # every clip of the batch unreadable
+            continue
+        clips, labels = batch
         logits = model(transform(clips.to(device), train=False))
         top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
         hits = (top == labels.to(device)[:, None]).any(-1)

@@ -39,7 +39,7 @@ from .data import ClipTransform, SelectFields, VideoDataset, domain_balance_weig
 from .data.annotations import read_json_split, read_video_list
 from .data.moving_shapes import load_moving_shapes
 from .data.video import BACKENDS
-from .engine import EngineConfig, Trainer
+from .engine import EngineConfig, Trainer, take_skipped
 from .video_multitask import ROUTER_LOSSES, MultiTaskCollate, MultiTaskVideoTask, TextVocabulary
 
 # Sections of settings with the source design's keys, and their defaults.
@@ -482,6 +482,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     summary = {
         "test_acc": test["acc"],
         "test": test,
+        "test_skipped": take_skipped(test_set, device),  # unreadable test videos, left out
         "trainable_params": count_parameters(model)[0],
         "best_val": trainer.best,
         "time_s": time.perf_counter() - started,
@@ -492,6 +493,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
             f"done in {summary['time_s']:.0f} s (CPU time of this process "
             f"{summary['cpu_time_s']:.0f} s): test "
             + ", ".join(f"{k} {v:.4f}" for k, v in test.items())
+            + f", test_skipped {summary['test_skipped']}"
             + (
                 ""
                 if trainer.best is None

@@ -82,8 +82,10 @@ class MultiTaskCollate:
         self.max_captions = max_captions
         self.max_caption_len = max_caption_len
 
-    def __call__(self, items: list[dict[str, Any]]) -> list[Tensor]:
+    def __call__(self, items: list[dict[str, Any] | None]) -> list[Tensor] | None:
         batch = collate_clips(items)
+        if batch is None:  # every clip of the batch unreadable
+            return None
         frames = batch["frames"]
         size, steps = len(frames), frames.shape[-4]
         unknown = torch.full((size,), IGNORE, dtype=torch.int64)
@@ -221,7 +223,8 @@ class MultiTaskVideoTask:
         model.eval()
         tally = EvaluationTally(self, model)
         for batch in loader:
-            tally.add([t.to(device, non_blocking=True) for t in batch])
+            if batch is not None:  # None: every clip of the batch unreadable
+                tally.add([t.to(device, non_blocking=True) for t in batch])
         return tally.metrics(device)
 
 

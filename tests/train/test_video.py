@@ -149,3 +149,14 @@ def test_an_empty_list_file_is_named(tmp_path):
     config = load_config(video.VideoConfig, flags, "train.video", "")
     with pytest.raises(ValueError, match=r"no video listed for the training split in .*empty.txt"):
         video.datasets_for(config, "training", train=True)
+
+
+def test_an_unreadable_test_video_is_left_out_and_counted(tiny_video_set, tmp_path):
+    data = copy_of(tiny_video_set, tmp_path / "data")
+    (broken,) = sorted((data / "test" / "videos").iterdir())[:1]
+    broken.write_text("not a video\n")
+    summary = video.main(tiny_job(data, tmp_path / "run"))
+    assert summary["test_skipped"] == 1
+    report = evaluate.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--threads", "1"])
+    assert report["skipped"] == 1
+    assert sum(map(sum, report["confusion_matrix"])) == TINY_SIZES["test"] - 1

@@ -457,13 +457,19 @@ class VideoDataset(Dataset):
         """Frames in one view: num_segments * clip_len."""
         return self.sampling["num_segments"] * self.sampling["clip_len"]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(len(self.records)):
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """Clip ``index``. An unreadable video is skipped (counted, one warning): in training
+        the next readable one takes its place, so that batches keep their size; in evaluation
+        the item is None, which the collates drop, so that no clip is scored in its place."""
+        training = self.mode == "train"
+        for attempt in range(len(self.records) if training else 1):
             position = (index + attempt) % len(self.records)
             try:
                 return self._load(position)
             except VideoReadError as error:
                 self._skip(self.records[position].path, error)
+        if not training:
+            return None
         raise VideoReadError(f"none of the {len(self.records)} videos of the data set can be read")
 
     def of_domains(self, domains: Sequence[str]) -> "VideoDataset":
@@ -593,8 +599,12 @@ def _frame_labels(indices: Tensor, segments: Tensor, labels: Tensor) -> Tensor:
 LIST_TARGETS = ("segments", "segment_labels", "qa", "captions")
 
 
-def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch of ``VideoDataset`` items: tensors stacked, variable-length targets as lists."""
+def collate_clips(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """A batch of ``VideoDataset`` items: tensors stacked, variable-length targets as lists. The
+    None of unreadable evaluation clips are dropped; None when no clip is left."""
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
     return {
         key: [item[key] for item in items]
         if key in LIST_TARGETS
@@ -610,9 +620,11 @@ class SelectFields:
     def __init__(self, fields: Sequence[str]):
         self.fields = tuple(fields)
 
-    def __call__(self, items: list[dict[str, Any]]) -> list[Tensor]:
-        missing = [f for f in self.fields if f not in items[0]]
-        if missing:
-            raise KeyError(f"fields {missing} are not in the clips (they hold {sorted(items[0])})")
+    def __call__(self, items: list[dict[str, Any] | None]) -> list[Tensor] | None:
         batch = collate_clips(items)
+        if batch is None:
+            return None
+        missing = [f for f in self.fields if f not in batch]
+        if missing:
+            raise KeyError(f"fields {missing} are not in the clips (they hold {sorted(batch)})")
         return [batch[field] for field in self.fields]

@@ -173,9 +173,10 @@ def test_resident_memory_stays_flat_over_repeated_reads(video_dir):
 
 
 def test_unreadable_videos_are_skipped_with_a_warning_and_counted(video_dir):
+    """In training the next readable video takes an unreadable one's place."""
     names = ["good.mp4", "truncated.mp4", "text.mp4", "good2.mp4"]
     dataset = VideoDataset(
-        [VideoRecord(video_dir / n, (k,)) for k, n in enumerate(names)], train=False, num_segments=4
+        [VideoRecord(video_dir / n, (k,)) for k, n in enumerate(names)], train=True, num_segments=4
     )
     with pytest.warns(SkippedVideoWarning) as caught:
         items = [dataset[k] for k in range(len(dataset))]
@@ -185,6 +186,21 @@ def test_unreadable_videos_are_skipped_with_a_warning_and_counted(video_dir):
     assert [item["index"].item() for item in items] == [0, 3, 3, 3]  # the next good video
     assert [item["label"].item() for item in items] == [0, 3, 3, 3]
     assert dataset.take_skipped() == 3 and dataset.take_skipped() == 0
+
+
+def test_evaluation_leaves_unreadable_videos_out(video_dir):
+    """In evaluation an unreadable video is None, which the collates drop: no clip is scored in
+    its place."""
+    names = ["good.mp4", "text.mp4", "good2.mp4"]
+    dataset = VideoDataset(
+        [VideoRecord(video_dir / n, (k,)) for k, n in enumerate(names)], train=False, num_segments=4
+    )
+    with pytest.warns(SkippedVideoWarning, match="text.mp4"):
+        items = [dataset[k] for k in range(len(dataset))]
+    assert items[1] is None and dataset.take_skipped() == 1
+    frames, labels = SelectFields(["frames", "label"])(items)
+    assert frames.shape[0] == 2 and labels.tolist() == [0, 2]
+    assert collate_clips([None]) is None and SelectFields(["frames"])([None]) is None
 
 
 def test_skips_are_counted_across_loader_workers(video_dir):
@@ -237,7 +253,7 @@ def test_raw_frame_folders(tmp_path):
     expected = torch.from_numpy(frames[[1, 3, 5]]).permute(0, 3, 1, 2)
     assert torch.equal(item["frames"], expected)  # png: lossless
     short = VideoRecord(folder, (2,), num_frames=9, frame_template="img_{:05}.png")
-    dataset = VideoDataset([short, record], train=False, num_segments=9)
+    dataset = VideoDataset([short, record], train=True, num_segments=9)
     with pytest.warns(SkippedVideoWarning, match="cannot read frame 7"):
         assert dataset[0]["index"].item() == 1
 
