@@ -51,7 +51,9 @@ class ClassificationTask:
     def evaluate(
         self, model: nn.Module, loader: DataLoader, device: torch.device
     ) -> dict[str, float]:
-        matrix, loss_sum = confusion_matrix(model, loader, self.transform, self.num_classes, device)
+        matrix, loss_sum, _ = confusion_matrix(
+            model, loader, self.transform, self.num_classes, device
+        )
         total = matrix.sum().item()
         return {"loss": loss_sum / total, "acc": matrix.diag().sum().item() / total}
 
@@ -63,24 +65,33 @@ def confusion_matrix(
     transform: BatchTransform,
     num_classes: int,
     device: torch.device,
-) -> tuple[Tensor, float]:
+    top_k: int = 1,
+) -> tuple[Tensor, float, float]:
     """(classes × classes) counts, rows = true class, columns = prediction, summed over every
-    process; and the summed cross-entropy."""
+    process; the summed cross-entropy; and the share of samples whose label is among the
+    ``top_k`` highest logits (with the default 1, the matrix's accuracy)."""
     model.eval()
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, top-k hits
     for batch in loader:
         if batch is None:  # a batch whose every clip was unreadable (VideoDataset)
             continue
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         logits = model(transform(images, train=False)).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        top = logits.topk(min(top_k, num_classes), dim=-1).indices
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum"),
+                (top == labels[:, None]).any(-1).sum(),
+            ]
+        ).double()
         counts += torch.bincount(
             labels * num_classes + logits.argmax(-1), minlength=num_classes**2
         ).double()
     distributed.all_reduce_sum(counts)
-    distributed.all_reduce_sum(loss_sum)
-    return counts.view(num_classes, num_classes).cpu(), loss_sum.item()
+    distributed.all_reduce_sum(sums)
+    loss_sum, hits = sums.tolist()
+    return counts.view(num_classes, num_classes).cpu(), loss_sum, hits / max(counts.sum().item(), 1)
 
 
 def per_class_metrics(matrix: Tensor) -> dict[str, Tensor]:

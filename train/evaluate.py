@@ -95,7 +95,7 @@ def finish(results: dict, out_dir: Path) -> dict:
 def evaluate_classifier(
     model, loader, transform: BatchTransform, splits: DataSplits, out_dir: Path, device
 ) -> dict:
-    matrix, _ = confusion_matrix(model, loader, transform, len(splits.classes), device)
+    matrix, _, _ = confusion_matrix(model, loader, transform, len(splits.classes), device)
     return classification_report(matrix, splits.classes, out_dir)
 
 
@@ -126,10 +126,10 @@ def evaluate_video(
     classifier = video.MultiViewClassifier(model)
     transform = video.clip_transform(job)
     dataset.take_skipped()  # counted by the multi-task pass, if any
-    matrix, _ = confusion_matrix(classifier, loader, transform, dataset.num_classes, device)
+    matrix, _, top5 = confusion_matrix(
+        classifier, loader, transform, dataset.num_classes, device, top_k=5
+    )
     skipped = take_skipped(dataset, device)  # unreadable videos, left out of every metric
-    top5 = top_k_accuracy(classifier, loader, transform, device, k=5)
-    dataset.take_skipped()  # the same videos again
     results.update(classification_report(matrix, dataset.classes, out_dir))
     if distributed.is_main():
         print(
@@ -175,23 +175,6 @@ class ActionLogits(torch.nn.Module):
 
     def forward(self, clips: Tensor) -> Tensor:
         return self.model(clips).action
-
-
-@torch.no_grad()
-def top_k_accuracy(model, loader, transform, device, k: int) -> float:
-    """Share of samples whose label is among the ``k`` highest logits (over every process)."""
-    model.eval()
-    counts = torch.zeros(2, dtype=torch.float64, device=device)  # hits, samples
-    for batch in loader:
-        if batch is None:  # every clip of the batch unreadable
-            continue
-        clips, labels = batch
-        logits = model(transform(clips.to(device), train=False))
-        top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
-        hits = (top == labels.to(device)[:, None]).any(-1)
-        counts += torch.stack([hits.sum(), torch.tensor(len(hits), device=device)]).double()
-    distributed.all_reduce_sum(counts)
-    return (counts[0] / counts[1]).item()
 
 
 def classification_report(matrix: Tensor, classes: tuple[str, ...], out_dir: Path) -> dict:

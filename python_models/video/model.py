@@ -390,12 +390,12 @@ class HierarchicalVLM(nn.Module):
         patches, size, carried, assign = merge_frames(
             patches, size, scores, frames, r, self.importance_weight
         )
-        if scores is not importance and importance is not None:
-            # The merge carried motion + attention; only the motion importance goes on, as a
-            # later merge adds its own block's attention.
-            carried = carry_importance(importance, assign, frames, patches.shape[1] // frames)
-        elif scores is not importance:
-            carried = None  # similarity mode: the attention was the only importance
+        if scores is not importance:
+            # The merge carried the class attention too; only the motion importance goes on (a
+            # later merge adds its own block's attention), none in similarity mode.
+            carried = None
+            if importance is not None:
+                carried = carry_importance(importance, assign, frames, patches.shape[1] // frames)
         return torch.cat([prefix, patches], 1), size, carried, assign
 
     @staticmethod
