@@ -71,8 +71,16 @@ def extension():
     # results (|a - b|, exp unless masked) is only vectorised without AVX-512's masked
     # instructions when GCC may compute both sides; it changes no result. -fno-tree-pre: GCC's
     # PRE otherwise turns the clamps of the vectorised exp into branches, which leaves the AVX2
-    # and baseline kernels scalar.
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fno-tree-pre"]
+    # and baseline kernels scalar. -Wno-psabi: helpers that pass GCC vectors are always inlined, so
+    # the ABI change GCC warns of for them never applies.
+    cxx_flags = [
+        "-O3",
+        "-fopenmp",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-fno-tree-pre",
+        "-Wno-psabi",
+    ]
     if not want_cuda():
         return cpp_extension.CppExtension(
             "hvision_ext._C",

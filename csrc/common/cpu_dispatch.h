@@ -6,6 +6,7 @@
 // tested on a wide machine. Only what is inlined into these functions sees the wider ISA.
 #pragma once
 
+#include <cstdint>
 #include <utility>
 
 #include "common/cpu_isa.h"
@@ -20,6 +21,18 @@
 
 // For the bodies of the dispatched functions and their helpers: inlined into each variant.
 #define HV_INLINE inline __attribute__((always_inline))
+// For a lambda in such a body, after its parameters: a lambda is a function of its own, compiled
+// for the baseline instruction set unless it is inlined.
+#define HV_INLINE_LAMBDA __attribute__((always_inline))
+
+namespace hvision::cpu {
+
+// The bytes of one vector register of each instruction set (zmm, ymm, xmm).
+constexpr int64_t vector_bytes(Isa isa) {
+  return isa == Isa::avx512 ? 64 : isa == Isa::avx2 ? 32 : 16;
+}
+
+}  // namespace hvision::cpu
 
 #define HV_CPU_VARIANT(name, isa, target, body)       \
   template <typename... Args>                         \
@@ -27,10 +40,19 @@
     return body(std::forward<Args>(args)...);         \
   }
 
-#define HV_CPU_DISPATCH(name, body)                                                     \
-  HV_CPU_VARIANT(name, baseline, , body)                                                \
-  HV_CPU_VARIANT(name, avx2, HV_TARGET_AVX2, body)                                      \
-  HV_CPU_VARIANT(name, avx512, HV_TARGET_AVX512, body)                                  \
+// A variant that calls body<vector_bytes(isa)>(args...): for bodies written with GCC vector types
+// one register wide, which GCC lowers lane by lane where a vector is wider than the hardware's.
+#define HV_CPU_VECTOR_VARIANT(name, isa, target, body)                                   \
+  template <typename... Args>                                                            \
+  target decltype(auto) name##_##isa(Args&&... args) {                                   \
+    return body<::hvision::cpu::vector_bytes(::hvision::cpu::Isa::isa)>(                 \
+        std::forward<Args>(args)...);                                                    \
+  }
+
+#define HV_CPU_DISPATCH_WITH(variant, name, body)                                       \
+  variant(name, baseline, , body)                                                       \
+  variant(name, avx2, HV_TARGET_AVX2, body)                                             \
+  variant(name, avx512, HV_TARGET_AVX512, body)                                         \
   template <typename... Args>                                                           \
   decltype(auto) name(Args&&... args) {                                                 \
     static constexpr decltype(&name##_baseline<Args...>) kVariants[] = {                \
@@ -38,3 +60,6 @@
     return kVariants[static_cast<int>(::hvision::cpu::active_isa())](                   \
         std::forward<Args>(args)...);                                                   \
   }
+
+#define HV_CPU_DISPATCH(name, body) HV_CPU_DISPATCH_WITH(HV_CPU_VARIANT, name, body)
+#define HV_CPU_VECTOR_DISPATCH(name, body) HV_CPU_DISPATCH_WITH(HV_CPU_VECTOR_VARIANT, name, body)

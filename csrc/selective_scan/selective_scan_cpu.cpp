@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_dispatch.h"
@@ -241,11 +242,9 @@ HV_INLINE void backward_channel(const Channel<T>& c, const StepFactors<T>& f, co
   }
 }
 
-// The state sizes with a straight-line build of their own: Mamba's default 16 and, for the
-// backward pass, the 8 of the small presets (see backward_uses_lanes). Every build is compiled per
-// instruction set.
+// Mamba's default state size, with a straight-line build of its own (compiled per instruction
+// set, as every build).
 constexpr int64_t kMambaStates = 16;
-constexpr int64_t kSmallStates = 8;
 
 template <typename T>
 HV_INLINE void scan_forward_channel(const Channel<T>& c, const StepFactors<T>& f, T* state, T* out,
@@ -263,8 +262,6 @@ HV_INLINE void scan_backward_channel(const Channel<T>& c, const StepFactors<T>& 
                                      ChannelGrads<T>& g) {
   if (c.state == kMambaStates) {
     backward_channel<kMambaStates>(c, f, dout, checkpoints, adjoint, scratch, g);
-  } else if (c.state == kSmallStates) {
-    backward_channel<kSmallStates>(c, f, dout, checkpoints, adjoint, scratch, g);
   } else {
     backward_channel<0>(c, f, dout, checkpoints, adjoint, scratch, g);
   }
@@ -307,7 +304,7 @@ void narrow_row(const T* computed, scalar_t* row, int64_t length) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Channel lanes, for N <= kMaxLaneStates (N < kMaxLaneStates in the backward pass). A vector over so few states is mostly empty and its
+// Channel lanes, for N <= kMaxLaneStates. A vector over so few states is mostly empty and its
 // C·h is a horizontal sum every step, so a block of up to kLanes channels of one batch is scanned
 // together instead: lane l of every vector is channel d0 + l, a step is a loop over the N states
 // of whole vectors, and C·h and the backward's sums over the states are per-lane sums. The
@@ -319,14 +316,11 @@ void narrow_row(const T* computed, scalar_t* row, int64_t length) {
 
 // Channels per block: one AVX-512 vector of float, two AVX2 vectors.
 constexpr int64_t kLanes = 16;
-constexpr int64_t kMaxLaneStates = kSmallStates;
+// Up to the 8 states of the small presets: the per-state build's vectors would be at most half
+// full on AVX-512.
+constexpr int64_t kMaxLaneStates = 8;
 
-bool forward_uses_lanes(const ScanInputs& in) { return in.state <= kMaxLaneStates; }
-
-// At N = 8 the per-state backward build measured faster than the lanes (by about a fifth, on
-// AVX-512 and AVX2): its vectors are full on AVX2, and it adds dB and dC to their rows where the
-// lanes sum them across channels every step.
-bool backward_uses_lanes(const ScanInputs& in) { return in.state < kMaxLaneStates; }
+bool uses_lanes(const ScanInputs& in) { return in.state <= kMaxLaneStates; }
 
 // Tiles from and to the rows of a block's channels (the first `lanes`), kTransposeRows rows of the
 // tile at a time: filling or reading a whole tile one lane at a time would touch one value per
@@ -411,7 +405,8 @@ HV_INLINE LaneProjection<T> lane_projection(const Projection<T>& p, const T* one
 }
 
 // Computes each channel's step factors in row loops and transposes those the scan reads and its
-// inputs into `storage`; in the dispatched functions, so that the row loops are vectorised for the ISA.
+// inputs into `storage`; in the dispatched functions, so that the row loops are vectorised for
+// the instruction set.
 template <typename T>
 HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
                                    LaneTiles<T>& storage) {
@@ -460,72 +455,121 @@ HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
   return x;
 }
 
-// One step of a block's (N, kLanes) states from `prev` to `next` (may be the same), leaving each
-// state's exp(δA) in `decay`.
+// The lane kernels hold a block's states (and in the backward pass their adjoints and dA) in GCC
+// vectors across the steps, unrolled over a compile-time N, so that a step touches memory only
+// for its inputs and the states the backward pass saved. A vector is one register of the
+// instruction set (kBytes), kLanes / its width slices of a block are scanned one after another,
+// and a slice's pointers into the (rows, kLanes) tiles start at its first lane.
+template <typename T, int64_t kBytes>
+struct VectorOf {
+  using type [[gnu::vector_size(kBytes)]] = T;
+};
+template <typename T, int64_t kBytes>
+using Vector = typename VectorOf<T, kBytes>::type;
+
+template <typename V>
+using LaneValue = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
+
+template <typename V>
+constexpr int64_t kVectorWidth = sizeof(V) / sizeof(LaneValue<V>);
+
+template <typename V>
+HV_INLINE V load_vector(const LaneValue<V>* values) {
+  V v;
+  __builtin_memcpy(&v, values, sizeof(v));
+  return v;
+}
+
+template <typename V>
+HV_INLINE void store_vector(LaneValue<V>* values, const V& v) {
+  __builtin_memcpy(values, &v, sizeof(v));
+}
+
+// One vector per state of a slice (its states, their adjoints, a step's gradients).
+template <int64_t kStates, typename V>
+struct LaneStates {
+  V vectors[kStates];
+
+  V& operator[](int64_t n) { return vectors[n]; }
+  const V& operator[](int64_t n) const { return vectors[n]; }
+};
+
+// The N vectors of a slice from an (N, stride) tile, and back.
+template <int64_t kStates, typename V>
+HV_INLINE LaneStates<kStates, V> load_states(const LaneValue<V>* tile, int64_t stride = kLanes) {
+  LaneStates<kStates, V> h;
+#pragma GCC unroll 16
+  for (int64_t n = 0; n < kStates; ++n) h[n] = load_vector<V>(tile + n * stride);
+  return h;
+}
+
+template <int64_t kStates, typename V>
+HV_INLINE void store_states(LaneValue<V>* tile, const LaneStates<kStates, V>& h,
+                            int64_t stride = kLanes) {
+#pragma GCC unroll 16
+  for (int64_t n = 0; n < kStates; ++n) store_vector(tile + n * stride, h[n]);
+}
+
+// A slice of a block's inputs: every tile pointer advanced to lane `lane0`.
 template <typename T>
-HV_INLINE void advance_lanes(const LaneInputs<T>& x, int64_t t, const T* prev, T* next,
-                             T* decay) {
-  const int64_t N = x.first->state;
-  const T* delta = x.factors.delta + t * kLanes;
-  const T* u = x.u + t * kLanes;
-  T delta_u[kLanes];
-#pragma omp simd
-  for (int64_t l = 0; l < kLanes; ++l) delta_u[l] = delta[l] * u[l];
+HV_INLINE LaneInputs<T> slice_inputs(const LaneInputs<T>& x, int64_t lane0) {
+  const auto at = [lane0](auto* tile) HV_INLINE_LAMBDA { return tile ? tile + lane0 : tile; };
+  LaneInputs<T> slice = x;
+  slice.u = at(x.u);
+  slice.factors = {at(x.factors.delta), at(x.factors.delta_grad), at(x.factors.gate),
+                   at(x.factors.gate_grad)};
+  slice.A = at(x.A);
+  slice.B.per_lane = at(x.B.per_lane);
+  slice.C.per_lane = at(x.C.per_lane);
+  return slice;
+}
+
+// State n's row of a slice's B or C at step t (`row` = p.at(t)).
+template <typename V, typename T>
+HV_INLINE V projection_lanes(const LaneProjection<T>& p, const T* row, int64_t n) {
+  return row[n] * load_vector<V>(p.per_lane + n * kLanes);
+}
+
+// One step of a slice's states, h <- exp(δA) h + B δu, leaving each state's exp(δA) in `decays`
+// (N, vector width) unless it is null.
+template <int64_t kStates, typename V, typename T>
+HV_INLINE void advance_lanes(const LaneInputs<T>& x, int64_t t, LaneStates<kStates, V>& h,
+                             T* decays) {
+  const V delta = load_vector<V>(x.factors.delta + t * kLanes);
+  const V delta_u = delta * load_vector<V>(x.u + t * kLanes);
   const T* B = x.B.at(t);
-  for (int64_t n = 0; n < N; ++n) {
-    const T b = B[n];
-    const T* b_lane = x.B.per_lane + n * kLanes;
-    const T* a = x.A + n * kLanes;
-    const int64_t i = n * kLanes;
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
-      decay[i + l] = scan_decay(delta[l], a[l]);
-      next[i + l] = scan_state_update(prev[i + l], decay[i + l], b * b_lane[l], delta_u[l]);
-    }
+#pragma GCC unroll 16
+  for (int64_t n = 0; n < kStates; ++n) {
+    const V decay = scan_decay(delta, load_vector<V>(x.A + n * kLanes));
+    if (decays != nullptr) store_vector(decays + n * kVectorWidth<V>, decay);
+    h[n] = scan_state_update(h[n], decay, projection_lanes<V>(x.B, B, n), delta_u);
   }
 }
 
 // y = C_t · h per lane, summed over n in order.
-template <typename T>
-HV_INLINE void project_lanes(const LaneInputs<T>& x, int64_t t, const T* h, T* y) {
-  const int64_t N = x.first->state;
+template <int64_t kStates, typename V, typename T>
+HV_INLINE V project_lanes(const LaneInputs<T>& x, int64_t t, const LaneStates<kStates, V>& h) {
   const T* C = x.C.at(t);
-  std::fill_n(y, kLanes, T(0));
-  for (int64_t n = 0; n < N; ++n) {
-    const T c = C[n];
-    const T* c_lane = x.C.per_lane + n * kLanes;
-    const T* state = h + n * kLanes;
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) y[l] += c * c_lane[l] * state[l];
-  }
+  V y{};
+#pragma GCC unroll 16
+  for (int64_t n = 0; n < kStates; ++n) y += projection_lanes<V>(x.C, C, n) * h[n];
+  return y;
 }
 
-// The forward pass of a block: `state` (N, kLanes) holds the initial states on entry and the last
-// on exit, `checkpoints` (chunks, N, kLanes) receives the state entering every chunk, `out`
-// (L, kLanes) the output; `decay` is (N, kLanes) scratch.
-template <typename T>
-HV_INLINE void forward_lanes(const LaneInputs<T>& x, T* state, T* checkpoints, T* decay, T* out) {
+// The scan of a slice in the forward pass: `state` (N, kLanes) holds the initial states on entry
+// and the last on exit, `checkpoints` (chunks, N, kLanes) receives the state entering every
+// chunk, `out` (L, kLanes) y = C·h.
+template <int64_t kStates, typename V, typename T>
+HV_INLINE void forward_lanes(const LaneInputs<T>& x, T* state, T* checkpoints, T* out) {
   const Channel<T>& c = *x.first;
-  const int64_t N = c.state;
+  LaneStates<kStates, V> h = load_states<kStates, V>(state);
   for (int64_t step = 0; step < c.length; ++step) {
-    if (step % kScanChunk == 0) {
-      std::copy_n(state, N * kLanes, checkpoints + step / kScanChunk * N * kLanes);
-    }
+    if (step % kScanChunk == 0) store_states(checkpoints + step / kScanChunk * kStates * kLanes, h);
     const int64_t t = c.time(step);
-    advance_lanes(x, t, state, state, decay);
-    T y[kLanes];
-    project_lanes(x, t, state, y);
-    std::copy_n(y, kLanes, out + t * kLanes);
+    advance_lanes(x, t, h, static_cast<T*>(nullptr));
+    store_vector(out + t * kLanes, project_lanes(x, t, h));
   }
-  const T* u = x.u;
-  const T* gate = x.factors.gate;
-  for (int64_t t = 0; t < c.length; ++t) {
-    const int64_t i = t * kLanes;
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
-      out[i + l] = scan_output(out[i + l], u[i + l], x.skip_d[l], gate ? gate[i + l] : T(1));
-    }
-  }
+  store_states(state, h);
 }
 
 // The (L, kLanes) tiles of the backward scan: dy = dL/dy in, and out the per-step sums over the
@@ -553,97 +597,189 @@ struct LaneGrads {
   T d_skip[kLanes], d_delta_bias[kLanes];
 };
 
-// Sums each of the N rows of `staged` (N, kLanes) into its first value by halving it kWidth
-// values at a time: a fixed tree, and whole vectors down to the last halvings.
-template <int64_t kWidth, typename T>
-HV_INLINE void fold_lanes(T* staged, int64_t N) {
-  for (int64_t n = 0; n < N; ++n) {
-    T* lanes = staged + n * kLanes;
-#pragma omp simd
-    for (int64_t l = 0; l < kWidth; ++l) lanes[l] += lanes[l + kWidth];
-  }
-  if constexpr (kWidth > 1) fold_lanes<kWidth / 2>(staged, N);
+// The lane of p (or, from kWidth on, of q) whose value a fold of `half` lanes puts in lane `lane`:
+// lanes pair up in blocks of 2 * half, p's block folded into the block's first half and q's into
+// its second.
+constexpr int64_t fold_source(int64_t lane, int64_t half, int64_t width) {
+  return lane % (2 * half) < half ? lane : width + lane - half;
 }
 
-// Adds one step's gradients of b (or c), staged (N, kLanes), to the projection's: summed over the
-// lanes into row t of a variable projection, per lane for a fixed one.
-template <typename T>
-HV_INLINE void accumulate_projection_grad(const LaneProjection<T>& p, int64_t t, int64_t N,
-                                          T* staged, T* grad) {
-  if (!p.variable()) {
-#pragma omp simd
-    for (int64_t i = 0; i < N * kLanes; ++i) grad[i] += staged[i];
+// Adds the halves of every block of 2 * kHalf lanes of p and of q: with p holding partial sums of
+// sources (a | b) and q of (c | d), the result holds (a c | b d), half as many partials each.
+template <int64_t kHalf, typename V, size_t... kLane>
+HV_INLINE V fold_pair(V p, V q, std::index_sequence<kLane...>) {
+  constexpr int64_t kWidth = kVectorWidth<V>;
+  return __builtin_shufflevector(p, q, fold_source(kLane, kHalf, kWidth)...) +
+         __builtin_shufflevector(p, q, (fold_source(kLane, kHalf, kWidth) + kHalf)...);
+}
+
+// Folds `level` (kCount vectors of partial sums) down to one vector with each source's sum in
+// the first lane of its block of (vector width) / kCount lanes.
+template <int64_t kHalf, int64_t kCount, typename V>
+HV_INLINE V fold_tree(V* level) {
+  if constexpr (kHalf == 0) {
+    return level[0];
+  } else {
+    constexpr auto kLaneOrder = std::make_index_sequence<kVectorWidth<V>>{};
+    if constexpr (kCount == 1) {
+      level[0] = fold_pair<kHalf>(level[0], level[0], kLaneOrder);
+    } else {
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < kCount / 2; ++i) {
+        level[i] = fold_pair<kHalf>(level[2 * i], level[2 * i + 1], kLaneOrder);
+      }
+    }
+    return fold_tree<kHalf / 2, std::max<int64_t>(kCount / 2, 1)>(level);
+  }
+}
+
+constexpr int64_t reverse_bits(int64_t value, int64_t bits) {
+  int64_t reversed = 0;
+  for (int64_t b = 0; b < bits; ++b) reversed |= ((value >> b) & 1) << (bits - 1 - b);
+  return reversed;
+}
+
+constexpr int64_t log2_ceil(int64_t value) {
+  int64_t bits = 0;
+  while ((int64_t{1} << bits) < value) ++bits;
+  return bits;
+}
+
+// row[n] += the sum over the lanes of v[n], for the states from kFirst on: a tree of shuffles and
+// adds over up to a vector's width of vectors at once (about 3 vector operations a sum at
+// N = 8 on AVX-512), where summing each on its own would end in scalar steps. The tree
+// interleaves its inputs' sums in bit-reversed order, so it takes them in that order.
+template <int64_t kFirst = 0, int64_t kStates, typename V>
+HV_INLINE void add_lane_sums(const LaneStates<kStates, V>& v, LaneValue<V>* row) {
+  constexpr int64_t kWidth = kVectorWidth<V>;
+  constexpr int64_t kGroup = std::min(kStates - kFirst, kWidth);
+  constexpr int64_t kBits = log2_ceil(kGroup);
+  constexpr int64_t kCount = int64_t{1} << kBits;
+  V level[kCount];
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kCount; ++i) {
+    const int64_t n = reverse_bits(i, kBits);
+    level[i] = n < kGroup ? v[kFirst + n] : V{};
+  }
+  const V sums = fold_tree<kWidth / 2, kCount>(level);
+#pragma GCC unroll 16
+  for (int64_t n = 0; n < kGroup; ++n) row[kFirst + n] += sums[n * (kWidth / kCount)];
+  if constexpr (kFirst + kGroup < kStates) add_lane_sums<kFirst + kGroup>(v, row);
+}
+
+// Adds one step's gradients of a slice's b (or c) to the projection's: summed over the lanes into
+// row t of a variable projection, per lane into the (N, kLanes) tile of a fixed one.
+template <int64_t kStates, typename V, typename T>
+HV_INLINE void accumulate_projection_grad(const LaneProjection<T>& p, int64_t t,
+                                          const LaneStates<kStates, V>& step_grad, T* grad) {
+  if (p.variable()) {
+    add_lane_sums(step_grad, grad + t * p.step);
     return;
   }
-  fold_lanes<kLanes / 2>(staged, N);
-  T* row = grad + t * p.step;
-  for (int64_t n = 0; n < N; ++n) row[n] += staged[n * kLanes];
+#pragma GCC unroll 16
+  for (int64_t n = 0; n < kStates; ++n) {
+    store_vector(grad + n * kLanes, load_vector<V>(grad + n * kLanes) + step_grad[n]);
+  }
 }
 
-// The scan of the backward pass of a block, chunk by chunk as backward_channel: `tiles.dy` is zero
+// The scan of a slice in the backward pass, chunk by chunk as backward_channel: `tiles.dy` is zero
 // in the lanes past the block's width, `adjoint` (N, kLanes) holds dL/d(last state) on entry and
-// dL/d(initial state) on exit; `scratch` has backward_scratch_size(N) * kLanes values.
-template <typename T>
+// dL/d(initial state) on exit, `dA` (N, kLanes) is accumulated, `dB` and `dC` as in LaneGrads
+// (a fixed projection's advanced to the slice); `scratch` has backward_scratch_size(N) * kLanes
+// values.
+template <int64_t kStates, typename V, typename T>
 HV_INLINE void backward_lanes(const LaneInputs<T>& x, const LaneStepTiles<T>& tiles,
-                              const T* checkpoints, T* adjoint, T* scratch, LaneGrads<T>& g) {
+                              const T* checkpoints, T* adjoint_tile, T* dA_tile, T* dB, T* dC,
+                              T* scratch) {
+  constexpr int64_t kSaved = kStates * kVectorWidth<V>;  // a step's saved states or decays
   const Channel<T>& c = *x.first;
-  const int64_t N = c.state;
-  const int64_t tile = N * kLanes;
   T* states = scratch;
-  T* decays = states + (kScanChunk + 1) * tile;
-  T* staged_b = decays + kScanChunk * tile;
-  T* staged_c = staged_b + tile;
-  const StepFactors<T>& f = x.factors;
+  T* decays = states + (kScanChunk + 1) * kSaved;
+  LaneStates<kStates, V> adjoint = load_states<kStates, V>(adjoint_tile);
+  LaneStates<kStates, V> dA = load_states<kStates, V>(dA_tile);
   for (int64_t chunk = scan_num_chunks(c.length) - 1; chunk >= 0; --chunk) {
     const int64_t first = chunk * kScanChunk;
     const int64_t count = std::min(kScanChunk, c.length - first);
-    std::copy_n(checkpoints + chunk * tile, tile, states);
+    LaneStates<kStates, V> h = load_states<kStates, V>(checkpoints + chunk * kStates * kLanes);
+    store_states(states, h, kVectorWidth<V>);
     for (int64_t k = 0; k < count; ++k) {
-      advance_lanes(x, c.time(first + k), states + k * tile, states + (k + 1) * tile,
-                             decays + k * tile);
+      advance_lanes(x, c.time(first + k), h, decays + k * kSaved);
+      store_states(states + (k + 1) * kSaved, h, kVectorWidth<V>);
     }
     for (int64_t k = count - 1; k >= 0; --k) {
       const int64_t t = c.time(first + k);
       const int64_t row = t * kLanes;
-      const T* delta = f.delta + row;
-      const T* u = x.u + row;
-      const T* h = states + (k + 1) * tile;
-      const T* h_prev = states + k * tile;
-      const T* decay = decays + k * tile;
-      if (tiles.y) project_lanes(x, t, h, tiles.y + row);
-      const T* dy = tiles.dy + row;
-      T du_sum[kLanes] = {}, ddelta_sum[kLanes] = {};
+      const V delta = load_vector<V>(x.factors.delta + row);
+      const V u = load_vector<V>(x.u + row);
+      const V dy = load_vector<V>(tiles.dy + row);
+      h = load_states<kStates, V>(states + (k + 1) * kSaved, kVectorWidth<V>);
+      const LaneStates<kStates, V> h_prev =
+          load_states<kStates, V>(states + k * kSaved, kVectorWidth<V>);
+      const LaneStates<kStates, V> decay = load_states<kStates, V>(decays + k * kSaved,
+                                                                  kVectorWidth<V>);
+      if (tiles.y) store_vector(tiles.y + row, project_lanes(x, t, h));
       const T* B = x.B.at(t);
       const T* C = x.C.at(t);
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t i = n * kLanes;
-        const T b = B[n], c_shared = C[n];
-        const T* b_lane = x.B.per_lane + i;
-        const T* c_lane = x.C.per_lane + i;
-        const T* a = x.A + i;
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) {
-          staged_c[i + l] = dy[l] * h[i + l];
-          adjoint[i + l] += dy[l] * c_shared * c_lane[l];
-          staged_b[i + l] =
-              scan_state_backward(adjoint[i + l], h_prev[i + l], decay[i + l], delta[l], a[l],
-                                  b * b_lane[l], u[l], ddelta_sum[l], du_sum[l], g.dA[i + l]);
-        }
+      V du_sum{}, ddelta_sum{};
+      LaneStates<kStates, V> dB_step, dC_step;
+#pragma GCC unroll 16
+      for (int64_t n = 0; n < kStates; ++n) {
+        dC_step[n] = dy * h[n];
+        adjoint[n] += dy * projection_lanes<V>(x.C, C, n);
+        dB_step[n] = scan_state_backward(adjoint[n], h_prev[n], decay[n], delta,
+                                         load_vector<V>(x.A + n * kLanes),
+                                         projection_lanes<V>(x.B, B, n), u, ddelta_sum, du_sum,
+                                         dA[n]);
       }
-      std::copy_n(du_sum, kLanes, tiles.du_terms + row);
-      std::copy_n(ddelta_sum, kLanes, tiles.delta_terms + row);
-      accumulate_projection_grad(x.B, t, N, staged_b, g.dB);
-      accumulate_projection_grad(x.C, t, N, staged_c, g.dC);
+      store_vector(tiles.du_terms + row, du_sum);
+      store_vector(tiles.delta_terms + row, ddelta_sum);
+      accumulate_projection_grad(x.B, t, dB_step, dB);
+      accumulate_projection_grad(x.C, t, dC_step, dC);
     }
+  }
+  store_states(adjoint_tile, adjoint);
+  store_states(dA_tile, dA);
+}
+
+// Calls fn(std::integral_constant<int64_t, N>{}) for a state size N in 1 .. kMaxLaneStates: the
+// lane kernels are built for each.
+template <int64_t kStates = 1, typename Fn>
+HV_INLINE void with_lane_states(int64_t N, Fn&& fn) {
+  if (N == kStates) {
+    fn(std::integral_constant<int64_t, kStates>{});
+  } else if constexpr (kStates < kMaxLaneStates) {
+    with_lane_states<kStates + 1>(N, fn);
   }
 }
 
-// The state loop is left rolled: with N = 8 fixed at compile time and unrolled, the forward pass
-// ran about 45 % slower.
-template <typename T>
+// Calls fn(lane0) for the first lane of every slice of kBytes vectors that holds one of a
+// block's channels.
+template <int64_t kBytes, typename T, typename Fn>
+HV_INLINE void for_each_slice(const LaneBlock<T>& block, Fn&& fn) {
+  constexpr int64_t kWidth = kBytes / sizeof(T);
+  static_assert(kLanes % kWidth == 0, "a block is whole vectors");
+  for (int64_t lane0 = 0; lane0 < block.width; lane0 += kWidth) fn(lane0);
+}
+
+template <int64_t kBytes, typename T>
 HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage, T* state,
-                                  T* checkpoints, T* decay, T* out) {
-  forward_lanes(load_lanes(block, false, storage), state, checkpoints, decay, out);
+                                  T* checkpoints, T* out) {
+  const LaneInputs<T> x = load_lanes(block, false, storage);
+  with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
+    for_each_slice<kBytes>(block, [&](int64_t lane0) HV_INLINE_LAMBDA {
+      forward_lanes<decltype(states)::value, Vector<T, kBytes>>(
+          slice_inputs(x, lane0), state + lane0, checkpoints + lane0, out + lane0);
+    });
+  });
+  const T* u = x.u;
+  const T* gate = x.factors.gate;
+  for (int64_t t = 0; t < block.first().length; ++t) {
+    const int64_t i = t * kLanes;
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) {
+      out[i + l] = scan_output(out[i + l], u[i + l], x.skip_d[l], gate ? gate[i + l] : T(1));
+    }
+  }
 }
 
 // Backward of scan_output over one channel's row: dy and, with kWithDz, dz from the row of y
@@ -681,7 +817,7 @@ HV_INLINE void output_backward_row(const Channel<T>& c, const StepFactors<T>& f,
 // The backward pass of a block: dy in row loops, the scan on tiles, then du, ddelta, dz, dD and
 // d(delta_bias) in row loops from the scan's per-step sums. Row loops read and write one value
 // per step where the scan would need a transposed tile each.
-template <typename T>
+template <int64_t kBytes, typename T>
 HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage,
                                    const T* checkpoints, T* adjoint, T* scratch,
                                    LaneGrads<T>& g) {
@@ -700,7 +836,16 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
   rows_to_tile(g.du, width, L, storage.dy.data());
   const LaneStepTiles<T> tiles{storage.dy.data(), storage.du_terms.data(),
                                storage.delta_terms.data(), has_z ? storage.y.data() : nullptr};
-  backward_lanes(x, tiles, checkpoints, adjoint, scratch, g);
+  with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
+    for_each_slice<kBytes>(block, [&](int64_t lane0) HV_INLINE_LAMBDA {
+      const auto at = [lane0](T* tile) HV_INLINE_LAMBDA { return tile ? tile + lane0 : tile; };
+      backward_lanes<decltype(states)::value, Vector<T, kBytes>>(
+          slice_inputs(x, lane0),
+          LaneStepTiles<T>{at(tiles.dy), at(tiles.du_terms), at(tiles.delta_terms), at(tiles.y)},
+          checkpoints + lane0, adjoint + lane0, g.dA + lane0,
+          x.B.variable() ? g.dB : g.dB + lane0, x.C.variable() ? g.dC : g.dC + lane0, scratch);
+    });
+  });
   tile_to_rows(tiles.du_terms, width, L, g.du);
   tile_to_rows(tiles.delta_terms, width, L, g.ddelta);
   if (has_z) tile_to_rows(tiles.y, width, L, g.dz);
@@ -725,8 +870,8 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
   }
 }
 
-HV_CPU_DISPATCH(run_forward_lanes, scan_forward_lanes)
-HV_CPU_DISPATCH(run_backward_lanes, scan_backward_lanes)
+HV_CPU_VECTOR_DISPATCH(run_forward_lanes, scan_forward_lanes)
+HV_CPU_VECTOR_DISPATCH(run_backward_lanes, scan_backward_lanes)
 
 // Read-only views of everything a channel needs, resolved to raw pointers once per call.
 template <typename scalar_t, typename T>
@@ -846,7 +991,7 @@ void forward_lanes_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& las
   const int64_t slots = (in.dim + kLanes - 1) / kLanes;
   const T* initial = in.initial_state ? in.initial_state->data_ptr<T>() : nullptr;
   at::parallel_for(0, in.batch * slots, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> rows[kLanes][3], out_tile(L * kLanes), state(N * kLanes), decay(N * kLanes);
+    std::vector<T> rows[kLanes][3], out_tile(L * kLanes), state(N * kLanes);
     std::vector<T> checkpoint_tile(chunks * N * kLanes);
     LaneTiles<T> storage;
     for (int64_t task = begin; task < end; ++task) {
@@ -859,7 +1004,7 @@ void forward_lanes_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& las
           rows_to_tile(lane_rows(initial, channel0, width, N).data(), width, N, state.data());
         }
         run_forward_lanes(view.load_block(b, d0, width, rows), storage, state.data(),
-                          checkpoint_tile.data(), decay.data(), out_tile.data());
+                          checkpoint_tile.data(), out_tile.data());
         tile_to_rows(out_tile.data(), width, L,
                      lane_rows(out.data_ptr<scalar_t>(), channel0, width, L).data());
         tile_to_rows(state.data(), width, N,
@@ -918,7 +1063,7 @@ at::Tensor reduce_projection_grad(const at::Tensor& buffer, bool variable, at::S
 // A backward task is (batch, block of channels); it alone writes its rows of the dB/dC buffers.
 // Its channels: a share of dim, in whole kLanes slots on the lane path.
 std::pair<int64_t, int64_t> task_channels(const ScanInputs& in, int64_t blocks, int64_t block) {
-  const int64_t unit = backward_uses_lanes(in) ? kLanes : 1;
+  const int64_t unit = uses_lanes(in) ? kLanes : 1;
   const int64_t units = (in.dim + unit - 1) / unit;
   const auto start = [&](int64_t i) { return std::min(in.dim, i * units / blocks * unit); };
   return {start(block), start(block + 1)};
@@ -967,8 +1112,9 @@ void backward_kernel(const ScanInputs& in, const at::Tensor& dout,
         } else {
           std::fill_n(adjoint, N, T(0));
         }
-        run_backward_channel(c, factors.get(L, c.z != nullptr, true), dout_row, checkpoints.data_ptr<T>() + channel * chunks * N,
-                             adjoint, scratch.data(), grads);
+        run_backward_channel(c, factors.get(L, c.z != nullptr, true), dout_row,
+                             checkpoints.data_ptr<T>() + channel * chunks * N, adjoint,
+                             scratch.data(), grads);
         narrow_row(grads.du, g.du.data_ptr<scalar_t>() + offset, L);
         narrow_row(grads.ddelta, g.ddelta.data_ptr<scalar_t>() + offset, L);
         if (in.z) narrow_row(grads.dz, g.dz.data_ptr<scalar_t>() + offset, L);
@@ -1060,7 +1206,7 @@ ForwardResult forward_cpu(const ScanInputs& in) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_fwd_cpu",
                                     [&] {
-                                      if (forward_uses_lanes(in)) {
+                                      if (uses_lanes(in)) {
                                         forward_lanes_kernel<scalar_t>(in, out, last_state,
                                                                        checkpoints);
                                       } else {
@@ -1080,7 +1226,7 @@ BackwardResult backward_cpu(const ScanInputs& in, const at::Tensor& dout,
   if (in.u.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.u.scalar_type(),
                                     "selective_scan_bwd_cpu", [&] {
-                                      if (backward_uses_lanes(in)) {
+                                      if (uses_lanes(in)) {
                                         backward_lanes_kernel<scalar_t>(in, dout, dlast_state,
                                                                         checkpoints, g, blocks);
                                       } else {
