@@ -44,37 +44,17 @@ inline __attribute__((always_inline)) Float pow2_whole(Float k) {
   }
 }
 
-// x clamped to [low, high], for float or each lane of a vector of floats. For vectors, a blend on
-// the sign bit of the difference: GCC lowers a comparison or `?:` of a vector wider than the
-// hardware's (16 floats on AVX2) lane by lane, but shifts and bitwise operations whole.
-template <typename Float>
-inline __attribute__((always_inline)) Float clamp_host(Float x, float low, float high) {
-  if constexpr (std::is_same_v<Float, float>) {
-    const float raised = x < low ? low : x;
-    return raised > high ? high : raised;
-  } else {
-    using Bits = IntVector<sizeof(Float)>;
-    // b where difference < 0, else a (also where it is NaN, so that NaN stays NaN).
-    const auto pick = [](Float difference, Float a, Float b) {
-      const Bits bits = __builtin_bit_cast(Bits, difference);
-      const Bits nan = (0x7f800000 - (bits & 0x7fffffff)) >> 31;
-      const Bits negative = (bits >> 31) & ~nan;
-      return __builtin_bit_cast(Float, (negative & __builtin_bit_cast(Bits, b)) |
-                                           (~negative & __builtin_bit_cast(Bits, a)));
-    };
-    const Float raised = pick(x - low, x, Float{} + low);
-    return pick(high - raised, raised, Float{} + high);
-  }
-}
-
-// exp(x) for float, or each lane of a GCC vector of floats, on the CPU: Cody-Waite reduction to
-// r in [-ln2/2, ln2/2], a degree-6 polynomial, and 2^k. Unlike std::exp it has no call and no
-// branch, so GCC vectorises loops that use it (max error ~2 ulp on normal results). Clamping x to
+// exp(x) for float, or each lane of a GCC vector of floats one register wide (GCC lowers the
+// compares of a wider one lane by lane), on the CPU: Cody-Waite reduction to r in
+// [-ln2/2, ln2/2], a degree-6 polynomial, and 2^k. Unlike std::exp it has no call and no branch,
+// so GCC vectorises loops that use it (max error ~2 ulp on normal results). Clamping x to
 // [-88, 89] makes 2^k exactly 0 (k = -127) below the normal range and +inf (k = 128) above it,
 // so underflow and overflow need no select of their own.
 template <typename Float>
 inline __attribute__((always_inline)) Float exp_host(Float x) {
-  const Float clamped = clamp_host(x, -88.0f, 89.0f);
+  const Float low = Float{} - 88.0f, high = Float{} + 89.0f;
+  Float clamped = x < low ? low : x;
+  clamped = clamped > high ? high : clamped;
   // Round to nearest by adding and subtracting 1.5 * 2^23: plain arithmetic, so it vectorises
   // on every instruction set.
   constexpr float kRoundingShift = 12582912.0f;
