@@ -322,6 +322,36 @@ constexpr int64_t kMaxLaneStates = 8;
 
 bool uses_lanes(const ScanInputs& in) { return in.state <= kMaxLaneStates; }
 
+// The lane kernels hold a block's states (and in the backward pass their adjoints and dA) in GCC
+// vectors across the steps, unrolled over a compile-time N, so that a step touches memory only
+// for its inputs and the states the backward pass saved. A vector is one register of the
+// instruction set (kBytes), kLanes / its width slices of a block are scanned one after another,
+// and a slice's pointers into the (rows, kLanes) tiles start at its first lane.
+template <typename T, int64_t kBytes>
+struct VectorOf {
+  using type [[gnu::vector_size(kBytes)]] = T;
+};
+template <typename T, int64_t kBytes>
+using Vector = typename VectorOf<T, kBytes>::type;
+
+template <typename V>
+using LaneValue = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
+
+template <typename V>
+constexpr int64_t kVectorWidth = sizeof(V) / sizeof(LaneValue<V>);
+
+template <typename V>
+HV_INLINE V load_vector(const LaneValue<V>* values) {
+  V v;
+  __builtin_memcpy(&v, values, sizeof(v));
+  return v;
+}
+
+template <typename V>
+HV_INLINE void store_vector(LaneValue<V>* values, const V& v) {
+  __builtin_memcpy(values, &v, sizeof(v));
+}
+
 // Tiles from and to the rows of a block's channels (the first `lanes`), kTransposeRows rows of the
 // tile at a time: filling or reading a whole tile one lane at a time would touch one value per
 // cache line and keep none of its lines in L1.
@@ -346,6 +376,86 @@ void tile_to_rows(const T* tile, int64_t lanes, int64_t count, const Row* rows) 
       for (int64_t i = first; i < last; ++i) rows[l][i] = static_cast<S>(tile[i * kLanes + l]);
     }
   }
+}
+
+// Swaps the off-diagonal kHalf x kHalf blocks of every 2 kHalf x 2 kHalf block of the square `v`
+// (as many vectors as lanes), then those of half the size: from kHalf = width / 2 down, a
+// transpose in width x log2(width) two-vector shuffles.
+template <int64_t kHalf, typename V, size_t... kLane>
+HV_INLINE void swap_off_diagonal(V* v, std::index_sequence<kLane...> order) {
+  constexpr int64_t kWidth = kVectorWidth<V>;
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < kWidth; ++r) {
+    if (r & kHalf) continue;
+    const V upper = v[r], lower = v[r + kHalf];
+    v[r] = __builtin_shufflevector(upper, lower,
+                                   (kLane & kHalf ? kWidth + kLane - kHalf : kLane)...);
+    v[r + kHalf] = __builtin_shufflevector(upper, lower,
+                                           (kLane & kHalf ? kWidth + kLane : kLane + kHalf)...);
+  }
+  if constexpr (kHalf > 1) swap_off_diagonal<kHalf / 2>(v, order);
+}
+
+template <typename V>
+HV_INLINE void transpose_square(V* v) {
+  swap_off_diagonal<kVectorWidth<V> / 2>(v, std::make_index_sequence<kVectorWidth<V>>{});
+}
+
+// Calls square(i0, l0) for every whole square of one vector's width of rows and lanes, in
+// kTransposeRows rows at a time as rows_to_tile, and returns how many rows and lanes they cover.
+template <int64_t kWidth, typename Fn>
+HV_INLINE std::pair<int64_t, int64_t> for_each_square(int64_t lanes, int64_t count, Fn&& square) {
+  const int64_t whole_lanes = lanes / kWidth * kWidth, whole_count = count / kWidth * kWidth;
+  for (int64_t first = 0; first < whole_count; first += kTransposeRows) {
+    const int64_t last = std::min(whole_count, first + kTransposeRows);
+    for (int64_t l0 = 0; l0 < whole_lanes; l0 += kWidth) {
+      for (int64_t i0 = first; i0 < last; i0 += kWidth) square(i0, l0);
+    }
+  }
+  return {whole_count, whole_lanes};
+}
+
+// rows_to_tile and tile_to_rows for rows in the accumulation type, in the dispatched kernels: a
+// square of kBytes vectors at a time, transposed in registers; the rows and lanes past the last
+// whole square value by value.
+template <int64_t kBytes, typename T>
+HV_INLINE void rows_to_tile_vectors(const T* const* rows, int64_t lanes, int64_t count, T* tile) {
+  using V = Vector<T, kBytes>;
+  constexpr int64_t kWidth = kVectorWidth<V>;
+  const auto [whole_count, whole_lanes] =
+      for_each_square<kWidth>(lanes, count, [&](int64_t i0, int64_t l0) HV_INLINE_LAMBDA {
+        V square[kWidth];
+#pragma GCC unroll 16
+        for (int64_t k = 0; k < kWidth; ++k) square[k] = load_vector<V>(rows[l0 + k] + i0);
+        transpose_square(square);
+#pragma GCC unroll 16
+        for (int64_t k = 0; k < kWidth; ++k) store_vector(tile + (i0 + k) * kLanes + l0, square[k]);
+      });
+  const T* rest[kLanes];
+  for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
+  rows_to_tile(rest, whole_lanes, count - whole_count, tile + whole_count * kLanes);
+  rows_to_tile(rows + whole_lanes, lanes - whole_lanes, count, tile + whole_lanes);
+}
+
+template <int64_t kBytes, typename T>
+HV_INLINE void tile_to_rows_vectors(const T* tile, int64_t lanes, int64_t count, T* const* rows) {
+  using V = Vector<T, kBytes>;
+  constexpr int64_t kWidth = kVectorWidth<V>;
+  const auto [whole_count, whole_lanes] =
+      for_each_square<kWidth>(lanes, count, [&](int64_t i0, int64_t l0) HV_INLINE_LAMBDA {
+        V square[kWidth];
+#pragma GCC unroll 16
+        for (int64_t k = 0; k < kWidth; ++k) {
+          square[k] = load_vector<V>(tile + (i0 + k) * kLanes + l0);
+        }
+        transpose_square(square);
+#pragma GCC unroll 16
+        for (int64_t k = 0; k < kWidth; ++k) store_vector(rows[l0 + k] + i0, square[k]);
+      });
+  T* rest[kLanes];
+  for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
+  tile_to_rows(tile + whole_count * kLanes, whole_lanes, count - whole_count, rest);
+  tile_to_rows(tile + whole_lanes, lanes - whole_lanes, count, rows + whole_lanes);
 }
 
 // The rows of channels channel0 .. channel0 + width - 1 in a buffer of `stride` values a channel.
@@ -407,7 +517,7 @@ HV_INLINE LaneProjection<T> lane_projection(const Projection<T>& p, const T* one
 // Computes each channel's step factors in row loops and transposes those the scan reads and its
 // inputs into `storage`; in the dispatched functions, so that the row loops are vectorised for
 // the instruction set.
-template <typename T>
+template <int64_t kBytes, typename T>
 HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
                                    LaneTiles<T>& storage) {
   const Channel<T>& first = block.first();
@@ -446,43 +556,13 @@ HV_INLINE LaneInputs<T> load_lanes(const LaneBlock<T>& block, bool backward,
     if (tiles.*factor == nullptr) continue;
     const T* factor_rows[kLanes];
     for (int64_t lane = 0; lane < kLanes; ++lane) factor_rows[lane] = rows[lane].*factor;
-    rows_to_tile(factor_rows, kLanes, L, tiles.*factor);
+    rows_to_tile_vectors<kBytes>(factor_rows, kLanes, L, tiles.*factor);
   }
-  rows_to_tile(u, kLanes, L, storage.u.data());
+  rows_to_tile_vectors<kBytes>(u, kLanes, L, storage.u.data());
   rows_to_tile(A, kLanes, N, storage.A.data());
   if (!x.B.variable()) rows_to_tile(B, kLanes, N, storage.B.data());
   if (!x.C.variable()) rows_to_tile(C, kLanes, N, storage.C.data());
   return x;
-}
-
-// The lane kernels hold a block's states (and in the backward pass their adjoints and dA) in GCC
-// vectors across the steps, unrolled over a compile-time N, so that a step touches memory only
-// for its inputs and the states the backward pass saved. A vector is one register of the
-// instruction set (kBytes), kLanes / its width slices of a block are scanned one after another,
-// and a slice's pointers into the (rows, kLanes) tiles start at its first lane.
-template <typename T, int64_t kBytes>
-struct VectorOf {
-  using type [[gnu::vector_size(kBytes)]] = T;
-};
-template <typename T, int64_t kBytes>
-using Vector = typename VectorOf<T, kBytes>::type;
-
-template <typename V>
-using LaneValue = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
-
-template <typename V>
-constexpr int64_t kVectorWidth = sizeof(V) / sizeof(LaneValue<V>);
-
-template <typename V>
-HV_INLINE V load_vector(const LaneValue<V>* values) {
-  V v;
-  __builtin_memcpy(&v, values, sizeof(v));
-  return v;
-}
-
-template <typename V>
-HV_INLINE void store_vector(LaneValue<V>* values, const V& v) {
-  __builtin_memcpy(values, &v, sizeof(v));
 }
 
 // One vector per state of a slice (its states, their adjoints, a step's gradients).
@@ -764,7 +844,7 @@ HV_INLINE void for_each_slice(const LaneBlock<T>& block, Fn&& fn) {
 template <int64_t kBytes, typename T>
 HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage, T* state,
                                   T* checkpoints, T* out) {
-  const LaneInputs<T> x = load_lanes(block, false, storage);
+  const LaneInputs<T> x = load_lanes<kBytes>(block, false, storage);
   with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
     for_each_slice<kBytes>(block, [&](int64_t lane0) HV_INLINE_LAMBDA {
       forward_lanes<decltype(states)::value, Vector<T, kBytes>>(
@@ -821,7 +901,7 @@ template <int64_t kBytes, typename T>
 HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage,
                                    const T* checkpoints, T* adjoint, T* scratch,
                                    LaneGrads<T>& g) {
-  const LaneInputs<T> x = load_lanes(block, true, storage);
+  const LaneInputs<T> x = load_lanes<kBytes>(block, true, storage);
   const int64_t L = block.first().length, width = block.width;
   const bool has_z = block.first().z != nullptr;
   storage.dy.assign(L * kLanes, T(0));
@@ -833,7 +913,7 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
     output_backward_row(block.lanes[lane], storage.row_factors[lane], g.dout[lane], g.du[lane],
                         static_cast<T*>(nullptr));
   }
-  rows_to_tile(g.du, width, L, storage.dy.data());
+  rows_to_tile_vectors<kBytes>(g.du, width, L, storage.dy.data());
   const LaneStepTiles<T> tiles{storage.dy.data(), storage.du_terms.data(),
                                storage.delta_terms.data(), has_z ? storage.y.data() : nullptr};
   with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
@@ -846,9 +926,9 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
           x.B.variable() ? g.dB : g.dB + lane0, x.C.variable() ? g.dC : g.dC + lane0, scratch);
     });
   });
-  tile_to_rows(tiles.du_terms, width, L, g.du);
-  tile_to_rows(tiles.delta_terms, width, L, g.ddelta);
-  if (has_z) tile_to_rows(tiles.y, width, L, g.dz);
+  tile_to_rows_vectors<kBytes>(tiles.du_terms, width, L, g.du);
+  tile_to_rows_vectors<kBytes>(tiles.delta_terms, width, L, g.ddelta);
+  if (has_z) tile_to_rows_vectors<kBytes>(tiles.y, width, L, g.dz);
   T* dy = storage.products.data();
   for (int64_t lane = 0; lane < width; ++lane) {
     const Channel<T>& c = block.lanes[lane];
