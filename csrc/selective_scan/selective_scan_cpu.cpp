@@ -792,29 +792,32 @@ HV_INLINE void backward_lanes(const LaneInputs<T>& x, const LaneStepTiles<T>& ti
       const V delta = load_vector<V>(x.factors.delta + row);
       const V u = load_vector<V>(x.u + row);
       const V dy = load_vector<V>(tiles.dy + row);
+      // h is read first and dropped (C·h, dC) before the state loop: with every step's vectors
+      // of h, h_prev, decay, dB and dC held at once, even AVX-512's registers spill.
       h = load_states<kStates, V>(states + (k + 1) * kSaved, kVectorWidth<V>);
-      const LaneStates<kStates, V> h_prev =
-          load_states<kStates, V>(states + k * kSaved, kVectorWidth<V>);
-      const LaneStates<kStates, V> decay = load_states<kStates, V>(decays + k * kSaved,
-                                                                  kVectorWidth<V>);
       if (tiles.y) store_vector(tiles.y + row, project_lanes(x, t, h));
+      LaneStates<kStates, V> step_grad;
+#pragma GCC unroll 16
+      for (int64_t n = 0; n < kStates; ++n) step_grad[n] = dy * h[n];
+      accumulate_projection_grad(x.C, t, step_grad, dC);
+      const T* h_prev = states + k * kSaved;
+      const T* decay = decays + k * kSaved;
       const T* B = x.B.at(t);
       const T* C = x.C.at(t);
       V du_sum{}, ddelta_sum{};
-      LaneStates<kStates, V> dB_step, dC_step;
 #pragma GCC unroll 16
       for (int64_t n = 0; n < kStates; ++n) {
-        dC_step[n] = dy * h[n];
+        const int64_t i = n * kVectorWidth<V>;
         adjoint[n] += dy * projection_lanes<V>(x.C, C, n);
-        dB_step[n] = scan_state_backward(adjoint[n], h_prev[n], decay[n], delta,
-                                         load_vector<V>(x.A + n * kLanes),
-                                         projection_lanes<V>(x.B, B, n), u, ddelta_sum, du_sum,
-                                         dA[n]);
+        step_grad[n] = scan_state_backward(adjoint[n], load_vector<V>(h_prev + i),
+                                           load_vector<V>(decay + i), delta,
+                                           load_vector<V>(x.A + n * kLanes),
+                                           projection_lanes<V>(x.B, B, n), u, ddelta_sum, du_sum,
+                                           dA[n]);
       }
       store_vector(tiles.du_terms + row, du_sum);
       store_vector(tiles.delta_terms + row, ddelta_sum);
-      accumulate_projection_grad(x.B, t, dB_step, dB);
-      accumulate_projection_grad(x.C, t, dC_step, dC);
+      accumulate_projection_grad(x.B, t, step_grad, dB);
     }
   }
   store_states(adjoint_tile, adjoint);
