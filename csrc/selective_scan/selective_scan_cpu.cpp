@@ -401,36 +401,49 @@ HV_INLINE void transpose_square(V* v) {
   swap_off_diagonal<kVectorWidth<V> / 2>(v, std::make_index_sequence<kVectorWidth<V>>{});
 }
 
-// Calls square(i0, l0) for every whole square of one vector's width of rows and lanes, in
-// kTransposeRows rows at a time as rows_to_tile, and returns how many rows and lanes they cover.
-template <int64_t kWidth, typename Fn>
-HV_INLINE std::pair<int64_t, int64_t> for_each_square(int64_t lanes, int64_t count, Fn&& square) {
+// Transposes every whole square of one vector's width of rows and lanes between a block's rows
+// and a tile (into the tile with kToTile, else out of it) through registers, kTransposeRows rows
+// at a time as rows_to_tile, and returns how many rows and lanes the squares cover.
+template <bool kToTile, int64_t kBytes, typename Row, typename TileRow>
+HV_INLINE std::pair<int64_t, int64_t> transpose_squares(const Row* rows, int64_t lanes,
+                                                        int64_t count, TileRow tile) {
+  using V = Vector<std::remove_cv_t<std::remove_pointer_t<Row>>, kBytes>;
+  constexpr int64_t kWidth = kVectorWidth<V>;
   const int64_t whole_lanes = lanes / kWidth * kWidth, whole_count = count / kWidth * kWidth;
   for (int64_t first = 0; first < whole_count; first += kTransposeRows) {
     const int64_t last = std::min(whole_count, first + kTransposeRows);
     for (int64_t l0 = 0; l0 < whole_lanes; l0 += kWidth) {
-      for (int64_t i0 = first; i0 < last; i0 += kWidth) square(i0, l0);
+      for (int64_t i0 = first; i0 < last; i0 += kWidth) {
+        const auto row = [&](int64_t k) HV_INLINE_LAMBDA { return rows[l0 + k] + i0; };
+        const auto tile_row = [&](int64_t k) HV_INLINE_LAMBDA {
+          return tile + (i0 + k) * kLanes + l0;
+        };
+        V square[kWidth];
+#pragma GCC unroll 16
+        for (int64_t k = 0; k < kWidth; ++k) {
+          square[k] = load_vector<V>(kToTile ? row(k) : tile_row(k));
+        }
+        transpose_square(square);
+#pragma GCC unroll 16
+        for (int64_t k = 0; k < kWidth; ++k) {
+          if constexpr (kToTile) {
+            store_vector(tile_row(k), square[k]);
+          } else {
+            store_vector(row(k), square[k]);
+          }
+        }
+      }
     }
   }
   return {whole_count, whole_lanes};
 }
 
-// rows_to_tile and tile_to_rows for rows in the accumulation type, in the dispatched kernels: a
-// square of kBytes vectors at a time, transposed in registers; the rows and lanes past the last
-// whole square value by value.
+// rows_to_tile and tile_to_rows for rows in the accumulation type, in the dispatched kernels:
+// whole squares through registers, the rows and lanes past them value by value.
 template <int64_t kBytes, typename T>
 HV_INLINE void rows_to_tile_vectors(const T* const* rows, int64_t lanes, int64_t count, T* tile) {
-  using V = Vector<T, kBytes>;
-  constexpr int64_t kWidth = kVectorWidth<V>;
   const auto [whole_count, whole_lanes] =
-      for_each_square<kWidth>(lanes, count, [&](int64_t i0, int64_t l0) HV_INLINE_LAMBDA {
-        V square[kWidth];
-#pragma GCC unroll 16
-        for (int64_t k = 0; k < kWidth; ++k) square[k] = load_vector<V>(rows[l0 + k] + i0);
-        transpose_square(square);
-#pragma GCC unroll 16
-        for (int64_t k = 0; k < kWidth; ++k) store_vector(tile + (i0 + k) * kLanes + l0, square[k]);
-      });
+      transpose_squares<true, kBytes>(rows, lanes, count, tile);
   const T* rest[kLanes];
   for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
   rows_to_tile(rest, whole_lanes, count - whole_count, tile + whole_count * kLanes);
@@ -439,19 +452,8 @@ HV_INLINE void rows_to_tile_vectors(const T* const* rows, int64_t lanes, int64_t
 
 template <int64_t kBytes, typename T>
 HV_INLINE void tile_to_rows_vectors(const T* tile, int64_t lanes, int64_t count, T* const* rows) {
-  using V = Vector<T, kBytes>;
-  constexpr int64_t kWidth = kVectorWidth<V>;
   const auto [whole_count, whole_lanes] =
-      for_each_square<kWidth>(lanes, count, [&](int64_t i0, int64_t l0) HV_INLINE_LAMBDA {
-        V square[kWidth];
-#pragma GCC unroll 16
-        for (int64_t k = 0; k < kWidth; ++k) {
-          square[k] = load_vector<V>(tile + (i0 + k) * kLanes + l0);
-        }
-        transpose_square(square);
-#pragma GCC unroll 16
-        for (int64_t k = 0; k < kWidth; ++k) store_vector(rows[l0 + k] + i0, square[k]);
-      });
+      transpose_squares<false, kBytes>(rows, lanes, count, tile);
   T* rest[kLanes];
   for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
   tile_to_rows(tile + whole_count * kLanes, whole_lanes, count - whole_count, rest);
