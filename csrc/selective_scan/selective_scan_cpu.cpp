@@ -438,26 +438,30 @@ HV_INLINE std::pair<int64_t, int64_t> transpose_squares(const Row* rows, int64_t
   return {whole_count, whole_lanes};
 }
 
-// rows_to_tile and tile_to_rows for rows in the accumulation type, in the dispatched kernels:
-// whole squares through registers, the rows and lanes past them value by value.
+// rows_to_tile and tile_to_rows in the dispatched kernels: for rows in the accumulation type,
+// whole squares through registers and the rows and lanes past them value by value; for others
+// (fp16/bf16 outputs) all value by value.
 template <int64_t kBytes, typename T>
 HV_INLINE void rows_to_tile_vectors(const T* const* rows, int64_t lanes, int64_t count, T* tile) {
-  const auto [whole_count, whole_lanes] =
-      transpose_squares<true, kBytes>(rows, lanes, count, tile);
+  const auto [whole_count, whole_lanes] = transpose_squares<true, kBytes>(rows, lanes, count, tile);
   const T* rest[kLanes];
   for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
   rows_to_tile(rest, whole_lanes, count - whole_count, tile + whole_count * kLanes);
   rows_to_tile(rows + whole_lanes, lanes - whole_lanes, count, tile + whole_lanes);
 }
 
-template <int64_t kBytes, typename T>
-HV_INLINE void tile_to_rows_vectors(const T* tile, int64_t lanes, int64_t count, T* const* rows) {
-  const auto [whole_count, whole_lanes] =
-      transpose_squares<false, kBytes>(rows, lanes, count, tile);
-  T* rest[kLanes];
-  for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
-  tile_to_rows(tile + whole_count * kLanes, whole_lanes, count - whole_count, rest);
-  tile_to_rows(tile + whole_lanes, lanes - whole_lanes, count, rows + whole_lanes);
+template <int64_t kBytes, typename T, typename S>
+HV_INLINE void tile_to_rows_vectors(const T* tile, int64_t lanes, int64_t count, S* const* rows) {
+  if constexpr (!std::is_same_v<T, S>) {
+    tile_to_rows(tile, lanes, count, rows);
+  } else {
+    const auto [whole_count, whole_lanes] =
+        transpose_squares<false, kBytes>(rows, lanes, count, tile);
+    T* rest[kLanes];
+    for (int64_t l = 0; l < whole_lanes; ++l) rest[l] = rows[l] + whole_count;
+    tile_to_rows(tile + whole_count * kLanes, whole_lanes, count - whole_count, rest);
+    tile_to_rows(tile + whole_lanes, lanes - whole_lanes, count, rows + whole_lanes);
+  }
 }
 
 // The rows of channels channel0 .. channel0 + width - 1 in a buffer of `stride` values a channel.
@@ -846,9 +850,11 @@ HV_INLINE void for_each_slice(const LaneBlock<T>& block, Fn&& fn) {
   for (int64_t lane0 = 0; lane0 < block.width; lane0 += kWidth) fn(lane0);
 }
 
-template <int64_t kBytes, typename T>
+// The forward pass of a block: y, then the output in the `out` tile, stored to the rows of the
+// block's channels in `out_rows`.
+template <int64_t kBytes, typename T, typename S>
 HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage, T* state,
-                                  T* checkpoints, T* out) {
+                                  T* checkpoints, T* out, S* const* out_rows) {
   const LaneInputs<T> x = load_lanes<kBytes>(block, false, storage);
   with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
     for_each_slice<kBytes>(block, [&](int64_t lane0) HV_INLINE_LAMBDA {
@@ -865,6 +871,7 @@ HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stora
       out[i + l] = scan_output(out[i + l], u[i + l], x.skip_d[l], gate ? gate[i + l] : T(1));
     }
   }
+  tile_to_rows_vectors<kBytes>(out, block.width, block.first().length, out_rows);
 }
 
 // Backward of scan_output over one channel's row: dy and, with kWithDz, dz from the row of y
@@ -1089,9 +1096,8 @@ void forward_lanes_kernel(const ScanInputs& in, at::Tensor& out, at::Tensor& las
           rows_to_tile(lane_rows(initial, channel0, width, N).data(), width, N, state.data());
         }
         run_forward_lanes(view.load_block(b, d0, width, rows), storage, state.data(),
-                          checkpoint_tile.data(), out_tile.data());
-        tile_to_rows(out_tile.data(), width, L,
-                     lane_rows(out.data_ptr<scalar_t>(), channel0, width, L).data());
+                          checkpoint_tile.data(), out_tile.data(),
+                          lane_rows(out.data_ptr<scalar_t>(), channel0, width, L).data());
         tile_to_rows(state.data(), width, N,
                      lane_rows(last_state.data_ptr<T>(), channel0, width, N).data());
         tile_to_rows(checkpoint_tile.data(), width, chunks * N,
