@@ -17,21 +17,30 @@
 
 namespace hvision {
 
+#if !defined(__CUDA_ARCH__)
+// GCC vectors, for the CPU kernels that hold values in registers: Vector<T, kBytes> is kBytes of
+// T (declared in a class: on an alias template GCC drops the attribute), VectorValue<V> that T
+// and kVectorWidth<V> how many.
+template <typename T, int64_t kBytes>
+struct VectorOf {
+  using type [[gnu::vector_size(kBytes)]] = T;
+};
+template <typename T, int64_t kBytes>
+using Vector = typename VectorOf<T, kBytes>::type;
+
+template <typename V>
+using VectorValue = std::decay_t<decltype(V{}[0])>;
+
+template <typename V>
+constexpr int64_t kVectorWidth = sizeof(V) / sizeof(VectorValue<V>);
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Elementary functions
 // ---------------------------------------------------------------------------------------------
 namespace math {
 
 #if !defined(__CUDA_ARCH__)
-// A GCC vector of int32_t of kBytes bytes (declared in a class: on an alias template GCC drops
-// the attribute).
-template <int64_t kBytes>
-struct IntVectorOf {
-  using type [[gnu::vector_size(kBytes)]] = int32_t;
-};
-template <int64_t kBytes>
-using IntVector = typename IntVectorOf<kBytes>::type;
-
 // 2^k for a whole number k in [-127, 128] held in a float (or each lane of a vector of floats),
 // assembled in the exponent bits.
 template <typename Float>
@@ -39,8 +48,8 @@ inline __attribute__((always_inline)) Float pow2_whole(Float k) {
   if constexpr (std::is_same_v<Float, float>) {
     return __builtin_bit_cast(float, (static_cast<int32_t>(k) + 127) << 23);
   } else {
-    return __builtin_bit_cast(Float, (__builtin_convertvector(k, IntVector<sizeof(Float)>) + 127)
-                                         << 23);
+    using Bits = Vector<int32_t, sizeof(Float)>;
+    return __builtin_bit_cast(Float, (__builtin_convertvector(k, Bits) + 127) << 23);
   }
 }
 
@@ -99,12 +108,12 @@ HV_HOST_DEVICE double exp(double x) { return ::exp(x); }
 #if !defined(__CUDA_ARCH__)
 // exp of each lane of a GCC vector (the CPU kernels' channel lanes): exp_host for float lanes,
 // std::exp lane by lane for double.
-template <typename Vector, typename = std::enable_if_t<!std::is_arithmetic_v<Vector>>>
-inline __attribute__((always_inline)) Vector exp(Vector x) {
-  if constexpr (std::is_same_v<std::decay_t<decltype(x[0])>, float>) {
+template <typename V, typename = std::enable_if_t<!std::is_arithmetic_v<V>>>
+inline __attribute__((always_inline)) V exp(V x) {
+  if constexpr (std::is_same_v<VectorValue<V>, float>) {
     return exp_host(x);
   } else {
-    for (int64_t i = 0; i < int64_t(sizeof(Vector) / sizeof(x[0])); ++i) x[i] = ::exp(x[i]);
+    for (int64_t i = 0; i < kVectorWidth<V>; ++i) x[i] = ::exp(x[i]);
     return x;
   }
 }

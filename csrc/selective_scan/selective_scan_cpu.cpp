@@ -327,28 +327,15 @@ bool uses_lanes(const ScanInputs& in) { return in.state <= kMaxLaneStates; }
 // for its inputs and the states the backward pass saved. A vector is one register of the
 // instruction set (kBytes), kLanes / its width slices of a block are scanned one after another,
 // and a slice's pointers into the (rows, kLanes) tiles start at its first lane.
-template <typename T, int64_t kBytes>
-struct VectorOf {
-  using type [[gnu::vector_size(kBytes)]] = T;
-};
-template <typename T, int64_t kBytes>
-using Vector = typename VectorOf<T, kBytes>::type;
-
 template <typename V>
-using LaneValue = std::remove_cv_t<std::remove_reference_t<decltype(V{}[0])>>;
-
-template <typename V>
-constexpr int64_t kVectorWidth = sizeof(V) / sizeof(LaneValue<V>);
-
-template <typename V>
-HV_INLINE V load_vector(const LaneValue<V>* values) {
+HV_INLINE V load_vector(const VectorValue<V>* values) {
   V v;
   __builtin_memcpy(&v, values, sizeof(v));
   return v;
 }
 
 template <typename V>
-HV_INLINE void store_vector(LaneValue<V>* values, const V& v) {
+HV_INLINE void store_vector(VectorValue<V>* values, const V& v) {
   __builtin_memcpy(values, &v, sizeof(v));
 }
 
@@ -582,7 +569,7 @@ struct LaneStates {
 
 // The N vectors of a slice from an (N, stride) tile, and back.
 template <int64_t kStates, typename V>
-HV_INLINE LaneStates<kStates, V> load_states(const LaneValue<V>* tile, int64_t stride = kLanes) {
+HV_INLINE LaneStates<kStates, V> load_states(const VectorValue<V>* tile, int64_t stride = kLanes) {
   LaneStates<kStates, V> h;
 #pragma GCC unroll 16
   for (int64_t n = 0; n < kStates; ++n) h[n] = load_vector<V>(tile + n * stride);
@@ -590,23 +577,28 @@ HV_INLINE LaneStates<kStates, V> load_states(const LaneValue<V>* tile, int64_t s
 }
 
 template <int64_t kStates, typename V>
-HV_INLINE void store_states(LaneValue<V>* tile, const LaneStates<kStates, V>& h,
+HV_INLINE void store_states(VectorValue<V>* tile, const LaneStates<kStates, V>& h,
                             int64_t stride = kLanes) {
 #pragma GCC unroll 16
   for (int64_t n = 0; n < kStates; ++n) store_vector(tile + n * stride, h[n]);
 }
 
+// A tile's pointer advanced to lane `lane0` (null stays null).
+template <typename P>
+HV_INLINE P at_lane(P tile, int64_t lane0) {
+  return tile ? tile + lane0 : tile;
+}
+
 // A slice of a block's inputs: every tile pointer advanced to lane `lane0`.
 template <typename T>
 HV_INLINE LaneInputs<T> slice_inputs(const LaneInputs<T>& x, int64_t lane0) {
-  const auto at = [lane0](auto* tile) HV_INLINE_LAMBDA { return tile ? tile + lane0 : tile; };
   LaneInputs<T> slice = x;
-  slice.u = at(x.u);
-  slice.factors = {at(x.factors.delta), at(x.factors.delta_grad), at(x.factors.gate),
-                   at(x.factors.gate_grad)};
-  slice.A = at(x.A);
-  slice.B.per_lane = at(x.B.per_lane);
-  slice.C.per_lane = at(x.C.per_lane);
+  slice.u = at_lane(x.u, lane0);
+  slice.factors = {at_lane(x.factors.delta, lane0), at_lane(x.factors.delta_grad, lane0),
+                   at_lane(x.factors.gate, lane0), at_lane(x.factors.gate_grad, lane0)};
+  slice.A = at_lane(x.A, lane0);
+  slice.B.per_lane = at_lane(x.B.per_lane, lane0);
+  slice.C.per_lane = at_lane(x.C.per_lane, lane0);
   return slice;
 }
 
@@ -736,7 +728,7 @@ constexpr int64_t log2_ceil(int64_t value) {
 // N = 8 on AVX-512), where summing each on its own would end in scalar steps. The tree
 // interleaves its inputs' sums in bit-reversed order, so it takes them in that order.
 template <int64_t kFirst = 0, int64_t kStates, typename V>
-HV_INLINE void add_lane_sums(const LaneStates<kStates, V>& v, LaneValue<V>* row) {
+HV_INLINE void add_lane_sums(const LaneStates<kStates, V>& v, VectorValue<V>* row) {
   constexpr int64_t kWidth = kVectorWidth<V>;
   constexpr int64_t kGroup = std::min(kStates - kFirst, kWidth);
   constexpr int64_t kBits = log2_ceil(kGroup);
@@ -841,13 +833,15 @@ HV_INLINE void with_lane_states(int64_t N, Fn&& fn) {
   }
 }
 
-// Calls fn(lane0) for the first lane of every slice of kBytes vectors that holds one of a
-// block's channels.
+// Calls fn(std::integral_constant<int64_t, N>{}, lane0) for the first lane of every slice of
+// kBytes vectors that holds one of a block's channels.
 template <int64_t kBytes, typename T, typename Fn>
 HV_INLINE void for_each_slice(const LaneBlock<T>& block, Fn&& fn) {
   constexpr int64_t kWidth = kBytes / sizeof(T);
   static_assert(kLanes % kWidth == 0, "a block is whole vectors");
-  for (int64_t lane0 = 0; lane0 < block.width; lane0 += kWidth) fn(lane0);
+  with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
+    for (int64_t lane0 = 0; lane0 < block.width; lane0 += kWidth) fn(states, lane0);
+  });
 }
 
 // The forward pass of a block: y, then the output in the `out` tile, stored to the rows of the
@@ -856,11 +850,9 @@ template <int64_t kBytes, typename T, typename S>
 HV_INLINE void scan_forward_lanes(const LaneBlock<T>& block, LaneTiles<T>& storage, T* state,
                                   T* checkpoints, T* out, S* const* out_rows) {
   const LaneInputs<T> x = load_lanes<kBytes>(block, false, storage);
-  with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
-    for_each_slice<kBytes>(block, [&](int64_t lane0) HV_INLINE_LAMBDA {
-      forward_lanes<decltype(states)::value, Vector<T, kBytes>>(
-          slice_inputs(x, lane0), state + lane0, checkpoints + lane0, out + lane0);
-    });
+  for_each_slice<kBytes>(block, [&](auto states, int64_t lane0) HV_INLINE_LAMBDA {
+    forward_lanes<decltype(states)::value, Vector<T, kBytes>>(
+        slice_inputs(x, lane0), state + lane0, checkpoints + lane0, out + lane0);
   });
   const T* u = x.u;
   const T* gate = x.factors.gate;
@@ -928,15 +920,17 @@ HV_INLINE void scan_backward_lanes(const LaneBlock<T>& block, LaneTiles<T>& stor
   rows_to_tile_vectors<kBytes>(g.du, width, L, storage.dy.data());
   const LaneStepTiles<T> tiles{storage.dy.data(), storage.du_terms.data(),
                                storage.delta_terms.data(), has_z ? storage.y.data() : nullptr};
-  with_lane_states(block.first().state, [&](auto states) HV_INLINE_LAMBDA {
-    for_each_slice<kBytes>(block, [&](int64_t lane0) HV_INLINE_LAMBDA {
-      const auto at = [lane0](T* tile) HV_INLINE_LAMBDA { return tile ? tile + lane0 : tile; };
-      backward_lanes<decltype(states)::value, Vector<T, kBytes>>(
-          slice_inputs(x, lane0),
-          LaneStepTiles<T>{at(tiles.dy), at(tiles.du_terms), at(tiles.delta_terms), at(tiles.y)},
-          checkpoints + lane0, adjoint + lane0, g.dA + lane0,
-          x.B.variable() ? g.dB : g.dB + lane0, x.C.variable() ? g.dC : g.dC + lane0, scratch);
-    });
+  for_each_slice<kBytes>(block, [&](auto states, int64_t lane0) HV_INLINE_LAMBDA {
+    const LaneStepTiles<T> slice_tiles{at_lane(tiles.dy, lane0), at_lane(tiles.du_terms, lane0),
+                                       at_lane(tiles.delta_terms, lane0),
+                                       at_lane(tiles.y, lane0)};
+    // A variable projection's gradient is the block's shared (L, N) rows, a fixed one's a tile.
+    const auto slice_grad = [lane0](const LaneProjection<T>& p, T* grad) HV_INLINE_LAMBDA {
+      return p.variable() ? grad : grad + lane0;
+    };
+    backward_lanes<decltype(states)::value, Vector<T, kBytes>>(
+        slice_inputs(x, lane0), slice_tiles, checkpoints + lane0, adjoint + lane0, g.dA + lane0,
+        slice_grad(x.B, g.dB), slice_grad(x.C, g.dC), scratch);
   });
   tile_to_rows_vectors<kBytes>(tiles.du_terms, width, L, g.du);
   tile_to_rows_vectors<kBytes>(tiles.delta_terms, width, L, g.ddelta);
