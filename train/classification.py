@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .data import BatchTransform, mix_batch
+from .data import BatchTransform, mix_batch, readable_batches
 
 
 class ClassificationTask:
@@ -73,9 +73,7 @@ def confusion_matrix(
     model.eval()
     counts = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # cross-entropy, top-k hits
-    for batch in loader:
-        if batch is None:  # a batch whose every clip was unreadable (VideoDataset)
-            continue
+    for batch in readable_batches(loader):
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         logits = model(transform(images, train=False)).float()
         top = logits.topk(min(top_k, num_classes), dim=-1).indices

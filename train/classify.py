@@ -28,7 +28,7 @@ from .common import (
     run_job,
     start,
 )
-from .config import field
+from .config import FRACTION, at_least, field
 from .data import ImageTensorDataset
 from .engine import Trainer
 
@@ -37,9 +37,9 @@ from .engine import Trainer
 class ClassifyConfig(BuiltinJobConfig):
     """The defaults are the built-in job: a small Vision Mamba on the shapes data set."""
 
-    label_smoothing: float = field(0.1, "label smoothing")
-    mixup_alpha: float = field(0.0, "mixup Beta(alpha, alpha) (0: off)")
-    cutmix_alpha: float = field(0.0, "cutmix Beta(alpha, alpha) (0: off)")
+    label_smoothing: float = field(0.1, "label smoothing", FRACTION)
+    mixup_alpha: float = field(0.0, "mixup Beta(alpha, alpha) (0: off)", at_least(0))
+    cutmix_alpha: float = field(0.0, "cutmix Beta(alpha, alpha) (0: off)", at_least(0))
     init_from: str = field("", "start from this checkpoint's weights (classifier or MAE encoder)")
     linear_baseline: bool = field(
         True, "also fit a linear classifier on raw pixels (in-memory data sets)"
@@ -54,6 +54,7 @@ class ClassifyConfig(BuiltinJobConfig):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         stage_layout = {name: getattr(self, name) for name in ("embed_dims", "depths", "num_heads")}
         self.model_args = {
             **self.model_args,
@@ -79,7 +80,9 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
         config.cutmix_alpha,
     )
     train_loader, test_loader = loaders_for(config, splits)
-    trainer = Trainer(model, task, train_loader, test_loader, config, plain(config), device)
+    trainer = Trainer(
+        model, task, train_loader, test_loader, config, plain(config), device, job="classify"
+    )
     if distributed.is_main():
         params = sum(p.numel() for p in model.parameters())
         print(

@@ -13,8 +13,8 @@ from torch import nn
 from python_models import create_model
 
 from . import checkpoint, distributed
-from .config import field, load_config
-from .data import BatchTransform, DataSplits, load_splits, make_loader
+from .config import IMAGE_SIDE, Range, at_least, field, load_config
+from .data import DATASETS, BatchTransform, DataSplits, load_splits, make_loader
 from .engine import EngineConfig
 
 
@@ -22,16 +22,20 @@ from .engine import EngineConfig
 class DataConfig:
     """Which data set, and how training images are augmented."""
 
-    dataset: str = field("shapes", "shapes (built in), cifar10, cifar100, fashion_mnist or folder")
+    dataset: str = field(
+        "shapes", "data set (shapes is built in; folder reads DATA_DIR/train and /test)", DATASETS
+    )
     data_dir: str = field("data", "where data sets are read from (and downloaded to)")
     download: bool = field(True, "download a missing data set")
-    image_size: int = field(32, "image side for the folder data set")
-    shapes_train_size: int = field(10000, "training images of the built-in data set")
-    shapes_test_size: int = field(2000, "test images of the built-in data set")
-    crop_padding: int = field(4, "random crop after zero padding by this many pixels (0: off)")
+    image_size: int = field(32, "image side for the folder data set", IMAGE_SIDE)
+    shapes_train_size: int = field(10000, "training images of the built-in data set", at_least(1))
+    shapes_test_size: int = field(2000, "test images of the built-in data set", at_least(1))
+    crop_padding: int = field(
+        4, "random crop after zero padding by this many pixels (0: off)", at_least(0)
+    )
     flip: bool = field(True, "random horizontal flips")
-    rand_augment_ops: int = field(0, "RandAugment ops per image (0: off)")
-    rand_augment_magnitude: float = field(9.0, "RandAugment magnitude (0-10)")
+    rand_augment_ops: int = field(0, "RandAugment ops per image (0: off)", at_least(0))
+    rand_augment_magnitude: float = field(9.0, "RandAugment magnitude", Range(0, 10))
 
 
 @dataclasses.dataclass
@@ -108,7 +112,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     """Loads the weights of a classification or MAE checkpoint into ``model`` (an MAE
     checkpoint's encoder); the classification head is left as initialised. Returns the keys that
     kept their initial values."""
-    weights = checkpoint.load(path)["model"]
+    weights = checkpoint.load(path, accept=("classify", "mae"))["model"]
     if any(key.startswith("encoder.") for key in weights):
         weights = {
             key[len("encoder.") :]: value

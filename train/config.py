@@ -3,10 +3,16 @@
 Every field of a job's config dataclass becomes a flag (``batch_size`` → ``--batch-size``;
 booleans also get ``--no-…``; dict fields take YAML, e.g. ``--model-args '{depth: 4}'``; list
 fields take YAML or comma-separated values, e.g. ``--depths 2,6,4``).
+
+Every setting is checked in one place, ``check_settings``, which a config dataclass calls from
+its ``__post_init__``: the value's type against the field's annotation (no string taken as a
+boolean or a number, no fractional epochs) and its allowed values, declared with the field
+(``field(0.0, "...", allowed=Range(0, 1, high_open=True))`` or ``allowed=("none", "bf16")``).
 """
 
 import argparse
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,12 +32,19 @@ def _parser_for(field_type: Any):
         return field_type
     if field_type is list:
         return parse_list
-    return yaml.safe_load  # dicts and optional values: YAML text
+    return parse_yaml  # dicts and optional values: YAML text
+
+
+def parse_yaml(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"not valid YAML: {text!r} ({error})") from error
 
 
 def parse_list(text: str) -> list:
     """A YAML list, or comma-separated YAML scalars: "2,6,4" and "[2, 6, 4]" are [2, 6, 4]."""
-    value = yaml.safe_load(text if text.lstrip().startswith("[") else f"[{text}]")
+    value = parse_yaml(text if text.lstrip().startswith("[") else f"[{text}]")
     if not isinstance(value, list):
         raise argparse.ArgumentTypeError(f"expected a list, got {text!r}")
     return value
@@ -44,6 +57,9 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         flag = "--" + field.name.replace("_", "-")
         field_type = _field_type(cls, field)
         help_text = field.metadata.get("help", "")
+        allowed = allowed_values(cls, field.name)
+        if allowed is not None:
+            help_text = f"{help_text} [{_describe(allowed)}]"
         if field_type is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
@@ -85,7 +101,9 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
     """A YAML mapping of ``cls`` fields, flat or in ``SECTIONS``; unknown keys are an error, not
     silently ignored."""
     try:
-        document = yaml.safe_load(Path(path).read_text()) or {}
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file (not UTF-8: {error})") from error
     except yaml.YAMLError as error:
         raise ValueError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(document, dict):
@@ -98,13 +116,120 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
     return values
 
 
-def field(default: Any, help: str) -> Any:
-    """A dataclass field with a help text for its flag (mutable defaults are copied)."""
-    if isinstance(default, (dict, list)):
-        return dataclasses.field(
-            default_factory=lambda: type(default)(default), metadata={"help": help}
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The numbers from ``low`` to ``high`` (None: unbounded), each end included unless open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above_low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below_high = self.high is None or (
+            value < self.high if self.high_open else value <= self.high
         )
-    return dataclasses.field(default=default, metadata={"help": help})
+        return above_low and below_high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"a number {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"a number {'<' if self.high_open else '<='} {self.high:g}"
+        opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"a number in {opening}{self.low:g}, {self.high:g}{closing}"
+
+
+def at_least(low: float) -> Range:
+    return Range(low=low)
+
+
+POSITIVE = Range(low=0, low_open=True)
+FRACTION = Range(0, 1, high_open=True)  # a probability-like weight that must leave some mass
+# Image and frame sides above this would not fit in memory at any batch size worth training.
+MAX_IMAGE_SIDE = 4096
+IMAGE_SIDE = Range(1, MAX_IMAGE_SIDE)
+# Frames of one clip: far above any video model's, far below what exhausts memory.
+FRAMES = Range(1, 1024)
+
+Allowed = Range | tuple
+
+
+def field(default: Any, help: str, allowed: Allowed | None = None) -> Any:
+    """A dataclass field with a help text for its flag and, optionally, its allowed values (a
+    ``Range`` of numbers or a tuple of choices); mutable defaults are copied."""
+    metadata = {"help": help, "allowed": allowed}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def allowed_values(cls: type, name: str) -> Allowed | None:
+    """The allowed values of setting ``name``: a job that only changes a field's default keeps
+    the allowed values its base class declared."""
+    for base in cls.__mro__:
+        declared = getattr(base, "__dataclass_fields__", {}).get(name)
+        if declared is not None and declared.metadata.get("allowed") is not None:
+            return declared.metadata["allowed"]
+    return None
+
+
+def _describe(allowed: Allowed) -> str:
+    return str(allowed) if isinstance(allowed, Range) else f"one of {allowed}"
+
+
+def check_settings(settings: Any) -> None:
+    """Checks every field of the config dataclass ``settings`` against its annotated type and
+    allowed values; an error names the key, what it allows and what it got. Whole numbers where
+    a float belongs become floats, and so does numeric text (YAML 1.1 reads ``1e-3`` as text)."""
+    hints = typing.get_type_hints(type(settings))
+    for item in dataclasses.fields(settings):
+        allowed = allowed_values(type(settings), item.name)
+        value = checked(item.name, getattr(settings, item.name), hints[item.name], allowed)
+        setattr(settings, item.name, value)
+
+
+def checked(name: str, value: Any, expected: type, allowed: Allowed | None = None) -> Any:
+    """``value`` as the ``expected`` type and among the ``allowed`` values, or a ValueError
+    naming the setting ``name`` (also for the keys of a job's nested sections)."""
+    value = _as_type(name, expected, value)
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{name}: expected {_describe(allowed)}, got {value!r}")
+    return value
+
+
+TYPE_NAMES = {
+    bool: "true or false",
+    int: "a whole number",
+    float: "a finite number",
+    str: "text",
+    dict: "a mapping",
+    list: "a list",
+}
+
+
+def _as_type(name: str, expected: type, value: Any) -> Any:
+    """``value`` as the ``expected`` type, or a ValueError naming the setting."""
+    if expected is float and isinstance(value, str):
+        value = _number_from_text(value)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    valid = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and valid:
+        valid = math.isfinite(value)
+    if not valid:
+        raise ValueError(
+            f"{name}: expected {TYPE_NAMES[expected]}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _number_from_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:

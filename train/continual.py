@@ -23,7 +23,7 @@ import torch
 
 from python_models.continual import EWC_MODES, REPLAY_MODES
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, run_lock
 from .common import (
     BuiltinJobConfig,
     build_backbone,
@@ -34,7 +34,7 @@ from .common import (
     seed_all,
     start,
 )
-from .config import field
+from .config import at_least, field
 from .continual_metrics import plot_accuracy_matrix, summary
 from .continual_strategies import STRATEGIES, Finetune, evaluate_seen
 from .data import make_loader
@@ -69,50 +69,42 @@ class ContinualConfig(BuiltinJobConfig):
     """Defaults: the built-in 5-task split of ``shapes``, the same ViT and budget for every
     strategy (the engine settings are per task)."""
 
-    strategy: str = field("finetune", f"one of {tuple(STRATEGIES)}")
+    strategy: str = field("finetune", "the continual-learning strategy", tuple(STRATEGIES))
     compare: bool = field(False, "run every strategy of --strategies and print one table")
     strategies: list = field(list(STRATEGIES), "the strategies --compare runs")
     model: str = field("vit_micro_patch4_32", "registered ViT preset every strategy trains")
     pretrained: str = field(
         "", "a classification checkpoint every strategy's network starts from ('': from scratch)"
     )
-    n_tasks: int = field(0, f"tasks (0: {DEFAULT_TASKS} or else {FALLBACK_TASKS})")
-    memory_size: int = field(400, "iCaRL's exemplars and the replay buffer's items, in total")
+    n_tasks: int = field(0, f"tasks (0: {DEFAULT_TASKS} or else {FALLBACK_TASKS})", at_least(0))
+    memory_size: int = field(
+        400, "iCaRL's exemplars and the replay buffer's items, in total", at_least(1)
+    )
     ewc_lambda: float = field(1000.0, "EWC: weight of the penalty")
-    ewc_mode: str = field("separate", f"EWC: one of {EWC_MODES}")
+    ewc_mode: str = field("separate", "EWC: one Fisher per task or one running one", EWC_MODES)
     ewc_decay: float = field(1.0, "EWC online: weight of the previous Fisher")
     ewc_fisher_samples: int = field(500, "EWC: training images of a task its Fisher is from")
     lwf_alpha: float = field(1.0, "LwF: weight of the distillation")
     temperature: float = field(2.0, "distillation temperature of LwF and iCaRL")
-    replay_mode: str = field("reservoir", f"replay: one of {REPLAY_MODES}")
+    replay_mode: str = field("reservoir", "replay: how the buffer keeps items", REPLAY_MODES)
     replay_batch_size: int = field(0, "replay: buffer items mixed into each batch (0: batch size)")
     memory_beta: float = field(0.125, "memory: inverse temperature of the prototype read")
-    jobs: int = field(1, "--compare: strategies run at once, each in its own process")
+    jobs: int = field(1, "--compare: strategies run at once, each in its own process", at_least(1))
     model_args: dict = field({"depth": 2}, "overrides of the preset's arguments")
     epochs: int = field(4, "training epochs of each task after the first")
     first_task_epochs: int = field(15, "training epochs of the first task (0: --epochs)")
     batch_size: int = field(32, "images per step on each process")
     lr: float = field(3e-3, "peak learning rate (AdamW), per task")
     out_dir: str = field("runs/continual", "where each strategy's folder goes")
-    resume: str = field("", "'last': continue each strategy from its last finished task")
+    resume: str = field(
+        "", "'last': continue each strategy from its last finished task", ("", "last")
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in [self.strategy, *self.strategies]:
-            if name not in STRATEGIES:
-                raise ValueError(f"strategy: expected one of {tuple(STRATEGIES)}, got {name!r}")
-        if self.resume not in ("", "last"):
-            raise ValueError(f"resume: expected '' or 'last', got {self.resume!r}")
-        if self.ewc_mode not in EWC_MODES:
-            raise ValueError(f"ewc_mode: expected one of {EWC_MODES}, got {self.ewc_mode!r}")
-        if self.replay_mode not in REPLAY_MODES:
-            raise ValueError(
-                f"replay_mode: expected one of {REPLAY_MODES}, got {self.replay_mode!r}"
-            )
-        if self.jobs < 1:
-            raise ValueError(f"jobs: expected >= 1, got {self.jobs}")
-        if self.memory_size < 1:
-            raise ValueError(f"memory_size: expected >= 1, got {self.memory_size}")
+        unknown = [name for name in self.strategies if name not in STRATEGIES]
+        if unknown:
+            raise ValueError(f"strategies: expected names from {tuple(STRATEGIES)}, got {unknown}")
 
     @property
     def tasks(self) -> int:
@@ -142,7 +134,14 @@ def train_task(strategy: Finetune, data, config: ContinualConfig, run_dir: Path,
     test = strategy.split.test[strategy.task]
     test_loader = make_loader(test, config.batch_size, False, config.num_workers, seed)
     Trainer(
-        strategy.model, strategy, train_loader, test_loader, engine, plain(config), device
+        strategy.model,
+        strategy,
+        train_loader,
+        test_loader,
+        engine,
+        plain(config),
+        device,
+        job="continual",
     ).fit()
 
 
@@ -153,7 +152,7 @@ def resume_state(config: ContinualConfig, name: str, split, path: Path) -> dict 
     if not path.is_file():
         print(f"{name}: no checkpoint in {path}, starting from the first task", flush=True)
         return None
-    state = checkpoint.load(path)
+    state = checkpoint.load(path, accept=("continual",))
     saved = state["config"]
     for key in RESUME_SETTINGS:
         if saved[key] != getattr(config, key):
@@ -169,8 +168,21 @@ def resume_state(config: ContinualConfig, name: str, split, path: Path) -> dict 
 def run_strategy(
     name: str, config: ContinualConfig, split: ClassIncrementalSplit, transform, device
 ) -> dict:
-    """Every task in turn with one strategy; returns its accuracy matrix and metrics."""
+    """Every task in turn with one strategy, holding its folder; returns its accuracy matrix
+    and metrics."""
     run_dir = Path(config.out_dir) / name
+    with run_lock.hold(run_dir):
+        return run_tasks(name, config, split, transform, device, run_dir)
+
+
+def run_tasks(
+    name: str,
+    config: ContinualConfig,
+    split: ClassIncrementalSplit,
+    transform,
+    device,
+    run_dir: Path,
+) -> dict:
     path = run_dir / CHECKPOINT
     seed_all(config.seed)  # every strategy starts from the same weights
     model = build_backbone(config.model, config.model_args, split, split.num_classes)
@@ -224,7 +236,7 @@ def save_task(run_dir, name, config, split, model, strategy, matrix, records) ->
         "epoch": config.epochs,
         "config": plain(config),
     }
-    checkpoint.save_atomic(state, run_dir / CHECKPOINT)
+    checkpoint.save(state, run_dir / CHECKPOINT, job="continual")
     (run_dir / LOG).write_text("".join(json.dumps(r) + "\n" for r in records))
     plot_accuracy_matrix(matrix, f"{name} on {config.dataset}", run_dir / HEATMAP)
 

@@ -18,7 +18,7 @@ from python_models.continual import (
 )
 
 from . import distributed
-from .data import BatchTransform, ImageTensorDataset, make_loader
+from .data import BatchTransform, ImageTensorDataset, make_loader, readable_batches
 from .data.splits import ClassIncrementalSplit, concat
 
 
@@ -292,7 +292,7 @@ def accuracy(predict, loader: DataLoader, transform: BatchTransform, device) -> 
     """Top-1 accuracy of ``predict`` (prepared inputs → scores) over a loader, summed over the
     processes."""
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    for images, labels in loader:
+    for images, labels in readable_batches(loader):
         images, labels = images.to(device), labels.to(device)
         correct = predict(transform(images, train=False)).argmax(-1) == labels
         counts += torch.tensor([correct.sum().item(), labels.numel()], device=device)

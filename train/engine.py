@@ -21,8 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, distributed
-from .config import field
+from . import checkpoint, distributed, run_lock
+from .config import FRACTION, POSITIVE, at_least, check_settings, field
 from .metrics import MetricsLogger
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,30 +32,32 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class EngineConfig:
     """Settings of the training loop, shared by every job."""
 
-    epochs: int = field(10, "training epochs")
-    batch_size: int = field(128, "images per step on each process")
-    lr: float = field(1e-3, "peak learning rate (AdamW)")
-    min_lr: float = field(1e-5, "learning rate at the end of the cosine schedule")
-    warmup_epochs: float = field(1.0, "linear warm-up, in epochs")
+    epochs: int = field(10, "training epochs", at_least(1))
+    batch_size: int = field(128, "images per step on each process", at_least(1))
+    lr: float = field(1e-3, "peak learning rate (AdamW)", POSITIVE)
+    min_lr: float = field(1e-5, "learning rate at the end of the cosine schedule", at_least(0))
+    warmup_epochs: float = field(1.0, "linear warm-up, in epochs", at_least(0))
     weight_decay: float = field(
-        0.05, "AdamW weight decay (not applied to norms, biases, embeddings)"
+        0.05, "AdamW weight decay (not applied to norms, biases, embeddings)", at_least(0)
     )
-    clip_grad: float = field(1.0, "clip the gradient norm to this (0: off)")
-    amp: str = field("none", "mixed precision: none, bf16 or fp16")
+    clip_grad: float = field(1.0, "clip the gradient norm to this (0: off)", at_least(0))
+    amp: str = field("none", "mixed precision", ("none", *AMP_DTYPES))
     ema_decay: float = field(
-        0.0, "keep an EMA of the weights with this decay and evaluate it (0: off)"
+        0.0, "keep an EMA of the weights with this decay and evaluate it (0: off)", FRACTION
     )
     patience: int = field(
-        0, "stop after this many epochs without a better validation metric (0: off)"
+        0, "stop after this many epochs without a better validation metric (0: off)", at_least(0)
     )
     seed: int = field(0, "random seed")
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
-    threads: int = field(0, "CPU threads for torch (0: torch's default)")
-    num_workers: int = field(2, "data-loader worker processes")
+    threads: int = field(0, "CPU threads for torch (0: torch's default)", at_least(0))
+    num_workers: int = field(2, "data-loader worker processes", at_least(0))
     out_dir: str = field("runs/job", "where checkpoints, metrics and plots go")
     resume: str = field("", "checkpoint to resume from exactly ('last' = OUT_DIR/last.pt)")
     checkpoint_every: int = field(
-        0, "also write last.pt every this many training steps, resumable mid-epoch (0: off)"
+        0,
+        "also write last.pt every this many training steps, resumable mid-epoch (0: off)",
+        at_least(0),
     )
     grad_checkpointing: bool = field(
         False,
@@ -63,10 +65,7 @@ class EngineConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.amp not in ("none", *AMP_DTYPES):
-            raise ValueError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        check_settings(self)
 
 
 class Task(Protocol):
@@ -153,7 +152,9 @@ class Trainer:
     """Runs ``config.epochs`` epochs of ``task`` on ``model`` (or resumes a run).
 
     ``job_config`` is saved in every checkpoint (plain values only) so that a checkpoint can be
-    evaluated or fine-tuned without its original command line.
+    evaluated or fine-tuned without its original command line; ``job`` (one of
+    ``checkpoint.JOBS``) signs the checkpoints, and only its own are resumed. Nothing is written
+    to ``config.out_dir`` before ``fit`` holds it.
     """
 
     def __init__(
@@ -165,9 +166,12 @@ class Trainer:
         config: EngineConfig,
         job_config: dict[str, Any],
         device: torch.device,
+        *,
+        job: str,
     ):
         self.config = config
         self.job_config = job_config
+        self.job = job
         self.task = task
         self.device = device
         self.train_loader = train_loader
@@ -188,6 +192,12 @@ class Trainer:
             else self.model
         )
         steps_per_epoch = len(train_loader)
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size: {train_loader.batch_size} is more than this process's "
+                f"{len(train_loader.sampler)} training samples, so no step would train (the last "
+                "partial batch is dropped); use a smaller batch_size"
+            )
         self.total_steps = config.epochs * steps_per_epoch
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config.weight_decay), lr=config.lr
@@ -206,21 +216,46 @@ class Trainer:
         self.best: float | None = None
         self.epochs_since_best = 0
         self.progress = EpochProgress()
-        resume_path = self._resume_path()
-        if resume_path is not None:
-            self._load(resume_path)
-        self.logger = MetricsLogger(
-            self.out_dir,
-            enabled=distributed.is_main(),
-            resume_epoch=self.epoch if resume_path else None,
-        )
+        self.record: dict[str, Any] = {}  # the last epoch's
+        self.resumed_from = self._resume_path()
+        if self.resumed_from is not None:
+            self._load(self.resumed_from)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Trains to the last epoch (or until early stopping); returns the last epoch's record
-        (every process has it; after a resume with nothing left to train, the main process)."""
-        record: dict[str, Any] = self.logger.records[-1] if self.logger.records else {}
+        """Trains to the last epoch (or until early stopping), holding the output folder
+        meanwhile; returns the last epoch's record (the checkpoint's when a resumed run has
+        nothing left to train)."""
+        with run_lock.hold(self.out_dir):
+            self._note_start()
+            logger = MetricsLogger(
+                self.out_dir,
+                enabled=distributed.is_main(),
+                resume_epoch=self.epoch if self.resumed_from else None,
+            )
+            try:
+                self._train(logger)
+            finally:
+                logger.close()
+        return self.record
+
+    def _note_start(self) -> None:
+        if not distributed.is_main():
+            return
+        if self.epoch >= self.config.epochs:
+            print(
+                f"nothing left to train: {self.epoch} of {self.config.epochs} epochs done",
+                flush=True,
+            )
+        elif self.resumed_from is None and (self.out_dir / "last.pt").is_file():
+            print(
+                f"note: {self.out_dir} holds an earlier run's checkpoints; this run replaces them "
+                "(--resume last continues that run instead)",
+                flush=True,
+            )
+
+    def _train(self, logger: MetricsLogger) -> None:
         while self.epoch < self.config.epochs and not self._should_stop():
             start = time.perf_counter()
             train_loss, images = self.train_one_epoch()
@@ -228,7 +263,7 @@ class Trainer:
             self.epoch += 1
             improved = self._track_best(val_metrics[self.task.monitor])
             seconds = time.perf_counter() - start
-            record = {
+            self.record = {
                 "epoch": self.epoch,
                 "train_loss": train_loss,
                 **{f"val_{k}": v for k, v in val_metrics.items()},
@@ -237,13 +272,11 @@ class Trainer:
                 "images_per_s": images / seconds,
                 **self._skipped_items(),
             }
-            self.logger.log(record)
+            logger.log(self.record)
             self._save(improved)
             if distributed.is_main():
-                summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+                summary = ", ".join(f"{k} {v:.4g}" for k, v in self.record.items() if k != "epoch")
                 print(f"epoch {self.epoch}/{self.config.epochs}: {summary}", flush=True)
-        self.logger.close()
-        return record
 
     def _skipped_items(self) -> dict[str, int]:
         """Items skipped this epoch (unreadable files) by the data sets that count them."""
@@ -376,15 +409,21 @@ class Trainer:
             "best": self.best,
             "epochs_since_best": self.epochs_since_best,
             "epoch_progress": dataclasses.asdict(self.progress),
+            "batch_layout": self._batch_layout(),
+            "record": self.record,
             "config": self.job_config,
         }
+
+    def _batch_layout(self) -> dict[str, int]:
+        """What one training step is: a batch of this size on each of this many processes."""
+        return {"batch_size": self.train_loader.batch_size, "world_size": distributed.world_size()}
 
     def _save(self, improved: bool) -> None:
         if distributed.is_main():
             state = self.state_dict()
-            checkpoint.save_atomic(state, self.out_dir / "last.pt")
+            checkpoint.save(state, self.out_dir / "last.pt", job=self.job)
             if improved:
-                checkpoint.save_atomic(state, self.out_dir / "best.pt")
+                checkpoint.save(state, self.out_dir / "best.pt", job=self.job)
         distributed.barrier()
 
     def _resume_path(self) -> Path | None:
@@ -395,7 +434,8 @@ class Trainer:
         )
 
     def _load(self, path: Path) -> None:
-        state = checkpoint.load(path, map_location=self.device)
+        # On the CPU: the random states must be CPU tensors; the rest is copied to the device.
+        state = checkpoint.load(path, accept=(self.job,))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -410,10 +450,24 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best = state["best"]
         self.epochs_since_best = state["epochs_since_best"]
-        self.progress = EpochProgress(**state.get("epoch_progress", {}))
+        self.progress = EpochProgress(**state["epoch_progress"])
+        self._check_batch_layout(path, state["batch_layout"])
+        self.record = state["record"]
         if distributed.is_main():
             within = f", step {self.progress.steps} of the next" if self.progress.steps else ""
             print(f"resumed from {path} after epoch {self.epoch}{within}", flush=True)
+
+    def _check_batch_layout(self, path: Path, saved: dict[str, int]) -> None:
+        """The rest of an epoch cut short is the sampler's indices after the steps taken: only
+        the same steps find it."""
+        if self.progress.steps and saved != self._batch_layout():
+            batch, processes = saved["batch_size"], saved["world_size"]
+            raise checkpoint.CheckpointError(
+                f"{path} was written in the middle of epoch {self.epoch + 1} after "
+                f"{self.progress.steps} steps of {batch} images on {processes} process(es); "
+                f"finish that epoch the same way (--batch-size {batch} on {processes} "
+                "process(es)), or resume from a checkpoint written at the end of an epoch"
+            )
 
 
 def _show_progress() -> bool:

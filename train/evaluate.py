@@ -32,8 +32,14 @@ from . import checkpoint, distributed, video  # noqa: E402
 from .classification import confusion_matrix, per_class_metrics  # noqa: E402
 from .classify import ClassifyConfig  # noqa: E402
 from .common import build_backbone, data_for, start  # noqa: E402
-from .config import field, load_config  # noqa: E402
-from .data import BatchTransform, DataSplits, SelectFields, make_loader  # noqa: E402
+from .config import at_least, check_settings, field, load_config  # noqa: E402
+from .data import (  # noqa: E402
+    BatchTransform,
+    DataSplits,
+    SelectFields,
+    make_loader,
+    readable_batches,
+)
 from .engine import take_skipped  # noqa: E402
 from .mae import MAEConfig, build_mae  # noqa: E402
 from .video_multitask import TextVocabulary, plot_predictions  # noqa: E402
@@ -45,22 +51,29 @@ class EvaluateConfig:
         "runs/classify/best.pt", "checkpoint written by train.classify or train.mae"
     )
     out_dir: str = field("", "where results go (default: the checkpoint's folder)")
-    data_dir: str = field("", "data folder (default: the one the checkpoint was trained with)")
-    batch_size: int = field(256, "images per batch")
-    num_workers: int = field(0, "data-loader worker processes")
+    data_dir: str = field(
+        "",
+        "data folder (default: the one the checkpoint was trained with); for a video model "
+        "trained on its own data, its test data: a JSON-layout folder or a list file",
+    )
+    batch_size: int = field(256, "images per batch", at_least(1))
+    num_workers: int = field(0, "data-loader worker processes", at_least(0))
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
-    threads: int = field(0, "CPU threads for torch (0: torch's default)")
+    threads: int = field(0, "CPU threads for torch (0: torch's default)", at_least(0))
     seed: int = field(0, "seed of the MAE masks")
     mask_ratios: list = field([0.25, 0.5, 0.75, 0.9], "MAE: mask ratios of the sweep")
-    grid_images: int = field(8, "MAE: images in the reconstruction grid")
-    num_clips: int = field(0, "video: views per test video, averaged (0: as trained)")
-    example_clips: int = field(4, "multi-task video: clips drawn in predictions.png")
+    grid_images: int = field(8, "MAE: images in the reconstruction grid", at_least(1))
+    num_clips: int = field(0, "video: views per test video, averaged (0: as trained)", at_least(0))
+    example_clips: int = field(4, "multi-task video: clips drawn in predictions.png", at_least(0))
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(EvaluateConfig, argv, "python -m train.evaluate", __doc__.splitlines()[0])
     device = start(config)
-    state = checkpoint.load(config.checkpoint, map_location=device)
+    state = checkpoint.load(config.checkpoint, accept=("classify", "mae", "video"))
     out_dir = Path(config.out_dir or Path(config.checkpoint).parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = state["ema"] if state.get("ema") is not None else state["model"]
@@ -106,7 +119,8 @@ def evaluate_video(
     report and confusion matrix, each video's ``num_clips`` views averaged; for a multi-task
     model also every other task's metrics (on one view per video)."""
     job = video.VideoConfig(**job_config)
-    job.data_dir = config.data_dir or job.data_dir
+    if config.data_dir:
+        video.use_test_data(job, config.data_dir)
     test_set = video.datasets_for(job, "test", train=False)
     vocabulary = TextVocabulary.from_state_dict(job.vocabulary) if job.multitask else None
     model = video.build_model(job, test_set.num_classes, vocabulary)
@@ -160,7 +174,7 @@ def evaluate_multitask(
     metrics = task.evaluate(model, loader, device)
     if distributed.is_main():
         print(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        first = next(batch for batch in loader if batch is not None)
+        first = next(readable_batches(loader))
         batch = [t[: config.example_clips].to(device) for t in first]
         plot_predictions(model, task, batch, dataset.classes, out_dir / "predictions.png")
     return metrics
@@ -280,7 +294,7 @@ def evaluate_mae(
             4, dtype=torch.float64, device=device
         )  # loss, masked sq. error, masked pixels, ssim
         images_seen = torch.zeros((), dtype=torch.float64, device=device)
-        for images, _ in loader:
+        for images, _ in readable_batches(loader):
             images = transform(images.to(device), train=False)
             loss, recon, pixel_mask = reconstruct(model, images, transform, ratio)
             original = transform.denormalize(images)

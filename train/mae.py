@@ -17,8 +17,8 @@ from python_models import VisionMambaMAE
 
 from . import distributed
 from .common import BuiltinJobConfig, build_backbone, data_for, loaders_for, plain, run_job, start
-from .config import field
-from .data import BatchTransform
+from .config import Range, at_least, field
+from .data import BatchTransform, readable_batches
 from .engine import Trainer
 
 
@@ -26,10 +26,12 @@ from .engine import Trainer
 class MAEConfig(BuiltinJobConfig):
     """The defaults pre-train the built-in classification job's encoder."""
 
-    mask_ratio: float = field(0.75, "fraction of the patches hidden from the encoder")
-    decoder_dim: int = field(128, "decoder width")
-    decoder_depth: int = field(2, "decoder transformer blocks")
-    decoder_heads: int = field(4, "decoder attention heads")
+    mask_ratio: float = field(
+        0.75, "fraction of the patches hidden from the encoder", Range(0, 1, True, True)
+    )
+    decoder_dim: int = field(128, "decoder width", at_least(1))
+    decoder_depth: int = field(2, "decoder transformer blocks", at_least(1))
+    decoder_heads: int = field(4, "decoder attention heads", at_least(1))
     norm_pix_loss: bool = field(False, "per-patch normalised pixel targets")
     lr: float = field(1.5e-3, "peak learning rate (AdamW)")
     out_dir: str = field("runs/mae", "where checkpoints, metrics and plots go")
@@ -57,7 +59,7 @@ class MAETask:
         totals = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(distributed.rank())
-            for images, _ in loader:
+            for images, _ in readable_batches(loader):
                 images = images.to(device, non_blocking=True)
                 loss = model(self.transform(images, train=False)).loss
                 totals += torch.tensor(
@@ -87,8 +89,9 @@ def run(config: MAEConfig) -> dict:
     splits, transform = data_for(config)
     model = build_mae(config, splits)
     train_loader, test_loader = loaders_for(config, splits)
+    task = MAETask(transform)
     return Trainer(
-        model, MAETask(transform), train_loader, test_loader, config, plain(config), device
+        model, task, train_loader, test_loader, config, plain(config), device, job="mae"
     ).fit()
 
 

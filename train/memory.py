@@ -37,7 +37,7 @@ from .common import (
     run_job,
     start,
 )
-from .config import field
+from .config import POSITIVE, at_least, field
 from .data import BatchTransform, DataSplits
 from .data.fewshot import FewShotEpisodes
 from .data.shapes import BASE_PATTERN_CLASSES, NOVEL_PATTERN_CLASSES
@@ -52,7 +52,7 @@ Z_95 = 1.959964  # two-sided 95 % quantile of the normal distribution
 class MemoryConfig(BuiltinJobConfig):
     """Defaults: the built-in few-shot job (the engine settings are the backbone's pretraining)."""
 
-    model: str = field("all", f"method: one of {METHODS}, or all")
+    model: str = field("all", "the few-shot method, or all of them", (*METHODS, "all"))
     model_args: dict = field({}, "overrides of the backbone preset's arguments")
     backbone: str = field("vit_micro_patch4_32", "registered ViT preset of every method")
     pretrained: str = field(
@@ -60,23 +60,27 @@ class MemoryConfig(BuiltinJobConfig):
         "backbone weights: '' pretrains on the base classes (cached), 'timm' loads timm's, "
         "or a .pth/.safetensors path",
     )
-    dataset: str = field("shape_patterns", "shape_patterns (built in), cifar10, cifar100, folder")
+    dataset: str = field("shape_patterns", "data set (shape_patterns is built in)")
     novel_classes: list = field(
         [], "classes of the episodes (empty: the built-in split's novel ones, or all classes)"
     )
     few_shot: bool = field(True, "run the few-shot protocol (--no-few-shot: pretraining only)")
-    n_way: int = field(5, "classes per episode")
-    n_shot: int = field(0, "support images per class (0: 1 and 5)")
-    n_query: int = field(15, "query images per class")
-    episodes: int = field(50, "episodes per setting (the same episodes for every method)")
+    n_way: int = field(5, "classes per episode", at_least(2))
+    n_shot: int = field(0, "support images per class (0: 1 and 5)", at_least(0))
+    n_query: int = field(15, "query images per class", at_least(1))
+    episodes: int = field(
+        50, "episodes per setting (the same episodes for every method)", at_least(1)
+    )
     memory_modes: list = field(
         ["class_prototype", "associative", "learned"], "memory modes of memory_vit"
     )
-    mem_size: int = field(1000, "slots of each Hopfield memory")
-    hopfield_position: str = field("after_ffn", "after_attn or after_ffn")
+    mem_size: int = field(1000, "slots of each Hopfield memory", at_least(1))
+    hopfield_position: str = field(
+        "after_ffn", "where each Hopfield memory reads", ("after_attn", "after_ffn")
+    )
     hopfield_blocks: list = field([-1], "blocks that get a Hopfield memory")
-    beta: float = field(0.125, "Hopfield inverse temperature")
-    n_steps: int = field(1, "Hopfield updates per read")
+    beta: float = field(0.125, "Hopfield inverse temperature", POSITIVE)
+    n_steps: int = field(1, "Hopfield updates per read", at_least(1))
     match_threshold: float = field(0.9, "associative memory: similarity at which a feature joins")
     num_prompts: int = field(10, "VPT prompts (per block for VPT-deep)")
     adapt_steps: int = field(30, "full-batch AdamW steps on an episode's support set")
@@ -89,13 +93,6 @@ class MemoryConfig(BuiltinJobConfig):
     shapes_train_size: int = field(12000, "training images of the built-in data set")
     shapes_test_size: int = field(3000, "test images of the built-in data set")
     out_dir: str = field("runs/memory", "where the pretrained backbone and results go")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model not in (*METHODS, "all"):
-            raise ValueError(f"model: expected one of {METHODS} or all, got {self.model!r}")
-        if self.n_shot < 0:
-            raise ValueError(f"n_shot: expected >= 0 (0: 1 and 5), got {self.n_shot}")
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -142,7 +139,7 @@ def pretrain_backbone(
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(config.out_dir) / f"backbone-{config.backbone}-{digest}"
     path = folder / "last.pt"
-    if path.is_file() and checkpoint.load(path)["epoch"] >= config.epochs:
+    if path.is_file() and checkpoint.load(path, accept=("memory",))["epoch"] >= config.epochs:
         print(f"backbone: pretrained on the base classes, cached in {path}", flush=True)
         return path
     if not base:
@@ -168,7 +165,9 @@ def pretrain_backbone(
         f"{len(base)} base classes ({len(base_splits.train)} images) into {folder}",
         flush=True,
     )
-    trainer = Trainer(model, task, train_loader, test_loader, engine, settings, device)
+    trainer = Trainer(
+        model, task, train_loader, test_loader, engine, settings, device, job="memory"
+    )
     trainer.fit()
     return path
 

@@ -3,6 +3,7 @@ training-curve plot, all written by the main process only."""
 
 import csv
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,23 @@ class MetricsLogger:
 
 
 def read_jsonl(path: Path) -> list[Record]:
+    """The records of a JSON-lines log. A last line that does not parse is the record a run was
+    writing when it died: it is dropped with a warning. Any other bad line is an error."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if index < len(lines) - 1:
+                raise ValueError(f"{path}, line {number}: not a JSON record ({error})") from error
+            warnings.warn(
+                f"{path}: its last line is cut short, dropped: {line[:60]!r}", stacklevel=2
+            )
+    return records
 
 
 def plot_curves(records: list[Record], path: Path) -> None:

@@ -34,7 +34,7 @@ from python_models.video.multitask import TASKS, MultiTaskVLM
 from . import checkpoint, distributed
 from .classification import ClassificationTask
 from .common import plain, run_job, start
-from .config import field
+from .config import FRACTION, FRAMES, IMAGE_SIDE, checked, field
 from .data import ClipTransform, SelectFields, VideoDataset, domain_balance_weights, make_loader
 from .data.annotations import read_json_split, read_video_list
 from .data.moving_shapes import load_moving_shapes
@@ -92,6 +92,8 @@ VIDEO_DEFAULTS = {
     "num_clips": 1,  # views averaged at test time
     "backend": None,  # decord or opencv (None: decord when installed)
 }
+# data.video's sizes and their allowed values.
+VIDEO_SIZES = {"num_frames": FRAMES, "frame_size": IMAGE_SIDE, "num_clips": FRAMES}
 CLIP_MEAN, CLIP_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
@@ -115,7 +117,9 @@ class VideoConfig(EngineConfig):
     train_data: str = field("", "training videos: a JSON-layout folder or a list file")
     val_data: str = field("", "validation videos: a JSON-layout folder or a list file")
     data_dir: str = field("data", "where the built-in video set is made and read")
-    num_classes: int = field(0, "classes (0: 1 + the largest training label)")
+    num_classes: int = field(
+        0, "classes (0: 1 + the largest training label, up to 10 or twice the labels seen)"
+    )
     domains: list = field([], "use only the clips of these domains (empty: every clip)")
     tasks: dict = field(TASK_WEIGHTS, f"tasks to train and their loss weights: {list(TASKS)}")
     experts: dict = field(EXPERTS_DEFAULTS, "model.experts: domain experts and router settings")
@@ -152,22 +156,17 @@ class VideoConfig(EngineConfig):
         self.token_merging = section(
             "model.token_merging", self.token_merging, TOKEN_MERGING_DEFAULTS
         )
-        if self.token_merging["mode"] not in MERGE_MODES:
-            raise ValueError(
-                f"model.token_merging.mode must be one of {list(MERGE_MODES)}, "
-                f"got {self.token_merging['mode']!r}"
-            )
-        ratio = self.token_merging["target_compression_ratio"]
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
-            raise ValueError(
-                f"model.token_merging.target_compression_ratio must be in [0, 1), got {ratio!r}"
-            )
+        merging = self.token_merging
+        checked("model.token_merging.mode", merging["mode"], str, tuple(MERGE_MODES))
+        merging["target_compression_ratio"] = checked(
+            "model.token_merging.target_compression_ratio",
+            merging["target_compression_ratio"],
+            float,
+            FRACTION,
+        )
         self.video = section("data.video", self.video, VIDEO_DEFAULTS)
-        for key in ("num_frames", "frame_size", "num_clips"):
-            if not isinstance(self.video[key], int) or self.video[key] < 1:
-                raise ValueError(
-                    f"data.video.{key} must be a positive integer, got {self.video[key]!r}"
-                )
+        for key, allowed in VIDEO_SIZES.items():
+            self.video[key] = checked(f"data.video.{key}", self.video[key], int, allowed)
         if self.video["backend"] not in (None, *BACKENDS):
             raise ValueError(
                 f"data.video.backend must be one of {list(BACKENDS)} or null (the default), "
@@ -305,6 +304,12 @@ def _records(source: str, split: str):
     records = read_json_split(path, split) if path.is_dir() else read_video_list(path)
     if not records:
         raise ValueError(f"no video listed for the {split} split in {path}")
+    multi_label = next((r for r in records if len(r.labels) > 1), None)
+    if multi_label is not None:
+        raise ValueError(
+            f"{multi_label.where}: {len(multi_label.labels)} labels, but train.video trains "
+            "single-label classification (softmax, accuracy): give each clip one label"
+        )
     return records
 
 
@@ -345,6 +350,15 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
     return dataset.of_domains(
         [config.finetune_domain] if config.finetune_domain else config.domains
     )
+
+
+def use_test_data(config: VideoConfig, source: str) -> None:
+    """Makes ``datasets_for`` read the test split from ``source``: the built-in set's folder,
+    or for a job trained on its own data, a JSON-layout folder or a list file (as ``val_data``)."""
+    if config.train_data:
+        config.val_data = source
+    else:
+        config.data_dir = source
 
 
 class MultiViewClassifier(nn.Module):
@@ -456,7 +470,9 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
     test_set = datasets_for(config, "test", train=False)  # before training: a bad split fails now
-    pretrained = checkpoint.load(config.pretrained) if config.pretrained else None
+    pretrained = (
+        checkpoint.load(config.pretrained, accept=("video",)) if config.pretrained else None
+    )
     vocabulary = text_vocabulary(config, train_set, pretrained) if config.multitask else None
     model = build_model(config, train_set.num_classes, vocabulary)
     load_pretrained(model, config, pretrained)
@@ -465,7 +481,9 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
         loader_for(config, train_set, True, vocabulary),
         loader_for(config, val_set, False, vocabulary),
     )
-    trainer = Trainer(model, task, train_loader, val_loader, config, plain(config), device)
+    trainer = Trainer(
+        model, task, train_loader, val_loader, config, plain(config), device, job="video"
+    )
     if distributed.is_main():
         trainable, total = count_parameters(model)
         print(

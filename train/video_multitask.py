@@ -26,7 +26,7 @@ from python_models.video.experts import (
 from python_models.video.text import AnswerVocab, WordTokenizer
 
 from . import distributed
-from .data import ClipTransform, collate_clips
+from .data import ClipTransform, collate_clips, readable_batches
 from .data.annotations import VideoRecord
 from .detection_metrics import detection_map, ground_truth_segments
 from .text_metrics import corpus_bleu
@@ -222,9 +222,8 @@ class MultiTaskVideoTask:
     ) -> dict[str, float]:
         model.eval()
         tally = EvaluationTally(self, model)
-        for batch in loader:
-            if batch is not None:  # None: every clip of the batch unreadable
-                tally.add([t.to(device, non_blocking=True) for t in batch])
+        for batch in readable_batches(loader):
+            tally.add([t.to(device, non_blocking=True) for t in batch])
         return tally.metrics(device)
 
 

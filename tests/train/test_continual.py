@@ -15,7 +15,7 @@ from train.data import BatchTransform, ImageTensorDataset
 from train.data.splits import split_by_class
 from train.engine import Trainer
 
-from .test_data import write_cifar10
+from .test_data import accept_as_official, write_cifar10
 
 CLASSES, PER_CLASS, SIDE = 6, 36, 8
 CPU = torch.device("cpu")
@@ -41,9 +41,13 @@ def colour_stream(tasks: int = 3):
 
 
 def tiny_config(tmp_path, **overrides) -> continual.ContinualConfig:
+    # Three epochs a task: with one, a strategy learned the stream or not by a hair, by seed and
+    # torch version (replay fell to chance on two seeds of six); with three, every strategy
+    # beats assert_learns_every_task's bound by 4 or more of a task's 36 test images on seeds
+    # 0-5, on torch 2.11 and 2.14.
     settings = dict(
         model_args=TINY_MODEL,
-        epochs=1,
+        epochs=3,
         first_task_epochs=0,
         batch_size=12,
         lr=1e-2,
@@ -171,7 +175,7 @@ def test_a_pretrained_checkpoint_must_fit_the_network(tmp_path):
     split, transform = colour_stream()
     other = create_model("vit_micro_patch4_32", img_size=SIDE, num_classes=2, embed_dim=12)
     path = tmp_path / "other.pt"
-    checkpoint.save_atomic({"model": other.state_dict(), "epoch": 1, "config": {}}, path)
+    checkpoint.save({"model": other.state_dict(), "epoch": 1, "config": {}}, path, job="classify")
     config = tiny_config(tmp_path, pretrained=str(path))
     with pytest.raises(RuntimeError, match="size mismatch"):
         continual.run_strategy("finetune", config, split, transform, CPU)
@@ -180,14 +184,15 @@ def test_a_pretrained_checkpoint_must_fit_the_network(tmp_path):
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="strategy: expected one of"):
         continual.main(["--strategy", "gem"])
-    with pytest.raises(ValueError, match="resume: expected '' or 'last'"):
+    with pytest.raises(ValueError, match=r"resume: expected one of \('', 'last'\)"):
         continual.main(["--resume", "runs/x.pt"])
     with pytest.raises(ValueError, match="n_tasks: expected a divisor of the 10 classes, got 3"):
         continual.main([*TINY_CLI, "--n-tasks", "3"])
 
 
-def test_split_cifar10_reads_the_classify_jobs_tarball(tmp_path):
+def test_split_cifar10_reads_the_classify_jobs_tarball(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=40)
+    accept_as_official(monkeypatch, tmp_path / "cifar-10-python.tar.gz")
     config = Path(__file__).resolve().parents[2] / "configs" / "continual_cifar10.yaml"
     flags = ["--config", str(config), "--data-dir", str(tmp_path), "--no-download", *TINY_CLI]
     flags += ["--threads", "1", "--num-workers", "0", "--out-dir", str(tmp_path / "run")]

@@ -1,24 +1,40 @@
+import dataclasses
 import gzip
 import io
+import os
 import pickle
+import re
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from train.data import BatchTransform, load_cifar, load_fashion_mnist, load_shapes, load_splits
+from train.data import (
+    BatchTransform,
+    ImageFolder,
+    load_cifar,
+    load_fashion_mnist,
+    load_shapes,
+    load_splits,
+    make_loader,
+    sources,
+)
 from train.data.augment import mix_batch, rand_augment, random_crop
 from train.data.shapes import CLASSES, generate_shapes
+from train.data.sources import SkippedImageWarning
 
 
-def write_cifar10(path, per_batch=3):
-    """A CIFAR-10 tarball in the official layout, with `per_batch` images in each batch."""
+def write_cifar10(path, per_batch=3, replace=None):
+    """A CIFAR-10 tarball in the official layout, with `per_batch` images in each batch;
+    ``replace`` maps batch names to other objects to pickle in their place."""
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as archive:
 
         def add(name, payload):
-            data = pickle.dumps(payload)
+            # protocol 4 rebuilds arrays with the same numpy globals as the official pickles
+            data = pickle.dumps((replace or {}).get(name, payload), protocol=4)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -34,8 +50,17 @@ def write_cifar10(path, per_batch=3):
     return batches
 
 
-def test_cifar10_reader_on_an_official_format_tarball(tmp_path):
+def accept_as_official(monkeypatch, path, num_classes=10):
+    """Makes ``load_cifar`` take the archive at ``path`` for the official one (its md5 is
+    expected in place of the official archive's)."""
+    official = sources.CIFAR_ARCHIVES[num_classes]
+    md5 = sources.md5_of(path)
+    monkeypatch.setitem(sources.CIFAR_ARCHIVES, num_classes, dataclasses.replace(official, md5=md5))
+
+
+def test_cifar10_reader_on_an_official_format_tarball(tmp_path, monkeypatch):
     batches = write_cifar10(tmp_path / "cifar-10-python.tar.gz")
+    accept_as_official(monkeypatch, tmp_path / "cifar-10-python.tar.gz")
     train = load_cifar(tmp_path, train=True, download=False)
     test = load_cifar(tmp_path, train=False, download=False)
     assert train.images.shape == (15, 3, 32, 32) and test.images.shape == (3, 3, 32, 32)
@@ -50,6 +75,39 @@ def test_cifar10_reader_on_an_official_format_tarball(tmp_path):
 def test_cifar_offline_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz not found"):
         load_cifar(tmp_path, train=True, download=False)
+
+
+def test_a_cifar_archive_without_the_official_md5_is_refused(tmp_path):
+    write_cifar10(tmp_path / "cifar-10-python.tar.gz")
+    with pytest.raises(
+        ValueError,
+        match=r"cifar-10-python.tar.gz: not the official .* expected c58f30108f718f92721af3b95e74349a",
+    ):
+        load_cifar(tmp_path, train=False, download=False)
+
+
+class RunsCode:
+    """Unpickles into a call of ``function`` (a hostile archive's payload)."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("function", [os.system, exec])
+def test_a_hostile_cifar_archive_runs_no_code(tmp_path, monkeypatch, function):
+    """Even an archive that passed the md5 check unpickles nothing but the format's types."""
+    marker = tmp_path / "created"
+    code = f"touch {marker}" if function is os.system else f"open({str(marker)!r}, 'w')"
+    path = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar10(path, replace={"test_batch": RunsCode(function, code)})
+    accept_as_official(monkeypatch, path)
+    message = rf"{re.escape(str(path))}: cannot read .*test_batch \(.* is not part of the CIFAR"
+    with pytest.raises(ValueError, match=message):
+        load_cifar(tmp_path, train=False, download=False)
+    assert not marker.exists()
 
 
 def write_idx(path, array):
@@ -70,8 +128,6 @@ def test_fashion_mnist_reader(tmp_path):
 
 
 def test_image_folder(tmp_path):
-    from PIL import Image
-
     for split in ("train", "test"):
         for name, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
             (tmp_path / split / name).mkdir(parents=True)
@@ -80,6 +136,50 @@ def test_image_folder(tmp_path):
     image, label = splits.train[1]
     assert splits.classes == ("cat", "dog") and image.shape == (3, 16, 16) and label.item() == 1
     assert image[2].min().item() == 255 and image[0].max().item() == 0
+
+
+def unreadable_image_folder(root):
+    """root/cat: a.png, b.png (truncated); root/dog: c.jpg (text), d.png, e.png (a FIFO)."""
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "cat" / "a.png")
+    encoded = (root / "cat" / "a.png").read_bytes()
+    (root / "cat" / "b.png").write_bytes(encoded[: len(encoded) // 2])
+    (root / "dog" / "c.jpg").write_text("not an image\n")
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(root / "dog" / "d.png")
+    os.mkfifo(root / "dog" / "e.png")
+
+
+def test_unreadable_images_are_skipped_with_a_warning_naming_them_and_counted(tmp_path):
+    """In training the next readable image takes an unreadable one's place."""
+    unreadable_image_folder(tmp_path)
+    dataset = ImageFolder(tmp_path, 8, train=True)
+    with pytest.warns(SkippedImageWarning) as caught:
+        labels = [dataset[k][1].item() for k in range(len(dataset))]
+    assert labels == [0, 1, 1, 1, 0]  # b.png, c.jpg → d.png; e.png → a.png
+    messages = sorted(str(w.message) for w in caught if w.category is SkippedImageWarning)
+    assert len(messages) == 3  # one per bad file, though c.jpg was tried twice
+    assert "b.png: cannot decode (image file is truncated)" in messages[0]
+    assert "c.jpg: cannot decode" in messages[1] and "e.png: expected a regular" in messages[2]
+    assert dataset.take_skipped() == 4 and dataset.take_skipped() == 0
+
+
+def test_evaluation_leaves_unreadable_images_out(tmp_path):
+    unreadable_image_folder(tmp_path)
+    dataset = ImageFolder(tmp_path, 8, train=False)
+    with pytest.warns(SkippedImageWarning):
+        ((images, labels),) = list(make_loader(dataset, 8, False, 0, 0))
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 1]
+    assert dataset.take_skipped() == 3
+
+
+def test_16_bit_grey_pngs_are_scaled_to_8_bits(tmp_path):
+    (tmp_path / "grey").mkdir()
+    levels = np.array([[0, 257, 32768, 65535]], dtype=np.uint16).repeat(4, 0)
+    Image.fromarray(levels).save(tmp_path / "grey" / "a.png")
+    image, _ = ImageFolder(tmp_path, 4, train=False)[0]
+    assert image[:, 0].tolist() == [[0, 1, 128, 255]] * 3
 
 
 def test_shapes_are_seeded_and_balanced():

@@ -1,9 +1,10 @@
 import json
+import os
 
 import pytest
 import torch
 
-from train import checkpoint, classify
+from train import checkpoint, classify, run_lock
 from train.engine import EngineConfig, Trainer, warmup_cosine
 from train.metrics import read_jsonl
 
@@ -23,6 +24,7 @@ def test_tiny_run_trains_and_writes_its_outputs(tiny_job, tmp_path):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         assert (tmp_path / "run" / name).is_file(), name
     assert not list((tmp_path / "run").glob(".*tmp*"))  # no temporary checkpoint left behind
+    assert not (tmp_path / "run" / run_lock.LOCK_NAME).exists()  # the folder is released
     state = checkpoint.load(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 4 and state["config"]["epochs"] == 4
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "ema"} <= set(state)
@@ -56,6 +58,7 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_job, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         classify.main(tiny_job(*flags, out="resumed"))
     monkeypatch.setattr(Trainer, "train_one_epoch", real_epoch)
+    assert not (tmp_path / "resumed" / run_lock.LOCK_NAME).exists()  # released on the way out
     assert checkpoint.load(tmp_path / "resumed" / "last.pt")["epoch"] == 2
     torch.manual_seed(12345)  # a resumed run must not depend on the generator state it starts with
     classify.main(tiny_job(*flags, "--resume", "last", out="resumed"))
@@ -68,6 +71,72 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(tiny_job, tmp_pat
     ]
     for name in final[0]:
         assert torch.equal(final[0][name], final[1][name]), name
+
+
+def stop_mid_epoch(monkeypatch, at_step: int) -> None:
+    real_step = Trainer.train_step
+
+    def stop(self, batch):
+        if self.global_step == at_step:
+            raise KeyboardInterrupt("stopped mid-epoch")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", stop)
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_with_its_batch_layout(tiny_job, monkeypatch):
+    flags = ("--epochs", "1", "--checkpoint-every", "1")  # 4 steps of 32 images an epoch
+    stop_mid_epoch(monkeypatch, at_step=2)
+    with pytest.raises(KeyboardInterrupt):
+        classify.main(tiny_job(*flags))
+    monkeypatch.undo()
+    message = r"in the middle of epoch 1 after 2 steps of 32 images on 1 process.*--batch-size 32"
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        classify.main(tiny_job(*flags, "--resume", "last", "--batch-size", "16"))
+    assert classify.main(tiny_job(*flags, "--resume", "last"))["test_acc"] is not None
+
+
+def test_a_finished_run_resumed_into_another_folder_reports_its_results(tiny_job, tmp_path, capsys):
+    first = classify.main(tiny_job("--epochs", "1"))
+    again = classify.main(
+        tiny_job("--epochs", "1", "--resume", str(tmp_path / "run" / "last.pt"), out="again")
+    )
+    assert (again["test_acc"], again["best_test_acc"]) == (
+        first["test_acc"],
+        first["best_test_acc"],
+    )
+    assert "nothing left to train" in capsys.readouterr().out
+
+
+def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(tiny_job, tmp_path):
+    classify.main(tiny_job("--epochs", "1"))
+    log = tmp_path / "run" / "metrics.jsonl"
+    with open(log, "a") as file:
+        file.write('{"epoch": 2, "train_lo')  # the record being written when the run died
+    with pytest.warns(UserWarning, match="metrics.jsonl: its last line is cut short"):
+        classify.main(tiny_job("--epochs", "2", "--resume", "last"))
+    assert [r["epoch"] for r in read_jsonl(log)] == [1, 2]
+
+
+def test_a_second_run_cannot_write_into_a_folder_in_use(tiny_job, tmp_path):
+    classify.main(tiny_job("--epochs", "1"))
+    folder = tmp_path / "run"
+    written = {path: path.stat().st_mtime_ns for path in folder.rglob("*")}
+    lock = folder / run_lock.LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": run_lock.HOST, "command": "other"}))
+    message = f"{folder} is in use by another run: pid {os.getppid()}"
+    for resume in ((), ("--resume", "last")):
+        with pytest.raises(run_lock.FolderInUseError, match=message):
+            classify.main(tiny_job("--epochs", "2", *resume))
+    assert {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path != lock} == written
+
+
+def test_a_batch_larger_than_the_training_data_is_refused_before_anything_is_written(
+    tiny_job, tmp_path
+):
+    with pytest.raises(ValueError, match=r"batch_size: 256 is more than .* 128 training samples"):
+        classify.main(tiny_job("--batch-size", "256", "--epochs", "1"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_early_stopping(tiny_job, tmp_path):
@@ -140,7 +209,7 @@ def test_epoch_records_count_the_videos_the_data_sets_skipped(tmp_path, capsys):
     ]
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 16 * 16, 2))
     config = EngineConfig(epochs=2, batch_size=2, out_dir=str(tmp_path / "run"), num_workers=0)
-    trainer = Trainer(model, ClipTask(), *loaders, config, {}, torch.device("cpu"))
+    trainer = Trainer(model, ClipTask(), *loaders, config, {}, torch.device("cpu"), job="video")
     with pytest.warns(SkippedVideoWarning):
         trainer.fit()
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")

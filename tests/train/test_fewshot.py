@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from tests.train.test_data import write_cifar10
+from tests.train.test_data import accept_as_official, write_cifar10
 from train.data import ImageTensorDataset, load_splits
 from train.data.fewshot import EpisodeSampler, FewShotCIFAR10, FewShotEpisodes
 from train.data.shapes import (
@@ -93,8 +93,9 @@ def test_too_few_images_and_bad_arguments_are_named():
         FewShotEpisodes(dataset, n_way=2, n_shot=0, n_query=1)
 
 
-def test_few_shot_cifar10_reads_the_official_tarball(tmp_path):
+def test_few_shot_cifar10_reads_the_official_tarball(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=100)
+    accept_as_official(monkeypatch, tmp_path / "cifar-10-python.tar.gz")
     episodes = FewShotCIFAR10(tmp_path, n_way=5, n_shot=1, n_query=3, episodes=2, download=False)
     episode = next(iter(episodes))
     assert episode.support_images.shape == (5, 3, 32, 32)

@@ -53,16 +53,30 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_video_set, tmp
         ),
         (["--attention", "{type: linear, window: 3}"], r"unknown keys \['window'\]; allowed"),
         (["--token-merging", "{ratio: 0.5}"], r"model.token_merging: unknown keys \['ratio'\]"),
-        (["--token-merging", "{mode: saliency}"], r"token_merging.mode must be one of \['motion'"),
+        (
+            ["--token-merging", "{mode: saliency}"],
+            r"token_merging.mode: expected one of \('motion'",
+        ),
         (
             ["--token-merging", "{target_compression_ratio: 1.0}"],
-            r"target_compression_ratio must be in \[0, 1\), got 1.0",
+            r"target_compression_ratio: expected a number in \[0, 1\), got 1.0",
         ),
         (
             ["--token-merging", "{target_compression_ratio: half}"],
-            r"target_compression_ratio must be in \[0, 1\), got 'half'",
+            r"target_compression_ratio: expected a finite number, got 'half'",
         ),
-        (["--video", "{num_frames: 0}"], "data.video.num_frames must be a positive integer"),
+        (
+            ["--video", "{num_frames: 0}"],
+            r"data.video.num_frames: expected a number in \[1, 1024\]",
+        ),
+        (
+            ["--video", "{frame_size: 100000}"],
+            r"data.video.frame_size: expected a number in \[1, 4",
+        ),
+        (
+            ["--video", "{frame_size: 1.5}"],
+            r"data.video.frame_size: expected a whole number, got 1.5",
+        ),
         (
             ["--video", "{backend: ffmpeg}"],
             r"data.video.backend must be one of \['decord', 'opencv'\] or null",
@@ -160,3 +174,33 @@ def test_an_unreadable_test_video_is_left_out_and_counted(tiny_video_set, tmp_pa
     report = evaluate.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--threads", "1"])
     assert report["skipped"] == 1
     assert sum(map(sum, report["confusion_matrix"])) == TINY_SIZES["test"] - 1
+
+
+def write_clip_list(folder: Path, labels: list[str]) -> Path:
+    """``folder/clips.txt`` listing one small clip per entry of ``labels`` (its label field)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, label in enumerate(labels):
+        write_mp4(folder / f"clip{k}.mp4", torch.full((6, 32, 32, 3), 40 * k, dtype=torch.uint8), 8)
+        lines.append(f"clip{k}.mp4 {label}")
+    listing = folder / "clips.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def test_a_multi_label_list_is_refused_naming_an_entry(tmp_path):
+    listing = write_clip_list(tmp_path, ["0", "0 1"])
+    flags = ["--train-data", str(listing), "--val-data", str(listing)]
+    config = load_config(video.VideoConfig, flags, "train.video", "")
+    message = r"clips.txt, line 2 \(.*clip1.mp4\): 2 labels, but train.video trains single-label"
+    with pytest.raises(ValueError, match=message):
+        video.datasets_for(config, "training", train=True)
+
+
+def test_evaluate_reads_the_data_dir_given_for_a_job_trained_on_its_own_data(tmp_path):
+    trained_on = write_clip_list(tmp_path / "trained_on", ["0", "1"])
+    other = write_clip_list(tmp_path / "other", ["1", "0", "1"])
+    video.main(tiny_job(trained_on, tmp_path / "run", "--epochs", "1", "--batch-size", "2"))
+    checkpoint = str(tmp_path / "run" / "last.pt")
+    report = evaluate.main(["--checkpoint", checkpoint, "--data-dir", str(other), "--threads", "1"])
+    assert sum(map(sum, report["confusion_matrix"])) == 3

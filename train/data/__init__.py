@@ -1,7 +1,8 @@
 """Data for the training jobs: image data sets (``sources``), the built-in shapes (``shapes``),
 tensor augmentations (``augment``), video decoding, sampling and data sets (``video``,
 ``annotations``), the built-in video set (``moving_shapes``), clip augmentations
-(``clip_augment``), weighted sampling for unequal domains (``sampling``) and loaders."""
+(``clip_augment``), weighted sampling for unequal domains (``sampling``), the skipping of
+unreadable files (``unreadable``) and loaders."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ from .moving_shapes import ensure_moving_shapes, load_moving_shapes
 from .sampling import WeightedDistributedSampler, domain_balance_weights
 from .sources import (
     ImageFolder,
+    ImageReadError,
     ImageTensorDataset,
     load_cifar,
     load_fashion_mnist,
     load_shape_patterns,
     load_shapes,
 )
+from .unreadable import SkippedFileWarning, UnreadableError, collate_readable, readable_batches
 from .video import (
     SelectFields,
     VideoDataset,
@@ -81,8 +84,8 @@ def load_splits(
         train, test = (load_fashion_mnist(root, split, download) for split in (True, False))
     elif dataset == "folder":
         train, test = (
-            ImageFolder(root / "train", image_size),
-            ImageFolder(root / "test", image_size),
+            ImageFolder(root / "train", image_size, train=True),
+            ImageFolder(root / "test", image_size, train=False),
         )
         if train.classes != test.classes:
             raise ValueError(f"{root}: train and test have different class folders")
@@ -120,7 +123,8 @@ def make_loader(
     ``domain_balance_weights``), len(dataset) indices drawn per epoch with replacement by those
     weights instead. Evaluation: every sample once across the processes. Workers persist
     across epochs; batches go to pinned memory when a GPU is present. ``collate_fn`` as in
-    ``DataLoader`` (e.g. ``SelectFields(("frames", "label"))`` for video clips)."""
+    ``DataLoader`` (e.g. ``SelectFields(("frames", "label"))`` for video clips); by default
+    ``collate_readable``, which drops the None of unreadable evaluation items."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -129,7 +133,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
-        collate_fn=collate_fn,
+        collate_fn=collate_fn or collate_readable,
     )
 
 
@@ -164,14 +168,19 @@ __all__ = [
     "DATASETS",
     "DataSplits",
     "ImageFolder",
+    "ImageReadError",
     "ImageTensorDataset",
     "SelectFields",
     "ShardSampler",
+    "SkippedFileWarning",
+    "UnreadableError",
     "VideoDataset",
     "VideoReadError",
     "VideoRecord",
     "WeightedDistributedSampler",
     "collate_clips",
+    "collate_readable",
+    "readable_batches",
     "domain_balance_weights",
     "ensure_moving_shapes",
     "load_cifar",

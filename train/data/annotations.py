@@ -10,8 +10,9 @@
   - ``video_qa.json``: ``[{"video_id", "qa_pairs": [{"question", "answer"}]}]``;
   - ``video_captioning.json``: ``[{"video_id", "captions": ["...", ...]}]``.
 
-A ``video_id`` with a suffix names its file in ``videos/``; one without is ``<video_id>.mp4``.
-Malformed files raise ``AnnotationError`` naming the file, the entry and the field.
+A ``video_id`` with a suffix names its file in ``videos/``; one without is ``<video_id>.mp4``,
+and it appears at most once in each file. Malformed files raise ``AnnotationError`` naming the
+file, the entry and the field.
 """
 
 import dataclasses
@@ -32,6 +33,10 @@ class AnnotationError(ValueError):
     """An annotation file that does not follow its format."""
 
 
+class AnnotationWarning(UserWarning):
+    """An annotation that is usable but probably wrong (an action past the video's end)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoRecord:
     """One video and what is known about it."""
@@ -44,6 +49,12 @@ class VideoRecord:
     domain: str | None = None
     num_frames: int | None = None  # known up front for frame folders
     frame_template: str | None = None  # set for frame folders: file name of frame i (from 1)
+    source: str = ""  # where it is annotated: "list.txt, line 3" or "<file>.json, entry 2"
+
+    @property
+    def where(self) -> str:
+        """The record in messages: its annotation and its video (the video alone without one)."""
+        return f"{self.source} ({self.path})" if self.source else str(self.path)
 
     def segments_in_frames(self, fps: float | None) -> tuple[Tensor, Tensor]:
         """The actions as (K, 2) float start/end frames and (K,) int64 labels."""
@@ -83,7 +94,7 @@ def read_video_list(path: str | Path, root: str | Path | None = None) -> list[Vi
         if len(fields) < 2:
             raise AnnotationError(f"{where}: expected 'path label [label ...]', got {fields}")
         labels = tuple(_int_field(f, where, "label", 0) for f in fields[1:])
-        records.append(VideoRecord(base / fields[0], labels))
+        records.append(VideoRecord(base / fields[0], labels, source=where))
     return records
 
 
@@ -102,7 +113,9 @@ def read_rawframe_list(
         frames = _int_field(fields[1], where, "total_frames", 1)
         labels = tuple(_int_field(f, where, "label", 0) for f in fields[2:])
         records.append(
-            VideoRecord(base / fields[0], labels, num_frames=frames, frame_template=template)
+            VideoRecord(
+                base / fields[0], labels, num_frames=frames, frame_template=template, source=where
+            )
         )
     return records
 
@@ -178,7 +191,7 @@ def _read_json(path: Path) -> list:
 
 def read_json_split(root: str | Path, split: str) -> list[VideoRecord]:
     """The records of ``root/split`` in the JSON layout: every annotation file present merged by
-    ``video_id``, in order of first appearance."""
+    ``video_id``, in order of first appearance (each record's ``source`` is that entry)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     folder = Path(root) / split
@@ -190,10 +203,18 @@ def read_json_split(root: str | Path, split: str) -> list[VideoRecord]:
     fields_by_id: dict[str, dict[str, Any]] = {}
     for name in present:
         path = folder / "annotations" / name
+        entry_of: dict[str, int] = {}  # video_id → its entry in this file
         for k, entry in enumerate(_read_json(path)):
             where = f"{path}, entry {k}"
             video_id = _field(entry, "video_id", str, where)
-            fields_by_id.setdefault(video_id, {}).update(READERS[name](entry, where))
+            if video_id in entry_of:
+                raise AnnotationError(
+                    f"{where}: video_id {video_id!r} is already entry {entry_of[video_id]}; "
+                    "give each video one entry"
+                )
+            entry_of[video_id] = k
+            fields = fields_by_id.setdefault(video_id, {"source": where})
+            fields.update(READERS[name](entry, where))
     return [
         VideoRecord(_video_path(folder / "videos", video_id), **fields)
         for video_id, fields in fields_by_id.items()

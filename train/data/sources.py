@@ -4,11 +4,13 @@ images (one sub-folder per class), and the built-in generated shapes."""
 
 import gzip
 import hashlib
+import math
 import pickle
 import tarfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from torch.utils.data import Dataset
 
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import PATTERN_CLASSES, generate_shape_patterns, generate_shapes
+from .unreadable import SkippedFileWarning, SkipsUnreadable, UnreadableError, check_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -59,21 +62,56 @@ class ImageTensorDataset(Dataset):
 
 
 @dataclass(frozen=True)
-class Archive:
+class CifarArchive:
+    """An official CIFAR python tarball: where it comes from, its md5, and where it keeps its
+    batches (pickled dicts) and its class names."""
+
     filename: str
     url: str
     md5: str
+    folder: str
+    train_batches: tuple[str, ...]
+    test_batches: tuple[str, ...]
+    label_key: bytes
+    meta: str
+    names_key: bytes
 
 
-CIFAR10 = Archive(
-    "cifar-10-python.tar.gz",
-    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "c58f30108f718f92721af3b95e74349a",
-)
-CIFAR100 = Archive(
-    "cifar-100-python.tar.gz",
-    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    "eb9058c3a382ffc7106e4002c42a8d85",
+# By number of classes; load_cifar reads an archive only when its md5 is the one given here.
+CIFAR_ARCHIVES = {
+    10: CifarArchive(
+        "cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "c58f30108f718f92721af3b95e74349a",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        b"labels",
+        "batches.meta",
+        b"label_names",
+    ),
+    100: CifarArchive(
+        "cifar-100-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "eb9058c3a382ffc7106e4002c42a8d85",
+        "cifar-100-python",
+        ("train",),
+        ("test",),
+        b"fine_labels",
+        "meta",
+        b"fine_label_names",
+    ),
+}
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
+# Beside dicts, lists, bytes, str and int, the CIFAR pickles hold numpy arrays, which pickle
+# rebuilds with these (``numpy.core`` is ``numpy._core`` since numpy 2). Nothing else is loaded.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 )
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_CLASSES = (
@@ -91,9 +129,15 @@ FASHION_MNIST_CLASSES = (
 
 
 def fetch(data_dir: Path, filename: str, url: str, download: bool, md5: str | None = None) -> Path:
-    """The file ``data_dir/filename``, downloaded first if it is missing and ``download`` is on."""
+    """The file ``data_dir/filename``, downloaded first if it is missing and ``download`` is on.
+    With ``md5``, the file's digest is checked whether it was downloaded or found there."""
     path = Path(data_dir) / filename
     if path.is_file():
+        if md5 is not None and (found := md5_of(path)) != md5:
+            raise ValueError(
+                f"{path}: not the official {filename} (md5 {found}, expected {md5}); "
+                f"replace it with the file from {url}"
+            )
         return path
     if not download:
         raise FileNotFoundError(f"{path} not found; place it there (from {url}) or pass --download")
@@ -108,49 +152,90 @@ def fetch(data_dir: Path, filename: str, url: str, download: bool, md5: str | No
             f"could not download {url} ({error}); this machine may be offline: copy {filename} into {data_dir} "
             f"and run again with --data-dir {data_dir}"
         ) from error
-    if md5 is not None and hashlib.md5(partial.read_bytes()).hexdigest() != md5:
+    if md5 is not None and (found := md5_of(partial)) != md5:
         partial.unlink()
-        raise ValueError(f"{url}: the download's md5 is not {md5}; try again")
+        raise ValueError(f"{url}: the download's md5 is {found}, expected {md5}; try again")
     partial.rename(path)
     return path
 
 
-def _unpickle(archive: tarfile.TarFile, member: str) -> dict:
-    # The official CIFAR archives are Python pickles; read only archives from a trusted source.
-    return pickle.load(archive.extractfile(member), encoding="bytes")
+def md5_of(path: Path) -> str:
+    """The hex md5 digest of the file at ``path``, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Loads what the CIFAR pickles hold and refuses every other global, so that an archive
+    cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of the CIFAR format")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path, archive: tarfile.TarFile, member: str) -> dict:
+    """The dict pickled in ``member`` of the CIFAR archive at ``path``."""
+    try:
+        content = _CifarUnpickler(archive.extractfile(member), encoding="bytes").load()
+    except (KeyError, EOFError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path}: cannot read {member} ({error})") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: {member} holds a {type(content).__name__}, expected a dict")
+    return content
+
+
+def _read_batch(
+    path: Path, archive: tarfile.TarFile, spec: CifarArchive, name: str, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``name``'s (N, 3072) uint8 pixels and N int64 labels, checked against the format."""
+    member = f"{spec.folder}/{name}"
+    batch = _unpickle(path, archive, member)
+    data, labels = batch.get(b"data"), np.asarray(batch.get(spec.label_key, ()))
+    pixels = math.prod(CIFAR_IMAGE_SHAPE)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (pixels,):
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data)
+        raise ValueError(f"{path}: {member}: expected uint8 data (N, {pixels}), got {found}")
+    if labels.shape != data.shape[:1] or not np.isin(labels, range(num_classes)).all():
+        raise ValueError(
+            f"{path}: {member}: expected {len(data)} labels in [0, {num_classes}) under "
+            f"{spec.label_key!r}, got {labels.size} ({labels.dtype})"
+        )
+    return data, labels.astype(np.int64)
+
+
+def _read_class_names(
+    path: Path, archive: tarfile.TarFile, spec: CifarArchive, num_classes: int
+) -> tuple[str, ...]:
+    member = f"{spec.folder}/{spec.meta}"
+    names = _unpickle(path, archive, member).get(spec.names_key)
+    if not isinstance(names, list) or [type(n) for n in names] != [bytes] * num_classes:
+        raise ValueError(
+            f"{path}: {member}: expected a list of {num_classes} bytes under {spec.names_key!r}"
+        )
+    return tuple(name.decode() for name in names)
 
 
 def load_cifar(
     data_dir: Path, train: bool, num_classes: int = 10, download: bool = True
 ) -> ImageTensorDataset:
-    """CIFAR-10 or CIFAR-100 read straight from the official python tarball (no extraction)."""
-    if num_classes not in (10, 100):
+    """CIFAR-10 or CIFAR-100 read straight from the official python tarball (no extraction),
+    which must have the official md5."""
+    if num_classes not in CIFAR_ARCHIVES:
         raise ValueError(f"CIFAR has 10 or 100 classes, got {num_classes}")
-    spec = CIFAR10 if num_classes == 10 else CIFAR100
+    spec = CIFAR_ARCHIVES[num_classes]
     path = fetch(data_dir, spec.filename, spec.url, download, spec.md5)
-    if num_classes == 10:
-        folder, label_key, meta, names_key = (
-            "cifar-10-batches-py",
-            b"labels",
-            "batches.meta",
-            b"label_names",
-        )
-        members = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    else:
-        folder, label_key, meta, names_key = (
-            "cifar-100-python",
-            b"fine_labels",
-            "meta",
-            b"fine_label_names",
-        )
-        members = ["train" if train else "test"]
+    names = spec.train_batches if train else spec.test_batches
     with tarfile.open(path, "r:gz") as archive:
-        batches = [_unpickle(archive, f"{folder}/{member}") for member in members]
-        classes = tuple(name.decode() for name in _unpickle(archive, f"{folder}/{meta}")[names_key])
-    data = np.concatenate([np.asarray(batch[b"data"], dtype=np.uint8) for batch in batches])
-    labels = np.concatenate([np.asarray(batch[label_key], dtype=np.int64) for batch in batches])
-    images = torch.from_numpy(data).reshape(-1, 3, 32, 32)
-    return ImageTensorDataset(images, torch.from_numpy(labels), classes)
+        batches = [_read_batch(path, archive, spec, name, num_classes) for name in names]
+        classes = _read_class_names(path, archive, spec, num_classes)
+    images = torch.from_numpy(np.concatenate([data for data, _ in batches]))
+    labels = torch.from_numpy(np.concatenate([labels for _, labels in batches]))
+    return ImageTensorDataset(images.reshape(-1, *CIFAR_IMAGE_SHAPE), labels, classes)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -176,12 +261,26 @@ def load_fashion_mnist(data_dir: Path, train: bool, download: bool = True) -> Im
     return ImageTensorDataset(images, labels, FASHION_MNIST_CLASSES)
 
 
-class ImageFolder(Dataset):
-    """root/<class>/<image>: images decoded in the loader's workers and resized to ``size``²."""
+class ImageReadError(UnreadableError):
+    """An image that cannot be opened or decoded."""
 
-    def __init__(self, root: Path, size: int):
+
+class SkippedImageWarning(SkippedFileWarning):
+    """A data set skipped an unreadable image."""
+
+
+class ImageFolder(SkipsUnreadable):
+    """root/<class>/<image>: images decoded in the loader's workers and resized to ``size``²,
+    as 8-bit RGB. An image that cannot be read is skipped with a warning naming it and counted
+    (``take_skipped``): in training the next readable one takes its place, in evaluation the
+    item is None, which ``collate_readable`` (``make_loader``'s default) drops."""
+
+    skipped_warning = SkippedImageWarning
+
+    def __init__(self, root: Path, size: int, *, train: bool):
         from PIL import Image  # noqa: F401  (fail early when Pillow is missing)
 
+        super().__init__(train)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist")
@@ -201,13 +300,18 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def _load(self, position: int) -> tuple[Tensor, Tensor]:
         from PIL import Image
 
-        path, label = self.samples[index]
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
-        return torch.from_numpy(pixels.copy()).permute(2, 0, 1), torch.tensor(label)
+        path, label = self.samples[position]
+        check_regular_file(path, ImageReadError)
+        try:
+            with Image.open(path) as file:
+                image = _rgb8(file).resize((self.size, self.size), Image.BILINEAR)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            # what Pillow raises, by format, for a file it cannot decode
+            raise ImageReadError(f"{path}: cannot decode ({error})") from error
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1), torch.tensor(label)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -215,6 +319,17 @@ class ImageFolder(Dataset):
 
     def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _rgb8(image: Any) -> Any:
+    """A Pillow image as 8-bit RGB. Pillow opens 16-bit grey PNGs in the I;16 or I modes, which
+    ``convert("RGB")`` clips at 255: their levels are scaled to 8 bits first."""
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        levels = np.asarray(image, dtype=np.float64).clip(0, 65535)
+        image = Image.fromarray(np.rint(levels / 257).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def _generated_split(

@@ -14,21 +14,25 @@ import cv2
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, get_worker_info
 
-from .annotations import VideoRecord
+from .annotations import AnnotationError, AnnotationWarning, VideoRecord
+from .unreadable import (
+    SkippedFileWarning,
+    SkipsUnreadable,
+    UnreadableError,
+    check_regular_file,
+)
 
 BACKENDS = ("decord", "opencv")
 SAMPLING_MODES = ("train", "test")
-# Slots of the shared skip counter: one per loader worker, one for the main process.
-MAX_WORKERS = 64
+MIN_INFERRED_CLASSES = 10  # a class count inferred from few labels may reach this
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UnreadableError):
     """A video (or frame folder) that cannot be opened or decoded."""
 
 
-class SkippedVideoWarning(UserWarning):
+class SkippedVideoWarning(SkippedFileWarning):
     """A data set skipped an unreadable video."""
 
 
@@ -189,7 +193,9 @@ class _FrameFolder:
     def get(self, indices: list[int]) -> np.ndarray:
         frames = []
         for index in indices:
-            image = cv2.imread(str(self.path / self.template.format(index + 1)), cv2.IMREAD_COLOR)
+            path = self.path / self.template.format(index + 1)
+            check_regular_file(path, VideoReadError)
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 raise VideoReadError(f"{self.path}: cannot read frame {index + 1}")
             frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
@@ -245,10 +251,10 @@ def open_video(
     path, size = Path(path), _check_size(size)
     if frame_template is not None:
         video: Video = _FrameFolder(path, size, num_frames or 0, frame_template)
-    elif _check_backend(backend) == "decord":
-        video = _DecordVideo(path, size)
     else:
-        video = _OpenCVVideo(path, size)
+        opener = _DecordVideo if _check_backend(backend) == "decord" else _OpenCVVideo
+        check_regular_file(path, VideoReadError)
+        video = opener(path, size)
     try:
         if video.num_frames <= 0:
             raise VideoReadError(f"{path}: no frames")
@@ -372,25 +378,7 @@ def sample_frame_indices(
 # -- the data set -----------------------------------------------------------------------------
 
 
-class SkipCounter:
-    """Unreadable items skipped, counted across loader worker processes (shared memory, one
-    slot per process, so no two processes write the same number)."""
-
-    def __init__(self) -> None:
-        self._counts = torch.zeros(MAX_WORKERS + 1, dtype=torch.int64).share_memory_()
-
-    def add(self) -> None:
-        worker = get_worker_info()
-        self._counts[0 if worker is None else 1 + worker.id % MAX_WORKERS] += 1
-
-    def take(self) -> int:
-        """The count since the last call; resets it."""
-        total = int(self._counts.sum())
-        self._counts.zero_()
-        return total
-
-
-class VideoDataset(Dataset):
+class VideoDataset(SkipsUnreadable):
     """Clips of the videos in ``records``, one item per video: a dict with
 
     - ``frames``: uint8 (T, 3, H, W), T = num_segments * clip_len ((num_clips, T, 3, H, W) when
@@ -402,10 +390,13 @@ class VideoDataset(Dataset):
       ``qa`` (list of (question, answer)), ``captions`` (list of str), ``domain`` (int64 index
       into ``domains``).
 
-    A video that cannot be read is skipped with one warning naming it, counted
-    (``take_skipped``), and the next one is returned. If none of the first
-    ``probe`` videos open, construction fails.
+    A video that cannot be read is skipped with one warning naming it and counted
+    (``take_skipped``): in training the next readable one takes its place, in evaluation the
+    item is None, which the collates drop. If none of the first ``probe`` videos open,
+    construction fails.
     """
+
+    skipped_warning = SkippedVideoWarning
 
     def __init__(
         self,
@@ -426,8 +417,8 @@ class VideoDataset(Dataset):
     ):
         if not records:
             raise ValueError("records must hold at least one video, got none")
+        super().__init__(train)
         self.records = list(records)
-        self.mode = "train" if train else "test"
         self.sampling = {
             "num_segments": num_segments,
             "clip_len": clip_len,
@@ -439,38 +430,25 @@ class VideoDataset(Dataset):
         self.frame_size = _check_size(frame_size)
         self.backend = _check_backend(backend)
         self.targets = _targets_of(self.records)
-        labels = [label for r in self.records for label in r.labels]
         self.multi_label = any(len(r.labels) > 1 for r in self.records)
-        self.num_classes = num_classes or (max(labels) + 1 if labels else 0)
+        self.num_classes = _class_count(self.records, num_classes)
         self.classes = tuple(classes or (str(c) for c in range(self.num_classes)))
         self.domains = tuple(domains or sorted({r.domain for r in self.records if r.domain}))
-        _check_targets(self.records, self.num_classes, self.domains)
-        self.skipped = SkipCounter()
-        self._warned: set[Path] = set()
+        _check_domains(self.records, self.domains)
         self._check_readable(probe)
 
     def __len__(self) -> int:
         return len(self.records)
 
     @property
+    def mode(self) -> str:
+        """The sampling mode: ``train`` (random starts) or ``test`` (segment centres)."""
+        return "train" if self.train else "test"
+
+    @property
     def clip_frames(self) -> int:
         """Frames in one view: num_segments * clip_len."""
         return self.sampling["num_segments"] * self.sampling["clip_len"]
-
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
-        """Clip ``index``. An unreadable video is skipped (counted, one warning): in training
-        the next readable one takes its place, so that batches keep their size; in evaluation
-        the item is None, which the collates drop, so that no clip is scored in its place."""
-        training = self.mode == "train"
-        for attempt in range(len(self.records) if training else 1):
-            position = (index + attempt) % len(self.records)
-            try:
-                return self._load(position)
-            except VideoReadError as error:
-                self._skip(self.records[position].path, error)
-        if not training:
-            return None
-        raise VideoReadError(f"none of the {len(self.records)} videos of the data set can be read")
 
     def of_domains(self, domains: Sequence[str]) -> "VideoDataset":
         """The same data set restricted to the clips of ``domains`` (itself when empty)."""
@@ -483,24 +461,12 @@ class VideoDataset(Dataset):
         restricted.records = [r for r in self.records if r.domain in domains]
         if not restricted.records:
             raise ValueError(f"no clip of the data set belongs to the domains {list(domains)}")
-        restricted.skipped, restricted._warned = SkipCounter(), set()
+        restricted.reset_skips()
         return restricted
 
     def domain_indices(self) -> list[int]:
         """Each record's domain as an index into ``domains`` (-1 when it has none)."""
         return [self.domains.index(r.domain) if r.domain else -1 for r in self.records]
-
-    def take_skipped(self) -> int:
-        """Items skipped since the last call (every loader worker's), and reset the count."""
-        return self.skipped.take()
-
-    def _skip(self, path: Path, error: VideoReadError) -> None:
-        self.skipped.add()
-        if path not in self._warned:
-            self._warned.add(path)
-            warnings.warn(
-                f"skipped an unreadable video: {error}", SkippedVideoWarning, stacklevel=3
-            )
 
     def _check_readable(self, probe: int) -> None:
         errors = []
@@ -529,12 +495,13 @@ class VideoDataset(Dataset):
         with self._open(record) as video:
             indices = sample_frame_indices(video.num_frames, mode=self.mode, **self.sampling)
             frames = decode(video, indices)
-            fps = video.fps
+            fps, num_frames = video.fps, video.num_frames
         item: dict[str, Any] = {"frames": self._views(frames), "index": torch.tensor(position)}
         if "label" in self.targets:
             item["label"] = self._label(record)
         if "segments" in self.targets:
             segments, segment_labels = record.segments_in_frames(fps)
+            _warn_of_actions_past_the_end(record, segments, num_frames, fps)
             item["frame_labels"] = self._views(_frame_labels(indices, segments, segment_labels))
             item["segments"], item["segment_labels"] = segments, segment_labels
         if "qa" in self.targets:
@@ -570,20 +537,57 @@ def _targets_of(records: Sequence[VideoRecord]) -> tuple[str, ...]:
     return tuple(name for name, found in present.items() if found)
 
 
-def _check_targets(records: Sequence[VideoRecord], num_classes: int, domains: tuple) -> None:
-    def labels_of(record: VideoRecord) -> tuple[int, ...]:
-        return record.labels + tuple(a[2] for a in record.actions)
+def _class_count(records: Sequence[VideoRecord], num_classes: int | None) -> int:
+    """``num_classes`` when given, else inferred from the labels; a label outside [0, count) is
+    an error naming its annotation."""
+    labelled = [(label, r) for r in records for label in r.labels + tuple(a[2] for a in r.actions)]
+    count = num_classes or _inferred_class_count(labelled)
+    for label, record in labelled:
+        if not 0 <= label < count:
+            raise AnnotationError(
+                f"{record.where}: label {label} is outside [0, num_classes={count})"
+            )
+    return count
 
-    outside = sorted({k for r in records for k in labels_of(r) if not 0 <= k < num_classes})
-    if outside:
-        first = next(r for r in records if any(k in outside for k in labels_of(r)))
-        raise ValueError(
-            f"labels must be in [0, num_classes={num_classes}), got {outside[:8]} "
-            f"(e.g. {first.path})"
+
+def _inferred_class_count(labelled: list[tuple[int, VideoRecord]]) -> int:
+    """1 + the largest label, which may be at most twice the number of distinct labels (or
+    ``MIN_INFERRED_CLASSES`` for fewer): one stray label (a typo, a 10**9) must not size the
+    model's head, or any allocation."""
+    if not labelled:
+        return 0
+    largest, record = max(labelled, key=lambda pair: pair[0])
+    seen = len({label for label, _ in labelled})
+    bound = max(2 * seen, MIN_INFERRED_CLASSES)
+    if largest >= bound:
+        raise AnnotationError(
+            f"{record.where}: label {largest} would make {largest + 1} classes from {seen} "
+            f"distinct labels (at most {bound} are inferred); give num_classes "
+            "(--num-classes) for a label space that large"
         )
+    return largest + 1
+
+
+def _check_domains(records: Sequence[VideoRecord], domains: tuple) -> None:
     unknown = sorted({r.domain for r in records if r.domain and r.domain not in domains})
     if unknown:
         raise ValueError(f"domains {unknown} are not among the domains given, {list(domains)}")
+
+
+def _warn_of_actions_past_the_end(
+    record: VideoRecord, segments: Tensor, num_frames: int, fps: float
+) -> None:
+    """Warns (once per record: the warnings registry) of actions ending more than a frame,
+    which rounding explains, after the video."""
+    past = (segments[:, 1] > num_frames + 1).nonzero().flatten().tolist()
+    if past:
+        end = record.actions[past[0]][1]
+        warnings.warn(
+            f"{record.where}: actions {past} end after the video's {num_frames / fps:.2f} s "
+            f"({num_frames} frames at {fps:g} fps), action {past[0]} at {end:g} s",
+            AnnotationWarning,
+            stacklevel=3,
+        )
 
 
 def _frame_labels(indices: Tensor, segments: Tensor, labels: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ def test_video_list_with_multi_label_lines(tmp_path):
     records = read_video_list(tmp_path / "train.txt", root=tmp_path / "videos")
     assert [r.path for r in records] == [tmp_path / "videos/a/x.mp4", tmp_path / "videos/b/y.mp4"]
     assert [r.labels for r in records] == [(3,), (1, 4)]
+    assert records[1].source == f"{tmp_path / 'train.txt'}, line 4"
 
 
 def test_rawframe_list(tmp_path):
@@ -77,6 +78,7 @@ def test_json_layout_merges_the_three_files(tmp_path):
     assert v1.actions == ((0.5, 1.0, 2), (1.0, 2.5, 5)) and v1.labels == (5,)  # longest action
     assert v1.domain == "news" and v1.qa == (("What?", "a bar"),) and v1.captions == ()
     assert v2.labels == () and v3.captions == ("one", "two")
+    assert v3.source == f"{tmp_path / 'training/annotations/video_captioning.json'}, entry 0"
     segments, labels = v1.segments_in_frames(fps=8)
     assert segments.tolist() == [[4.0, 8.0], [8.0, 20.0]] and labels.tolist() == [2, 5]
 
@@ -109,6 +111,11 @@ def test_json_layout_merges_the_three_files(tmp_path):
             "video_captioning",
             [{"video_id": "a", "captions": ["ok", 3]}],
             r"video_captioning.json, entry 0: field 'captions'\[1\] must be str, got int",
+        ),
+        (
+            "video_qa",
+            [{"video_id": v, "qa_pairs": []} for v in ("a", "b", "a")],
+            r"video_qa.json, entry 2: video_id 'a' is already entry 0",
         ),
     ],
 )

@@ -81,7 +81,7 @@ def train_weighted(out_dir, resume: str = "") -> dict:
         epochs=1, out_dir=str(out_dir), num_workers=0, checkpoint_every=1, resume=resume
     )
     model, device = torch.nn.Linear(3, 1), torch.device("cpu")
-    Trainer(model, RegressionTask(), *loaders, config, {}, device).fit()
+    Trainer(model, RegressionTask(), *loaders, config, {}, device, job="classify").fit()
     return model.state_dict()
 
 

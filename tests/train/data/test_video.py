@@ -1,4 +1,8 @@
+import contextlib
+import os
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 from pathlib import Path
 
 import numpy as np
@@ -7,18 +11,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.data import (
+    AnnotationError,
     SelectFields,
     VideoDataset,
     VideoReadError,
     VideoRecord,
     collate_clips,
     read_frames,
+    read_json_split,
+    read_video_list,
     sample_frame_indices,
     video_info,
 )
+from train.data.annotations import AnnotationWarning
 from train.data.video import SkippedVideoWarning, decord_available
 
 from .conftest import FPS, HEIGHT, NUM_FRAMES, WIDTH, frames_with_moving_bar
+from .test_annotations import write_split
 
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord is not installed")
 
@@ -216,6 +225,37 @@ def test_skips_are_counted_across_loader_workers(video_dir):
     assert dataset.take_skipped() == 2
 
 
+def returns_without_blocking_on(fifo: Path, call, seconds: float = 30.0):
+    """``call()``'s result; fails if it is still waiting on ``fifo`` after ``seconds``, once
+    its reader is released (a writer that opens and closes the FIFO gives every reader waiting
+    an end of file; a decoder may open it again)."""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(call)
+    try:
+        return future.result(timeout=seconds)
+    except TimeoutError:
+        while not future.done():
+            with contextlib.suppress(OSError):  # no reader waiting at this moment
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            time.sleep(0.05)
+        pytest.fail(f"reading {fifo} blocked for {seconds} s")
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["opencv", pytest.param("decord", marks=needs_decord)])
+def test_a_fifo_named_like_a_video_is_skipped_and_counted_not_waited_on(
+    video_dir, tmp_path, backend
+):
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    records = [VideoRecord(video_dir / "good.mp4", (0,)), VideoRecord(fifo, (1,))]
+    dataset = VideoDataset(records, train=True, num_segments=2, backend=backend)
+    with pytest.warns(SkippedVideoWarning, match="fifo.mp4: expected a regular file, found a FIFO"):
+        item = returns_without_blocking_on(fifo, lambda: dataset[1])
+    assert item["index"].item() == 0 and dataset.take_skipped() == 1
+
+
 def test_a_folder_where_nothing_decodes_fails_early(video_dir):
     records = [VideoRecord(video_dir / n, (0,)) for n in ("text.mp4", "truncated.mp4")]
     with pytest.raises(VideoReadError, match="none of the first 2 videos under .* can be read"):
@@ -254,7 +294,7 @@ def test_raw_frame_folders(tmp_path):
     assert torch.equal(item["frames"], expected)  # png: lossless
     short = VideoRecord(folder, (2,), num_frames=9, frame_template="img_{:05}.png")
     dataset = VideoDataset([short, record], train=True, num_segments=9)
-    with pytest.warns(SkippedVideoWarning, match="cannot read frame 7"):
+    with pytest.warns(SkippedVideoWarning, match="img_00007.png: cannot open"):
         assert dataset[0]["index"].item() == 1
 
 
@@ -273,9 +313,43 @@ def test_without_decord_opencv_decodes_after_one_warning(video_dir, monkeypatch)
     video._warn_once.cache_clear()
 
 
+def test_a_stray_huge_label_is_named_before_the_classes_are_counted(video_dir, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{video_dir / 'good.mp4'} 0\n{video_dir / 'good2.mp4'} 1000000000\n")
+    message = (
+        r"list.txt, line 2 \(.*good2.mp4\): label 1000000000 would make 1000000001 classes "
+        r"from 2 distinct labels \(at most 10 are inferred\); give num_classes"
+    )
+    with pytest.raises(AnnotationError, match=message):
+        VideoDataset(read_video_list(listing), train=True)
+
+
+def test_actions_past_the_end_of_their_video_are_named(video_dir, tmp_path):
+    videos = tmp_path / "training" / "videos"
+    videos.mkdir(parents=True)
+    entries = []
+    for k, end in enumerate((2.5, 9.5)):  # good.mp4 lasts 2.5 s: 20 frames at 8 fps
+        (videos / f"clip{k}.mp4").symlink_to(video_dir / "good.mp4")
+        entries.append({"video_id": f"clip{k}", "actions": [{"start": 1, "end": end, "label": 0}]})
+    write_split(tmp_path, action_detection=entries)
+    dataset = VideoDataset(read_json_split(tmp_path, "training"), train=False, num_segments=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AnnotationWarning)  # an action up to the end is fine
+        dataset[0]
+    message = (
+        r"action_detection.json, entry 1 \(.*clip1.mp4\): actions \[0\] end after the "
+        r"video's 2.50 s \(20 frames at 8 fps\), action 0 at 9.5 s"
+    )
+    with pytest.warns(AnnotationWarning, match=message):
+        dataset[1]
+
+
 def test_targets_outside_the_classes_or_domains_are_rejected(video_dir):
-    record = VideoRecord(video_dir / "good.mp4", (5,), domain="news")
-    with pytest.raises(ValueError, match=r"num_classes=3\), got \[5\] \(e.g. .*good.mp4\)"):
+    record = VideoRecord(video_dir / "good.mp4", (5,), domain="news", source="list.txt, line 4")
+    with pytest.raises(
+        AnnotationError,
+        match=r"list.txt, line 4 \(.*good.mp4\): label 5 is outside \[0, num_classes=3\)",
+    ):
         VideoDataset([record], train=True, num_classes=3)
     with pytest.raises(ValueError, match=r"domains \['news'\] are not among"):
         VideoDataset([record], train=True, domains=["sports"])
