@@ -65,11 +65,18 @@ class VideoRecord:
         return (times * fps).float(), labels
 
 
+def _text_of(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise AnnotationError(f"{path}: not a text file (not UTF-8: {error})") from error
+
+
 def _list_lines(path: Path) -> list[tuple[int, list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation list {path} does not exist")
-    lines = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), 1)]
+    lines = [(n, line.split()) for n, line in enumerate(_text_of(path).splitlines(), 1)]
     return [(n, fields) for n, fields in lines if fields and not fields[0].startswith("#")]
 
 
@@ -181,7 +188,7 @@ READERS: dict[str, Callable[[Any, str], dict[str, Any]]] = dict(
 
 def _read_json(path: Path) -> list:
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads(_text_of(path))
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(entries, list):

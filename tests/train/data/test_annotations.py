@@ -65,6 +65,13 @@ DETECTION = [
 ]
 
 
+@pytest.mark.parametrize("reader", [read_video_list, read_rawframe_list])
+def test_a_binary_list_file_is_named(tmp_path, reader):
+    (tmp_path / "list.txt").write_bytes(b"\x00\xff\xfe binary \x89")
+    with pytest.raises(AnnotationError, match=r"list.txt: not a text file"):
+        reader(tmp_path / "list.txt")
+
+
 def test_json_layout_merges_the_three_files(tmp_path):
     write_split(
         tmp_path,
