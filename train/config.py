@@ -152,6 +152,8 @@ MAX_IMAGE_SIDE = 4096
 IMAGE_SIDE = Range(1, MAX_IMAGE_SIDE)
 # Frames of one clip: far above any video model's, far below what exhausts memory.
 FRAMES = Range(1, 1024)
+# Classes of a label space given by number (0: inferred): ImageNet-21k's fit, a typo's do not.
+CLASS_COUNT = Range(0, 100_000)
 
 Allowed = Range | tuple
 

@@ -34,7 +34,7 @@ from python_models.video.multitask import TASKS, MultiTaskVLM
 from . import checkpoint, distributed
 from .classification import ClassificationTask
 from .common import plain, run_job, start
-from .config import FRACTION, FRAMES, IMAGE_SIDE, checked, field
+from .config import CLASS_COUNT, FRACTION, FRAMES, IMAGE_SIDE, checked, field
 from .data import ClipTransform, SelectFields, VideoDataset, domain_balance_weights, make_loader
 from .data.annotations import read_json_split, read_video_list
 from .data.moving_shapes import load_moving_shapes
@@ -118,7 +118,9 @@ class VideoConfig(EngineConfig):
     val_data: str = field("", "validation videos: a JSON-layout folder or a list file")
     data_dir: str = field("data", "where the built-in video set is made and read")
     num_classes: int = field(
-        0, "classes (0: 1 + the largest training label, up to 10 or twice the labels seen)"
+        0,
+        "classes (0: 1 + the largest training label, up to 10 or twice the labels seen)",
+        CLASS_COUNT,
     )
     domains: list = field([], "use only the clips of these domains (empty: every clip)")
     tasks: dict = field(TASK_WEIGHTS, f"tasks to train and their loss weights: {list(TASKS)}")

@@ -65,6 +65,7 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_video_set, tmp
             ["--token-merging", "{target_compression_ratio: half}"],
             r"target_compression_ratio: expected a finite number, got 'half'",
         ),
+        (["--num-classes", "1000000000"], r"num_classes: expected a number in \[0, 100000\]"),
         (
             ["--video", "{num_frames: 0}"],
             r"data.video.num_frames: expected a number in \[1, 1024\]",
