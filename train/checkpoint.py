@@ -34,12 +34,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used: cut short, corrupt, unsafe, or not one of ours."""
 
 
-def save(state: dict[str, Any], path: Path, *, job: str) -> None:
-    """Writes ``state`` signed by ``job``; a temporary file a killed save left is removed."""
+def save(state: dict[str, Any], *paths: Path, job: str) -> None:
+    """Writes ``state`` signed by ``job`` to each of ``paths`` (signed once)."""
     _check_jobs([job])
     signed = {**state, "job": job}
     signed[DIGEST_KEY] = content_digest(signed)
-    path = Path(path)
+    for path in paths:
+        _write(signed, Path(path))
+
+
+def _write(signed: dict[str, Any], path: Path) -> None:
+    """Writes ``signed`` through a temporary file and a rename; a temporary file a killed save
+    left is removed first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.tmp"
     for stale in path.parent.iterdir():
@@ -56,17 +62,15 @@ def save(state: dict[str, Any], path: Path, *, job: str) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def load(
-    path: Path, accept: Collection[str] = JOBS, map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """The checkpoint at ``path``, checked against its digest, if a job of ``accept`` wrote it;
-    otherwise a ``CheckpointError`` that says what is wrong with the file."""
+def load(path: Path, accept: Collection[str] = JOBS) -> dict[str, Any]:
+    """The checkpoint at ``path``, read onto the CPU and checked against its digest, if a job of
+    ``accept`` wrote it; otherwise a ``CheckpointError`` that says what is wrong with the file."""
     _check_jobs(accept)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged file can make torch.load fail in any way
         raise CheckpointError(f"checkpoint {path} {_why_unreadable(path, error)}") from error
     _verify(path, state)

@@ -420,10 +420,8 @@ class Trainer:
 
     def _save(self, improved: bool) -> None:
         if distributed.is_main():
-            state = self.state_dict()
-            checkpoint.save(state, self.out_dir / "last.pt", job=self.job)
-            if improved:
-                checkpoint.save(state, self.out_dir / "best.pt", job=self.job)
+            paths = [self.out_dir / "last.pt", *([self.out_dir / "best.pt"] if improved else [])]
+            checkpoint.save(self.state_dict(), *paths, job=self.job)
         distributed.barrier()
 
     def _resume_path(self) -> Path | None:
