@@ -4,6 +4,7 @@ With no arguments it trains a small Vision Mamba on the built-in shapes data set
 and prints, beside its test accuracy, the accuracy of a linear classifier on the raw pixels.
 
     python -m train.classify
+    python -m train.classify --config cifar10_tiny          # configs/cifar10_tiny.yaml
     python -m train.classify --config configs/classify_cifar10.yaml --epochs 50
     python -m train.classify --init-from runs/mae/best.pt       # fine-tune an MAE encoder
     python -m train.classify --config configs/hvit_shapes.yaml --depths 1,2,2
@@ -11,7 +12,9 @@ and prints, beside its test accuracy, the accuracy of a linear classifier on the
 """
 
 import dataclasses
+import os
 import time
+from typing import Any, ClassVar
 
 import torch
 
@@ -19,23 +22,55 @@ from . import distributed
 from .baselines import linear_probe_accuracy
 from .classification import ClassificationTask
 from .common import (
+    VISION_MAMBA_KEYS,
     BuiltinJobConfig,
     build_backbone,
     data_for,
     load_pretrained,
     loaders_for,
     plain,
+    report_test,
     run_job,
     start,
 )
-from .config import FRACTION, at_least, field
+from .config import FRACTION, Translation, at_least, checked, field, to_model_arg
 from .data import ImageTensorDataset
 from .engine import Trainer
+
+
+def _global_batch_size(key: str, value: Any) -> dict[str, Any]:
+    """`batch_size`: the global batch divided by the processes (WORLD_SIZE)"""
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    total = checked(key, value, int, at_least(processes))
+    if total % processes:
+        raise ValueError(f"{key}: {total} does not divide among {processes} processes")
+    return {"batch_size": total // processes}
+
+
+# The Vision HRM's configuration (its arch section and training keys).
+VISION_HRM_KEYS: dict[str, Translation] = {
+    **{
+        f"arch.{name}": to_model_arg(argument, int)
+        for name, argument in (
+            ("hidden_size", "hidden_dim"),
+            ("num_heads", "num_heads"),
+            ("H_layers", "h_layers"),
+            ("L_layers", "l_layers"),
+            ("H_cycles", "h_cycles"),
+            ("L_cycles", "l_cycles"),
+            ("patch_size", "patch_size"),
+        )
+    },
+    "global_batch_size": _global_batch_size,
+}
 
 
 @dataclasses.dataclass
 class ClassifyConfig(BuiltinJobConfig):
     """The defaults are the built-in job: a small Vision Mamba on the shapes data set."""
+
+    SOURCE_NAME: ClassVar[str] = "Vision Mamba's and the Vision HRM's config files"
+    SOURCE_KEYS: ClassVar[dict[str, Translation]] = {**VISION_MAMBA_KEYS, **VISION_HRM_KEYS}
 
     label_smoothing: float = field(0.1, "label smoothing", FRACTION)
     mixup_alpha: float = field(0.0, "mixup Beta(alpha, alpha) (0: off)", at_least(0))
@@ -63,9 +98,10 @@ class ClassifyConfig(BuiltinJobConfig):
 
 
 def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
-    """Trains as configured (starting the process group under torchrun); returns the trainer
-    and a summary: final and best test accuracy, the linear baseline when asked for, wall and
-    CPU time."""
+    """Trains as configured (starting the process group under torchrun), choosing the best
+    checkpoint on the validation split, then evaluates the test split once; returns the trainer
+    and a summary: test accuracy with the last and the best weights, the linear baseline when
+    asked for, wall and CPU time."""
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
     splits, transform = data_for(config)
@@ -79,19 +115,22 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
         config.mixup_alpha,
         config.cutmix_alpha,
     )
-    train_loader, test_loader = loaders_for(config, splits)
+    train_loader, val_loader, test_loader = loaders_for(config, splits)
     trainer = Trainer(
-        model, task, train_loader, test_loader, config, plain(config), device, job="classify"
+        model, task, train_loader, val_loader, config, plain(config), device, job="classify"
     )
     if distributed.is_main():
         params = sum(p.numel() for p in model.parameters())
         print(
-            f"{config.model} ({params / 1e6:.2f} M parameters) on {config.dataset}: {len(splits.train)} train / "
-            f"{len(splits.test)} test images, device {device}, {torch.get_num_threads()} threads",
+            f"{config.model} ({params / 1e6:.2f} M parameters) on {config.dataset}: "
+            f"{len(splits.train)} train / {len(splits.val)} validation / {len(splits.test)} test "
+            f"images, device {device}, {torch.get_num_threads()} threads",
             flush=True,
         )
-    record = trainer.fit()
-    summary = {"test_acc": record.get("val_acc"), "best_test_acc": trainer.best}
+    trainer.fit()
+    summary = {"val_acc": trainer.record.get("val_acc"), "best_val_acc": trainer.best}
+    if config.evaluate_test:
+        summary.update(report_test(trainer, test_loader, "acc"))
     if (
         distributed.is_main()
         and config.linear_baseline
@@ -102,12 +141,13 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
     summary["cpu_time_s"] = time.process_time() - cpu_started
     if distributed.is_main():
         print(
-            f"done in {summary['time_s']:.0f} s (CPU time of this process {summary['cpu_time_s']:.0f} s): "
-            f"test accuracy {summary['test_acc']:.4f} (best epoch {trainer.best:.4f})"
+            f"done in {summary['time_s']:.0f} s (CPU time of this process "
+            f"{summary['cpu_time_s']:.0f} s)"
         )
         if "linear_probe_acc" in summary:
             print(
-                f"linear classifier on raw pixels, same data: test accuracy {summary['linear_probe_acc']:.4f}"
+                "linear classifier on raw pixels, same data: test accuracy "
+                f"{summary['linear_probe_acc']:.4f}"
             )
     return trainer, summary
 

@@ -9,13 +9,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from python_models import create_model
 
 from . import checkpoint, distributed
-from .config import IMAGE_SIDE, Range, at_least, field, load_config
+from .config import (
+    FRACTION,
+    IMAGE_SIDE,
+    Range,
+    Translation,
+    at_least,
+    checked,
+    field,
+    load_config,
+    to_model_arg,
+)
 from .data import DATASETS, BatchTransform, DataSplits, load_splits, make_loader
-from .engine import EngineConfig
+from .engine import EngineConfig, Trainer
 
 
 @dataclasses.dataclass
@@ -23,19 +34,94 @@ class DataConfig:
     """Which data set, and how training images are augmented."""
 
     dataset: str = field(
-        "shapes", "data set (shapes is built in; folder reads DATA_DIR/train and /test)", DATASETS
+        "shapes",
+        "data set (shapes is built in; folder reads DATA_DIR/train and /test; names in any case)",
+        DATASETS,
     )
     data_dir: str = field("data", "where data sets are read from (and downloaded to)")
     download: bool = field(True, "download a missing data set")
     image_size: int = field(32, "image side for the folder data set", IMAGE_SIDE)
     shapes_train_size: int = field(10000, "training images of the built-in data set", at_least(1))
     shapes_test_size: int = field(2000, "test images of the built-in data set", at_least(1))
+    val_split: float = field(
+        0.1,
+        "share of each class of the training set held out for validation, seeded (0: with --val-data)",
+        FRACTION,
+    )
+    val_data: str = field("", "a folder of class sub-folders to validate on (with --val-split 0)")
     crop_padding: int = field(
         4, "random crop after zero padding by this many pixels (0: off)", at_least(0)
     )
     flip: bool = field(True, "random horizontal flips")
     rand_augment_ops: int = field(0, "RandAugment ops per image (0: off)", at_least(0))
     rand_augment_magnitude: float = field(9.0, "RandAugment magnitude", Range(0, 10))
+    dihedral: bool = field(False, "random dihedral transforms: 90° rotations and flips")
+    color_jitter: float = field(
+        0.0, "random brightness, contrast and saturation by up to this factor (0: off)", FRACTION
+    )
+    normalize: bool = field(True, "normalise images by the training set's channel statistics")
+
+
+def _dataset_named(key: str, value: Any) -> dict[str, Any]:
+    """`dataset` (CIFAR10, CIFAR100, FashionMNIST, ... in any case)"""
+    name = checked(key, value, str).lower().replace("-", "_")
+    return {"dataset": {"fashionmnist": "fashion_mnist"}.get(name, name)}
+
+
+def _model_size(key: str, value: Any) -> dict[str, Any]:
+    """`model`: vim_hybrid_SIZE (tiny, small, base or large)"""
+    return {"model": f"vim_hybrid_{checked(key, value, str, ('tiny', 'small', 'base', 'large'))}"}
+
+
+def _mixed_precision(key: str, value: Any) -> dict[str, Any]:
+    """`amp`: auto when true, none when false"""
+    return {"amp": "auto" if checked(key, value, bool) else "none"}
+
+
+# Vision Mamba's configuration files (its config.py / configs/*.yaml: model, training, data and
+# logging sections), as this package's image-job settings.
+VISION_MAMBA_KEYS: dict[str, Translation] = {
+    "model.size": _model_size,
+    **{
+        f"model.{name}": to_model_arg(name, kind)
+        for name, kind in (
+            ("embed_dim", int),
+            ("depth", int),
+            ("num_heads", int),
+            ("d_state", int),
+            ("d_conv", int),
+            ("expand", int),
+            ("patch_size", int),
+            ("drop_rate", float),
+            ("drop_path_rate", float),
+        )
+    },
+    "model.dropout": to_model_arg("drop_rate", float),
+    "model.img_size": "image_size",
+    "training.learning_rate": "lr",
+    "training.min_lr": "min_lr",
+    "training.weight_decay": "weight_decay",
+    "training.epochs": "epochs",
+    "training.batch_size": "batch_size",
+    "training.warmup_epochs": "warmup_epochs",
+    "training.scheduler": "scheduler",
+    "training.step_size": "step_size",
+    "training.gamma": "gamma",
+    "training.scheduler_patience": "plateau_patience",
+    "training.scheduler_factor": "plateau_factor",
+    "training.early_stopping_patience": "patience",
+    "training.gradient_clip": "clip_grad",
+    "training.mixed_precision": _mixed_precision,
+    "training.normalize": "normalize",
+    "training.num_workers": "num_workers",
+    "data.dataset_name": _dataset_named,
+    "data.data_dir": "data_dir",
+    "data.image_size": "image_size",
+    "data.val_split": "val_split",
+    "data.num_workers": "num_workers",
+    "logging.output_dir": "out_dir",
+    "logging.save_every": "save_every",
+}
 
 
 @dataclasses.dataclass
@@ -53,6 +139,9 @@ class BuiltinJobConfig(EngineConfig, DataConfig):
     num_workers: int = field(0, "data-loader worker processes")
     shapes_train_size: int = field(8000, "training images of the built-in data set")
     crop_padding: int = field(0, "random crop after zero padding by this many pixels (0: off)")
+    evaluate_test: bool = field(
+        True, "evaluate the test split once at the end, with the last and the best weights"
+    )
 
 
 def start(config: Any) -> torch.device:
@@ -80,6 +169,9 @@ def data_for(config: Any) -> tuple[DataSplits, BatchTransform]:
         config.image_size,
         config.shapes_train_size,
         config.shapes_test_size,
+        seed=config.seed,
+        val_split=config.val_split,
+        val_dir=config.val_data or None,
     )
     transform = BatchTransform(
         splits.mean,
@@ -88,14 +180,46 @@ def data_for(config: Any) -> tuple[DataSplits, BatchTransform]:
         flip=config.flip,
         rand_augment_ops=config.rand_augment_ops,
         rand_augment_magnitude=config.rand_augment_magnitude,
+        dihedral=config.dihedral,
+        color_jitter=config.color_jitter,
+        normalize=config.normalize,
     )
     return splits, transform
 
 
-def loaders_for(config: Any, splits: DataSplits):
+def loaders_for(config: Any, splits: DataSplits) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Training, validation and test loaders; a job that selects on validation needs one."""
+    if splits.val is None:
+        raise ValueError(
+            "val_split: expected a fraction in (0, 1), or 0 with --val-data: this job chooses "
+            "its best checkpoint on a validation set, never on the test split"
+        )
     train = make_loader(splits.train, config.batch_size, True, config.num_workers, config.seed)
-    test = make_loader(splits.test, config.batch_size, False, config.num_workers, config.seed)
-    return train, test
+    val, test = (
+        make_loader(split, config.batch_size, False, config.num_workers, config.seed)
+        for split in (splits.val, splits.test)
+    )
+    return train, val, test
+
+
+def report_test(trainer: Trainer, test_loader: DataLoader, metric: str) -> dict[str, float]:
+    """The test split's one evaluation (last and best weights), printed on the main process;
+    returns ``test_<metric>`` and ``best_test_<metric>`` with the validation metric that chose
+    the best checkpoint."""
+    results = trainer.test(test_loader)
+    summary = {
+        f"test_{metric}": results["last"][metric],
+        f"best_test_{metric}": results["best"][metric],
+        f"best_val_{metric}": trainer.best,
+    }
+    if distributed.is_main():
+        print(
+            f"test split, once: {metric} {results['last'][metric]:.4f} with the last weights "
+            f"(epoch {trainer.epoch}), {results['best'][metric]:.4f} with the best checkpoint "
+            f"(validation {metric} {trainer.best:.4f})",
+            flush=True,
+        )
+    return summary
 
 
 def build_backbone(

@@ -4,6 +4,11 @@ Every field of a job's config dataclass becomes a flag (``batch_size`` → ``--b
 booleans also get ``--no-…``; dict fields take YAML, e.g. ``--model-args '{depth: 4}'``; list
 fields take YAML or comma-separated values, e.g. ``--depths 2,6,4``).
 
+A job may also read the configuration files of the source design it comes from: its config
+class declares ``SOURCE_KEYS``, the one table translating that design's dotted keys into its own
+settings (see ``read_yaml``). ``--config`` takes a file or the name of one in ``configs/``
+(``--config cifar10_tiny``); ``--list-configs`` lists the names a job reads.
+
 Every setting is checked in one place, ``check_settings``, which a config dataclass calls from
 its ``__post_init__``: the value's type against the field's annotation (no string taken as a
 boolean or a number, no fractional epochs) and its allowed values, declared with the field
@@ -13,13 +18,22 @@ boolean or a number, no fractional epochs) and its allowed values, declared with
 import argparse
 import dataclasses
 import math
+import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 Config = TypeVar("Config")
+
+# The repository's named configurations (``--config NAME`` reads CONFIG_DIR/NAME.yaml).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# How one key of a source design's config file becomes settings: the name of the setting that
+# takes its value, or a function of (dotted key, value) returning settings.
+Translation = str | Callable[[str, Any], dict[str, Any]]
 
 
 def _field_type(cls: type, field: dataclasses.Field) -> Any:
@@ -52,9 +66,24 @@ def parse_list(text: str) -> list:
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", type=Path, help="YAML file of settings; flags override it")
+    parser.add_argument(
+        "--config",
+        "--config-path",
+        type=config_path,
+        help=f"YAML file of settings, or the name of one in {CONFIG_DIR.name}/; flags override it",
+    )
+    parser.add_argument(
+        "--list-configs",
+        action=ListConfigs,
+        config_class=cls,
+        help=f"list the configurations in {CONFIG_DIR.name}/ this job reads, and exit",
+    )
+    # What ``python -m torch.distributed.launch`` passes each process (torchrun sets the variable).
+    parser.add_argument(
+        "--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS
+    )
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-"), *field.metadata.get("aliases", ())]
         field_type = _field_type(cls, field)
         help_text = field.metadata.get("help", "")
         allowed = allowed_values(cls, field.name)
@@ -62,17 +91,64 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
             help_text = f"{help_text} [{_describe(allowed)}]"
         if field_type is bool:
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                *flags, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
             parser.add_argument(
-                flag,
+                *flags,
                 type=_parser_for(field_type),
                 default=None,
                 metavar=field.name.upper(),
                 help=help_text,
             )
+        for flag, constant in field.metadata.get("constants", {}).items():
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action="store_const",
+                const=constant,
+                help=f"{field.name}: {constant}",
+            )
     return parser
+
+
+def config_path(text: str) -> Path:
+    """A config file's path, or the file a name stands for in CONFIG_DIR."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{text}.yaml"
+    if path.suffix == "" and named.is_file():
+        return named
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a file nor a configuration in {CONFIG_DIR} (known: {known})"
+    )
+
+
+def readable_configs(cls: type) -> list[Path]:
+    """The files of CONFIG_DIR that configure ``cls`` (whose keys it reads)."""
+    readable = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        try:
+            read_yaml(cls, path)
+        except ValueError:
+            continue
+        readable.append(path)
+    return readable
+
+
+class ListConfigs(argparse.Action):
+    """``--list-configs``: prints the names of the configurations a job reads, and exits."""
+
+    def __init__(self, option_strings, dest, config_class: type, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.config_class = config_class
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for path in readable_configs(self.config_class):
+            print(path.stem)
+        parser.exit()
 
 
 def load_config(cls: type[Config], argv: list[str] | None, prog: str, description: str) -> Config:
@@ -80,16 +156,23 @@ def load_config(cls: type[Config], argv: list[str] | None, prog: str, descriptio
     dict flag updates the file's dict key by key (``--experts '{top_k: 2}'`` keeps the file's
     other expert settings)."""
     args = build_parser(cls, prog, description).parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(read_yaml(cls, args.config))
     for name, value in vars(args).items():
-        if name == "config" or value is None:
+        if name in ("config", "local_rank") or value is None:
             continue
-        if isinstance(value, dict) and isinstance(values.get(name), dict):
-            value = {**values[name], **value}
-        values[name] = value
+        merge_setting(values, name, value)
     return cls(**values)
+
+
+def merge_setting(values: dict[str, Any], name: str, value: Any) -> None:
+    """Sets ``values[name]``; a dict updates the dict already there key by key."""
+    if isinstance(value, dict) and isinstance(values.get(name), dict):
+        value = {**values[name], **value}
+    values[name] = value
 
 
 # Sections a YAML file may group its settings under; a section's ``name`` sets the field named
@@ -98,8 +181,9 @@ SECTIONS = ("model", "training", "data")
 
 
 def read_yaml(cls: type, path: Path) -> dict[str, Any]:
-    """A YAML mapping of ``cls`` fields, flat or in ``SECTIONS``; unknown keys are an error, not
-    silently ignored."""
+    """The settings of a YAML file for config class ``cls``: its own fields, flat or in
+    ``SECTIONS``, and the keys of its source design's layout (``cls.SOURCE_KEYS``, dotted key →
+    translation), even mixed in one file. Unknown keys are an error, not silently ignored."""
     try:
         document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as error:
@@ -108,12 +192,98 @@ def read_yaml(cls: type, path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got a {type(document).__name__}")
-    values = flatten_sections(document)
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
-    return values
+    reader = _SettingsReader(cls)
+    reader.visit(document, prefix="")
+    if reader.unknown:
+        raise ValueError(
+            f"{path}: unknown settings {reader.unknown}; known: {sorted(reader.fields)}"
+            + (f" and, from {source_name(cls)}, {sorted(reader.table)}" if reader.table else "")
+        )
+    return reader.settings
+
+
+def source_name(cls: type) -> str:
+    """The source design whose config files ``cls.SOURCE_KEYS`` translates."""
+    return getattr(cls, "SOURCE_NAME", "its source design")
+
+
+def to_setting(name: str, expected: type, convert: Callable[[Any], Any] = lambda value: value):
+    """A translation of a source key into setting ``name``: the value checked as ``expected``
+    (the error names the source key), then converted."""
+
+    def translate(key: str, value: Any) -> dict[str, Any]:
+        return {name: convert(checked(key, value, expected))}
+
+    translate.__doc__ = f"`{name}`"
+    return translate
+
+
+def to_model_arg(name: str, expected: type):
+    """A translation of a source key into the model's constructor argument ``name``."""
+
+    def translate(key: str, value: Any) -> dict[str, Any]:
+        return {"model_args": {name: checked(key, value, expected)}}
+
+    translate.__doc__ = f"`model_args.{name}`"
+    return translate
+
+
+class _SettingsReader:
+    """Walks a config document, collecting settings and the keys that are none."""
+
+    def __init__(self, cls: type):
+        self.hints = typing.get_type_hints(cls)
+        self.fields = {field.name for field in dataclasses.fields(cls)}
+        self.table: dict[str, Translation] = getattr(cls, "SOURCE_KEYS", {})
+        self.settings: dict[str, Any] = {}
+        self.unknown: list[str] = []
+
+    def visit(self, mapping: dict, prefix: str) -> None:
+        section = prefix[:-1]
+        for key, value in mapping.items():
+            dotted = f"{prefix}{key}"
+            if dotted in self.table:
+                self._translate(dotted, value)
+            elif dotted in SECTIONS and isinstance(value, dict):
+                self.visit(value, dotted + ".")
+            elif key in self.fields and (not prefix or section in SECTIONS):
+                merge_setting(self.settings, key, value)
+            elif key == "name" and section in SECTIONS and section in self.fields:
+                merge_setting(self.settings, section, value)
+            elif isinstance(value, dict) and self._opens(dotted):
+                self.visit(value, dotted + ".")
+            else:
+                self.unknown.append(dotted)
+
+    def _opens(self, dotted: str) -> bool:
+        """Whether keys under ``dotted`` may be source keys."""
+        return any(key.startswith(dotted + ".") for key in self.table)
+
+    def _translate(self, dotted: str, value: Any) -> None:
+        translation = self.table[dotted]
+        if callable(translation):
+            translated = translation(dotted, value)
+        else:
+            expected = self.hints[translation]
+            if expected in TYPE_NAMES:
+                value = checked(f"{dotted} (setting {translation})", value, expected)
+            translated = {translation: value}
+        for name, setting in translated.items():
+            merge_setting(self.settings, name, setting)
+
+
+def source_key_table(cls: type) -> str:
+    """``cls.SOURCE_KEYS`` as the rows of a Markdown table: source key | setting (a function's
+    first docstring line for the keys that become several settings)."""
+    rows = []
+    for key, translation in cls.SOURCE_KEYS.items():
+        target = (
+            f"`{translation}`"
+            if isinstance(translation, str)
+            else (translation.__doc__ or "").strip().splitlines()[0]
+        )
+        rows.append(f"| `{key}` | {target} |")
+    return "\n".join(rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +328,18 @@ CLASS_COUNT = Range(0, 100_000)
 Allowed = Range | tuple
 
 
-def field(default: Any, help: str, allowed: Allowed | None = None) -> Any:
+def field(
+    default: Any,
+    help: str,
+    allowed: Allowed | None = None,
+    aliases: tuple[str, ...] = (),
+    constants: dict[str, Any] | None = None,
+) -> Any:
     """A dataclass field with a help text for its flag and, optionally, its allowed values (a
-    ``Range`` of numbers or a tuple of choices); mutable defaults are copied."""
-    metadata = {"help": help, "allowed": allowed}
+    ``Range`` of numbers or a tuple of choices), other spellings of its flag (``aliases``, e.g.
+    a source design's ``--num-epochs``) and flags that set it to a constant (``constants``,
+    e.g. ``{"--no-amp": "none"}``); mutable defaults are copied."""
+    metadata = {"help": help, "allowed": allowed, "aliases": aliases, "constants": constants or {}}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -196,9 +374,17 @@ def checked(name: str, value: Any, expected: type, allowed: Allowed | None = Non
     """``value`` as the ``expected`` type and among the ``allowed`` values, or a ValueError
     naming the setting ``name`` (also for the keys of a job's nested sections)."""
     value = _as_type(name, expected, value)
+    if isinstance(allowed, tuple) and isinstance(value, str):
+        value = _choice_named(value, allowed)
     if allowed is not None and value not in allowed:
         raise ValueError(f"{name}: expected {_describe(allowed)}, got {value!r}")
     return value
+
+
+def _choice_named(value: str, choices: tuple) -> str:
+    """The choice ``value`` names, matched without regard to case (``CIFAR10`` is cifar10)."""
+    matches = [choice for choice in choices if str(choice).lower() == value.lower()]
+    return matches[0] if len(matches) == 1 else value
 
 
 TYPE_NAMES = {
@@ -232,16 +418,3 @@ def _number_from_text(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
-
-
-def flatten_sections(values: dict[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in SECTIONS and isinstance(value, dict):
-            section = dict(value)
-            if "name" in section:
-                flat[key] = section.pop("name")
-            flat.update(section)
-        else:
-            flat[key] = value
-    return flat

@@ -91,6 +91,9 @@ class ContinualConfig(BuiltinJobConfig):
     memory_beta: float = field(0.125, "memory: inverse temperature of the prototype read")
     jobs: int = field(1, "--compare: strategies run at once, each in its own process", at_least(1))
     model_args: dict = field({"depth": 2}, "overrides of the preset's arguments")
+    val_split: float = field(
+        0.0, "no validation set: every task trains its epochs and the last weights go on"
+    )
     epochs: int = field(4, "training epochs of each task after the first")
     first_task_epochs: int = field(15, "training epochs of the first task (0: --epochs)")
     batch_size: int = field(32, "images per step on each process")

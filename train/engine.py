@@ -2,9 +2,13 @@
 
 A job supplies a model, data loaders and a ``Task`` (how a batch becomes a loss, how a model is
 evaluated, which metric decides the best checkpoint); the engine supplies the rest: AMP (bf16 or
-fp16 with a gradient scaler), AdamW with linear warm-up and a cosine schedule, gradient clipping,
-an optional EMA of the weights, early stopping, atomic best/last checkpoints with exact resume,
-progress bars, metric logs and plots, and DistributedDataParallel under ``torchrun``.
+fp16 with a gradient scaler), AdamW with linear warm-up and a cosine, step or plateau schedule,
+gradient clipping, an optional EMA of the weights, early stopping, atomic best/last/every-N-epochs
+checkpoints with exact resume, progress bars, metric logs and plots, DistributedDataParallel under
+``torchrun``, and the one evaluation of the test split at the end (``Trainer.test``).
+
+Every choice a run makes — the best checkpoint, early stopping, the plateau schedule — is made on
+the validation loader; the test split is only seen by ``Trainer.test``.
 """
 
 import copy
@@ -22,10 +26,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint, distributed, run_lock
-from .config import FRACTION, POSITIVE, at_least, check_settings, field
+from .config import FRACTION, POSITIVE, Range, at_least, check_settings, field
 from .metrics import MetricsLogger
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SCHEDULERS = ("cosine", "step", "plateau")
 
 
 @dataclasses.dataclass
@@ -35,13 +40,32 @@ class EngineConfig:
     epochs: int = field(10, "training epochs", at_least(1))
     batch_size: int = field(128, "images per step on each process", at_least(1))
     lr: float = field(1e-3, "peak learning rate (AdamW)", POSITIVE)
-    min_lr: float = field(1e-5, "learning rate at the end of the cosine schedule", at_least(0))
+    min_lr: float = field(
+        1e-5, "lowest learning rate of every schedule (the cosine's end)", at_least(0)
+    )
     warmup_epochs: float = field(1.0, "linear warm-up, in epochs", at_least(0))
+    scheduler: str = field("cosine", "learning-rate schedule after the warm-up", SCHEDULERS)
+    step_size: int = field(30, "step schedule: epochs between decays", at_least(1))
+    gamma: float = field(0.1, "step schedule: factor of each decay", Range(0, 1, low_open=True))
+    plateau_patience: int = field(
+        5,
+        "plateau schedule: epochs without a better validation metric before a decay",
+        at_least(0),
+    )
+    plateau_factor: float = field(
+        0.1, "plateau schedule: factor of each decay", Range(0, 1, True, True)
+    )
     weight_decay: float = field(
         0.05, "AdamW weight decay (not applied to norms, biases, embeddings)", at_least(0)
     )
     clip_grad: float = field(1.0, "clip the gradient norm to this (0: off)", at_least(0))
-    amp: str = field("none", "mixed precision", ("none", *AMP_DTYPES))
+    amp: str = field(
+        "auto",
+        "mixed precision (auto: bf16 on GPUs that have it, else fp16; none on the CPU)",
+        ("auto", "none", *AMP_DTYPES),
+        aliases=("--autocast-dtype",),
+        constants={"--no-amp": "none"},
+    )
     ema_decay: float = field(
         0.0, "keep an EMA of the weights with this decay and evaluate it (0: off)", FRACTION
     )
@@ -54,6 +78,10 @@ class EngineConfig:
     num_workers: int = field(2, "data-loader worker processes", at_least(0))
     out_dir: str = field("runs/job", "where checkpoints, metrics and plots go")
     resume: str = field("", "checkpoint to resume from exactly ('last' = OUT_DIR/last.pt)")
+    save_every: int = field(
+        0, "also keep the checkpoint of every this many epochs, checkpoint_epoch_N.pt", at_least(0)
+    )
+    checkpoint_path: str = field("", "also write the best checkpoint (best.pt) to this file")
     checkpoint_every: int = field(
         0,
         "also write last.pt every this many training steps, resumable mid-epoch (0: off)",
@@ -100,16 +128,59 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Learning-rate multiplier per step: linear warm-up, then cosine down to ``min_ratio``."""
+class LearningRateCurve:
+    """The learning-rate multiplier of every training step: a linear warm-up, then the chosen
+    schedule — ``cosine`` down to ``min_ratio``; ``step``, times ``gamma`` every ``step_size``
+    epochs; ``plateau``, times ``plateau_factor`` once the validation metric (``observe``, once
+    per epoch) has not improved for more than ``plateau_patience`` epochs (as
+    ``ReduceLROnPlateau``) — never below ``min_ratio``. An object, not a closure, so that
+    ``LambdaLR``'s state dict carries the plateau's state into a resumed run."""
 
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def __init__(
+        self,
+        config: "EngineConfig",
+        steps_per_epoch: int,
+        mode: Literal["min", "max"] = "max",
+    ):
+        self.kind = config.scheduler
+        self.steps_per_epoch = steps_per_epoch
+        self.warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+        self.total_steps = config.epochs * steps_per_epoch
+        self.min_ratio = config.min_lr / config.lr
+        self.step_size, self.gamma = config.step_size, config.gamma
+        self.patience, self.factor = config.plateau_patience, config.plateau_factor
+        self.mode = mode
+        self.plateau_scale = 1.0
+        self.plateau_best: float | None = None
+        self.epochs_without_better = 0
 
-    return multiplier
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "cosine":
+            after_warmup = max(1, self.total_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / after_warmup)
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.kind == "step":
+            decays = step // self.steps_per_epoch // self.step_size
+            return max(self.min_ratio, self.gamma**decays)
+        return max(self.min_ratio, self.plateau_scale)
+
+    def observe(self, value: float) -> None:
+        """One epoch's validation metric (what the plateau schedule decays on)."""
+        if self.kind != "plateau":
+            return
+        if self.plateau_best is None or _better(value, self.plateau_best, self.mode):
+            self.plateau_best, self.epochs_without_better = value, 0
+            return
+        self.epochs_without_better += 1
+        if self.epochs_without_better > self.patience:
+            self.plateau_scale *= self.factor
+            self.epochs_without_better = 0
+
+
+def _better(value: float, best: float, mode: Literal["min", "max"]) -> bool:
+    return value < best if mode == "min" else value > best
 
 
 @dataclasses.dataclass
@@ -202,18 +273,14 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config.weight_decay), lr=config.lr
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            warmup_cosine(
-                round(config.warmup_epochs * steps_per_epoch),
-                self.total_steps,
-                config.min_lr / config.lr,
-            ),
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        self.lr_curve = LearningRateCurve(config, steps_per_epoch, task.mode)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_curve)
+        self.amp_dtype = amp_dtype(config.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.epoch = 0
         self.best: float | None = None
+        self.best_path = self.out_dir / "best.pt"  # where the best checkpoint was written
         self.epochs_since_best = 0
         self.progress = EpochProgress()
         self.record: dict[str, Any] = {}  # the last epoch's
@@ -262,6 +329,7 @@ class Trainer:
             val_metrics = self.task.evaluate(self.eval_model, self.val_loader, self.device)
             self.epoch += 1
             improved = self._track_best(val_metrics[self.task.monitor])
+            self.lr_curve.observe(val_metrics[self.task.monitor])
             seconds = time.perf_counter() - start
             self.record = {
                 "epoch": self.epoch,
@@ -358,7 +426,7 @@ class Trainer:
         before_step = getattr(self.task, "before_step", None)
         if before_step is not None:
             before_step(self.model, self.global_step, self.total_steps)
-        amp_dtype = AMP_DTYPES.get(self.config.amp)
+        amp_dtype = self.amp_dtype
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = self.task.training_loss(self.ddp_model, batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -376,9 +444,7 @@ class Trainer:
     # -- best metric, early stopping -----------------------------------------------------------
 
     def _track_best(self, value: float) -> bool:
-        better = self.best is None or (
-            value < self.best if self.task.mode == "min" else value > self.best
-        )
+        better = self.best is None or _better(value, self.best, self.task.mode)
         if better:
             self.best = value
             self.epochs_since_best = 0
@@ -407,6 +473,7 @@ class Trainer:
             "rng": checkpoint.rng_state(),
             "epoch": self.epoch,
             "best": self.best,
+            "best_path": str(self.best_path.resolve()),
             "epochs_since_best": self.epochs_since_best,
             "epoch_progress": dataclasses.asdict(self.progress),
             "batch_layout": self._batch_layout(),
@@ -419,10 +486,38 @@ class Trainer:
         return {"batch_size": self.train_loader.batch_size, "world_size": distributed.world_size()}
 
     def _save(self, improved: bool) -> None:
+        """last.pt; best.pt (and ``checkpoint_path``) when the validation metric improved; at
+        the end of every ``save_every``-th epoch, checkpoint_epoch_N.pt."""
         if distributed.is_main():
-            paths = [self.out_dir / "last.pt", *([self.out_dir / "best.pt"] if improved else [])]
+            paths = [self.out_dir / "last.pt"]
+            if improved:
+                self.best_path = self.out_dir / "best.pt"
+                paths.append(self.best_path)
+                if self.config.checkpoint_path:
+                    paths.append(Path(self.config.checkpoint_path))
+            every = self.config.save_every
+            if every and self.epoch % every == 0 and self.progress.steps == 0:
+                paths.append(self.out_dir / f"checkpoint_epoch_{self.epoch}.pt")
             checkpoint.save(self.state_dict(), *paths, job=self.job)
         distributed.barrier()
+
+    # -- the test split, once --------------------------------------------------------------------
+
+    def test(self, loader: DataLoader) -> dict[str, dict[str, float]]:
+        """The task's metrics on ``loader`` (the test split) with the last weights and with the
+        best checkpoint's (the EMA's where there is one): the one look at the test split."""
+        results = {"last": self.task.evaluate(self.eval_model, loader, self.device)}
+        best = self.best_model()
+        results["best"] = self.task.evaluate(best, loader, self.device)
+        return results
+
+    def best_model(self) -> nn.Module:
+        """A copy of the evaluated model holding the best checkpoint's weights (written by this
+        run, or by the run it resumed)."""
+        state = checkpoint.load(self.best_path, accept=(self.job,))
+        model = copy.deepcopy(self.eval_model)
+        model.load_state_dict(state["ema"] if self.ema is not None else state["model"])
+        return model
 
     def _resume_path(self) -> Path | None:
         if not self.config.resume:
@@ -447,6 +542,7 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.best = state["best"]
+        self.best_path = Path(state["best_path"])
         self.epochs_since_best = state["epochs_since_best"]
         self.progress = EpochProgress(**state["epoch_progress"])
         self._check_batch_layout(path, state["batch_layout"])
@@ -466,6 +562,15 @@ class Trainer:
                 f"finish that epoch the same way (--batch-size {batch} on {processes} "
                 "process(es)), or resume from a checkpoint written at the end of an epoch"
             )
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting on ``device`` (None: full precision)."""
+    if amp != "auto":
+        return AMP_DTYPES.get(amp)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _show_progress() -> bool:

@@ -1,6 +1,7 @@
 """``python -m train.mae``: masked-autoencoder pre-training of a Vision Mamba encoder.
 
     python -m train.mae                                   # built-in shapes data set
+    python -m train.mae --config cifar10_tiny_mae         # configs/cifar10_tiny_mae.yaml
     python -m train.classify --init-from runs/mae/best.pt # then fine-tune the encoder
 
 The encoder's configuration (``model`` and ``model_args``) must be the classifier's (the
@@ -8,6 +9,7 @@ defaults of both jobs are the same small Vision Mamba).
 """
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -16,8 +18,18 @@ from torch.utils.data import DataLoader
 from python_models import VisionMambaMAE
 
 from . import distributed
-from .common import BuiltinJobConfig, build_backbone, data_for, loaders_for, plain, run_job, start
-from .config import Range, at_least, field
+from .common import (
+    VISION_MAMBA_KEYS,
+    BuiltinJobConfig,
+    build_backbone,
+    data_for,
+    loaders_for,
+    plain,
+    report_test,
+    run_job,
+    start,
+)
+from .config import Range, Translation, at_least, field, to_model_arg
 from .data import BatchTransform, readable_batches
 from .engine import Trainer
 
@@ -25,6 +37,14 @@ from .engine import Trainer
 @dataclasses.dataclass
 class MAEConfig(BuiltinJobConfig):
     """The defaults pre-train the built-in classification job's encoder."""
+
+    SOURCE_NAME: ClassVar[str] = "Vision Mamba's MAE config files"
+    SOURCE_KEYS: ClassVar[dict[str, Translation]] = {
+        **VISION_MAMBA_KEYS,
+        "model.decoder_embed_dim": "decoder_dim",
+        "model.decoder_num_heads": "decoder_heads",
+        "model.use_cls_token": to_model_arg("use_cls_token", bool),
+    }
 
     mask_ratio: float = field(
         0.75, "fraction of the patches hidden from the encoder", Range(0, 1, True, True)
@@ -84,15 +104,20 @@ def build_mae(config: MAEConfig, splits) -> VisionMambaMAE:
 
 
 def run(config: MAEConfig) -> dict:
-    """Pre-trains as configured; returns the engine's summary."""
+    """Pre-trains as configured, choosing the best checkpoint by the validation loss; returns
+    the last epoch's record with the test split's loss (last and best weights)."""
     device = start(config)
     splits, transform = data_for(config)
     model = build_mae(config, splits)
-    train_loader, test_loader = loaders_for(config, splits)
+    train_loader, val_loader, test_loader = loaders_for(config, splits)
     task = MAETask(transform)
-    return Trainer(
-        model, task, train_loader, test_loader, config, plain(config), device, job="mae"
-    ).fit()
+    trainer = Trainer(
+        model, task, train_loader, val_loader, config, plain(config), device, job="mae"
+    )
+    summary = dict(trainer.fit())
+    if config.evaluate_test:
+        summary.update(report_test(trainer, test_loader, "loss"))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:

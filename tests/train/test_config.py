@@ -1,4 +1,5 @@
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -80,16 +81,129 @@ def test_builtin_default_config_file_is_the_default_job():
     )
 
 
+def job_of(path: Path) -> type:
+    """The job a config file is written for, by its name."""
+    if path.stem.endswith("_mae"):
+        return MAEConfig
+    named = {"training_config": VideoConfig, "config_memory_vit": MemoryConfig}
+    if path.stem in named:
+        return named[path.stem]
+    jobs = {"mae": MAEConfig, "memory": MemoryConfig, "video": VideoConfig}
+    return jobs.get(
+        path.stem.split("_")[0],
+        {"continual": ContinualConfig}.get(path.stem.split("_")[0], ClassifyConfig),
+    )
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    job = {
-        "mae": MAEConfig,
-        "memory": MemoryConfig,
-        "video": VideoConfig,
-        "continual": ContinualConfig,
-    }
-    cls = job.get(path.name.split("_")[0], ClassifyConfig)
-    load_config(cls, ["--config", str(path)], "t", "t")
+    load_config(job_of(path), ["--config", str(path)], "t", "t")
+
+
+def test_a_config_is_found_by_name_and_listed_by_the_jobs_that_read_it(capsys):
+    by_name = load_config(ClassifyConfig, ["--config", "cifar10_tiny"], "t", "t")
+    by_path = load_config(
+        ClassifyConfig, ["--config-path", str(CONFIGS / "cifar10_tiny.yaml")], "t", "t"
+    )
+    assert by_name == by_path
+    with pytest.raises(SystemExit) as stopped:
+        load_config(ClassifyConfig, ["--list-configs"], "t", "t")
+    assert stopped.value.code == 0
+    listed = capsys.readouterr().out.split()
+    assert {"cifar10_tiny", "cifar100_tiny", "fashion_mnist", "classify_shapes"} <= set(listed)
+    assert "cifar10_tiny_mae" not in listed
+    with pytest.raises(SystemExit):
+        load_config(MAEConfig, ["--list-configs"], "t", "t")
+    assert {"cifar10_tiny_mae", "mae_shapes"} <= set(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        load_config(ClassifyConfig, ["--config", "no_such_config"], "t", "t")
+    assert "neither a file nor a configuration" in capsys.readouterr().err
+
+
+def test_vision_mambas_config_layout_is_translated():
+    config = load_config(ClassifyConfig, ["--config", "cifar10_tiny"], "t", "t")
+    assert (config.model, config.dataset, config.lr, config.epochs) == (
+        "vim_hybrid_tiny",
+        "cifar10",
+        1e-3,
+        100,
+    )
+    assert config.model_args == {"patch_size": 4, "d_state": 16, "d_conv": 4, "drop_path_rate": 0.1}
+    assert (config.patience, config.clip_grad, config.amp, config.save_every) == (
+        15,
+        1.0,
+        "auto",
+        10,
+    )
+    assert (config.val_split, config.out_dir) == (0.1, "./runs/vision_mamba_cifar10_tiny")
+    mae = load_config(MAEConfig, ["--config", "cifar10_tiny_mae"], "t", "t")
+    assert (mae.decoder_dim, mae.decoder_depth, mae.decoder_heads, mae.mask_ratio) == (
+        512,
+        8,
+        8,
+        0.75,
+    )
+    assert mae.model_args["use_cls_token"] is False and mae.normalize is False
+    fashion = load_config(ClassifyConfig, ["--config", "fashion_mnist"], "t", "t")
+    assert fashion.dataset == "fashion_mnist"
+
+
+def test_both_layouts_mix_in_one_file_and_flags_still_win(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "model: {name: vim_shapes, embed_dim: 32}\ntraining: {learning_rate: 0.01, epochs: 3}\n"
+        "flip: false\n"
+    )
+    config = load_config(
+        ClassifyConfig, ["--config", str(tmp_path / "c.yaml"), "--epochs", "4"], "t", "t"
+    )
+    assert (config.model, config.model_args, config.lr, config.epochs, config.flip) == (
+        "vim_shapes",
+        {"embed_dim": 32},
+        0.01,
+        4,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "training: {learning_rat: 0.1}",
+            r"unknown settings \['training.learning_rat'\]; known: .*'training.learning_rate'",
+        ),
+        (
+            "training: {epochs: {n: 3}}",
+            r"training.epochs \(setting epochs\): expected a whole number, got \{'n': 3\}",
+        ),
+        ("model: {embed_dim: wide}", r"model.embed_dim: expected a whole number, got 'wide'"),
+        (
+            "model: {size: huge}",
+            r"model.size: expected one of \('tiny', 'small', 'base', 'large'\)",
+        ),
+        ("training: {mixed_precision: 1}", r"training.mixed_precision: expected true or false"),
+    ],
+)
+def test_a_bad_source_key_is_named(tmp_path, text, message):
+    (tmp_path / "c.yaml").write_text(text + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml")], "t", "t")
+
+
+def test_the_hrm_global_batch_is_divided_among_the_processes(tmp_path, monkeypatch):
+    (tmp_path / "c.yaml").write_text(
+        "global_batch_size: 256\narch: {hidden_size: 64, H_cycles: 1}\n"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    config = load_config(ClassifyConfig, ["--config", str(tmp_path / "c.yaml")], "t", "t")
+    assert config.batch_size == 64 and config.model_args == {"hidden_dim": 64, "h_cycles": 1}
+
+
+def test_dataset_names_in_any_case_and_the_launchers_local_rank(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    config = load_config(ClassifyConfig, ["--dataset", "CIFAR100", "--local-rank=1"], "t", "t")
+    assert config.dataset == "cifar100"
+    assert os.environ["LOCAL_RANK"] == "1"
 
 
 JOB_CONFIGS = (ClassifyConfig, MAEConfig, MemoryConfig, ContinualConfig, VideoConfig)
@@ -100,7 +214,7 @@ JOB_CONFIGS = (ClassifyConfig, MAEConfig, MemoryConfig, ContinualConfig, VideoCo
     [
         ("ema_decay: 1.0", r"ema_decay: expected a number in \[0, 1\), got 1.0"),
         ("ema_decay: -0.1", r"ema_decay: expected a number in \[0, 1\)"),
-        ("amp: fp8", r"amp: expected one of \('none', 'bf16', 'fp16'\), got 'fp8'"),
+        ("amp: fp8", r"amp: expected one of \('auto', 'none', 'bf16', 'fp16'\), got 'fp8'"),
         ("checkpoint_every: -1", r"checkpoint_every: expected a number >= 0, got -1"),
         ("threads: -1", r"threads: expected a number >= 0"),
         ("epochs: 1.5", r"epochs: expected a whole number, got 1.5 \(float\)"),
@@ -174,5 +288,5 @@ def test_help_lists_the_allowed_values(capsys):
     with pytest.raises(SystemExit):
         load_config(ClassifyConfig, ["--help"], "t", "t")
     text = " ".join(capsys.readouterr().out.split())
-    assert "[one of ('none', 'bf16', 'fp16')]" in text
+    assert "[one of ('auto', 'none', 'bf16', 'fp16')]" in text
     assert "[a number in [0, 1)]" in text

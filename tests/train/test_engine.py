@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from train import checkpoint, classify, run_lock
-from train.engine import EngineConfig, Trainer, warmup_cosine
+from train.config import load_config
+from train.engine import EngineConfig, LearningRateCurve, Trainer
 from train.metrics import read_jsonl
 
 TIMING_KEYS = ("epoch_time_s", "images_per_s")
@@ -20,7 +21,9 @@ def test_tiny_run_trains_and_writes_its_outputs(tiny_job, tmp_path):
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
-    assert summary["test_acc"] == records[-1]["val_acc"]
+    assert summary["val_acc"] == records[-1]["val_acc"]
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in records)
+    assert {"test_acc", "best_test_acc"} <= set(summary)
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         assert (tmp_path / "run" / name).is_file(), name
     assert not list((tmp_path / "run").glob(".*tmp*"))  # no temporary checkpoint left behind
@@ -85,7 +88,7 @@ def stop_mid_epoch(monkeypatch, at_step: int) -> None:
 
 
 def test_a_mid_epoch_checkpoint_resumes_only_with_its_batch_layout(tiny_job, monkeypatch):
-    flags = ("--epochs", "1", "--checkpoint-every", "1")  # 4 steps of 32 images an epoch
+    flags = ("--epochs", "1", "--checkpoint-every", "1")  # 3 steps of 32 images an epoch
     stop_mid_epoch(monkeypatch, at_step=2)
     with pytest.raises(KeyboardInterrupt):
         classify.main(tiny_job(*flags))
@@ -134,7 +137,7 @@ def test_a_second_run_cannot_write_into_a_folder_in_use(tiny_job, tmp_path):
 def test_a_batch_larger_than_the_training_data_is_refused_before_anything_is_written(
     tiny_job, tmp_path
 ):
-    with pytest.raises(ValueError, match=r"batch_size: 256 is more than .* 128 training samples"):
+    with pytest.raises(ValueError, match=r"batch_size: 256 is more than .* 116 training samples"):
         classify.main(tiny_job("--batch-size", "256", "--epochs", "1"))
     assert not (tmp_path / "run").exists()
 
@@ -148,12 +151,100 @@ def test_early_stopping(tiny_job, tmp_path):
     assert len(records) == 3
 
 
-def test_warmup_cosine_schedule():
-    multiplier = warmup_cosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+def curve(steps_per_epoch: int = 2, mode: str = "max", **settings) -> LearningRateCurve:
+    config = EngineConfig(**{"epochs": 7, "lr": 1.0, "min_lr": 0.1, **settings})
+    return LearningRateCurve(config, steps_per_epoch, mode)
+
+
+def test_cosine_schedule_warms_up_then_falls_to_the_minimum():
+    multiplier = curve(warmup_epochs=2)  # 4 warm-up steps of 14
     values = [multiplier(step) for step in range(15)]
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
     assert values[4] == pytest.approx(1.0) and values[14] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(values[4:], values[5:]))
+
+
+def test_step_schedule_decays_every_step_size_epochs_down_to_the_minimum():
+    multiplier = curve(scheduler="step", step_size=2, gamma=0.5, warmup_epochs=0)
+    per_epoch = [multiplier(2 * epoch) for epoch in range(7)]
+    assert per_epoch == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125]
+    assert multiplier(2 * 40) == 0.1  # min_lr / lr
+
+
+def test_plateau_schedule_decays_after_patience_epochs_without_a_better_metric():
+    multiplier = curve(scheduler="plateau", plateau_patience=1, plateau_factor=0.5, warmup_epochs=0)
+    seen = []
+    for accuracy in (0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7):
+        multiplier.observe(accuracy)
+        seen.append(multiplier(100))
+    assert seen == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    lower = curve(scheduler="plateau", plateau_patience=0, mode="min", warmup_epochs=0)
+    for loss in (1.0, 0.9, 0.95):
+        lower.observe(loss)
+    assert lower(100) == pytest.approx(0.1)  # one decay of 0.1, at the floor min_lr / lr
+
+
+@pytest.mark.parametrize("scheduler", ["step", "plateau"])
+def test_a_resumed_run_continues_the_schedule(tiny_job, tmp_path, scheduler):
+    flags = ("--scheduler", scheduler, "--step-size", "1", "--plateau-patience", "0")
+    classify.main(tiny_job("--epochs", "3", *flags, out="straight"))
+    classify.main(tiny_job("--epochs", "2", *flags, out="resumed"))
+    classify.main(tiny_job("--epochs", "3", *flags, "--resume", "last", out="resumed"))
+    straight, resumed = (
+        [r["lr"] for r in read_jsonl(tmp_path / run / "metrics.jsonl")]
+        for run in ("straight", "resumed")
+    )
+    assert resumed == straight
+
+
+def test_every_n_epochs_checkpoints_resume(tiny_job, tmp_path):
+    classify.main(tiny_job("--epochs", "3", "--save-every", "1", out="straight"))
+    names = sorted(p.name for p in (tmp_path / "straight").glob("checkpoint_epoch_*.pt"))
+    assert names == [f"checkpoint_epoch_{n}.pt" for n in (1, 2, 3)]
+    state = checkpoint.load(tmp_path / "straight" / "checkpoint_epoch_2.pt")
+    assert state["epoch"] == 2
+    start = str(tmp_path / "straight" / "checkpoint_epoch_2.pt")
+    classify.main(tiny_job("--epochs", "3", "--resume", start, out="resumed"))
+    straight, resumed = (
+        without_timings(read_jsonl(tmp_path / run / "metrics.jsonl"))
+        for run in ("straight", "resumed")
+    )
+    assert resumed == straight[2:]
+
+
+def test_the_best_checkpoint_is_chosen_on_validation_and_the_test_split_seen_once(
+    tiny_job, tmp_path, monkeypatch
+):
+    seen = []
+    real_evaluate = classify.ClassificationTask.evaluate
+
+    def evaluate(self, model, loader, device):
+        seen.append(len(loader.dataset))
+        return real_evaluate(self, model, loader, device)
+
+    monkeypatch.setattr(classify.ClassificationTask, "evaluate", evaluate)
+    copy_path = tmp_path / "kept" / "best_hvit.pth"
+    summary = classify.main(tiny_job("--epochs", "3", "--checkpoint-path", str(copy_path)))
+    # 128 training images: 12 held out for validation (a tenth of each class), 64 test images.
+    assert seen == [12, 12, 12, 64, 64]  # three validations, then the test split: last, best
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    best_epoch = max(records, key=lambda r: r["val_acc"])["epoch"]
+    assert checkpoint.load(tmp_path / "run" / "best.pt")["epoch"] == best_epoch
+    assert checkpoint.load(copy_path)["epoch"] == best_epoch
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in records)
+
+
+def test_no_evaluate_test_never_reads_the_test_split(tiny_job, monkeypatch):
+    monkeypatch.setattr(Trainer, "test", lambda *args: pytest.fail("the test split was evaluated"))
+    summary = classify.main(tiny_job("--epochs", "1", "--no-evaluate-test"))
+    assert "test_acc" not in summary
+
+
+def test_the_source_designs_mixed_precision_flags():
+    parse = lambda *flags: load_config(classify.ClassifyConfig, list(flags), "t", "t").amp  # noqa: E731
+    assert parse() == "auto"
+    assert parse("--autocast-dtype", "fp16") == "fp16"
+    assert parse("--no-amp") == "none"
 
 
 def test_metrics_jsonl_is_valid_json(tiny_job, tmp_path):

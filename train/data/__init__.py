@@ -33,6 +33,7 @@ from .sources import (
     load_shape_patterns,
     load_shapes,
 )
+from .splits import hold_out, labels_of, stratified_indices, subset
 from .unreadable import SkippedFileWarning, UnreadableError, collate_readable, readable_batches
 from .video import (
     SelectFields,
@@ -44,12 +45,15 @@ from .video import (
     video_info,
 )
 
-DATASETS = ("shapes", "shape_patterns", "cifar10", "cifar100", "fashion_mnist", "folder")
+DATASETS = ("shapes", "shape_patterns", "cifar10", "cifar100", "fashion_mnist", "rafdb", "folder")
 
 
 @dataclass
 class DataSplits:
+    """A data set's training, validation (None when none was asked for) and test sets."""
+
     train: Dataset
+    val: Dataset | None
     test: Dataset
     classes: tuple[str, ...]
     image_shape: tuple[int, int, int]  # (C, H, W)
@@ -65,34 +69,55 @@ def load_splits(
     shapes_train_size: int = 10000,
     shapes_test_size: int = 2000,
     seed: int = 0,
+    val_split: float = 0.0,
+    val_dir: str | None = None,
 ) -> DataSplits:
-    """The train and test splits of a named data set ("folder": ``data_dir``/train and /test,
-    each with one sub-folder of images per class)."""
-    root = Path(data_dir)
+    """The splits of a named data set ("folder": ``data_dir``/train and /test, each with one
+    sub-folder of images per class). The validation set is ``val_dir`` (class sub-folders) when
+    given, else ``val_split`` of the training set held out per class, seeded by ``seed``; the
+    normalisation statistics are the remaining training set's."""
+    train, test = _train_and_test(
+        dataset, Path(data_dir), download, image_size, shapes_train_size, shapes_test_size, seed
+    )
+    val = ImageFolder(Path(val_dir), image_size, train=False) if val_dir else None
+    if val is not None and val.classes != train.classes:
+        raise ValueError(f"val_data: {val_dir} has other class folders than the training set")
+    train, val = hold_out(train, val_split, seed, val)
+    mean, std = train.channel_stats()
+    return DataSplits(train, val, test, train.classes, train.image_shape, mean, std)
+
+
+def _train_and_test(
+    dataset: str,
+    root: Path,
+    download: bool,
+    image_size: int,
+    shapes_train_size: int,
+    shapes_test_size: int,
+    seed: int,
+) -> tuple[Dataset, Dataset]:
     if dataset == "shapes":
-        train, test = (
-            load_shapes(split, shapes_train_size, shapes_test_size, seed) for split in (True, False)
-        )
-    elif dataset == "shape_patterns":
         sizes = (shapes_train_size, shapes_test_size, seed)
-        train, test = (load_shape_patterns(split, *sizes) for split in (True, False))
-    elif dataset in ("cifar10", "cifar100"):
-        train, test = (
-            load_cifar(root, split, int(dataset[5:]), download) for split in (True, False)
-        )
-    elif dataset == "fashion_mnist":
-        train, test = (load_fashion_mnist(root, split, download) for split in (True, False))
-    elif dataset == "folder":
-        train, test = (
-            ImageFolder(root / "train", image_size, train=True),
-            ImageFolder(root / "test", image_size, train=False),
-        )
+        return load_shapes(True, *sizes), load_shapes(False, *sizes)
+    if dataset == "shape_patterns":
+        sizes = (shapes_train_size, shapes_test_size, seed)
+        return load_shape_patterns(True, *sizes), load_shape_patterns(False, *sizes)
+    if dataset in ("cifar10", "cifar100"):
+        classes = int(dataset[5:])
+        return load_cifar(root, True, classes, download), load_cifar(root, False, classes, download)
+    if dataset == "fashion_mnist":
+        return load_fashion_mnist(root, True, download), load_fashion_mnist(root, False, download)
+    if dataset == "rafdb":
+        from .rafdb import load_rafdb
+
+        return load_rafdb(root, True, image_size), load_rafdb(root, False, image_size)
+    if dataset == "folder":
+        train = ImageFolder(root / "train", image_size, train=True)
+        test = ImageFolder(root / "test", image_size, train=False)
         if train.classes != test.classes:
             raise ValueError(f"{root}: train and test have different class folders")
-    else:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {DATASETS}")
-    mean, std = train.channel_stats()
-    return DataSplits(train, test, train.classes, train.image_shape, mean, std)
+        return train, test
+    raise ValueError(f"unknown dataset {dataset!r}; known: {DATASETS}")
 
 
 class ShardSampler(Sampler[int]):
@@ -188,6 +213,8 @@ __all__ = [
     "load_moving_shapes",
     "load_shape_patterns",
     "load_shapes",
+    "hold_out",
+    "labels_of",
     "load_splits",
     "make_loader",
     "mix_batch",
@@ -196,5 +223,7 @@ __all__ = [
     "read_rawframe_list",
     "read_video_list",
     "sample_frame_indices",
+    "stratified_indices",
+    "subset",
     "video_info",
 ]

@@ -1,6 +1,7 @@
 """Augmentations and normalisation written on batched tensors, applied on the training device
 after the batch is loaded (uint8 (batch, C, H, W) in, float out): random crop with padding,
-horizontal flip, RandAugment-style ops, mixup and cutmix. Each sample draws its own parameters."""
+horizontal flip, dihedral transforms and colour jitter (the Vision HRM's augmentation),
+RandAugment-style ops, mixup and cutmix. Each sample draws its own parameters."""
 
 import dataclasses
 import math
@@ -27,6 +28,37 @@ def random_crop(images: Tensor, padding: int) -> Tensor:
 def random_flip(images: Tensor) -> Tensor:
     flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
     return torch.where(flip, images.flip(-1), images)
+
+
+def random_dihedral(images: Tensor) -> Tensor:
+    """One of the square's eight symmetries per sample: a rotation by a multiple of 90°, flipped
+    horizontally or not."""
+    if images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"dihedral: expected square images, got {tuple(images.shape[-2:])}")
+    choice = torch.randint(0, 8, (images.shape[0],), device=images.device)
+    out = images
+    for index in range(1, 8):
+        transformed = images.rot90(index % 4, dims=(-2, -1))
+        if index >= 4:
+            transformed = transformed.flip(-1)
+        out = torch.where(_per_sample(choice == index), transformed, out)
+    return out
+
+
+def color_jitter(images: Tensor, strength: float) -> Tensor:
+    """Brightness, contrast and saturation each scaled by a factor drawn per sample from
+    [1 - strength, 1 + strength], on images in [0, 1]."""
+    batch = images.shape[0]
+
+    def factor() -> Tensor:
+        draw = torch.rand(batch, device=images.device) * 2 - 1
+        return _per_sample(1 + strength * draw)
+
+    images = images * factor()
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images = mean + (images - mean) * factor()
+    grey = images.mean(dim=1, keepdim=True)
+    return (grey + (images - grey) * factor()).clamp(0, 1)
 
 
 def _affine(images: Tensor, matrices: Tensor) -> Tensor:
@@ -127,7 +159,8 @@ def rand_augment(images: Tensor, num_ops: int, magnitude: float) -> Tensor:
 
 @dataclasses.dataclass
 class BatchTransform:
-    """uint8 images → augmented (when training) and normalised float images."""
+    """uint8 images → augmented (when training) float images, normalised by the channel
+    statistics unless ``normalize`` is off (then in [0, 1])."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -135,6 +168,9 @@ class BatchTransform:
     flip: bool = False
     rand_augment_ops: int = 0
     rand_augment_magnitude: float = 9.0
+    dihedral: bool = False
+    color_jitter: float = 0.0
+    normalize: bool = True
 
     def __call__(self, images: Tensor, train: bool) -> Tensor:
         x = images.float().div_(255)
@@ -142,17 +178,26 @@ class BatchTransform:
             x = random_crop(x, self.crop_padding)
             if self.flip:
                 x = random_flip(x)
+            if self.dihedral:
+                x = random_dihedral(x)
+            if self.color_jitter > 0:
+                x = color_jitter(x, self.color_jitter)
             if self.rand_augment_ops > 0:
                 x = rand_augment(x, self.rand_augment_ops, self.rand_augment_magnitude)
-        mean = torch.tensor(self.mean, device=x.device)[:, None, None]
-        std = torch.tensor(self.std, device=x.device)[:, None, None]
+        mean, std = self._statistics(x.device)
         return (x - mean) / std
 
     def denormalize(self, x: Tensor) -> Tensor:
-        """Normalised images back to [0, 1]."""
-        mean = torch.tensor(self.mean, device=x.device)[:, None, None]
-        std = torch.tensor(self.std, device=x.device)[:, None, None]
+        """Transformed images back to [0, 1]."""
+        mean, std = self._statistics(x.device)
         return (x * std + mean).clamp(0, 1)
+
+    def _statistics(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if not self.normalize:
+            return torch.zeros((), device=device), torch.ones((), device=device)
+        mean = torch.tensor(self.mean, device=device)[:, None, None]
+        std = torch.tensor(self.std, device=device)[:, None, None]
+        return mean, std
 
 
 def mix_batch(

@@ -1,9 +1,13 @@
-"""Class-incremental splits: a labelled set cut into tasks of disjoint classes, in a seeded class
-order (the benchmarks of iCaRL, PyCIL and Avalanche's ``SplitCIFAR*``)."""
+"""Splits of labelled sets: a validation set held out per class (``hold_out``), and
+class-incremental tasks of disjoint classes in a seeded class order (the benchmarks of iCaRL,
+PyCIL and Avalanche's ``SplitCIFAR*``)."""
 
+import copy
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+from torch.utils.data import Dataset
 
 from .sources import ImageTensorDataset
 
@@ -73,3 +77,58 @@ def split_by_class(
         return tuple(label_range(renumbered, t * k, (t + 1) * k) for t in range(n_tasks))
 
     return ClassIncrementalSplit(tasks(train), tasks(test), order, k)
+
+
+def stratified_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded split of the positions of ``labels`` into (kept, held out): ``fraction`` of each
+    class held out (rounded, at least one item of every class with two or more), so both parts
+    keep the class proportions."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction: expected a number in [0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    kept, held_out = [], []
+    for label in labels.unique().tolist():
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = round(fraction * len(members))
+        if fraction > 0 and len(members) > 1:
+            count = min(max(count, 1), len(members) - 1)
+        held_out.append(members[:count])
+        kept.append(members[count:])
+    return torch.cat(kept).sort().values, torch.cat(held_out).sort().values
+
+
+def labels_of(dataset: Dataset) -> Tensor:
+    """The label of every item of an in-memory set or of a set of files (``samples``)."""
+    if isinstance(dataset, ImageTensorDataset):
+        return dataset.labels
+    return torch.tensor([label for _, label in dataset.samples])
+
+
+def subset(dataset: Dataset, indices: Tensor, train: bool) -> Dataset:
+    """The items at ``indices`` as a data set of the same kind; a set of files skips its
+    unreadable ones as a training (``train``) or evaluation set, with a skip count of its own."""
+    if isinstance(dataset, ImageTensorDataset):
+        return ImageTensorDataset(dataset.images[indices], dataset.labels[indices], dataset.classes)
+    part = copy.copy(dataset)
+    part.samples = [dataset.samples[i] for i in indices.tolist()]
+    part.train = train
+    part.reset_skips()
+    return part
+
+
+def hold_out(
+    train: Dataset, fraction: float, seed: int, val: Dataset | None = None
+) -> tuple[Dataset, Dataset | None]:
+    """(training, validation) sets: ``val`` when given, else ``fraction`` of ``train`` held out
+    per class (seeded); no validation set when ``fraction`` is 0 and none is given."""
+    if val is not None:
+        if fraction > 0:
+            raise ValueError(
+                f"val_split: expected 0 with a validation set of its own, got {fraction}"
+            )
+        return train, val
+    if fraction == 0:
+        return train, None
+    kept, held_out = stratified_indices(labels_of(train), fraction, seed)
+    return subset(train, kept, train=True), subset(train, held_out, train=False)
