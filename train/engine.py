@@ -98,7 +98,9 @@ class EngineConfig:
 
 class Task(Protocol):
     """What a job tells the engine. A task may also define ``before_step(model, step,
-    total_steps)``, called before every training step (e.g. a curriculum on the model)."""
+    total_steps)``, called before every training step (e.g. a curriculum on the model), and
+    ``after_epoch(model, epoch, out_dir)``, called on the main process after each epoch's
+    validation with the evaluated model (e.g. to draw its outputs)."""
 
     monitor: str  # the validation metric that picks the best checkpoint
     mode: Literal["min", "max"]
@@ -342,6 +344,9 @@ class Trainer:
             }
             logger.log(self.record)
             self._save(improved)
+            after_epoch = getattr(self.task, "after_epoch", None)
+            if after_epoch is not None and distributed.is_main():
+                after_epoch(self.eval_model, self.epoch, self.out_dir)
             if distributed.is_main():
                 summary = ", ".join(f"{k} {v:.4g}" for k, v in self.record.items() if k != "epoch")
                 print(f"epoch {self.epoch}/{self.config.epochs}: {summary}", flush=True)

@@ -1,56 +1,53 @@
-"""``python -m train.evaluate``: evaluate a checkpoint of ``train.classify``, ``train.video`` or
-``train.mae`` on its data set's test split.
+"""``python -m train.evaluate``: evaluate a classify, video or MAE checkpoint on its test split.
 
-Classifier: accuracy, per-class precision/recall/F1 and a confusion-matrix PNG.
-Video classifier: the same plus top-5 accuracy, with ``--num-clips`` views per video averaged.
+The checkpoint holds its job's settings: the model and data set are built from them.
+
+Classifier: accuracy, loss, per-class precision/recall/F1/support with macro and weighted
+averages (``classification_report.json``), the confusion matrix (``confusion_matrix.csv``, and
+``confusion_matrix.png`` as counts and row-normalised) and ``sample_predictions.png``.
+Video classifier: the same, without sample pictures, plus top-5 accuracy, with ``--num-clips``
+views per video averaged.
 Multi-task video model: also detection mAP at temporal IoU 0.3/0.5/0.7, QA accuracy, caption
 BLEU-4, routing accuracy and expert usage, and a PNG of clips with their predictions.
-MAE: masked-patch MSE (the training loss), PSNR and SSIM of the reconstructions in pixel space,
-a reconstruction grid PNG, and all of these at mask ratios 25/50/75/90 %.
-Results go to ``evaluation.json`` beside the PNGs (in the checkpoint's folder by default).
+MAE: MSE, MAE (absolute error), PSNR and SSIM of the reconstructions at the trained mask ratio
+and at mask ratios 25/50/75/90 % (a table), and ``reconstructions.png`` (original, then masked
+and reconstructed at each ratio).
+Every result also goes to ``evaluation.json`` beside them, in ``--out-dir`` (``--output-dir``;
+by default the checkpoint's folder).
 
-    python -m train.evaluate --checkpoint runs/classify/best.pt
+    python -m train.evaluate --checkpoint runs/classify/best.pt --output-dir runs/evaluation
+    python -m train.evaluate --checkpoint runs/mae/best.pt
     python -m train.evaluate --checkpoint runs/video/best.pt --num-clips 3
 """
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
-import matplotlib
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from python_models.vim_mae import patchify, unpatchify  # noqa: E402
-
-from . import checkpoint, distributed, video  # noqa: E402
-from .classification import confusion_matrix, per_class_metrics  # noqa: E402
-from .classify import ClassifyConfig  # noqa: E402
-from .common import build_backbone, data_for, start  # noqa: E402
-from .config import at_least, check_settings, field, load_config  # noqa: E402
-from .data import (  # noqa: E402
-    BatchTransform,
-    DataSplits,
-    SelectFields,
-    make_loader,
-    readable_batches,
-)
-from .engine import take_skipped  # noqa: E402
-from .mae import MAEConfig, build_mae  # noqa: E402
-from .video_multitask import TextVocabulary, plot_predictions  # noqa: E402
+from . import checkpoint, distributed, reports, video
+from .classification import confusion_matrix
+from .classify import ClassifyConfig
+from .common import build_backbone, data_for, start
+from .config import Range, at_least, check_settings, field, load_config
+from .data import BatchTransform, SelectFields, make_loader, readable_batches
+from .engine import take_skipped
+from .mae import MAEConfig, build_mae
+from .video_multitask import TextVocabulary, plot_predictions
 
 
 @dataclasses.dataclass
 class EvaluateConfig:
     checkpoint: str = field(
-        "runs/classify/best.pt", "checkpoint written by train.classify or train.mae"
+        "runs/classify/best.pt", "checkpoint written by train.classify, train.video or train.mae"
     )
-    out_dir: str = field("", "where results go (default: the checkpoint's folder)")
+    out_dir: str = field(
+        "",
+        "where results go (default: the checkpoint's folder)",
+        aliases=("--output-dir", "--output_dir"),
+    )
     data_dir: str = field(
         "",
         "data folder (default: the one the checkpoint was trained with); for a video model "
@@ -61,13 +58,22 @@ class EvaluateConfig:
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     threads: int = field(0, "CPU threads for torch (0: torch's default)", at_least(0))
     seed: int = field(0, "seed of the MAE masks")
-    mask_ratios: list = field([0.25, 0.5, 0.75, 0.9], "MAE: mask ratios of the sweep")
-    grid_images: int = field(8, "MAE: images in the reconstruction grid", at_least(1))
+    mask_ratios: list = field(list(reports.MASK_RATIOS), "MAE: mask ratios of the table, in (0, 1)")
+    grid_images: int = field(
+        reports.FIGURE_IMAGES,
+        "MAE: images in the reconstruction picture",
+        Range(1, reports.FIGURE_IMAGES),
+    )
     num_clips: int = field(0, "video: views per test video, averaged (0: as trained)", at_least(0))
     example_clips: int = field(4, "multi-task video: clips drawn in predictions.png", at_least(0))
 
     def __post_init__(self) -> None:
         check_settings(self)
+        outside = [ratio for ratio in self.mask_ratios if not 0 < ratio < 1]
+        if outside or not self.mask_ratios:
+            raise ValueError(
+                f"mask_ratios: expected one or more fractions in (0, 1), got {self.mask_ratios}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model = build_backbone(job.model, job.model_args, splits, len(splits.classes)).to(device)
         model.load_state_dict(weights)
-        results = evaluate_classifier(model, loader, transform, splits, out_dir, device)
+        results = reports.classification_outputs(
+            model, loader, transform, splits.classes, device, out_dir, prefix=""
+        )
     return finish(results, out_dir)
 
 
@@ -103,13 +111,6 @@ def finish(results: dict, out_dir: Path) -> dict:
         print(f"wrote {out_dir / 'evaluation.json'}")
     distributed.cleanup()
     return results
-
-
-def evaluate_classifier(
-    model, loader, transform: BatchTransform, splits: DataSplits, out_dir: Path, device
-) -> dict:
-    matrix, _, _ = confusion_matrix(model, loader, transform, len(splits.classes), device)
-    return classification_report(matrix, splits.classes, out_dir)
 
 
 def evaluate_video(
@@ -144,7 +145,7 @@ def evaluate_video(
         classifier, loader, transform, dataset.num_classes, device, top_k=5
     )
     skipped = take_skipped(dataset, device)  # unreadable videos, left out of every metric
-    results.update(classification_report(matrix, dataset.classes, out_dir))
+    results.update(reports.write_classification_report(matrix, dataset.classes, out_dir, prefix=""))
     if distributed.is_main():
         print(
             f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video, "
@@ -191,174 +192,24 @@ class ActionLogits(torch.nn.Module):
         return self.model(clips).action
 
 
-def classification_report(matrix: Tensor, classes: tuple[str, ...], out_dir: Path) -> dict:
-    """Accuracy and per-class precision/recall/F1 from a confusion matrix, printed and plotted
-    (``confusion_matrix.png``) by the main process."""
-    metrics = per_class_metrics(matrix)
-    accuracy = matrix.diag().sum().item() / matrix.sum().item()
-    per_class = {
-        name: {key: round(values[i].item(), 4) for key, values in metrics.items()}
-        for i, name in enumerate(classes)
-    }
-    if distributed.is_main():
-        print(f"test accuracy {accuracy:.4f} on {int(matrix.sum().item())} samples")
-        print(f"{'class':>14} {'precision':>9} {'recall':>9} {'f1':>9}")
-        for name, values in per_class.items():
-            print(
-                f"{name:>14} {values['precision']:>9.4f} {values['recall']:>9.4f} {values['f1']:>9.4f}"
-            )
-        plot_confusion(matrix, classes, out_dir / "confusion_matrix.png")
-    return {
-        "accuracy": accuracy,
-        "per_class": per_class,
-        "confusion_matrix": matrix.long().tolist(),
-    }
-
-
-def plot_confusion(matrix: Tensor, classes: tuple[str, ...], path: Path) -> None:
-    size = max(4.0, 0.45 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix.numpy(), cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(classes) <= 20:
-        threshold = matrix.max().item() / 2
-        for (row, col), count in zip(
-            torch.cartesian_prod(*(torch.arange(len(classes)),) * 2).tolist(),
-            matrix.flatten().tolist(),
-        ):
-            ax.text(
-                col,
-                row,
-                int(count),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if count > threshold else "black",
-            )
-    ax.set_title(f"accuracy {matrix.diag().sum().item() / matrix.sum().item():.4f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def reconstruct(
-    model, images: Tensor, transform: BatchTransform, mask_ratio: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, reconstruction in [0, 1] with the visible patches taken from the input, pixel mask
-    (1 = hidden)) for images already normalised by ``transform``."""
-    out = model(images, mask_ratio=mask_ratio)
-    pred = out.pred.float()
-    if model.norm_pix_loss:  # undo the per-patch normalisation with the true patches' statistics
-        target = patchify(images, model.patch_size)
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1e-6).sqrt() + target.mean(
-            dim=-1, keepdim=True
-        )
-    channels = images.shape[1]
-    patch_mask = out.mask[..., None].expand(-1, -1, model.patch_size**2 * channels)
-    pixel_mask = unpatchify(patch_mask, model.patch_size, channels)
-    predicted = transform.denormalize(unpatchify(pred, model.patch_size, channels))
-    original = transform.denormalize(images)
-    return out.loss, torch.where(pixel_mask.bool(), predicted, original), pixel_mask
-
-
-def ssim(x: Tensor, y: Tensor, window: int = 7, sigma: float = 1.5) -> Tensor:
-    """Mean structural similarity of images in [0, 1], per image (Gaussian window, per channel)."""
-    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
-    gauss = torch.exp(-(coords**2) / (2 * sigma**2))
-    gauss = gauss / gauss.sum()
-    kernel = (gauss[:, None] * gauss[None, :]).expand(x.shape[1], 1, window, window)
-    blur = lambda t: F.conv2d(t, kernel, groups=x.shape[1])  # noqa: E731
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )
-    return value.flatten(1).mean(1)
-
-
-@torch.no_grad()
 def evaluate_mae(
     model, loader, transform: BatchTransform, config: EvaluateConfig, out_dir: Path, device
 ) -> dict:
-    model.eval()
-    sweep = {}
-    for ratio in config.mask_ratios:
-        torch.manual_seed(config.seed + distributed.rank())
-        sums = torch.zeros(
-            4, dtype=torch.float64, device=device
-        )  # loss, masked sq. error, masked pixels, ssim
-        images_seen = torch.zeros((), dtype=torch.float64, device=device)
-        for images, _ in readable_batches(loader):
-            images = transform(images.to(device), train=False)
-            loss, recon, pixel_mask = reconstruct(model, images, transform, ratio)
-            original = transform.denormalize(images)
-            squared = ((recon - original) ** 2 * pixel_mask).sum()
-            sums += torch.stack(
-                [
-                    loss.double() * images.shape[0],
-                    squared.double(),
-                    pixel_mask.sum().double(),
-                    ssim(recon, original).sum().double(),
-                ]
-            )
-            images_seen += images.shape[0]
-        distributed.all_reduce_sum(sums)
-        distributed.all_reduce_sum(images_seen)
-        mse = (sums[1] / sums[2]).item()
-        sweep[f"{ratio:g}"] = {
-            "masked_patch_loss": (sums[0] / images_seen).item(),
-            "pixel_mse": mse,
-            "psnr_db": 10 * math.log10(1.0 / max(mse, 1e-12)),
-            "ssim": (sums[3] / images_seen).item(),
-        }
-        if distributed.is_main():
-            r = sweep[f"{ratio:g}"]
-            print(
-                f"mask ratio {ratio:>4.0%}: masked-patch loss {r['masked_patch_loss']:.4f}, "
-                f"pixel MSE {r['pixel_mse']:.5f}, "
-                f"PSNR {r['psnr_db']:.2f} dB, SSIM {r['ssim']:.4f}"
-            )
+    """The reconstruction metrics at the trained mask ratio and at each of ``mask_ratios``
+    (each with the same seeded masks), printed as a table, and ``reconstructions.png``."""
+    trained = model.mask_ratio
+    ratios = sorted({*config.mask_ratios, trained})
+    table = reports.mask_ratio_table(model, loader, transform, device, ratios, config.seed)
+    at_trained = next(row for row in table if row["mask_ratio"] == trained)
     if distributed.is_main():
-        plot_reconstructions(
-            model, loader, transform, config, out_dir / "reconstructions.png", device
+        print(f"reconstructions of the test split, mask ratio as trained: {trained:.0%}")
+        print(reports.format_table(table))
+        images = next(readable_batches(loader))[0][: config.grid_images]
+        path = out_dir / "reconstructions.png"
+        reports.save_reconstruction_figure(
+            model, images, transform, path, config.mask_ratios, config.seed
         )
-    return {"mask_ratio_sweep": sweep, "trained_mask_ratio": model.mask_ratio}
-
-
-def plot_reconstructions(
-    model, loader, transform: BatchTransform, config: EvaluateConfig, path: Path, device
-) -> None:
-    """Rows: input, what the encoder sees, reconstruction, for each swept mask ratio."""
-    torch.manual_seed(config.seed)
-    images = transform(next(iter(loader))[0][: config.grid_images].to(device), train=False)
-    original = transform.denormalize(images)
-    rows = [("input", original)]
-    for ratio in config.mask_ratios:
-        _, recon, pixel_mask = reconstruct(model, images, transform, ratio)
-        rows += [
-            (f"visible {ratio:.0%}", original * (1 - pixel_mask)),
-            (f"recon. {ratio:.0%}", recon),
-        ]
-    fig, axes = plt.subplots(
-        len(rows), len(images), figsize=(1.1 * len(images) + 1, 1.1 * len(rows)), squeeze=False
-    )
-    for r, (title, batch) in enumerate(rows):
-        for c in range(len(images)):
-            ax = axes[r][c]
-            picture = batch[c].cpu().permute(1, 2, 0).numpy()
-            ax.imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return {**at_trained, "mask_ratio_sweep": table}
 
 
 def cli() -> None:

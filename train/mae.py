@@ -9,6 +9,7 @@ defaults of both jobs are the same small Vision Mamba).
 """
 
 import dataclasses
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -32,6 +33,7 @@ from .common import (
 from .config import Range, Translation, at_least, field, to_model_arg
 from .data import BatchTransform, readable_batches
 from .engine import Trainer
+from .reports import FIGURE_IMAGES, reconstruction_metrics, save_reconstruction_figure
 
 
 @dataclasses.dataclass
@@ -53,18 +55,37 @@ class MAEConfig(BuiltinJobConfig):
     decoder_depth: int = field(2, "decoder transformer blocks", at_least(1))
     decoder_heads: int = field(4, "decoder attention heads", at_least(1))
     norm_pix_loss: bool = field(False, "per-patch normalised pixel targets")
+    reconstruction_every: int = field(
+        1,
+        "draw mae_reconstruction.png from validation images every this many epochs (0: off)",
+        at_least(0),
+    )
     lr: float = field(1.5e-3, "peak learning rate (AdamW)")
     out_dir: str = field("runs/mae", "where checkpoints, metrics and plots go")
 
 
 class MAETask:
-    """Masked-patch reconstruction loss; the best checkpoint has the lowest validation loss."""
+    """Masked-patch reconstruction loss; the best checkpoint has the lowest validation loss.
+    Every ``picture_every`` epochs it draws ``mae_reconstruction.png`` (original / masked /
+    reconstructed) from the first validation images."""
 
     monitor = "loss"
     mode = "min"
 
-    def __init__(self, transform: BatchTransform):
+    def __init__(
+        self,
+        transform: BatchTransform,
+        picture_images: Tensor | None = None,
+        picture_every: int = 0,
+    ):
         self.transform = transform
+        self.picture_images = picture_images
+        self.picture_every = picture_every
+
+    def after_epoch(self, model: nn.Module, epoch: int, out_dir: Path) -> None:
+        if self.picture_every and epoch % self.picture_every == 0:
+            path = out_dir / "mae_reconstruction.png"
+            save_reconstruction_figure(model, self.picture_images, self.transform, path)
 
     def training_loss(self, model: nn.Module, batch: list[Tensor]) -> Tensor:
         return model(self.transform(batch[0], train=True)).loss
@@ -91,6 +112,18 @@ class MAETask:
         return {"loss": (totals[0] / totals[1]).item()}
 
 
+def first_images(dataset, count: int) -> Tensor:
+    """The first ``count`` readable images of ``dataset`` (an unreadable file's item is None)."""
+    images = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if item is not None:
+            images.append(item[0])
+        if len(images) == count:
+            break
+    return torch.stack(images)
+
+
 def build_mae(config: MAEConfig, splits) -> VisionMambaMAE:
     encoder = build_backbone(config.model, config.model_args, splits, num_classes=0)
     return VisionMambaMAE(
@@ -104,19 +137,29 @@ def build_mae(config: MAEConfig, splits) -> VisionMambaMAE:
 
 
 def run(config: MAEConfig) -> dict:
-    """Pre-trains as configured, choosing the best checkpoint by the validation loss; returns
-    the last epoch's record with the test split's loss (last and best weights)."""
+    """Pre-trains as configured, choosing the best checkpoint by the validation loss; then, once,
+    the test split's loss (last and best weights) and the best weights' reconstruction metrics
+    (MSE, MAE, PSNR, SSIM). Returns the last epoch's record with those."""
     device = start(config)
     splits, transform = data_for(config)
     model = build_mae(config, splits)
     train_loader, val_loader, test_loader = loaders_for(config, splits)
-    task = MAETask(transform)
+    picture_images = first_images(splits.val, FIGURE_IMAGES)
+    task = MAETask(transform, picture_images, config.reconstruction_every)
     trainer = Trainer(
         model, task, train_loader, val_loader, config, plain(config), device, job="mae"
     )
     summary = dict(trainer.fit())
     if config.evaluate_test:
         summary.update(report_test(trainer, test_loader, "loss"))
+        quality = reconstruction_metrics(trainer.best_model(), test_loader, transform, device)
+        summary.update({f"best_test_{name}": value for name, value in quality.items()})
+        if distributed.is_main():
+            print(
+                "test split, best checkpoint: "
+                + ", ".join(f"{name} {value:.4g}" for name, value in quality.items()),
+                flush=True,
+            )
     return summary
 
 

@@ -1,5 +1,7 @@
-"""Per-epoch metrics: JSON lines, a CSV table, TensorBoard scalars (when installed) and a
-training-curve plot, all written by the main process only."""
+"""Per-epoch metrics, written by the main process only: ``metrics.jsonl`` (one record a line,
+appended as the run goes), ``training_log.json`` (the same records as one JSON list),
+``metrics.csv``, the training curves ``curves.png`` and TensorBoard scalars (when tensorboard is
+installed)."""
 
 import csv
 import json
@@ -7,10 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+from .reports import new_figure
 
 try:
     from torch.utils.tensorboard import SummaryWriter
@@ -21,8 +20,10 @@ Record = dict[str, Any]
 
 
 class MetricsLogger:
-    """Writes ``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and TensorBoard events to
-    ``out_dir``. On resume, records of epochs after the checkpoint's are dropped first."""
+    """Writes ``metrics.jsonl``, ``training_log.json``, ``metrics.csv``, ``curves.png`` and
+    TensorBoard events (``out_dir/tensorboard``, one scalar per numeric key, the epoch as the
+    step) to ``out_dir``. On resume, records of epochs after the checkpoint's are dropped first,
+    from the logs and from what TensorBoard shows; a fresh run hides an earlier run's events."""
 
     def __init__(self, out_dir: Path, enabled: bool = True, resume_epoch: int | None = None):
         self.out_dir = Path(out_dir)
@@ -34,11 +35,11 @@ class MetricsLogger:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume_epoch is not None:
             self.records = [r for r in read_jsonl(self.jsonl_path) if r["epoch"] <= resume_epoch]
-            self._rewrite_jsonl()
-        else:
-            self.jsonl_path.unlink(missing_ok=True)
+        self._rewrite_logs()
         if SummaryWriter is not None:
-            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_epoch)
+            # Events of steps from purge_step on, written by an earlier run, are discarded.
+            first_step = (resume_epoch or 0) + 1
+            self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=first_step)
 
     @property
     def jsonl_path(self) -> Path:
@@ -50,6 +51,7 @@ class MetricsLogger:
         self.records.append(record)
         with open(self.jsonl_path, "a") as file:
             file.write(json.dumps(record) + "\n")
+        self._write_training_log()
         self._write_csv()
         if self.writer is not None:
             for key, value in record.items():
@@ -62,8 +64,12 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
 
-    def _rewrite_jsonl(self) -> None:
+    def _rewrite_logs(self) -> None:
         self.jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self._write_training_log()
+
+    def _write_training_log(self) -> None:
+        (self.out_dir / "training_log.json").write_text(json.dumps(self.records, indent=2))
 
     def _write_csv(self) -> None:
         columns = list(dict.fromkeys(key for record in self.records for key in record))
@@ -93,26 +99,39 @@ def read_jsonl(path: Path) -> list[Record]:
     return records
 
 
-def plot_curves(records: list[Record], path: Path) -> None:
-    """One panel per metric family: losses, accuracies (or other val metrics), learning rate."""
-    epochs = [r["epoch"] for r in records]
-    keys = [k for k in records[-1] if k != "epoch" and isinstance(records[-1][k], (int, float))]
+def curve_panels(records: list[Record]) -> dict[str, list[str]]:
+    """The keys drawn in each panel of the curves: the losses (training and validation), every
+    other validation metric (not the counts of skipped items), the learning rate."""
+    keys = [
+        key
+        for key in dict.fromkeys(k for r in records for k in r)
+        if key != "epoch" and any(isinstance(r.get(key), (int, float)) for r in records)
+    ]
     panels = {
         "loss": [k for k in keys if "loss" in k],
-        "metric": [
-            k for k in keys if "loss" not in k and k not in ("lr", "epoch_time_s", "images_per_s")
+        "validation metrics": [
+            k
+            for k in keys
+            if k.startswith("val_") and "loss" not in k and not k.endswith("_skipped")
         ],
         "learning rate": [k for k in keys if k == "lr"],
     }
-    panels = {title: ks for title, ks in panels.items() if ks}
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
-    for ax, (title, panel_keys) in zip(axes[0], panels.items()):
-        for key in panel_keys:
-            ax.plot(epochs, [r.get(key) for r in records], marker="o", markersize=3, label=key)
+    return {title: panel_keys for title, panel_keys in panels.items() if panel_keys}
+
+
+def plot_curves(records: list[Record], path: Path) -> None:
+    """Each panel of ``curve_panels`` over the epochs (a gap where an epoch lacks a key)."""
+    epochs = [r["epoch"] for r in records]
+    panels = curve_panels(records)
+    figure = new_figure(4.5 * len(panels), 3.4)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, keys) in zip(axes, panels.items()):
+        for key in keys:
+            values = [r.get(key, float("nan")) for r in records]
+            ax.plot(epochs, values, marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

@@ -290,3 +290,12 @@ def test_help_lists_the_allowed_values(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "[one of ('auto', 'none', 'bf16', 'fp16')]" in text
     assert "[a number in [0, 1)]" in text
+
+
+def test_the_translation_tables_are_documented_as_they_are():
+    from train.config import source_key_table
+
+    page = (CONFIGS.parent / "docs" / "jobs" / "classify.md").read_text()
+    for cls in (ClassifyConfig, MAEConfig):
+        for row in source_key_table(cls).splitlines():
+            assert row in page, row

@@ -21,7 +21,7 @@ from train.data import (
     make_loader,
     sources,
 )
-from train.data.augment import mix_batch, rand_augment, random_crop
+from train.data.augment import color_jitter, mix_batch, rand_augment, random_crop, random_dihedral
 from train.data.shapes import CLASSES, generate_shapes
 from train.data.sources import SkippedImageWarning
 
@@ -216,6 +216,35 @@ def test_batch_transform_and_rand_augment_keep_shape_and_range():
     )
     augmented = rand_augment(images.float() / 255, num_ops=3, magnitude=9)
     assert augmented.min() >= 0 and augmented.max() <= 1
+
+
+def test_dihedral_transforms_are_the_eight_symmetries_of_the_square():
+    image = torch.arange(16.0).view(1, 1, 4, 4)
+    symmetries = {
+        tuple(t.flatten().tolist())
+        for k in range(4)
+        for t in (image.rot90(k, (-2, -1)), image.rot90(k, (-2, -1)).flip(-1))
+    }
+    torch.manual_seed(0)
+    drawn = {
+        tuple(random_dihedral(image.expand(64, 1, 4, 4))[b].flatten().tolist()) for b in range(64)
+    }
+    assert drawn == symmetries
+    with pytest.raises(ValueError, match=r"dihedral: expected square images, got \(4, 6\)"):
+        random_dihedral(torch.zeros(2, 3, 4, 6))
+
+
+def test_color_jitter_stays_in_range_and_is_off_at_zero():
+    images = torch.rand(8, 3, 8, 8)
+    jittered = color_jitter(images, 0.4)
+    assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.equal(jittered, images)
+    torch.testing.assert_close(color_jitter(images, 0.0), images)
+
+
+def test_without_normalisation_images_stay_in_zero_one():
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    transform = BatchTransform((0.5,) * 3, (0.25,) * 3, normalize=False)
+    torch.testing.assert_close(transform(images, train=False), images.float() / 255)
 
 
 @pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0)])
