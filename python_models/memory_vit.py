@@ -20,7 +20,7 @@ from hvision_ext.ops.hopfield_retrieval import HOPFIELD_MAX_DIM
 
 from .registry import register_model
 from .vit import NORM_EPS
-from .vit_baselines import DEFAULT_BACKBONE, FrozenViT
+from .vit_baselines import DEFAULT_BACKBONE, FrozenViT, build_frozen_vit
 
 MEMORY_MODES = ("associative", "class_prototype", "learned")
 POSITIONS = ("after_attn", "after_ffn")
@@ -33,7 +33,7 @@ def rms_normalise(x: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 class HopfieldLayer(nn.Module):
-    """A residual modern-Hopfield memory read: x + gate · proj(retrieve(query(norm(x)))).
+    """A residual modern-Hopfield memory read: x + gate · proj(dropout(retrieve(query(norm(x))))).
 
     Queries and patterns are split into ``num_heads`` heads and RMS-normalised per head; the
     patterns, (heads, mem_size, head_dim), are one bank shared by the batch and passed to
@@ -70,6 +70,7 @@ class HopfieldLayer(nn.Module):
         mode: ``associative``, ``class_prototype`` or ``learned``.
         num_classes: label width of a written memory (class_prototype: classes < mem_size).
         match_threshold: ``associative``: the similarity at which a feature joins a slot.
+        dropout: dropout on the retrieved read while training.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class HopfieldLayer(nn.Module):
         mode: str = "associative",
         num_classes: int = 0,
         match_threshold: float = 0.9,
+        dropout: float = 0.0,
     ):
         super().__init__()
         _check_layer_args(dim, mem_size, num_heads, beta, n_steps, mode, num_classes)
@@ -100,6 +102,7 @@ class HopfieldLayer(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
+        self.read_drop = nn.Dropout(dropout)
         self.gate = nn.Parameter(torch.zeros(()))
         shape = (num_heads, mem_size, self.head_dim)
         if mode == "learned":
@@ -143,7 +146,8 @@ class HopfieldLayer(nn.Module):
         retrieved = hopfield_retrieval(
             self.queries(x), self.stored_patterns(slots), beta=self.beta, n_steps=self.n_steps
         )
-        return x + self.gate * self.proj(retrieved.transpose(1, 2).flatten(2))
+        read = self.read_drop(retrieved.transpose(1, 2).flatten(2))
+        return x + self.gate * self.proj(read)
 
     def class_probabilities(self, features: Tensor) -> Tensor:
         """(batch, dim) features → (batch, num_classes) probabilities read from the slots'
@@ -253,6 +257,11 @@ def _check_layer_args(dim, mem_size, num_heads, beta, n_steps, mode, num_classes
 class MemoryAugmentedViT(FrozenViT):
     """A ViT with a ``HopfieldLayer`` after the attention or the FFN of chosen blocks.
 
+    The defaults train as they are (``python -m train.memory``, ``python -m train.classify``): a
+    frozen backbone, a learned memory of 1000 patterns after the last block (β 0.125) and a
+    linear head, with dropout 0.1; with ``hopfield_position='after_attn'`` (the ``memory_vit``
+    preset) this is the source design's model.
+
     With a ``learned`` memory the class token goes on through the remaining blocks and the final
     norm to a linear head. With a written memory (``associative``, ``class_prototype``) the
     model classifies by the last memory layer's label read of the class token at that layer
@@ -275,6 +284,7 @@ class MemoryAugmentedViT(FrozenViT):
         n_steps: Hopfield updates per read.
         match_threshold: ``associative``: similarity at which a feature joins a slot.
         backbone_args: overrides of the preset's arguments.
+        dropout: dropout on the memories' reads and on the features before the head.
     """
 
     def __init__(
@@ -286,18 +296,19 @@ class MemoryAugmentedViT(FrozenViT):
         hopfield_position: str = "after_ffn",
         beta: float = 0.125,
         freeze_backbone: bool = True,
-        memory_mode: str = "class_prototype",
+        memory_mode: str = "learned",
         hopfield_blocks: tuple[int, ...] = (-1,),
         num_heads: int = 1,
         n_steps: int = 1,
         match_threshold: float = 0.9,
         backbone_args: dict | None = None,
+        dropout: float = 0.1,
     ):
         if hopfield_position not in POSITIONS:
             raise ValueError(
                 f"hopfield_position: expected one of {POSITIONS}, got {hopfield_position!r}"
             )
-        super().__init__(backbone_name, pretrained, freeze_backbone, backbone_args)
+        super().__init__(backbone_name, pretrained, freeze_backbone, backbone_args, dropout)
         depth = len(self.backbone.blocks)
         if not hopfield_blocks or any(not -depth <= i < depth for i in hopfield_blocks):
             raise ValueError(
@@ -318,6 +329,7 @@ class MemoryAugmentedViT(FrozenViT):
                     memory_mode,
                     num_classes,
                     match_threshold,
+                    dropout,
                 )
                 for index in sorted({i % depth for i in hopfield_blocks})
             }
@@ -339,8 +351,7 @@ class MemoryAugmentedViT(FrozenViT):
                 x, probabilities = self._memory(index, x, labels)
                 if probabilities is not None:
                     return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
-        features = self.backbone.norm(x)
-        return self.head(self.backbone.forward_head(features, pre_logits=True))
+        return self.classify(self.backbone.norm(x))
 
     def _memory(self, index: int, x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Block ``index``'s memory applied to x, and the class probabilities when it is the
@@ -369,6 +380,7 @@ class MemoryAugmentedViT(FrozenViT):
 
 @register_model
 def memory_vit(**overrides) -> MemoryAugmentedViT:
-    """``MemoryAugmentedViT`` on ``vit_micro_patch4_32``: a class-prototype memory of 1000
-    slots after the last block's FFN, frozen backbone."""
-    return MemoryAugmentedViT(**overrides)
+    """``MemoryAugmentedViT`` on ``vit_micro_patch4_32`` with the source design's defaults: a
+    learned memory of 1000 patterns after the last block's attention, β 0.125, frozen
+    backbone, trained head, dropout 0.1."""
+    return build_frozen_vit(MemoryAugmentedViT, {"hopfield_position": "after_attn", **overrides})

@@ -1,7 +1,11 @@
 """Parameter-efficient baselines on a frozen ViT: a linear probe and visual prompt tuning (VPT,
 Jia et al. 2022), shallow and deep. The backbone is a registered ``VisionTransformer`` preset,
-frozen and kept in eval mode (no dropout, no stochastic depth) whatever the wrapper's mode."""
+frozen and kept in eval mode (no dropout, no stochastic depth) whatever the wrapper's mode.
 
+The presets take, besides the classes' arguments, the backbone preset's (``img_size``,
+``in_chans``, …: what the training jobs size a model with), which they pass on to the backbone."""
+
+import inspect
 import math
 from pathlib import Path
 
@@ -16,7 +20,8 @@ DEFAULT_BACKBONE = "vit_micro_patch4_32"
 
 class FrozenViT(nn.Module):
     """A wrapper around a ViT backbone built from a preset without its head; with ``freeze``
-    the backbone gets no gradient and stays in eval mode."""
+    the backbone gets no gradient and stays in eval mode. ``dropout`` applies to the class-token
+    features before a subclass's ``head``."""
 
     def __init__(
         self,
@@ -24,8 +29,11 @@ class FrozenViT(nn.Module):
         pretrained: bool | str | Path,
         freeze: bool,
         backbone_args: dict | None,
+        dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
         backbone = create_model(
             backbone_name, pretrained=pretrained, num_classes=0, **(backbone_args or {})
         )
@@ -36,6 +44,7 @@ class FrozenViT(nn.Module):
             )
         self.backbone = backbone.requires_grad_(not freeze)
         self.freeze_backbone = freeze
+        self.head_drop = nn.Dropout(dropout)
 
     def train(self, mode: bool = True) -> "FrozenViT":
         super().train(mode)
@@ -51,6 +60,11 @@ class FrozenViT(nn.Module):
     def embed_dim(self) -> int:
         return self.backbone.embed_dim
 
+    def classify(self, tokens: Tensor) -> Tensor:
+        """Logits of ``head`` on the class token of the normalised ``tokens``."""
+        features = self.backbone.forward_head(tokens, pre_logits=True)
+        return self.head(self.head_drop(features))
+
 
 class LinearProbeViT(FrozenViT):
     """A linear classifier on the frozen backbone's class-token features: only ``head.weight``
@@ -61,6 +75,7 @@ class LinearProbeViT(FrozenViT):
         pretrained: the preset's ``pretrained`` (True: timm's weights; a path: a local file).
         num_classes: classes of the head.
         backbone_args: overrides of the preset's arguments.
+        dropout: dropout on the features before the head.
     """
 
     def __init__(
@@ -69,14 +84,14 @@ class LinearProbeViT(FrozenViT):
         pretrained: bool | str | Path = False,
         num_classes: int = 10,
         backbone_args: dict | None = None,
+        dropout: float = 0.0,
     ):
-        super().__init__(backbone_name, pretrained, True, backbone_args)
+        super().__init__(backbone_name, pretrained, True, backbone_args, dropout)
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:
-        features = self.backbone.forward_features(images)
-        return self.head(self.backbone.forward_head(features, pre_logits=True))
+        return self.classify(self.backbone.forward_features(images))
 
 
 class VisualPromptTuning(FrozenViT):
@@ -91,6 +106,7 @@ class VisualPromptTuning(FrozenViT):
         num_classes: classes of the head.
         num_prompts: prompt tokens (per block when deep), ≥ 1.
         backbone_args: overrides of the preset's arguments.
+        dropout: dropout on the features before the head.
     """
 
     deep: bool  # set by VPTShallow and VPTDeep
@@ -102,8 +118,9 @@ class VisualPromptTuning(FrozenViT):
         num_classes: int = 10,
         num_prompts: int = 10,
         backbone_args: dict | None = None,
+        dropout: float = 0.0,
     ):
-        super().__init__(backbone_name, pretrained, True, backbone_args)
+        super().__init__(backbone_name, pretrained, True, backbone_args, dropout)
         if num_prompts < 1:
             raise ValueError(f"num_prompts: expected >= 1, got {num_prompts}")
         self.num_classes = num_classes
@@ -128,8 +145,7 @@ class VisualPromptTuning(FrozenViT):
             if 0 < index < len(self.prompts):
                 x = self._with_prompts(x, self.prompts[index], replace=True)
             x = block(x)
-        features = self.backbone.norm(x)
-        return self.head(self.backbone.forward_head(features, pre_logits=True))
+        return self.classify(self.backbone.norm(x))
 
 
 class VPTShallow(VisualPromptTuning):
@@ -146,19 +162,29 @@ class VPTDeep(VisualPromptTuning):
     deep = True
 
 
+def build_frozen_vit(cls: type[FrozenViT], overrides: dict) -> FrozenViT:
+    """``cls`` from a preset's overrides: those that are not ``cls``'s own arguments are the
+    backbone preset's (under the explicit ``backbone_args``)."""
+    own = inspect.signature(cls).parameters
+    backbone_args = {key: value for key, value in overrides.items() if key not in own}
+    arguments = {key: value for key, value in overrides.items() if key in own}
+    arguments["backbone_args"] = {**backbone_args, **(arguments.get("backbone_args") or {})}
+    return cls(**arguments)
+
+
 @register_model
 def linear_probe_vit(**overrides) -> LinearProbeViT:
     """``LinearProbeViT`` on ``vit_micro_patch4_32``."""
-    return LinearProbeViT(**overrides)
+    return build_frozen_vit(LinearProbeViT, overrides)
 
 
 @register_model
 def vpt_shallow(**overrides) -> VPTShallow:
     """``VPTShallow`` with 10 prompts on ``vit_micro_patch4_32``."""
-    return VPTShallow(**overrides)
+    return build_frozen_vit(VPTShallow, overrides)
 
 
 @register_model
 def vpt_deep(**overrides) -> VPTDeep:
     """``VPTDeep`` with 10 prompts per block on ``vit_micro_patch4_32``."""
-    return VPTDeep(**overrides)
+    return build_frozen_vit(VPTDeep, overrides)

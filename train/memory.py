@@ -1,14 +1,26 @@
-"""``python -m train.memory``: few-shot classification with the memory-augmented ViT and its
-baselines, on classes the backbone never saw.
+"""``python -m train.memory``: the memory-augmented ViT and its baselines (linear probe,
+VPT-shallow, VPT-deep) on a frozen backbone, measured by one of three protocols.
 
-With no arguments it runs on the built-in 30-class data set (shapes × fills): a small ViT is
-pretrained on the 20 base classes (by the training engine; the checkpoint is cached and reused),
-then every method meets the same seeded 5-way episodes of the 10 novel classes, 1- and 5-shot,
-and the mean query accuracy is printed with its 95 % confidence interval over the episodes.
+- ``supervised`` (the default, the source design's): the memory, prompts or head trained for
+  ``--epochs`` with AdamW at ``--lr`` on the task's training split (a validation split held
+  out chooses the best checkpoint), then the test split once.
+- ``few_shot`` (``--few-shot``, the source design's): the same on K seeded labelled images of
+  every class of the task (``--n-shot``; 0: 5 and 10), repeated over ``--repeats`` draws of the
+  shots, the test accuracy averaged with its 95 % confidence interval.
+- ``episodic``: N-way K-shot episodes of the task's classes (test split), every method adapted
+  to each episode's support set, the query accuracy averaged over the episodes.
+
+The task's classes are the built-in split's 10 novel classes on ``shape_patterns``, else every
+class (``--novel-classes`` picks others). The backbone comes from ``--pretrained`` (a weights
+file, or ``timm``); by default from timm when its weights can be had, else the package trains
+it on the data set's other classes (its base classes), or for ``supervised`` on the task's own
+training split when every class belongs to the task; that backbone is cached by its settings.
 
     python -m train.memory
-    python -m train.memory --model memory_vit --memory-modes class_prototype --n-shot 5
-    python -m train.memory --config configs/memory_vit_cifar10.yaml --pretrained weights.pth
+    python -m train.memory --config-path configs/config_memory_vit.yaml --device cuda
+    python -m train.memory --model linear_probe --dataset cifar10 --epochs 50
+    python -m train.memory --model memory_vit --few-shot --n-shot 5
+    python -m train.memory --config memory_vit_episodic
 """
 
 import dataclasses
@@ -18,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,69 +39,107 @@ from torch import Tensor, nn
 from python_models import LinearProbeViT, MemoryAugmentedViT, VPTDeep, VPTShallow, create_model
 
 from . import checkpoint
-from .classification import ClassificationTask
+from .classification import ClassificationTask, confusion_matrix
 from .common import (
     BuiltinJobConfig,
     DataConfig,
-    build_backbone,
     data_for,
     loaders_for,
     plain,
     run_job,
     start,
 )
-from .config import POSITIVE, at_least, field
-from .data import BatchTransform, DataSplits
-from .data.fewshot import FewShotEpisodes
+from .config import CLASS_COUNT, FRACTION, POSITIVE, Translation, at_least, field
+from .data import BatchTransform, DataSplits, ImageTensorDataset, make_loader, readable_batches
+from .data.fewshot import FewShotEpisodes, draw_shots
 from .data.shapes import BASE_PATTERN_CLASSES, NOVEL_PATTERN_CLASSES
+from .data.splits import labels_of, subset
 from .engine import EngineConfig, Trainer
 
 METHODS = ("linear_probe", "vpt_shallow", "vpt_deep", "memory_vit", "ncm")
-DEFAULT_SHOTS = (1, 5)
+TRAINED_METHODS = METHODS[:4]  # what the supervised and few-shot protocols measure
+PROTOCOLS = ("supervised", "few_shot", "episodic", "pretrain")
+DEFAULT_SHOTS = {"few_shot": (5, 10), "episodic": (1, 5)}
 Z_95 = 1.959964  # two-sided 95 % quantile of the normal distribution
 
 
 @dataclasses.dataclass
 class MemoryConfig(BuiltinJobConfig):
-    """Defaults: the built-in few-shot job (the engine settings are the backbone's pretraining)."""
+    """Defaults: the source design's protocol (supervised, the memory_vit of its config file) on
+    the built-in data; the engine settings are those of the trained parts."""
 
-    model: str = field("all", "the few-shot method, or all of them", (*METHODS, "all"))
+    SOURCE_NAME: ClassVar[str] = "the memory-augmented ViT's config_memory_vit.yaml"
+    SOURCE_KEYS: ClassVar[dict[str, Translation]] = {
+        "model.name": "model",
+        "model.backbone": "backbone",
+        "model.num_classes": "num_classes",
+        "model.mem_size": "mem_size",
+        "model.hopfield_position": "hopfield_position",
+        "model.beta": "beta",
+        "model.freeze_backbone": "freeze_backbone",
+        "training.epochs": "epochs",
+        "training.batch_size": "batch_size",
+        "training.learning_rate": "lr",
+        "data.dataset": "dataset",
+        "data.image_size": "image_size",
+    }
+
+    protocol: str = field(
+        "supervised",
+        "how the methods are measured (see the module's help)",
+        PROTOCOLS,
+        constants={"--few-shot": "few_shot"},
+    )
+    model: str = field("all", "the method, or all of them", (*METHODS, "all"))
     model_args: dict = field({}, "overrides of the backbone preset's arguments")
     backbone: str = field("vit_micro_patch4_32", "registered ViT preset of every method")
     pretrained: str = field(
         "",
-        "backbone weights: '' pretrains on the base classes (cached), 'timm' loads timm's, "
-        "or a .pth/.safetensors path",
+        "backbone weights: a .pth/.safetensors path, 'timm' (timm's), or '' (timm's when they "
+        "can be had, else trained here and cached)",
+    )
+    num_classes: int = field(
+        0, "classes of the task, checked against the data (0: whatever it has)", CLASS_COUNT
+    )
+    freeze_backbone: bool = field(
+        True, "memory_vit: keep the backbone frozen (the linear probe and VPT always do)"
     )
     dataset: str = field("shape_patterns", "data set (shape_patterns is built in)")
+    image_size: int = field(
+        32, "side of the backbone's input: images are resized to it", at_least(1)
+    )
     novel_classes: list = field(
-        [], "classes of the episodes (empty: the built-in split's novel ones, or all classes)"
+        [], "classes of the task (empty: the built-in split's novel ones, or all classes)"
     )
-    few_shot: bool = field(True, "run the few-shot protocol (--no-few-shot: pretraining only)")
-    n_way: int = field(5, "classes per episode", at_least(2))
-    n_shot: int = field(0, "support images per class (0: 1 and 5)", at_least(0))
-    n_query: int = field(15, "query images per class", at_least(1))
+    n_way: int = field(5, "episodic: classes per episode", at_least(2))
+    n_shot: int = field(
+        0, "few_shot, episodic: labelled images per class (0: 5 and 10; 1 and 5)", at_least(0)
+    )
+    repeats: int = field(5, "few_shot: seeded draws of the shots", at_least(1))
+    n_query: int = field(15, "episodic: query images per class", at_least(1))
     episodes: int = field(
-        50, "episodes per setting (the same episodes for every method)", at_least(1)
+        50, "episodic: episodes per setting (the same episodes for every method)", at_least(1)
     )
-    memory_modes: list = field(
-        ["class_prototype", "associative", "learned"], "memory modes of memory_vit"
-    )
+    memory_modes: list = field(["learned"], "memory modes of memory_vit")
     mem_size: int = field(1000, "slots of each Hopfield memory", at_least(1))
     hopfield_position: str = field(
-        "after_ffn", "where each Hopfield memory reads", ("after_attn", "after_ffn")
+        "after_attn", "where each Hopfield memory reads", ("after_attn", "after_ffn")
     )
     hopfield_blocks: list = field([-1], "blocks that get a Hopfield memory")
     beta: float = field(0.125, "Hopfield inverse temperature", POSITIVE)
     n_steps: int = field(1, "Hopfield updates per read", at_least(1))
     match_threshold: float = field(0.9, "associative memory: similarity at which a feature joins")
     num_prompts: int = field(10, "VPT prompts (per block for VPT-deep)")
-    adapt_steps: int = field(30, "full-batch AdamW steps on an episode's support set")
-    adapt_lr: float = field(0.02, "learning rate of those steps")
-    label_smoothing: float = field(0.1, "label smoothing of the pretraining")
-    # Pretraining defaults of the built-in job.
-    epochs: int = field(12, "training epochs")
-    lr: float = field(2e-3, "peak learning rate (AdamW)")
+    dropout: float = field(0.1, "dropout on the memory reads and before the heads", FRACTION)
+    adapt_steps: int = field(30, "episodic: full-batch AdamW steps on an episode's support set")
+    adapt_lr: float = field(0.02, "episodic: learning rate of those steps")
+    # The trained parts' engine settings (the source design's: AdamW at 1e-3, batch 64).
+    epochs: int = field(10, "training epochs of the memory, prompts or head")
+    lr: float = field(1e-3, "peak learning rate (AdamW)", aliases=("--learning-rate",))
+    # The backbone's pretraining, when it is trained here.
+    pretrain_epochs: int = field(12, "epochs of the backbone's pretraining", at_least(1))
+    pretrain_lr: float = field(2e-3, "peak learning rate of the pretraining", POSITIVE)
+    label_smoothing: float = field(0.1, "label smoothing of the pretraining", FRACTION)
     crop_padding: int = field(2, "random crop after zero padding by this many pixels (0: off)")
     shapes_train_size: int = field(12000, "training images of the built-in data set")
     shapes_test_size: int = field(3000, "test images of the built-in data set")
@@ -96,18 +147,35 @@ class MemoryConfig(BuiltinJobConfig):
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return METHODS if self.model == "all" else (self.model,)
+        if self.model != "all":
+            return (self.model,)
+        return METHODS if self.protocol == "episodic" else TRAINED_METHODS
 
     @property
     def shots(self) -> tuple[int, ...]:
-        return DEFAULT_SHOTS if self.n_shot == 0 else (self.n_shot,)
+        return DEFAULT_SHOTS[self.protocol] if self.n_shot == 0 else (self.n_shot,)
 
 
-# -- classes and the backbone ----------------------------------------------------------------
+# -- data ------------------------------------------------------------------------------------
+
+
+class Resized:
+    """A batch transform followed by a bilinear resize to ``size``² (in-memory images to the
+    backbone's input side)."""
+
+    def __init__(self, transform: BatchTransform, size: int):
+        self.transform = transform
+        self.size = size
+
+    def __call__(self, images: Tensor, train: bool) -> Tensor:
+        x = self.transform(images, train=train)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return x
 
 
 def class_split(config: MemoryConfig, num_classes: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(base, novel) classes: the built-in split, or novel = ``novel_classes`` (default all)
+    """(base, task) classes: the built-in split, or task = ``novel_classes`` (default all)
     and base = the rest."""
     if config.dataset == "shape_patterns" and not config.novel_classes:
         return BASE_PATTERN_CLASSES, NOVEL_PATTERN_CLASSES
@@ -115,70 +183,268 @@ def class_split(config: MemoryConfig, num_classes: int) -> tuple[tuple[int, ...]
     return tuple(c for c in range(num_classes) if c not in novel), novel
 
 
+def restrict(splits: DataSplits, classes: tuple[int, ...]) -> DataSplits:
+    """The splits holding ``classes`` only, relabelled 0 … len(classes) - 1 in that order."""
+    if classes == tuple(range(len(splits.classes))):
+        return splits
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    for name, part in parts.items():
+        if not isinstance(part, ImageTensorDataset):
+            raise ValueError(
+                f"novel_classes: a subset of the classes needs an in-memory data set, and "
+                f"{name} is a {type(part).__name__}; give every class, or none"
+            )
+        parts[name] = part.subset_classes(classes)
+    return dataclasses.replace(splits, **parts, classes=tuple(splits.classes[c] for c in classes))
+
+
+def checked_classes(config: MemoryConfig, splits: DataSplits) -> None:
+    if config.num_classes and config.num_classes != len(splits.classes):
+        raise ValueError(
+            f"num_classes (model.num_classes): expected the task's {len(splits.classes)} classes "
+            f"of {config.dataset}, got {config.num_classes}"
+        )
+
+
+# -- the backbone ----------------------------------------------------------------------------
+
+# Engine and data settings that leave the pretrained backbone as it is.
+NOT_PRETRAINING = ("out_dir", "resume", "device", "threads", "num_workers", "data_dir", "download")
+NOT_PRETRAINING += ("checkpoint_path", "save_every")
 # Settings that change the pretrained backbone, hashed into its cache folder's name.
 PRETRAINING_FIELDS = tuple(
-    name
-    for name in (
-        f.name for f in (*dataclasses.fields(EngineConfig), *dataclasses.fields(DataConfig))
-    )
-    if name not in ("out_dir", "resume", "device", "threads", "num_workers", "data_dir", "download")
+    f.name
+    for f in (*dataclasses.fields(EngineConfig), *dataclasses.fields(DataConfig))
+    if f.name not in NOT_PRETRAINING
 ) + ("backbone", "model_args", "label_smoothing", "novel_classes")
 
 
+def pretraining_classes(config: MemoryConfig, base, task) -> tuple[int, ...]:
+    """The classes a backbone is trained on here: the base classes; for ``supervised``, with
+    none, the task's own (its training split is labelled anyway)."""
+    if base:
+        return base
+    if config.protocol == "supervised":
+        return task
+    raise ValueError(
+        f"pretrained: no base classes to train a backbone on (every class is in the task) and "
+        f"no weights could be had; the {config.protocol} protocol must not train it on the "
+        "task's images: pass --pretrained PATH (or timm), or --novel-classes"
+    )
+
+
 def pretrain_backbone(
-    config: MemoryConfig,
-    splits: DataSplits,
-    transform: BatchTransform,
-    base: tuple[int, ...],
-    device,
+    config: MemoryConfig, splits: DataSplits, transform, classes: tuple[int, ...], device
 ) -> Path:
-    """Trains the backbone on the base classes with the engine, once: the checkpoint lives in a
-    folder named by a digest of the settings, and a run with the same settings reuses it (an
-    interrupted pretraining resumes)."""
-    settings = {name: getattr(config, name) for name in PRETRAINING_FIELDS}
+    """Trains the backbone on ``classes`` with the engine (validation split held out), once:
+    the checkpoint lives in a folder named by a digest of the settings, and a run with the same
+    settings reuses it (an interrupted pretraining resumes)."""
+    engine = dataclasses.replace(
+        config, epochs=config.pretrain_epochs, lr=config.pretrain_lr, checkpoint_path=""
+    )
+    settings = {name: getattr(engine, name) for name in PRETRAINING_FIELDS}
+    settings["pretraining_classes"] = list(classes)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(config.out_dir) / f"backbone-{config.backbone}-{digest}"
     path = folder / "last.pt"
-    if path.is_file() and checkpoint.load(path, accept=("memory",))["epoch"] >= config.epochs:
-        print(f"backbone: pretrained on the base classes, cached in {path}", flush=True)
+    if path.is_file() and checkpoint.load(path, accept=("memory",))["epoch"] >= engine.epochs:
+        print(f"backbone: pretrained, cached in {path}", flush=True)
         return path
-    if not base:
-        raise ValueError(
-            "pretrained: no base classes to pretrain on (every class is novel); pass --pretrained "
-            "timm or a weights path, or --novel-classes"
-        )
-    base_splits = dataclasses.replace(
-        splits,
-        train=splits.train.subset_classes(base),
-        test=splits.test.subset_classes(base),
-        classes=tuple(splits.classes[c] for c in base),
+    pretraining = restrict(splits, classes)
+    channels = splits.image_shape[0]
+    model = create_model(
+        config.backbone,
+        img_size=config.image_size,
+        in_chans=channels,
+        num_classes=len(classes),
+        **config.model_args,
     )
-    model = build_backbone(config.backbone, config.model_args, base_splits, len(base))
     engine = dataclasses.replace(
-        config, out_dir=str(folder), resume="last" if path.is_file() else ""
+        engine, out_dir=str(folder), resume="last" if path.is_file() else ""
     )
-    train_loader, test_loader = loaders_for(config, base_splits)
-    task = ClassificationTask(transform, len(base), config.label_smoothing)
+    train_loader, val_loader, _ = loaders_for(config, pretraining)
+    task = ClassificationTask(transform, len(classes), config.label_smoothing)
     params = sum(p.numel() for p in model.parameters())
     print(
         f"backbone: pretraining {config.backbone} ({params / 1e6:.2f} M parameters) on "
-        f"{len(base)} base classes ({len(base_splits.train)} images) into {folder}",
+        f"{len(classes)} classes ({len(pretraining.train)} images) into {folder}",
         flush=True,
     )
-    trainer = Trainer(
-        model, task, train_loader, test_loader, engine, settings, device, job="memory"
-    )
-    trainer.fit()
+    Trainer(model, task, train_loader, val_loader, engine, settings, device, job="memory").fit()
     return path
 
 
-def backbone_weights(config: MemoryConfig, splits, transform, base, device) -> bool | str:
+def backbone_weights(config: MemoryConfig, splits, transform, base, task, device) -> bool | str:
     """The ``pretrained`` argument every method's backbone is built with."""
     if config.pretrained == "timm":
         return True
     if config.pretrained:
         return config.pretrained
-    return str(pretrain_backbone(config, splits, transform, base, device))
+    try:
+        create_model(config.backbone, pretrained=True, num_classes=0, **config.model_args)
+        print(f"backbone: timm's pretrained {config.backbone}", flush=True)
+        return True
+    except (ImportError, RuntimeError, ValueError) as error:
+        print(f"backbone: no pretrained weights to be had ({error})", flush=True)
+    classes = pretraining_classes(config, base, task)
+    return str(pretrain_backbone(config, splits, transform, classes, device))
+
+
+def build_method(
+    method: str, mode: str, config: MemoryConfig, weights, num_classes: int, channels: int
+) -> nn.Module:
+    """The model of ``method`` (memory_vit: with a memory of ``mode``) on the backbone."""
+    common = dict(
+        backbone_name=config.backbone,
+        pretrained=weights,
+        num_classes=num_classes,
+        dropout=config.dropout,
+        backbone_args={"img_size": config.image_size, "in_chans": channels, **config.model_args},
+    )
+    if method in ("linear_probe", "ncm"):
+        return LinearProbeViT(**common)
+    if method in ("vpt_shallow", "vpt_deep"):
+        cls = VPTShallow if method == "vpt_shallow" else VPTDeep
+        return cls(num_prompts=config.num_prompts, **common)
+    return MemoryAugmentedViT(
+        mem_size=config.mem_size,
+        hopfield_position=config.hopfield_position,
+        beta=config.beta,
+        freeze_backbone=config.freeze_backbone,
+        memory_mode=mode,
+        hopfield_blocks=tuple(config.hopfield_blocks),
+        n_steps=config.n_steps,
+        match_threshold=config.match_threshold,
+        **common,
+    )
+
+
+def method_variants(config: MemoryConfig) -> list[tuple[str, str, str]]:
+    """(name, method, memory mode) of each model measured: memory_vit once per memory mode."""
+    variants = []
+    for method in config.methods:
+        modes = config.memory_modes if method == "memory_vit" else [""]
+        for mode in modes:
+            variants.append((f"{method} ({mode})" if mode else method, method, mode))
+    return variants
+
+
+# -- the supervised and few-shot protocols ----------------------------------------------------
+
+
+def train_and_test(
+    model: nn.Module,
+    config: MemoryConfig,
+    splits: DataSplits,
+    transform,
+    device,
+    out_dir: Path,
+) -> dict[str, dict[str, float]]:
+    """Trains the model's trainable parts on ``splits.train`` with the engine (best checkpoint
+    on ``splits.val``) and tests both weights once; a written memory is written with the
+    training split instead, no gradient step. Returns the test metrics of the last and best."""
+    batch_size = min(config.batch_size, len(splits.train))
+    engine = dataclasses.replace(config, out_dir=str(out_dir), batch_size=batch_size)
+    train_loader, val_loader, test_loader = loaders_for(engine, splits)
+    task = ClassificationTask(transform, len(splits.classes))
+    if isinstance(model, MemoryAugmentedViT) and model.memory_mode != "learned":
+        model.to(device).eval()
+        for images, labels in readable_batches(loader_once(splits.train, engine)):
+            model.write_memory(transform(images.to(device), train=False), labels.to(device))
+        metrics = task.evaluate(model, test_loader, device)
+        return {"last": metrics, "best": metrics}
+    trainer = Trainer(
+        model, task, train_loader, val_loader, engine, plain(engine), device, job="memory"
+    )
+    trainer.fit()
+    return trainer.test(test_loader)
+
+
+def loader_once(dataset, config: MemoryConfig):
+    """Every item of ``dataset`` once, in order (what a memory is written with)."""
+    return make_loader(dataset, config.batch_size, False, config.num_workers, config.seed)
+
+
+def per_class_accuracy(model, splits: DataSplits, transform, config, device) -> dict[str, float]:
+    """The test split's accuracy of each class, by name."""
+    matrix, _, _ = confusion_matrix(
+        model, loader_once(splits.test, config), transform, len(splits.classes), device
+    )
+    recall = matrix.diag() / matrix.sum(1).clamp_min(1)
+    return dict(zip(splits.classes, recall.tolist()))
+
+
+def supervised(config: MemoryConfig, splits, transform, weights, device) -> dict:
+    """Each method trained on the training split and tested once."""
+    results = {}
+    for name, method, mode in method_variants(config):
+        model = build_method(
+            method, mode, config, weights, len(splits.classes), splits.image_shape[0]
+        )
+        out_dir = Path(config.out_dir) / name.replace(" ", "").replace("(", "-").rstrip(")")
+        started = time.perf_counter()
+        test = train_and_test(model, config, splits, transform, device, out_dir)
+        results[name] = {
+            "test_acc": test["last"]["acc"],
+            "best_test_acc": test["best"]["acc"],
+            "per_class_test_acc": per_class_accuracy(model, splits, transform, config, device),
+            "time_s": time.perf_counter() - started,
+        }
+        classes = ", ".join(
+            f"{c} {100 * a:.0f} %" for c, a in results[name]["per_class_test_acc"].items()
+        )
+        print(
+            f"{name}: test accuracy {100 * test['last']['acc']:.1f} % (last weights), "
+            f"{100 * test['best']['acc']:.1f} % (best on validation); per class: {classes}",
+            flush=True,
+        )
+    return results
+
+
+def few_shot(config: MemoryConfig, splits, transform, weights, device) -> dict:
+    """Each method trained on K seeded shots of every class (K more per class validate), tested
+    on the test split, over ``repeats`` draws of the shots."""
+    labels = labels_of(splits.train)
+    results: dict[str, dict] = {}
+    for shot in config.shots:
+        for name, method, mode in method_variants(config):
+            accuracies, started = [], time.perf_counter()
+            for repeat in range(config.repeats):
+                train_idx, val_idx = draw_shots(
+                    labels, shot, config.seed + repeat, draws=2, class_names=splits.classes
+                )
+                shots = dataclasses.replace(
+                    splits,
+                    train=subset(splits.train, train_idx, train=True),
+                    val=subset(splits.train, val_idx, train=False),
+                )
+                model = build_method(
+                    method, mode, config, weights, len(splits.classes), splits.image_shape[0]
+                )
+                folder = Path(config.out_dir) / f"few_shot-{shot}-{method}{mode}-{repeat}"
+                test = train_and_test(model, config, shots, transform, device, folder)
+                accuracies.append(test["best"]["acc"])
+            record(results, name, f"{shot}-shot", accuracies, time.perf_counter() - started)
+            print_row(f"{len(splits.classes)}-way {shot}-shot", name, results[name][f"{shot}-shot"])
+    return results
+
+
+def record(results: dict, name: str, column: str, accuracies: list[float], seconds: float):
+    mean, half_width = confidence_interval(accuracies)
+    results.setdefault(name, {})[column] = {
+        "accuracy": mean,
+        "ci95": half_width,
+        "runs": len(accuracies),
+        "time_s": seconds,
+    }
+
+
+def print_row(setting: str, name: str, cell: dict) -> None:
+    print(
+        f"{setting} {name:<28} {100 * cell['accuracy']:5.1f} ± {100 * cell['ci95']:.1f} % "
+        f"({cell['runs']} runs, {cell['time_s']:.0f} s)",
+        flush=True,
+    )
 
 
 # -- the methods on one episode ---------------------------------------------------------------
@@ -276,42 +542,15 @@ def ncm_learner(model: LinearProbeViT) -> Learner:
     return predict
 
 
-def build_learners(config: MemoryConfig, weights: bool | str, channels: int):
-    """(name, learner) for each asked-for method (memory_vit once per memory mode)."""
-    common = dict(
-        backbone_name=config.backbone,
-        pretrained=weights,
-        backbone_args={"in_chans": channels, **config.model_args},
-    )
-    way = config.n_way
-    for method in config.methods:
-        if method == "linear_probe":
-            yield method, linear_probe_learner(LinearProbeViT(num_classes=way, **common), config)
-        elif method == "ncm":
-            yield method, ncm_learner(LinearProbeViT(num_classes=way, **common))
-        elif method in ("vpt_shallow", "vpt_deep"):
-            cls = VPTShallow if method == "vpt_shallow" else VPTDeep
-            model = cls(num_classes=way, num_prompts=config.num_prompts, **common)
-            yield method, trained_learner(model, config)
-        else:
-            for mode in config.memory_modes:
-                model = MemoryAugmentedViT(
-                    num_classes=way,
-                    mem_size=config.mem_size,
-                    hopfield_position=config.hopfield_position,
-                    beta=config.beta,
-                    memory_mode=mode,
-                    hopfield_blocks=tuple(config.hopfield_blocks),
-                    n_steps=config.n_steps,
-                    match_threshold=config.match_threshold,
-                    **common,
-                )
-                learner = (
-                    trained_learner(model, config)
-                    if mode == "learned"
-                    else written_memory_learner(model.eval())
-                )
-                yield f"memory_vit ({mode})", learner
+def episode_learner(model: nn.Module, method: str, config: MemoryConfig) -> Learner:
+    """How ``method`` meets an episode."""
+    if method == "linear_probe":
+        return linear_probe_learner(model, config)
+    if method == "ncm":
+        return ncm_learner(model)
+    if isinstance(model, MemoryAugmentedViT) and model.memory_mode != "learned":
+        return written_memory_learner(model.eval())
+    return trained_learner(model, config)
 
 
 def confidence_interval(accuracies: list[float]) -> tuple[float, float]:
@@ -331,56 +570,28 @@ def run_episodes(learner: Learner, episodes: FewShotEpisodes, prepare) -> list[f
     return accuracies
 
 
-def image_preparation(transform: BatchTransform, size: int, device) -> Callable[[Tensor], Tensor]:
-    """uint8 images → normalised float images on the device, resized to the backbone's side."""
-
-    def prepare(images: Tensor) -> Tensor:
-        x = transform(images.to(device), train=False)
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return x
-
-    return prepare
-
-
-def episodes_by_shot(config: MemoryConfig, splits, novel) -> dict[int, FewShotEpisodes]:
-    """The seeded episodes of the novel classes (test split) for each number of shots."""
-    return {
-        shot: FewShotEpisodes(
-            splits.test, config.n_way, shot, config.n_query, config.episodes, config.seed, novel
-        )
-        for shot in config.shots
-    }
-
-
-def few_shot(config: MemoryConfig, splits, transform, episodes, weights, device) -> dict:
-    """Every method on the same episodes."""
-    channels = splits.image_shape[0]
-    size = create_model(config.backbone, num_classes=0, **config.model_args).patch_embed.img_size
-    prepare = image_preparation(transform, size, device)
+def episodic(config: MemoryConfig, splits, transform, weights, device) -> dict:
+    """Every method on the same seeded episodes of the task's classes (test split)."""
     results: dict[str, dict] = {}
-    for shot, shot_episodes in episodes.items():
-        for name, learner in build_learners(config, weights, channels):
+    channels = splits.image_shape[0]
+    for shot in config.shots:
+        episodes = FewShotEpisodes(
+            splits.test, config.n_way, shot, config.n_query, config.episodes, config.seed
+        )
+        for name, method, mode in method_variants(config):
+            model = build_method(method, mode, config, weights, config.n_way, channels)
+            learner = episode_learner(model.to(device), method, config)
             started = time.perf_counter()
-            accuracies = run_episodes(learner, shot_episodes, prepare)
-            mean, half_width = confidence_interval(accuracies)
-            seconds = time.perf_counter() - started
-            results.setdefault(name, {})[f"{shot}-shot"] = {
-                "accuracy": mean,
-                "ci95": half_width,
-                "episodes": len(accuracies),
-                "time_s": seconds,
-            }
-            print(
-                f"{config.n_way}-way {shot}-shot {name:<28} {100 * mean:5.1f} ± {100 * half_width:.1f} % "
-                f"({len(accuracies)} episodes, {seconds:.0f} s)",
-                flush=True,
+            accuracies = run_episodes(
+                learner, episodes, lambda images: transform(images.to(device), train=False)
             )
+            record(results, name, f"{shot}-shot", accuracies, time.perf_counter() - started)
+            print_row(f"{config.n_way}-way {shot}-shot", name, results[name][f"{shot}-shot"])
     return results
 
 
-def print_table(results: dict, shots: tuple[int, ...]) -> None:
-    columns = [f"{shot}-shot" for shot in shots]
+def print_table(results: dict) -> None:
+    columns = list(next(iter(results.values())))
     print("\n| method | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for name, row in results.items():
@@ -388,23 +599,38 @@ def print_table(results: dict, shots: tuple[int, ...]) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+PROTOCOL_RUNS = {"supervised": supervised, "few_shot": few_shot, "episodic": episodic}
+
+
 def run(config: MemoryConfig) -> dict:
     started = time.perf_counter()
     device = start(config)
     splits, transform = data_for(config)
-    base, novel = class_split(config, len(splits.classes))
-    episodes = episodes_by_shot(config, splits, novel) if config.few_shot else {}
-    weights = backbone_weights(config, splits, transform, base, device)
-    summary: dict = {"base_classes": list(base), "novel_classes": list(novel), "weights": weights}
-    if config.few_shot:
+    transform = Resized(transform, config.image_size)
+    base, task = class_split(config, len(splits.classes))
+    task_splits = restrict(splits, task)
+    checked_classes(config, task_splits)
+    summary: dict = {
+        "protocol": config.protocol,
+        "base_classes": list(base),
+        "task_classes": list(task),
+        "classes": list(task_splits.classes),
+    }
+    if config.protocol == "pretrain":
+        classes = pretraining_classes(config, base, task)
+        summary["weights"] = str(pretrain_backbone(config, splits, transform, classes, device))
+    else:
+        weights = backbone_weights(config, splits, transform, base, task, device)
         print(
-            f"few-shot: {config.n_way}-way, {config.n_query} queries per class, {config.episodes} "
-            f"episodes of the {len(novel)} novel classes (test split), device {device}, "
+            f"{config.protocol}: {len(task)} classes of {config.dataset}, device {device}, "
             f"{torch.get_num_threads()} threads",
             flush=True,
         )
-        summary["results"] = few_shot(config, splits, transform, episodes, weights, device)
-        print_table(summary["results"], config.shots)
+        protocol = PROTOCOL_RUNS[config.protocol]
+        summary["weights"] = weights
+        summary["results"] = protocol(config, task_splits, transform, weights, device)
+        if config.protocol != "supervised":
+            print_table(summary["results"])
     summary["time_s"] = time.perf_counter() - started
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,11 @@ def hopfield_params(dim: int, mem_size: int, learned: bool) -> int:
         ),
         (
             lambda: MemoryAugmentedViT(
-                num_classes=CLASSES, mem_size=7, hopfield_blocks=(0, 2), **TINY
+                num_classes=CLASSES,
+                mem_size=7,
+                memory_mode="class_prototype",
+                hopfield_blocks=(0, 2),
+                **TINY,
             ),
             2 * hopfield_params(DIM, 7, False),
         ),
@@ -188,7 +192,7 @@ def test_kernel_and_reference_give_the_same_model_output_and_gradients(mode, pos
         num_heads=3,
         n_steps=2,
         **TINY,
-    )
+    ).eval()
     images, labels = torch.randn(4, 3, 32, 32), torch.arange(4)
     if mode != "learned":
         model.write_memory(images, labels)
@@ -206,7 +210,7 @@ def test_kernel_and_reference_give_the_same_model_output_and_gradients(mode, pos
 
 
 def test_an_inserted_layer_leaves_the_backbone_function_unchanged_until_trained():
-    model = MemoryAugmentedViT(num_classes=CLASSES, memory_mode="learned", mem_size=4, **TINY)
+    model = MemoryAugmentedViT(num_classes=CLASSES, mem_size=4, **TINY).eval()
     images = torch.randn(2, 3, 32, 32)
     features = model.backbone.forward_features(images)
     expected = model.head(model.backbone.forward_head(features, pre_logits=True))
@@ -220,12 +224,49 @@ def test_registered_presets():
 
 
 @pytest.mark.parametrize(
+    "build",
+    [
+        lambda: MemoryAugmentedViT(hopfield_position="after_attn", freeze_backbone=True, **TINY),
+        lambda: create_model("memory_vit", **TINY),
+    ],
+    ids=["class", "preset"],
+)
+def test_the_default_model_is_the_source_designs(build):
+    model = build()
+    layer = model.hopfield[str(DEPTH - 1)]
+    assert (model.hopfield_position, model.memory_mode, model.freeze_backbone) == (
+        "after_attn",
+        "learned",
+        True,
+    )
+    assert (layer.mem_size, layer.beta, layer.read_drop.p, model.head_drop.p) == (
+        1000,
+        0.125,
+        0.1,
+        0.1,
+    )
+    assert model.head.out_features == 10
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+@pytest.mark.parametrize("name", ["memory_vit", "linear_probe_vit", "vpt_shallow", "vpt_deep"])
+def test_presets_take_the_backbone_arguments_the_jobs_size_models_with(name):
+    model = create_model(name, img_size=16, in_chans=1, num_classes=4, backbone_args={"depth": 2})
+    assert model.backbone.patch_embed.img_size == 16 and len(model.backbone.blocks) == 2
+    assert model.eval()(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+
+
+@pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(hopfield_position="before_attn"), "hopfield_position: expected one of"),
         (dict(memory_mode="episodic"), "mode: expected one of"),
         (dict(mem_size=0), "mem_size: expected an int >= 1, got 0"),
-        (dict(mem_size=3, num_classes=5), "mem_size: class_prototype keeps one slot per class"),
+        (
+            dict(mem_size=3, num_classes=5, memory_mode="class_prototype"),
+            "mem_size: class_prototype keeps one slot per class",
+        ),
+        (dict(dropout=1.0), r"dropout: expected a probability in \[0, 1\), got 1.0"),
         (dict(hopfield_blocks=(3,)), r"hopfield_blocks: expected block indices in \[-3, 3\)"),
         (dict(num_heads=5), "num_heads: expected a divisor of dim=24"),
         (dict(beta=0.0), "beta: expected > 0"),

@@ -2,12 +2,13 @@
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 
 from tests.train.test_data import accept_as_official, write_cifar10
 from train.data import ImageTensorDataset, load_splits
-from train.data.fewshot import EpisodeSampler, FewShotCIFAR10, FewShotEpisodes
+from train.data.fewshot import EpisodeSampler, FewShotCIFAR10, FewShotEpisodes, draw_shots
 from train.data.shapes import (
     BASE_PATTERN_CLASSES,
     NOVEL_PATTERN_CLASSES,
@@ -93,10 +94,55 @@ def test_too_few_images_and_bad_arguments_are_named():
         FewShotEpisodes(dataset, n_way=2, n_shot=0, n_query=1)
 
 
-def test_few_shot_cifar10_reads_the_official_tarball(tmp_path, monkeypatch):
-    write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=100)
+@pytest.fixture
+def cifar10_archive(tmp_path, monkeypatch):
+    batches = write_cifar10(tmp_path / "cifar-10-python.tar.gz", per_batch=100)
     accept_as_official(monkeypatch, tmp_path / "cifar-10-python.tar.gz")
-    episodes = FewShotCIFAR10(tmp_path, n_way=5, n_shot=1, n_query=3, episodes=2, download=False)
-    episode = next(iter(episodes))
-    assert episode.support_images.shape == (5, 3, 32, 32)
-    assert episode.query_images.shape == (15, 3, 32, 32)
+    return tmp_path, batches
+
+
+def test_few_shot_cifar10_holds_seeded_shots_of_every_class_resized(cifar10_archive):
+    root, batches = cifar10_archive
+    shots = FewShotCIFAR10(root=root, n_way=10, n_shot=5, image_size=48)
+    assert len(shots) == 50 and shots.classes == tuple(f"class{i}" for i in range(10))
+    assert torch.bincount(shots.labels).tolist() == [5] * 10
+    image, label = shots[0]
+    assert image.shape == (3, 48, 48) and image.dtype == torch.uint8 and shots.image_shape[1] == 48
+    again = FewShotCIFAR10(root=root, n_shot=5, image_size=48)
+    other = FewShotCIFAR10(root=root, n_shot=5, image_size=48, seed=1)
+    assert torch.equal(again.source.images, shots.source.images)
+    assert not torch.equal(other.source.images, shots.source.images)
+    # Every shot is one of the training split's images of its class.
+    training = np.concatenate([batches[f"data_batch_{i}"][b"data"] for i in range(1, 6)])
+    labels = np.concatenate([batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)])
+    for picture, label in zip(shots.source.images, shots.labels):
+        found = (training == picture.flatten().numpy()).all(1)
+        assert found.any() and labels[found.argmax()] == label
+
+
+def test_few_shot_cifar10_test_split_and_a_subset_of_classes(cifar10_archive):
+    root, batches = cifar10_archive
+    test = FewShotCIFAR10(root=root, n_way=4, image_size=32, train=False, seed=3)
+    chosen = [int(name[5:]) for name in test.classes]
+    assert len(chosen) == 4 and chosen == sorted(chosen)
+    expected = np.isin(batches["test_batch"][b"labels"], chosen).sum()
+    assert len(test) == expected and set(test.labels.tolist()) <= set(range(4))
+    assert torch.equal(test[0][0], test.source.images[0])  # 32² stays as it is
+
+
+def test_few_shot_cifar_arguments_are_checked(cifar10_archive):
+    root, _ = cifar10_archive
+    with pytest.raises(ValueError, match="n_way: expected 1 … 10 classes, got 11"):
+        FewShotCIFAR10(root=root, n_way=11)
+    with pytest.raises(ValueError, match=r"n_shot: class 'class\d' \(\d\) has \d+ images"):
+        FewShotCIFAR10(root=root, n_shot=500)
+
+
+def test_draw_shots_gives_disjoint_seeded_sets_of_k_per_class():
+    labels = torch.arange(40) % 4
+    first, second = draw_shots(labels, 3, seed=2, draws=2)
+    assert torch.bincount(labels[first]).tolist() == [3] * 4
+    assert torch.bincount(labels[second]).tolist() == [3] * 4
+    assert not set(first.tolist()) & set(second.tolist())
+    assert torch.equal(first, draw_shots(labels, 3, seed=2)[0])
+    assert not torch.equal(first, draw_shots(labels, 3, seed=5)[0])
