@@ -144,6 +144,9 @@ class MemoryConfig(BuiltinJobConfig):
     shapes_train_size: int = field(12000, "training images of the built-in data set")
     shapes_test_size: int = field(3000, "test images of the built-in data set")
     out_dir: str = field("runs/memory", "where the pretrained backbone and results go")
+    evaluate_test: bool = field(
+        True, "every protocol of this job reports test accuracy (it cannot be off)", (True,)
+    )
 
     @property
     def methods(self) -> tuple[str, ...]:
