@@ -1,4 +1,5 @@
-"""A hierarchical ViT in the manner of PiT: a strided-conv patch stem, stages of pre-norm
+"""A hierarchical ViT in the manner of PiT: a strided-conv patch stem (overlapping, as PiT's, or
+non-overlapping patches), stages of pre-norm
 transformer blocks, and between stages a pooling layer that halves the token grid and widens
 the channels; LayerNorm and a linear head on the mean of the final tokens. The first (largest)
 stage may attend locally through ``local_global_attention``."""
@@ -13,11 +14,21 @@ from .registry import register_model
 
 
 class ConvStem(nn.Module):
-    """PiT's overlapping patch stem with LayerNorm: a conv of stride p whose kernel reaches p // 2
-    pixels past the patch on every side (kernel p + 2·(p // 2), as PiT's 16/8), padded so that
-    (batch, C, H, W) → (batch, (H/p)·(W/p), dim), tokens in row-major order."""
+    """Strided-conv patch stem with LayerNorm: (batch, C, H, W) → (batch, (H/p)·(W/p), dim),
+    tokens in row-major order, for a stride p = ``patch_size``.
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+    ``overlapping=True`` is PiT's stem: the kernel reaches p // 2 pixels past the patch on every
+    side (kernel p + 2·(p // 2), as PiT's 16/8), padded to keep the grid. ``overlapping=False``
+    cuts non-overlapping p × p patches (kernel p, no padding), as a ViT patch embedding."""
+
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        overlapping: bool = True,
+    ):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(
@@ -26,7 +37,7 @@ class ConvStem(nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
-        margin = patch_size // 2
+        margin = patch_size // 2 if overlapping else 0
         self.proj = nn.Conv2d(
             in_chans,
             embed_dim,
@@ -63,6 +74,9 @@ class GridPooling(nn.Module):
         return pooled.flatten(2).transpose(1, 2), pooled.shape[-1]
 
 
+STEMS = ("overlapping", "patch")
+
+
 class HierarchicalViT(nn.Module):
     """Hierarchical (pooling) vision transformer.
 
@@ -84,6 +98,9 @@ class HierarchicalViT(nn.Module):
         global_tokens: learned tokens put before the first stage's patch tokens when
             ``local_window`` is set; they attend to, and are attended by, every token, and are
             dropped at the first pooling.
+        stem: "overlapping" (PiT's stem: each patch's kernel reaches half a patch past it) or
+            "patch" (non-overlapping patch_size × patch_size patches); both normalise the tokens
+            with LayerNorm and give the same token grid.
     """
 
     def __init__(
@@ -100,6 +117,7 @@ class HierarchicalViT(nn.Module):
         drop_path_rate: float = 0.0,
         local_window: int | None = None,
         global_tokens: int = 0,
+        stem: str = "overlapping",
     ):
         super().__init__()
         if not len(embed_dims) == len(depths) == len(num_heads) >= 1:
@@ -107,13 +125,17 @@ class HierarchicalViT(nn.Module):
                 "HierarchicalViT: embed_dims, depths and num_heads need one entry per stage, got "
                 f"{len(embed_dims)}, {len(depths)} and {len(num_heads)}"
             )
+        if stem not in STEMS:
+            raise ValueError(f"HierarchicalViT: stem must be one of {STEMS}, got {stem!r}")
         if global_tokens and local_window is None:
             raise ValueError(
                 f"HierarchicalViT: global_tokens needs local_window, got global_tokens={global_tokens}"
             )
         self.num_classes = num_classes
         self.embed_dims = tuple(embed_dims)
-        self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dims[0])
+        self.patch_embed = ConvStem(
+            img_size, patch_size, in_chans, embed_dims[0], overlapping=stem == "overlapping"
+        )
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.grid_size**2, embed_dims[0]))
         self.global_tokens = nn.Parameter(torch.zeros(1, global_tokens, embed_dims[0]))
         self.pos_drop = nn.Dropout(drop_rate)

@@ -1,4 +1,5 @@
-"""The bidirectional Mamba mixer of Vision Mamba and its pre-norm residual block.
+"""The bidirectional Mamba mixer of Vision Mamba, its pre-norm residual block, and a hybrid block
+that mixes the mixer with multi-head attention by learned weights.
 
 Each direction has its own depthwise conv, x/dt projections and SSM parameters; both share the
 in-projection (x and the gate z) and the out-projection. The backward direction scans with
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from hvision_ext.ops import selective_scan
 
-from .layers import DropPath, RMSNorm
+from .layers import Attention, DropPath, RMSNorm
 
 
 class DirectionalConv1d(nn.Conv1d):
@@ -134,3 +135,41 @@ class MambaBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.drop_path(self.mixer(self.norm(x)))
+
+
+class HybridBlock(MambaBlock):
+    """A learned combination of SSM and attention: the BiMamba mixer and multi-head
+    self-attention (``scaled_dot_product_attention``) read the same pre-norm input, and their
+    outputs are mixed by two per-block weights before the residual (no MLP, as ``MambaBlock``)::
+
+        n = RMSNorm(x);  (w_ssm, w_attn) = softmax(mix_logits)
+        x + drop_path(w_ssm · BiMamba(n) + w_attn · Attention(n))
+
+    ``mix_logits`` start at zero, an equal mix (0.5, 0.5). The softmax keeps both weights
+    positive and summing to one, so the branch keeps the scale of a single mixer whichever way
+    training tilts it."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        d_state: int = 16,
+        expand: int = 2,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+        drop_path: float = 0.0,
+    ):
+        super().__init__(
+            dim, d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank, drop_path=drop_path
+        )
+        self.attn = Attention(dim, num_heads)
+        self.mix_logits = nn.Parameter(torch.zeros(2))
+
+    def mix_weights(self) -> Tensor:
+        """(w_ssm, w_attn): the current weights of the two branches, summing to one."""
+        return self.mix_logits.softmax(dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        normed = self.norm(x)
+        w_ssm, w_attn = self.mix_weights().to(normed.dtype)
+        return x + self.drop_path(w_ssm * self.mixer(normed) + w_attn * self.attn(normed))

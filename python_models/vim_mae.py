@@ -3,7 +3,8 @@
 A random subset of the patches is hidden; the encoder sees only the visible ones (kept in their
 sequence order, which a scan depends on), a light transformer decoder fills in mask tokens and
 predicts the pixels of every patch, and the loss is taken on the hidden patches. The encoder is a
-``VisionMamba``: its weights load into a classifier of the same configuration.
+``VisionMamba`` (Mamba or hybrid blocks, with or without a class token): its weights load into a
+classifier of the same configuration.
 """
 
 from typing import NamedTuple
@@ -66,6 +67,8 @@ class VisionMambaMAE(nn.Module):
 
     Args:
         encoder: the ``VisionMamba`` to pre-train; its classification head (if any) is unused.
+            Its class token, if it has one (``use_cls_token``), is decoded with the patches;
+            MAE needs none (``use_cls_token=False``).
         mask_ratio: fraction of the patches hidden from the encoder.
         decoder_dim: width of the decoder.
         decoder_depth: number of decoder transformer blocks.
@@ -80,7 +83,7 @@ class VisionMambaMAE(nn.Module):
         mask_ratio: float = 0.75,
         decoder_dim: int = 512,
         decoder_depth: int = 8,
-        decoder_heads: int = 16,
+        decoder_heads: int = 8,
         norm_pix_loss: bool = False,
     ):
         super().__init__()
@@ -92,7 +95,9 @@ class VisionMambaMAE(nn.Module):
         num_patches = encoder.patch_embed.num_patches
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            torch.zeros(1, encoder.num_class_tokens + num_patches, decoder_dim)
+        )
         self.decoder_blocks = nn.ModuleList(
             AttentionBlock(decoder_dim, decoder_heads) for _ in range(decoder_depth)
         )
@@ -109,40 +114,76 @@ class VisionMambaMAE(nn.Module):
     def encode_visible(
         self, images: Tensor, mask_ratio: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Encodes the visible patches. Returns (class token (batch, dim), visible tokens
-        (batch, n_keep, dim), mask, restore) — see ``random_masking``."""
+        """Encodes the visible patches. Returns (class tokens (batch, num_class_tokens, dim):
+        the encoder's class token or nothing, visible tokens (batch, n_keep, dim), mask,
+        restore) — see ``random_masking``."""
         tokens = self.encoder.embed(images)
         batch, length, dim = tokens.shape
         keep, mask, restore = random_masking(batch, length, mask_ratio, images.device)
         visible = tokens.gather(1, keep[..., None].expand(-1, -1, dim))
         encoded, cls_index = self.encoder.encode(visible)
+        if cls_index is None:
+            return encoded[:, :0], encoded, mask, restore
         patches = torch.cat([encoded[:, :cls_index], encoded[:, cls_index + 1 :]], dim=1)
-        return encoded[:, cls_index], patches, mask, restore
+        return encoded[:, cls_index : cls_index + 1], patches, mask, restore
 
-    def decode(self, cls: Tensor, visible: Tensor, restore: Tensor) -> Tensor:
-        """Pixel predictions for every patch, (batch, num_patches, patch_size² · C)."""
+    def decode(self, class_tokens: Tensor, visible: Tensor, restore: Tensor) -> Tensor:
+        """Pixel predictions for every patch, (batch, num_patches, patch_size² · C); the class
+        tokens lead the decoder's sequence and are dropped from its output."""
         x = self.decoder_embed(visible)
         batch, n_keep, width = x.shape
         hidden = self.mask_token.to(x.dtype).expand(batch, restore.shape[1] - n_keep, -1)
         x = torch.cat([x, hidden], dim=1).gather(1, restore[..., None].expand(-1, -1, width))
-        x = torch.cat([self.decoder_embed(cls)[:, None], x], dim=1) + self.decoder_pos_embed
+        x = torch.cat([self.decoder_embed(class_tokens), x], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_pred(self.decoder_norm(x))[:, class_tokens.shape[1] :]
+
+    def patch_statistics(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixels per patch (batch, num_patches, patch_size² · C), and each patch's mean and
+        standard deviation (batch, num_patches, 1) as ``norm_pix_loss`` normalises with them."""
+        patches = patchify(images, self.patch_size)
+        mean = patches.mean(dim=-1, keepdim=True)
+        std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        return patches, mean, std
 
     def targets(self, images: Tensor) -> Tensor:
-        target = patchify(images, self.patch_size)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6).sqrt()
-        return target
+        """What ``pred`` is trained to match: the patches' pixels, normalised per patch with
+        ``norm_pix_loss``."""
+        if not self.norm_pix_loss:
+            return patchify(images, self.patch_size)
+        patches, mean, std = self.patch_statistics(images)
+        return (patches - mean) / std
+
+    def predict(self, images: Tensor, mask_ratio: float | None) -> tuple[Tensor, Tensor]:
+        """Masks, encodes, decodes: (pred, mask) as in ``MAEOutput``."""
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        class_tokens, visible, mask, restore = self.encode_visible(images, ratio)
+        return self.decode(class_tokens, visible, restore), mask
 
     def forward(self, images: Tensor, mask_ratio: float | None = None) -> MAEOutput:
         """Masks, encodes, decodes; ``mask_ratio`` overrides the configured ratio for this call."""
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        cls, visible, mask, restore = self.encode_visible(images, ratio)
-        pred = self.decode(cls, visible, restore)
+        pred, mask = self.predict(images, mask_ratio)
         per_patch = (pred.float() - self.targets(images).float()).pow(2).mean(dim=-1)
         loss = (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
         return MAEOutput(loss, pred, mask)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, mask_ratio: float | None = None) -> tuple[Tensor, Tensor]:
+        """Reconstructed images and the mask, both in image layout, for pictures and metrics.
+
+        Returns ``reconstruction`` (batch, C, H, W): the predicted pixels of every patch, in the
+        input's pixel space (with ``norm_pix_loss`` each predicted patch is mapped back with the
+        mean and standard deviation of the input's patch); and ``mask`` (batch, 1, H, W): 1 on
+        the pixels of hidden patches, 0 on visible ones. ``images * (1 - mask)`` is the masked
+        input, ``images * (1 - mask) + reconstruction * mask`` the input with its hidden patches
+        filled in. Runs without gradients, in the module's current train/eval mode."""
+        pred, patch_mask = self.predict(images, mask_ratio)
+        if self.norm_pix_loss:
+            _, mean, std = self.patch_statistics(images)
+            pred = pred * std + mean
+        pixel_mask = patch_mask[..., None].expand(-1, -1, self.patch_size**2)
+        return (
+            unpatchify(pred, self.patch_size, self.in_chans),
+            unpatchify(pixel_mask, self.patch_size, channels=1),
+        )

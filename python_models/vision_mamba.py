@@ -1,6 +1,7 @@
-"""Vision Mamba (Vim): patch tokens with a class token in the middle of the sequence, learned
-positional embeddings, a stack of bidirectional Mamba blocks (attention blocks at chosen depths
-make a hybrid), RMSNorm and a linear head on the class token."""
+"""Vision Mamba (Vim): patch tokens with a class token in the middle of the sequence (or none),
+learned positional embeddings, a stack of bidirectional Mamba blocks (or hybrid blocks that mix
+each Mamba mixer with attention by learned weights; attention blocks at chosen depths), RMSNorm
+and a linear head on the class token or the mean token."""
 
 from collections.abc import Sequence
 
@@ -8,8 +9,21 @@ import torch
 from torch import Tensor, nn
 
 from .layers import AttentionBlock, PatchEmbed, RMSNorm, init_vit_weights
-from .mamba import MambaBlock
+from .mamba import HybridBlock, MambaBlock
 from .registry import register_model
+
+BLOCK_TYPES = ("mamba", "hybrid")
+
+
+def build_block(
+    block_type: str, dim: int, num_heads: int, drop_path: float, mamba_args: dict
+) -> nn.Module:
+    """One residual block of ``block_type``: "mamba", "hybrid" or "attention"."""
+    if block_type == "attention":
+        return AttentionBlock(dim, num_heads, drop_path=drop_path)
+    if block_type == "hybrid":
+        return HybridBlock(dim, num_heads, drop_path=drop_path, **mamba_args)
+    return MambaBlock(dim, drop_path=drop_path, **mamba_args)
 
 
 class VisionMamba(nn.Module):
@@ -20,19 +34,24 @@ class VisionMamba(nn.Module):
         patch_size: side of the square patches (img_size must be a multiple).
         in_chans: image channels.
         num_classes: classes of the linear head; 0 leaves the head out (``forward`` then returns
-            the class-token features).
+            the pooled features).
         embed_dim: token width.
         depth: number of blocks.
         d_state: SSM state size N.
         expand: inner width of the Mamba mixer = expand · embed_dim.
         d_conv: kernel size of the depthwise conv before each scan.
         dt_rank: rank of the dt projection (default ceil(embed_dim / 16)).
-        attn_layers: indices of the blocks that are attention blocks instead (a hybrid).
-        num_heads: heads of those attention blocks.
+        block_type: "mamba" (Vim's blocks) or "hybrid" (``HybridBlock``: the Mamba mixer and
+            multi-head attention on the same input, mixed by learned per-block weights).
+        attn_layers: indices of the blocks that are plain attention blocks instead.
+        num_heads: heads of the attention in hybrid and attention blocks.
         drop_rate: dropout on the embedded tokens and before the head.
         drop_path_rate: stochastic depth, rising linearly to this value over the blocks.
+        use_cls_token: put a learned class token in the middle of the sequence (Vim); without
+            it the blocks see the patch tokens only.
         pool: features for the head: "cls" (the middle class token, as Vim) or "mean" (the mean
-            of all tokens, which learns faster from scratch on small data sets).
+            of all tokens, which learns faster from scratch on small data sets); by default
+            "cls" with a class token and "mean" without one.
     """
 
     def __init__(
@@ -47,58 +66,75 @@ class VisionMamba(nn.Module):
         expand: int = 2,
         d_conv: int = 4,
         dt_rank: int | None = None,
+        block_type: str = "mamba",
         attn_layers: Sequence[int] = (),
         num_heads: int = 3,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
-        pool: str = "cls",
+        use_cls_token: bool = True,
+        pool: str | None = None,
     ):
         super().__init__()
+        pool = pool or ("cls" if use_cls_token else "mean")
         if pool not in ("cls", "mean"):
             raise ValueError(f"VisionMamba: pool must be 'cls' or 'mean', got {pool!r}")
+        if pool == "cls" and not use_cls_token:
+            raise ValueError("VisionMamba: pool='cls' needs use_cls_token=True, got False")
+        if block_type not in BLOCK_TYPES:
+            raise ValueError(
+                f"VisionMamba: block_type must be one of {BLOCK_TYPES}, got {block_type!r}"
+            )
         bad_layers = [i for i in attn_layers if not 0 <= i < depth]
         if bad_layers:
             raise ValueError(f"VisionMamba: attn_layers must lie in [0, {depth}), got {bad_layers}")
         self.num_classes = num_classes
         self.pool = pool
         self.embed_dim = embed_dim
+        self.block_type = block_type
         self.attn_layers = tuple(sorted(attn_layers))
+        self.num_class_tokens = int(use_cls_token)
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
+        # The class token's position comes first in pos_embed, the patches' follow.
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_class_tokens + num_patches, embed_dim)
+        )
         self.pos_drop = nn.Dropout(drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        mamba_args = dict(d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank)
         self.blocks = nn.ModuleList(
-            AttentionBlock(embed_dim, num_heads, drop_path=rate)
-            if i in self.attn_layers
-            else MambaBlock(
+            build_block(
+                "attention" if i in self.attn_layers else block_type,
                 embed_dim,
-                d_state=d_state,
-                expand=expand,
-                d_conv=d_conv,
-                dt_rank=dt_rank,
-                drop_path=rate,
+                num_heads,
+                rate,
+                mamba_args,
             )
             for i, rate in enumerate(rates)
         )
         self.norm = RMSNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        embeddings = [e for e in (self.pos_embed, self.cls_token) if e is not None]
         # The dt projections keep Mamba's own initialisation (see SSMDirection).
-        init_vit_weights(self, self.pos_embed, self.cls_token, keep=("dt_proj",))
+        init_vit_weights(self, *embeddings, keep=("dt_proj",))
 
     def embed(self, images: Tensor) -> Tensor:
         """Patch tokens plus their positional embeddings: (batch, num_patches, embed_dim)."""
-        return self.patch_embed(images) + self.pos_embed[:, 1:]
+        return self.patch_embed(images) + self.pos_embed[:, self.num_class_tokens :]
 
-    def encode(self, tokens: Tensor) -> tuple[Tensor, int]:
+    def encode(self, tokens: Tensor) -> tuple[Tensor, int | None]:
         """Runs the blocks on embedded patch tokens (all of them, or a subset in sequence order)
-        with the class token inserted in the middle. Returns the normalised sequence
-        (batch, L + 1, embed_dim) and the class token's index."""
-        cls_index = tokens.shape[1] // 2
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-        x = torch.cat([tokens[:, :cls_index], cls, tokens[:, cls_index:]], dim=1)
+        with the class token, if any, inserted in the middle. Returns the normalised sequence
+        (batch, L + num_class_tokens, embed_dim) and the class token's index (None without
+        one)."""
+        cls_index = None
+        x = tokens
+        if self.cls_token is not None:
+            cls_index = tokens.shape[1] // 2
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+            x = torch.cat([tokens[:, :cls_index], cls, tokens[:, cls_index:]], dim=1)
         x = self.pos_drop(x)
         for block in self.blocks:
             x = block(x)
@@ -159,3 +195,33 @@ def vim_shapes(**overrides) -> VisionMamba:
         {**_CIFAR, "embed_dim": 64, "depth": 4, "d_state": 8, "num_heads": 2, "pool": "mean"},
         overrides,
     )
+
+
+# The hybrid presets: the table of widths, depths and heads of the Vision Mamba + MAE design,
+# on 32² images in 4 × 4 patches (64 tokens) like the CIFAR presets above. They pool the mean
+# token, which learns faster from scratch on small data sets than the class token.
+_HYBRID = {**_CIFAR, "block_type": "hybrid", "pool": "mean"}
+
+
+@register_model
+def vim_hybrid_tiny(**overrides) -> VisionMamba:
+    """Hybrid Vim for 32² images: patch 4, dim 96, depth 6, 2 heads (0.72 M parameters)."""
+    return _preset({**_HYBRID, "embed_dim": 96, "depth": 6, "num_heads": 2}, overrides)
+
+
+@register_model
+def vim_hybrid_small(**overrides) -> VisionMamba:
+    """Hybrid Vim for 32² images: patch 4, dim 384, depth 12, 6 heads."""
+    return _preset({**_HYBRID, "embed_dim": 384, "depth": 12, "num_heads": 6}, overrides)
+
+
+@register_model
+def vim_hybrid_base(**overrides) -> VisionMamba:
+    """Hybrid Vim for 32² images: patch 4, dim 768, depth 12, 12 heads."""
+    return _preset({**_HYBRID, "embed_dim": 768, "depth": 12, "num_heads": 12}, overrides)
+
+
+@register_model
+def vim_hybrid_large(**overrides) -> VisionMamba:
+    """Hybrid Vim for 32² images: patch 4, dim 1024, depth 24, 16 heads."""
+    return _preset({**_HYBRID, "embed_dim": 1024, "depth": 24, "num_heads": 16}, overrides)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import hvision_ext
-from python_models import GridPooling, HierarchicalViT, create_model
+from python_models import ConvStem, GridPooling, HierarchicalViT, create_model
 
 
 def block_params(dim: int, mlp_ratio: float) -> int:
@@ -15,11 +15,20 @@ def block_params(dim: int, mlp_ratio: float) -> int:
 
 
 def hvit_params(
-    img_size, patch_size, in_chans, num_classes, embed_dims, depths, mlp_ratio=4.0, global_tokens=0
+    img_size,
+    patch_size,
+    in_chans,
+    num_classes,
+    embed_dims,
+    depths,
+    mlp_ratio=4.0,
+    global_tokens=0,
+    stem="overlapping",
 ) -> int:
     """The parameter count of HierarchicalViT, layer by layer."""
     first = embed_dims[0]
-    kernel = patch_size + 2 * (patch_size // 2)  # overlapping PiT stem
+    # PiT's stem reaches half a patch past each side; the patch stem's kernel is the patch
+    kernel = patch_size + 2 * (patch_size // 2) if stem == "overlapping" else patch_size
     stem = in_chans * first * kernel**2 + first + 2 * first
     positions = (img_size // patch_size) ** 2 * first + global_tokens * first
     blocks = sum(depth * block_params(dim, mlp_ratio) for dim, depth in zip(embed_dims, depths))
@@ -28,11 +37,12 @@ def hvit_params(
     return stem + positions + blocks + pools + head
 
 
-def test_cifar100_preset_parameter_count_matches_the_formula():
-    model = create_model("hvit_cifar100")
+@pytest.mark.parametrize("stem", ["overlapping", "patch"])
+def test_cifar100_preset_parameter_count_matches_the_formula(stem):
+    model = create_model("hvit_cifar100", stem=stem)
     count = sum(p.numel() for p in model.parameters())
-    expected = hvit_params(32, 2, 3, 100, (64, 128, 256), (2, 6, 4))
-    print(f"hvit_cifar100: {count} parameters ({count / 1e6:.2f} M)")
+    expected = hvit_params(32, 2, 3, 100, (64, 128, 256), (2, 6, 4), stem=stem)
+    print(f"hvit_cifar100, {stem} stem: {count} parameters ({count / 1e6:.2f} M)")
     assert count == expected
     assert [len(stage) for stage in model.stages] == [2, 6, 4]
     assert [stage[0].attn.num_heads for stage in model.stages] == [2, 4, 8]
@@ -119,9 +129,47 @@ def test_a_window_covering_the_grid_is_dense_attention():
         torch.testing.assert_close(local(images), dense(images), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("patch_size", [2, 4])
+def test_patch_stem_cuts_non_overlapping_patches(patch_size):
+    stem = ConvStem(16, patch_size, 3, 8, overlapping=False)
+    conv = stem.proj
+    assert (conv.kernel_size, conv.stride, conv.padding) == (
+        (patch_size, patch_size),
+        (patch_size, patch_size),
+        (0, 0),
+    )
+    images = torch.randn(2, 3, 16, 16)
+    tokens = stem(images)
+    assert tokens.shape == (2, (16 // patch_size) ** 2, 8)
+    # Changing a pixel changes only the token of its own patch.
+    changed = images.clone()
+    changed[:, :, 0, 0] += 1.0
+    moved = (stem(changed) - tokens).abs().sum(dim=(0, 2)).nonzero().flatten()
+    assert moved.tolist() == [0]
+
+
+def test_overlapping_stem_reaches_into_the_neighbouring_patches():
+    stem = ConvStem(16, 4, 3, 8)
+    images = torch.randn(2, 3, 16, 16)
+    changed = images.clone()
+    changed[:, :, 0, 4] += 1.0  # first pixel of the second patch
+    moved = (stem(changed) - stem(images)).abs().sum(dim=(0, 2)).nonzero().flatten()
+    assert moved.tolist() == [0, 1]
+
+
+def test_both_stems_give_the_same_token_grid():
+    args = dict(img_size=16, patch_size=4, embed_dims=(8, 16), depths=(1, 1), num_heads=(2, 2))
+    for stem in ("overlapping", "patch"):
+        model = HierarchicalViT(**args, num_classes=3, stem=stem)
+        assert model.patch_embed(torch.randn(1, 3, 16, 16)).shape == (1, 16, 8)
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="one entry per stage, got 2, 3 and 3"):
         HierarchicalViT(embed_dims=(8, 16), depths=(1, 1, 1), num_heads=(1, 1, 1))
+    with pytest.raises(ValueError, match="stem must be one of .*, got 'conv'"):
+        HierarchicalViT(stem="conv")
     with pytest.raises(ValueError, match="global_tokens needs local_window"):
         HierarchicalViT(global_tokens=2)
     with pytest.raises(ValueError, match="img_size must be divisible by patch_size, got 32 and 3"):

@@ -3,6 +3,7 @@ import torch
 
 import hvision_ext
 from python_models import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
+from python_models.mamba import HybridBlock
 
 
 def _grads(module, x):
@@ -11,10 +12,18 @@ def _grads(module, x):
     return out, grads
 
 
+@pytest.mark.parametrize(
+    "make_block",
+    [
+        lambda: MambaBlock(dim=16, d_state=4, expand=2, d_conv=4),
+        lambda: HybridBlock(dim=16, num_heads=2, d_state=4, expand=2, d_conv=4),
+    ],
+    ids=["mamba", "hybrid"],
+)
 @pytest.mark.parametrize("length", [1, 5, 17])
-def test_mamba_block_kernels_match_reference_switch(length):
+def test_block_kernels_match_reference_switch(make_block, length):
     torch.manual_seed(0)
-    block = MambaBlock(dim=16, d_state=4, expand=2, d_conv=4)
+    block = make_block()
     x = torch.randn(2, length, 16, requires_grad=True)
     out, grads = _grads(block, x)
     with hvision_ext.use_reference():
@@ -74,3 +83,38 @@ def test_dt_bias_initialisation_is_in_range():
     direction = SSMDirection(64, d_state=4, dt_rank=4, d_conv=4, reverse=False)
     dt = torch.nn.functional.softplus(direction.dt_proj.bias)
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+
+
+def test_hybrid_block_starts_as_an_equal_mix_of_ssm_and_attention():
+    torch.manual_seed(3)
+    block = HybridBlock(dim=16, num_heads=2, d_state=4)
+    x = torch.randn(2, 7, 16)
+    normed = block.norm(x)
+    torch.testing.assert_close(block.mix_weights(), torch.tensor([0.5, 0.5]))
+    expected = x + 0.5 * block.mixer(normed) + 0.5 * block.attn(normed)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_hybrid_block_mix_is_a_softmax_over_its_logits():
+    torch.manual_seed(4)
+    block = HybridBlock(dim=16, num_heads=4, d_state=4)
+    mamba_only = MambaBlock(dim=16, d_state=4)
+    mamba_only.load_state_dict(block.state_dict(), strict=False)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        block.mix_logits.copy_(torch.tensor([1.0, -1.0]))
+        torch.testing.assert_close(
+            block.mix_weights(), torch.tensor([1.0, -1.0]).softmax(0), rtol=0, atol=0
+        )
+        block.mix_logits.copy_(torch.tensor([30.0, -30.0]))  # all weight on the SSM branch
+        torch.testing.assert_close(block(x), mamba_only(x))
+
+
+def test_hybrid_block_mixing_weights_receive_gradients():
+    torch.manual_seed(5)
+    block = HybridBlock(dim=16, num_heads=2, d_state=4)
+    block(torch.randn(2, 6, 16)).square().sum().backward()
+    grad = block.mix_logits.grad
+    assert grad is not None and grad.abs().sum() > 0
+    # The weights sum to one, so moving both logits together changes nothing.
+    torch.testing.assert_close(grad.sum(), torch.tensor(0.0), rtol=0, atol=1e-4)

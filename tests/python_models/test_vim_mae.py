@@ -18,10 +18,23 @@ def small_encoder(**overrides) -> VisionMamba:
     )
 
 
-def small_mae(**overrides) -> VisionMambaMAE:
+def small_mae(encoder_args: dict | None = None, **overrides) -> VisionMambaMAE:
     return VisionMambaMAE(
-        small_encoder(), decoder_dim=16, decoder_depth=1, decoder_heads=2, **overrides
+        small_encoder(**(encoder_args or {})),
+        decoder_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+        **overrides,
     )
+
+
+ENCODERS = {
+    "mamba+cls": {},
+    "mamba": {"use_cls_token": False},
+    "hybrid+cls": {"block_type": "hybrid", "num_heads": 2},
+    "hybrid": {"block_type": "hybrid", "num_heads": 2, "use_cls_token": False},
+}
+encoders = pytest.mark.parametrize("encoder_args", ENCODERS.values(), ids=ENCODERS.keys())
 
 
 def test_patchify_round_trip():
@@ -51,14 +64,16 @@ def test_masking_rejects_bad_ratio():
         random_masking(1, 4, 1.0, torch.device("cpu"))
 
 
-def test_encoder_sees_only_the_visible_patches():
-    mae = small_mae(mask_ratio=0.75)
+@encoders
+def test_encoder_sees_only_the_visible_patches(encoder_args):
+    mae = small_mae(encoder_args, mask_ratio=0.75)
     lengths = []
     mae.encoder.blocks[0].register_forward_hook(
         lambda module, inputs, output: lengths.append(inputs[0].shape[1])
     )
     out = mae(torch.randn(3, 3, 16, 16))
-    assert lengths == [4 + 1]  # 25 % of 16 patches, plus the class token
+    # 25 % of 16 patches, plus the class token if the encoder has one
+    assert lengths == [4 + mae.encoder.num_class_tokens]
     assert out.pred.shape == (3, 16, 48) and out.mask.shape == (3, 16)
 
 
@@ -77,9 +92,10 @@ def test_loss_is_the_mse_over_masked_patches(norm_pix_loss):
     torch.testing.assert_close(out.loss, per_patch[out.mask.bool()].mean())
 
 
-def test_mae_gradients_and_loss_falls():
+@encoders
+def test_mae_gradients_and_loss_falls(encoder_args):
     torch.manual_seed(0)
-    mae = small_mae()
+    mae = small_mae(encoder_args)
     images = torch.randn(4, 3, 16, 16)
     optimizer = torch.optim.AdamW(mae.parameters(), lr=3e-3)
     losses = []
@@ -106,3 +122,60 @@ def test_encoder_weights_load_into_a_classifier():
     torch.testing.assert_close(
         classifier.forward_features(images), mae.encoder.forward_features(images)
     )
+
+
+def strip_like_load_pretrained(mae_weights: dict) -> dict:
+    """What ``train.common.load_pretrained`` keeps of an MAE checkpoint: the ``encoder.``
+    entries without that prefix, less the head."""
+    encoder = {k[len("encoder.") :]: v for k, v in mae_weights.items() if k.startswith("encoder.")}
+    return {k: v for k, v in encoder.items() if not k.startswith("head.")}
+
+
+@encoders
+def test_mae_checkpoint_loads_into_a_classifier_of_the_same_settings(encoder_args):
+    torch.manual_seed(0)
+    mae = small_mae(encoder_args)
+    classifier = small_encoder(**encoder_args, num_classes=10)
+    result = classifier.load_state_dict(strip_like_load_pretrained(mae.state_dict()), strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"]
+    assert not result.unexpected_keys
+    images = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(
+        classifier.forward_features(images), mae.encoder.forward_features(images)
+    )
+
+
+def test_decoder_defaults_are_the_designs_and_run():
+    mae = VisionMambaMAE(small_encoder(use_cls_token=False))
+    assert (mae.mask_ratio, mae.decoder_embed.out_features, len(mae.decoder_blocks)) == (
+        0.75,
+        512,
+        8,
+    )
+    assert mae.decoder_blocks[0].attn.num_heads == 8
+    out = mae(torch.randn(1, 3, 16, 16))
+    assert out.pred.shape == (1, 16, 48) and out.mask.sum() == 12
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_reconstruct_returns_pixels_and_the_mask_in_image_layout(norm_pix_loss):
+    torch.manual_seed(0)
+    mae = small_mae({"use_cls_token": False}, norm_pix_loss=norm_pix_loss).eval()
+    images = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(1)
+    reconstruction, mask = mae.reconstruct(images)
+    torch.manual_seed(1)  # the same masks again
+    out = mae(images)
+    assert reconstruction.shape == images.shape and mask.shape == (2, 1, 16, 16)
+    assert not reconstruction.requires_grad
+    # the mask image is 1 on every pixel of a hidden patch and 0 elsewhere
+    torch.testing.assert_close(patchify(mask, 4), out.mask[..., None].expand(-1, -1, 16))
+    assert mask.mean() == 0.75
+    # normalised back with each input patch's statistics, the pixels are the predictions
+    patches = patchify(reconstruction, 4)
+    if norm_pix_loss:
+        target = patchify(images, 4)
+        mean = target.mean(-1, keepdim=True)
+        std = (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        patches = (patches - mean) / std
+    torch.testing.assert_close(patches, out.pred, rtol=1e-4, atol=1e-5)
