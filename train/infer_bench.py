@@ -5,6 +5,7 @@ unmerged and merged into the base weights.
     python -m train.infer_bench                                 # hvlm_tiny on the CPU
     python -m train.infer_bench --device cuda --amp bf16 --batch-size 64
     python -m train.infer_bench --grid '{attention: [full, performer], merge_ratio: [0.0, 0.7]}'
+    python -m train.infer_bench --checkpoint runs/video/best.pt       # a trained model
 
 Each setting builds the model in eval mode and times forward passes under
 ``torch.inference_mode`` on random uint8 clips of the model's ``clip_shape``: the plain model,
@@ -14,6 +15,10 @@ random so the adapters really compute) and a copy with that adapter merged, time
 process's CPU time per batch, which another process's load does not inflate as it does the wall
 time). Each row also reports
 how far LoRA moves the logits and how far the merged model's are from the unmerged one's.
+
+``--checkpoint PATH`` benchmarks a trained ``train.video`` model instead, rebuilt from the
+settings its checkpoint saved: its clips/s and latency (the median time of a forward of a
+batch, and of one clip) under the same timing.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import copy
 import math
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import yaml
@@ -30,7 +36,8 @@ from hvision_ext.bench.timing import time_impl
 from python_models import create_model
 from python_models.video.lora import LoraConfig, inject_lora, lora_layers, merge_lora
 
-from .bench import VIDEO_GRID, add_measurement_arguments, format_mib, run_grid
+from . import video
+from .bench import VIDEO_GRID, add_measurement_arguments, describe_device, format_mib, run_grid
 from .engine import AMP_DTYPES
 
 LORA_MODES = ("off", "unmerged", "merged")
@@ -51,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="times the LoRA modes are timed in turn"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="benchmark this train.video checkpoint's model instead of the grid",
     )
     add_measurement_arguments(parser, batch_size=8, budget_s=3.0)
     args = parser.parse_args(argv)
@@ -163,8 +175,54 @@ def print_modes(label: str, results: dict) -> None:
     )
 
 
+def median_forward_s(model: nn.Module, clips: torch.Tensor, args: argparse.Namespace) -> float:
+    """The median time of a forward of ``clips`` (inference mode, ``args.amp`` autocast)."""
+    device, dtype = clips.device, AMP_DTYPES.get(args.amp)
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+            return model(clips)
+
+    timing = time_impl(forward, device, budget_s=args.budget_s, min_runs=args.min_steps)
+    return statistics.median(timing.samples_s)
+
+
+def benchmark_checkpoint(args: argparse.Namespace) -> dict:
+    """Clips/s and latency of a trained model, rebuilt from its checkpoint, on random clips of
+    the shape it was trained on."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model, config = video.load_trained(args.checkpoint)
+    model.to(device)
+    clips = random_clips(model, args.batch_size, device)
+    batch_s = median_forward_s(model, clips, args)
+    clip_s = median_forward_s(model, clips[:1], args)
+    result = {
+        "checkpoint": str(args.checkpoint),
+        "model": config.model,
+        "params": sum(p.numel() for p in model.parameters()),
+        "clip_shape": list(model.clip_shape),
+        "batch_size": args.batch_size,
+        "device": describe_device(device),
+        "amp": args.amp,
+        "clips_per_s": args.batch_size / batch_s,
+        "batch_ms": batch_s * 1e3,
+        "clip_ms": clip_s * 1e3,
+    }
+    print(
+        f"{args.checkpoint}: {config.model} ({result['params'] / 1e6:.2f} M parameters), clips "
+        f"{tuple(model.clip_shape)}, batch {args.batch_size}, amp {args.amp}, {result['device']}: "
+        f"{result['clips_per_s']:.1f} clips/s, latency {result['batch_ms']:.1f} ms per batch, "
+        f"{result['clip_ms']:.1f} ms for one clip"
+    )
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.checkpoint is not None:
+        return benchmark_checkpoint(args)
     columns = (
         f"{'LoRA':<9} {'params':>9} {'batch ms':>9} {'CPU ms':>9} {'clips/s':>9} {'peak MiB':>9}"
     )

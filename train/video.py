@@ -9,18 +9,23 @@ actions that differ only in motion; made on first use) and prints its test accur
     python -m train.video --train-data videos/ --val-data videos/       # JSON layout folders
     python -m train.video --train-data train.txt --val-data val.txt     # 'path label' lists
     python -m train.video --checkpoint-every 20 --resume last           # mid-epoch resume
+    python -m train.video --config configs/training_config.yaml --show-only  # HierarchicalVLM's file
+    python -m train.video --train-data data/ --num-epochs 100           # validation: data/validation
+    python -m train.video --resume runs/video/best.pt --train-data data/     # its own settings
 """
 
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import yaml
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 
 from python_models import create_model
-from python_models.video import MERGE_MODES, MIXERS, merge_ratio_at
+from python_models.video import MERGE_BUDGETS, MERGE_MODES, MIXERS, merge_ratio_at
 from python_models.video.experts import ROUTING_MODES
 from python_models.video.lora import (
     LoraConfig,
@@ -33,11 +38,37 @@ from python_models.video.multitask import TASKS, MultiTaskVLM
 
 from . import checkpoint, distributed
 from .classification import ClassificationTask
-from .common import plain, run_job, start
-from .config import CLASS_COUNT, FRACTION, FRAMES, IMAGE_SIDE, checked, field
-from .data import ClipTransform, SelectFields, VideoDataset, domain_balance_weights, make_loader
-from .data.annotations import read_json_split, read_video_list
-from .data.moving_shapes import load_moving_shapes
+from .common import mixed_precision, plain, run_job, start
+from .config import (
+    CLASS_COUNT,
+    FRACTION,
+    FRAMES,
+    IMAGE_SIDE,
+    POSITIVE,
+    Translation,
+    at_least,
+    build_parser,
+    checked,
+    field,
+    merge_setting,
+)
+from .data import (
+    ClipTransform,
+    SelectFields,
+    VideoDataset,
+    domain_balance_weights,
+    make_loader,
+    stratified_indices,
+)
+from .data.annotations import (
+    SPLITS,
+    VideoRecord,
+    class_names,
+    read_json_folder,
+    read_json_split,
+    read_video_list,
+)
+from .data.moving_shapes import ACTIONS, ensure_moving_shapes, load_moving_shapes
 from .data.video import BACKENDS
 from .engine import EngineConfig, Trainer, take_skipped
 from .video_multitask import ROUTER_LOSSES, MultiTaskCollate, MultiTaskVideoTask, TextVocabulary
@@ -55,6 +86,9 @@ TOKEN_MERGING_DEFAULTS = {
     "class_attention_weight": 0.0,  # the class token's attention added to the importance
     "proportional_attention": False,  # ToMe's size-weighted attention (full attention)
     "ramp_fraction": 0.0,  # share of training over which the ratio ramps up from 0
+    "budget": "clip",  # clip (spread over the frames by motion) or frame (equal per frame)
+    "colour_weight": 0.0,  # colour saliency added to the importance
+    "saliency_ramp_steps": 0,  # progressive merging: motion alone first, saliency over N steps
 }
 # Enabled tasks and their loss weights. The built-in job learns from the action segments too:
 # per-frame detection targets tell the backbone when the action happens (test accuracy 87.5 %
@@ -67,6 +101,13 @@ EXPERTS_DEFAULTS = {
     "balance_weight": 0.01,  # Switch Transformer's load-balancing loss
     "z_weight": 0.001,  # router z-loss
     "supervised_weight": 0.5,  # cross-entropy against the clip's domain, where known
+}
+# Per-domain LoRA adapters on the backbone's projections, mixed per clip by the router of
+# model.experts' routing settings (instead of expert FFNs).
+DOMAIN_MODULES_DEFAULTS = {
+    "enabled": False,
+    "num_domains": 4,
+    "lora": {"rank": 8, "alpha": 16.0, "target_modules": ["qkv", "proj"]},
 }
 TEXT_DEFAULTS = {
     "max_questions": 3,  # question/answer pairs per clip
@@ -105,9 +146,70 @@ def section(name: str, values: dict[str, Any], defaults: dict[str, Any]) -> dict
     return {**defaults, **values}
 
 
+# -- HierarchicalVLM's training_config.yaml, key by key ---------------------------------------
+
+PRESET_WIDTHS = {96: "hvlm_tiny", 384: "hvlm_small", 768: "hvlm_base"}  # hidden size → preset
+AUGMENTED_CROP_SCALE = [0.5, 1.0]  # the random resized crop's area range under augmentation
+NO_CROP = [1.0, 1.0]
+
+
+def hidden_size(key: str, value: Any) -> dict[str, Any]:
+    """`model`: the preset that wide (768: `hvlm_base`, 384: small, 96: tiny), else `model_args.embed_dim`"""
+    width = checked(key, value, int, at_least(1))
+    if width in PRESET_WIDTHS:
+        return {"model": PRESET_WIDTHS[width]}
+    return {"model_args": {"embed_dim": width}}
+
+
+def attention_heads(key: str, value: Any) -> dict[str, Any]:
+    """`model_args.num_heads`"""
+    return {"model_args": {"num_heads": checked(key, value, int, at_least(1))}}
+
+
+def domain_balancing(key: str, value: Any) -> dict[str, Any]:
+    """`domain_balancing.sample_strategy`: the `sample_strategy` when `enabled`, else `none`"""
+    options = section(key, checked(key, value, dict), {"enabled": True, "sample_strategy": "none"})
+    enabled = checked(f"{key}.enabled", options["enabled"], bool)
+    strategy = checked(f"{key}.sample_strategy", options["sample_strategy"], str, SAMPLE_STRATEGIES)
+    return {"domain_balancing": {"sample_strategy": strategy if enabled else "none"}}
+
+
+def temporal_smoothing(key: str, value: Any) -> dict[str, Any]:
+    """`temporal_smoothing`: `window_size` when `enabled`, else 1 (none); a number is the window"""
+    if not isinstance(value, dict):
+        return {"temporal_smoothing": checked(key, value, int)}
+    options = section(key, value, {"enabled": True, "window_size": 3})
+    enabled = checked(f"{key}.enabled", options["enabled"], bool)
+    window = checked(f"{key}.window_size", options["window_size"], int, at_least(1))
+    return {"temporal_smoothing": window if enabled else 1}
+
+
+def augmentation(key: str, value: Any) -> dict[str, Any]:
+    """`crop_scale`: `[0.5, 1.0]` when true (a random resized crop per training clip), else `[1.0, 1.0]`"""
+    return {"crop_scale": list(AUGMENTED_CROP_SCALE if checked(key, value, bool) else NO_CROP)}
+
+
 @dataclasses.dataclass
 class VideoConfig(EngineConfig):
-    """The defaults are the built-in job: hvlm_tiny on the built-in video set, on the CPU."""
+    """The defaults are the built-in job: hvlm_tiny on the built-in video set, on the CPU.
+
+    Besides its own layout, a config file may use HierarchicalVLM's ``training_config.yaml``
+    keys (``SOURCE_KEYS``); its other keys (``model.attention``, ``model.token_merging``,
+    ``model.domain_modules``, ``data.batch_size``, ``data.num_workers``, ``data.video``) are
+    settings of the same name."""
+
+    SOURCE_NAME: ClassVar[str] = "HierarchicalVLM's training_config.yaml"
+    SOURCE_KEYS: ClassVar[dict[str, Translation]] = {
+        "model.hidden_size": hidden_size,
+        "model.num_attention_heads": attention_heads,
+        "training.num_epochs": "epochs",
+        "training.mixed_precision": mixed_precision,
+        "training.gradient_checkpointing": "grad_checkpointing",
+        "training.gradient_clip": "clip_grad",
+        "training.domain_balancing": domain_balancing,
+        "training.temporal_smoothing": temporal_smoothing,
+        "data.augmentation.enabled": augmentation,
+    }
 
     model: str = field("hvlm_tiny", "registered video model (python_models.list_models())")
     model_args: dict = field({}, "overrides of the model's preset")
@@ -115,7 +217,15 @@ class VideoConfig(EngineConfig):
     token_merging: dict = field(TOKEN_MERGING_DEFAULTS, "model.token_merging settings")
     video: dict = field(VIDEO_DEFAULTS, "data.video: num_frames, frame_size, num_clips, backend")
     train_data: str = field("", "training videos: a JSON-layout folder or a list file")
-    val_data: str = field("", "validation videos: a JSON-layout folder or a list file")
+    val_data: str = field(
+        "",
+        "validation videos: a JSON-layout folder or a list file (none: TRAIN_DATA's validation "
+        "folder, else VAL_SPLIT of its clips)",
+    )
+    val_split: float = field(
+        0.1, "share of the training clips held out for validation when there are none", FRACTION
+    )
+    classes: list = field([], "action class names (set from the training annotations' names)")
     data_dir: str = field("data", "where the built-in video set is made and read")
     num_classes: int = field(
         0,
@@ -125,6 +235,7 @@ class VideoConfig(EngineConfig):
     domains: list = field([], "use only the clips of these domains (empty: every clip)")
     tasks: dict = field(TASK_WEIGHTS, f"tasks to train and their loss weights: {list(TASKS)}")
     experts: dict = field(EXPERTS_DEFAULTS, "model.experts: domain experts and router settings")
+    domain_modules: dict = field(DOMAIN_MODULES_DEFAULTS, "model.domain_modules: per-domain LoRA")
     text: dict = field(TEXT_DEFAULTS, "QA and captioning: lengths, head shape, beam size")
     temporal_smoothing: int = field(3, "detection: moving-average window over frames (odd)")
     domain_balancing: dict = field(DOMAIN_BALANCING_DEFAULTS, "sample_strategy: none or weighted")
@@ -138,13 +249,16 @@ class VideoConfig(EngineConfig):
     )
     crop_scale: list = field([1.0, 1.0], "random resized crop: area fraction range (1, 1: off)")
     label_smoothing: float = field(0.0, "label smoothing")
-    epochs: int = field(28, "training epochs")
+    epochs: int = field(28, "training epochs", aliases=("--num-epochs",))
     batch_size: int = field(16, "clips per step on each process")
     lr: float = field(1e-3, "peak learning rate (AdamW)")
     warmup_epochs: float = field(1.0, "linear warm-up, in epochs")
     threads: int = field(2, "CPU threads for torch (0: torch's default)")
     num_workers: int = field(0, "data-loader worker processes")
     out_dir: str = field("runs/video", "where checkpoints, metrics and plots go")
+    show_only: bool = field(
+        False, "print the resolved settings and a summary of the model, and exit"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -160,6 +274,16 @@ class VideoConfig(EngineConfig):
         )
         merging = self.token_merging
         checked("model.token_merging.mode", merging["mode"], str, tuple(MERGE_MODES))
+        checked("model.token_merging.budget", merging["budget"], str, tuple(MERGE_BUDGETS))
+        merging["colour_weight"] = checked(
+            "model.token_merging.colour_weight", merging["colour_weight"], float, at_least(0)
+        )
+        merging["saliency_ramp_steps"] = checked(
+            "model.token_merging.saliency_ramp_steps",
+            merging["saliency_ramp_steps"],
+            int,
+            at_least(0),
+        )
         merging["target_compression_ratio"] = checked(
             "model.token_merging.target_compression_ratio",
             merging["target_compression_ratio"],
@@ -175,8 +299,20 @@ class VideoConfig(EngineConfig):
                 f"got {self.video['backend']!r}"
             )
         self._check_multitask()
-        if bool(self.train_data) != bool(self.val_data):
-            raise ValueError("give both --train-data and --val-data, or neither (built-in set)")
+        self._check_width()
+        if self.val_data and not self.train_data:
+            raise ValueError("--val-data needs --train-data (without both: the built-in set)")
+
+    def _check_width(self) -> None:
+        """The width must split into the heads (a preset's width where the model_args keep it)."""
+        preset_width = next((w for w, name in PRESET_WIDTHS.items() if name == self.model), None)
+        width = self.model_args.get("embed_dim", preset_width)
+        heads = self.model_args.get("num_heads")
+        if isinstance(width, int) and isinstance(heads, int) and width % heads:
+            raise ValueError(
+                f"model.hidden_size (model_args.embed_dim) {width} must be a multiple of "
+                f"model.num_attention_heads (model_args.num_heads), got {heads}"
+            )
 
     def _check_multitask(self) -> None:
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -185,6 +321,7 @@ class VideoConfig(EngineConfig):
                 f"tasks must map 'action' and any of {list(TASKS)} to loss weights, got {self.tasks}"
             )
         self.experts = section("model.experts", self.experts, EXPERTS_DEFAULTS)
+        self._check_domain_modules()
         self.text = section("text", self.text, TEXT_DEFAULTS)
         self.lora = section("lora", self.lora, LORA_DEFAULTS)
         self.domain_balancing = section(
@@ -214,14 +351,44 @@ class VideoConfig(EngineConfig):
         if self.finetune_domain and not self.pretrained:
             raise ValueError("--finetune-domain needs --pretrained CHECKPOINT to start from")
 
+    def _check_domain_modules(self) -> None:
+        modules = section("model.domain_modules", self.domain_modules, DOMAIN_MODULES_DEFAULTS)
+        lora = checked("model.domain_modules.lora", modules["lora"], dict)
+        lora = section("model.domain_modules.lora", lora, DOMAIN_MODULES_DEFAULTS["lora"])
+        modules["enabled"] = checked("model.domain_modules.enabled", modules["enabled"], bool)
+        modules["num_domains"] = checked(
+            "model.domain_modules.num_domains", modules["num_domains"], int, at_least(1)
+        )
+        lora["rank"] = checked("model.domain_modules.lora.rank", lora["rank"], int, at_least(1))
+        lora["alpha"] = checked("model.domain_modules.lora.alpha", lora["alpha"], float, POSITIVE)
+        lora["target_modules"] = checked(
+            "model.domain_modules.lora.target_modules", lora["target_modules"], list
+        )
+        self.domain_modules = {**modules, "lora": lora}
+        if modules["enabled"] and self.experts["num_domains"]:
+            raise ValueError(
+                "model.domain_modules.enabled routes clips to per-domain LoRA adapters and "
+                "model.experts.num_domains to expert FFNs: set one, got num_domains "
+                f"{self.experts['num_domains']} with domain modules enabled"
+            )
+        if modules["enabled"] and self.finetune_domain and self.finetune == "lora":
+            raise ValueError(
+                "--finetune lora adds a LoRA adapter beside model.domain_modules' per-domain "
+                "ones: fine-tune with --finetune heads or full, or disable the domain modules"
+            )
+
     @property
     def merging(self) -> bool:
         return bool(self.token_merging["enabled"])
 
     @property
     def multitask(self) -> bool:
-        """More than the action task, or domain experts: the model is a ``MultiTaskVLM``."""
-        return set(self.tasks) != {"action"} or self.experts["num_domains"] > 0
+        """More than the action task, or domain experts or modules: a ``MultiTaskVLM``."""
+        return (
+            set(self.tasks) != {"action"}
+            or self.experts["num_domains"] > 0
+            or self.domain_modules["enabled"]
+        )
 
 
 def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
@@ -237,7 +404,10 @@ def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
         "merge_ratio": merging["target_compression_ratio"] if config.merging else 0.0,
         "merge_at": merging["merge_at"],
         "merge_mode": merging["mode"],
+        "merge_budget": merging["budget"],
         "motion_alpha": merging["motion_alpha"],
+        "colour_weight": merging["colour_weight"],
+        "saliency_ramp_steps": merging["saliency_ramp_steps"],
         "motion_source": merging["motion_source"],
         "importance_weight": merging["importance_weight"],
         "class_attention_weight": merging["class_attention_weight"],
@@ -255,13 +425,24 @@ def build_model(
     (its text heads sized for ``vocabulary``)."""
     model = create_model(config.model, **model_arguments(config, num_classes))
     if config.multitask:
-        text, experts = config.text, config.experts
+        text, experts, modules = config.text, config.experts, config.domain_modules
+        lora = modules["lora"]
+        domain_lora = (
+            LoraConfig(
+                r=lora["rank"],
+                lora_alpha=lora["alpha"],
+                target_modules=tuple(lora["target_modules"]),
+            )
+            if modules["enabled"]
+            else None
+        )
         model = MultiTaskVLM(
             model,
             tuple(config.tasks),
             vocab_size=len(vocabulary.words) if vocabulary else 0,
             num_answers=len(vocabulary.answers) if vocabulary else 0,
-            num_domains=experts["num_domains"],
+            num_domains=modules["num_domains"] if domain_lora else experts["num_domains"],
+            domain_lora=domain_lora,
             routing=experts["routing"],
             top_k=experts["top_k"],
             head_layers=text["head_layers"],
@@ -301,11 +482,75 @@ def prepare_finetuning(model: nn.Module, config: VideoConfig) -> None:
     mark_only_lora_trainable(model, also=heads)  # without adapters: the heads alone
 
 
-def _records(source: str, split: str):
-    path = Path(source)
-    records = read_json_split(path, split) if path.is_dir() else read_video_list(path)
+def json_splits(folder: Path) -> dict[str, Path]:
+    """The split folders of a JSON-layout ``folder``: its ``training``, ``validation`` and
+    ``test``, or, when it is a split folder itself (``annotations/`` inside), it and the
+    ``validation`` and ``test`` folders beside it."""
+    if (folder / "annotations").is_dir():
+        return {SPLITS[0]: folder, **{split: folder.parent / split for split in SPLITS[1:]}}
+    return {split: folder / split for split in SPLITS}
+
+
+def class_names_of(config: VideoConfig) -> tuple[str, ...]:
+    """The action classes by name: the configuration's (a checkpoint's), else the names the
+    training annotations give (none for numbered labels, list files and the built-in set)."""
+    if config.classes:
+        return tuple(config.classes)
+    train = Path(config.train_data)
+    if not config.train_data or not train.is_dir():
+        return ()
+    return class_names(json_splits(train)[SPLITS[0]])
+
+
+def split_records(config: VideoConfig, split: str) -> list[VideoRecord]:
+    """The records of a split of the user's data: validation and test from ``val_data`` when
+    given, else from ``train_data``'s own folders; without a validation folder (or for a list
+    file) ``val_split`` of the training clips is held out per class, seeded by ``seed`` (for a
+    list file, those clips are the test clips too)."""
+    train, classes = Path(config.train_data), class_names_of(config)
+    has_validation = train.is_dir() and json_splits(train)[SPLITS[1]].is_dir()
+    if split != SPLITS[0]:
+        if config.val_data:
+            return _records(Path(config.val_data), split, classes)
+        if train.is_dir() and (split == SPLITS[2] or has_validation):
+            return _records(train, split, classes)
+    records = _records(train, SPLITS[0], classes)
+    if config.val_data or has_validation:
+        return records
+    kept, held_out = held_out_records(records, config.val_split, config.seed)
+    return kept if split == SPLITS[0] else held_out
+
+
+def training_records(config: VideoConfig) -> list[VideoRecord]:
+    """The training annotations, no video opened (the built-in set made first when needed)."""
+    if config.train_data:
+        return split_records(config, SPLITS[0])
+    root = Path(config.data_dir) / "moving_shapes"
+    ensure_moving_shapes(root)
+    return read_json_split(root, SPLITS[0])
+
+
+def held_out_records(
+    records: list[VideoRecord], fraction: float, seed: int
+) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """(kept, held out): ``fraction`` of each class's records held out, seeded."""
+    if fraction <= 0:
+        raise ValueError(
+            "val_split: expected a fraction in (0, 1) for data without validation clips, got 0"
+        )
+    labels = torch.tensor([r.labels[0] if r.labels else -1 for r in records])
+    parts = stratified_indices(labels, fraction, seed)
+    return tuple([records[i] for i in sorted(part.tolist())] for part in parts)
+
+
+def _records(source: Path, split: str, classes: tuple[str, ...]) -> list[VideoRecord]:
+    """The records of ``split`` in a JSON-layout folder, or those of a list file."""
+    if source.is_dir():
+        records = read_json_folder(json_splits(source)[split], classes)
+    else:
+        records = read_video_list(source)
     if not records:
-        raise ValueError(f"no video listed for the {split} split in {path}")
+        raise ValueError(f"no video listed for the {split} split in {source}")
     multi_label = next((r for r in records if len(r.labels) > 1), None)
     if multi_label is not None:
         raise ValueError(
@@ -340,12 +585,15 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
     if not config.train_data:
         dataset = load_moving_shapes(Path(config.data_dir) / "moving_shapes", split, **sampling)
     else:
-        source = config.train_data if split == "training" else config.val_data
-        records = _records(source, split)
+        names = class_names_of(config)
         # Decoded at the model's size: videos of different sizes must stack into one batch.
         size = (video["frame_size"],) * 2
         dataset = VideoDataset(
-            records, num_classes=config.num_classes or None, frame_size=size, **sampling
+            split_records(config, split),
+            num_classes=len(names) or config.num_classes or None,
+            classes=names or None,
+            frame_size=size,
+            **sampling,
         )
     if not config.multitask:
         _check_labelled(dataset, split)
@@ -356,7 +604,8 @@ def datasets_for(config: VideoConfig, split: str, train: bool) -> VideoDataset:
 
 def use_test_data(config: VideoConfig, source: str) -> None:
     """Makes ``datasets_for`` read the test split from ``source``: the built-in set's folder,
-    or for a job trained on its own data, a JSON-layout folder or a list file (as ``val_data``)."""
+    or for a job trained on its own data, a JSON-layout folder or a list file (as ``val_data``;
+    named labels index the training classes the configuration keeps)."""
     if config.train_data:
         config.val_data = source
     else:
@@ -431,7 +680,7 @@ def loader_for(
 
 
 def text_vocabulary(
-    config: VideoConfig, train_set: VideoDataset, pretrained: dict | None
+    config: VideoConfig, records: list[VideoRecord], pretrained: dict | None
 ) -> TextVocabulary:
     """The vocabulary of the configuration, else of the ``pretrained`` checkpoint (its heads
     were built for it), else of the training annotations; kept in ``config`` so that every
@@ -439,9 +688,7 @@ def text_vocabulary(
     state = config.vocabulary
     if not state and pretrained is not None:
         state = pretrained["config"].get("vocabulary", {})
-    vocabulary = (
-        TextVocabulary.from_state_dict(state) if state else TextVocabulary.build(train_set.records)
-    )
+    vocabulary = TextVocabulary.from_state_dict(state) if state else TextVocabulary.build(records)
     config.vocabulary = vocabulary.state_dict()
     return vocabulary
 
@@ -468,6 +715,7 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     task's monitored metric, wall and CPU time)."""
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
+    config.classes = list(class_names_of(config))  # saved with the checkpoints
     train_set = datasets_for(config, "training", train=True)
     config.num_classes = train_set.num_classes  # saved with the checkpoints
     val_set = datasets_for(config, "validation", train=False)
@@ -475,7 +723,9 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     pretrained = (
         checkpoint.load(config.pretrained, accept=("video",)) if config.pretrained else None
     )
-    vocabulary = text_vocabulary(config, train_set, pretrained) if config.multitask else None
+    vocabulary = (
+        text_vocabulary(config, train_set.records, pretrained) if config.multitask else None
+    )
     model = build_model(config, train_set.num_classes, vocabulary)
     load_pretrained(model, config, pretrained)
     task = make_task(config, train_set.num_classes, vocabulary)
@@ -524,8 +774,206 @@ def run(config: VideoConfig) -> tuple[Trainer, dict]:
     return trainer, summary
 
 
+def load_trained(path: str | Path) -> tuple[nn.Module, VideoConfig]:
+    """The model of a ``train.video`` checkpoint, rebuilt from the settings it saved, with its
+    weights (the EMA's when it kept one), in eval mode on the CPU; and those settings."""
+    state = checkpoint.load(Path(path), accept=("video",))
+    config = VideoConfig(**state["config"])
+    vocabulary = TextVocabulary.from_state_dict(config.vocabulary) if config.multitask else None
+    model = build_model(config, config.num_classes, vocabulary)
+    if config.finetune_domain:
+        prepare_finetuning(model, config)
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    return model.eval(), config
+
+
+def resumed_settings(config: VideoConfig, argv: list[str] | None) -> VideoConfig:
+    """``--resume PATH`` without ``--config``: the settings the checkpoint was trained with,
+    under the flags given (``--resume best.pt --train-data DIR`` goes on as that run was set)."""
+    args = build_parser(VideoConfig, "train.video", "").parse_args(argv)
+    if config.resume in ("", "last") or args.config is not None:
+        return config
+    names = {item.name for item in dataclasses.fields(VideoConfig)}
+    saved = checkpoint.load(Path(config.resume), accept=("video",))["config"]
+    values = {name: value for name, value in saved.items() if name in names}
+    for name, value in vars(args).items():
+        if name in names and value is not None:
+            merge_setting(values, name, value)
+    return VideoConfig(**values)
+
+
+# -- --show-only --------------------------------------------------------------------------------
+
+# Parameters by part of the model, the first matching rule winning: LoRA adapters, the domain
+# experts and the domain router, the task heads (with the appearance tokens the text heads and router
+# read), and the backbone (everything else).
+HEAD_PREFIXES = (
+    "head.",
+    "backbone.head.",
+    "detection_head.",
+    "qa_head.",
+    "caption_decoder.",
+    "appearance.",
+)
+MODEL_PARTS = ("backbone", "experts", "adapters", "heads")
+TRACE_STEPS = (2, 4)  # token time steps of the clips traced for the activation memory
+FLOAT32_BYTES = 4
+
+
+def part_of(parameter: str) -> str:
+    if ".lora_" in parameter:
+        return "adapters"
+    if parameter.startswith(("experts.", "domain_router.")):
+        return "experts"
+    if parameter.startswith(HEAD_PREFIXES):
+        return "heads"
+    return "backbone"
+
+
+def parameters_by_part(model: nn.Module) -> dict[str, int]:
+    counts = dict.fromkeys(MODEL_PARTS, 0)
+    for name, parameter in model.named_parameters():
+        counts[part_of(name)] += parameter.numel()
+    return counts
+
+
+@dataclasses.dataclass
+class ForwardTrace:
+    """What one training forward of a clip keeps for its backward: the tokens each block reads,
+    the bytes autograd saves inside each block and outside the blocks (stem, merging, heads)."""
+
+    block_tokens: list[int]
+    block_bytes: list[int]
+    other_bytes: int
+
+
+def trace_training_forward(model: nn.Module, clip_shape: tuple[int, ...]) -> ForwardTrace:
+    """Runs the training forward of one clip of random pixels on the CPU, counting the memory
+    autograd keeps for the backward: the storage of every tensor it saves, once however often
+    it is saved, leaving out the parameters and buffers (in memory anyway)."""
+    model.train()
+    backbone = getattr(model, "backbone", model)
+    trace = ForwardTrace([], [0] * len(backbone.blocks), 0)
+    current: list[int | None] = [None]
+    counted = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+
+    def enter(index: int):
+        def hook(_, inputs):
+            current[0] = index
+            trace.block_tokens.append(inputs[0].shape[1])
+
+        return hook
+
+    def leave(*_) -> None:
+        current[0] = None
+
+    def count(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() in counted:
+            return tensor
+        counted.add(storage.data_ptr())
+        size = storage.nbytes()
+        if current[0] is None:
+            trace.other_bytes += size
+        else:
+            trace.block_bytes[current[0]] += size
+        return tensor
+
+    hooks = []
+    for index, block in enumerate(backbone.blocks):
+        hooks += [block.register_forward_pre_hook(enter(index)), block.register_forward_hook(leave)]
+    clip = torch.randint(0, 256, (1, *clip_shape), dtype=torch.uint8)
+    try:
+        with saved_tensors_hooks(count, lambda tensor: tensor):
+            model(backbone.prepare(clip))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return trace
+
+
+def model_summary(model: nn.Module, config: VideoConfig) -> dict[str, Any]:
+    """Parameters per part, the tokens of one clip before merging and those each block reads,
+    and the activation memory of one training clip (float32), estimated from the forwards of
+    two short clips (``TRACE_STEPS`` token time steps, the configured frame side): each block's
+    saved bytes per token (of the longer clip) times the tokens it reads at the configured
+    length, plus the bytes outside the blocks, linear in the length through the two clips'.
+    Exact for memory linear in the tokens; attention that keeps (tokens × tokens) maps needs
+    more than this. With gradient checkpointing the blocks keep only their inputs (float32
+    tokens × width) and recompute the rest, one block at a time, in the backward."""
+    video = config.video
+    clip_shape = (video["num_frames"], 3, video["frame_size"], video["frame_size"])
+    backbone = getattr(model, "backbone", model)
+    steps, rows, cols = backbone.patch_embed.grid(clip_shape)
+    tubelet = backbone.patch_embed.tubelet_size
+    short, longer = (
+        trace_training_forward(model, (traced * tubelet, *clip_shape[1:])) for traced in TRACE_STEPS
+    )
+    scale = steps / TRACE_STEPS[1]
+    prefix = backbone.num_prefix_tokens
+    block_tokens = [prefix + round((t - prefix) * scale) for t in longer.block_tokens]
+    bytes_per_step = (longer.other_bytes - short.other_bytes) / (TRACE_STEPS[1] - TRACE_STEPS[0])
+    outside = longer.other_bytes + bytes_per_step * (steps - TRACE_STEPS[1])
+    activation = outside + sum(
+        saved / tokens * scaled
+        for saved, tokens, scaled in zip(longer.block_bytes, longer.block_tokens, block_tokens)
+    )
+    block_inputs = sum(block_tokens) * backbone.embed_dim * FLOAT32_BYTES
+    return {
+        "parameters": parameters_by_part(model),
+        "attention": config.attention["type"],
+        "tokens_before_merging": prefix + steps * rows * cols,
+        "block_tokens": block_tokens,
+        "activation_bytes": round(activation),
+        "checkpointed_activation_bytes": round(outside + block_inputs),
+    }
+
+
+def print_summary(config: VideoConfig, summary: dict[str, Any]) -> None:
+    parts = summary["parameters"]
+    print(
+        f"model {config.model}: "
+        + ", ".join(f"{part} {count / 1e6:.3f} M" for part, count in parts.items())
+        + f" parameters ({sum(parts.values()) / 1e6:.2f} M in all); attention "
+        + summary["attention"]
+    )
+    blocks = summary["block_tokens"]
+    ratio = config.token_merging["target_compression_ratio"] if config.merging else 0.0
+    print(
+        f"tokens per clip: {summary['tokens_before_merging']} before merging, {blocks[-1]} after "
+        f"(merge ratio {ratio:g}; the blocks read {', '.join(map(str, blocks))})"
+    )
+    print(
+        f"activation memory per clip: {summary['activation_bytes'] / 2**30:.2f} GiB, "
+        f"{summary['checkpointed_activation_bytes'] / 2**30:.2f} GiB with gradient checkpointing "
+        "(float32, training; the bytes autograd saves in forwards of clips of "
+        f"{' and '.join(map(str, TRACE_STEPS))} token time steps, per block and token, times "
+        "the tokens above; checkpointing keeps the blocks' inputs; the batch multiplies both)"
+    )
+
+
+def show(config: VideoConfig) -> dict[str, Any]:
+    """``--show-only``: prints the resolved settings and a summary of the model they build,
+    reading no video (the head is sized for the data's classes where the settings or the
+    annotations name them, else for the built-in set's); returns the summary."""
+    print(yaml.safe_dump(plain(config), sort_keys=False), end="")
+    num_classes = config.num_classes or len(class_names_of(config)) or len(ACTIONS)
+    vocabulary = None
+    if config.multitask and {"qa", "captioning"} & set(config.tasks):
+        records = training_records(config)
+        vocabulary = text_vocabulary(config, records, None)
+    model = build_model(config, num_classes, vocabulary)
+    summary = model_summary(model, config)
+    print_summary(config, summary)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
-    return run_job(VideoConfig, lambda config: run(config)[1], argv, "train.video", __doc__)
+    def job(config: VideoConfig) -> dict:
+        config = resumed_settings(config, argv)
+        return show(config) if config.show_only else run(config)[1]
+
+    return run_job(VideoConfig, job, argv, "train.video", __doc__)
 
 
 def cli() -> None:

@@ -15,7 +15,14 @@ from .experts import (
     routing_accuracy,
     routing_loss,
 )
-from .merging import MERGE_MODES, drop_frames, merge_frames, merge_ratio_at
+from .merging import (
+    MERGE_BUDGETS,
+    MERGE_MODES,
+    merge_ratio_at,
+    reduce_runs,
+    removal_per_clip,
+    removal_per_frame,
+)
 from .mixers import (
     MIXERS,
     CrossMemoryAttention,
@@ -34,6 +41,7 @@ from .multitask import TASKS, DomainExperts, MultiTaskOutput, MultiTaskVLM
 
 __all__ = [
     "DEFAULT_DOMAINS",
+    "MERGE_BUDGETS",
     "MERGE_MODES",
     "MIXERS",
     "ROUTING_MODES",
@@ -57,11 +65,12 @@ __all__ = [
     "TubeletEmbed",
     "VideoBlock",
     "build_mixer",
-    "drop_frames",
     "expert_usage",
     "load_balancing_loss",
-    "merge_frames",
     "merge_ratio_at",
+    "reduce_runs",
+    "removal_per_clip",
+    "removal_per_frame",
     "router_z_loss",
     "routing_accuracy",
     "routing_loss",

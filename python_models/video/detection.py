@@ -34,16 +34,22 @@ class DetectionOutput:
 
 
 def step_features(tokens: Tensor, layout: TokenLayout) -> Tensor:
-    """The mean token of each time step: (batch, L, dim) laid out as ``layout`` says →
-    (batch, layout.frames, dim). Merged tokens weigh by how many patches they stand for when
-    ``layout.size`` is given."""
-    per_frame = layout.per_frame(tokens.shape[1])
-    steps = tokens[:, layout.prefix :].unflatten(1, (layout.frames, per_frame))
-    if layout.size is None:
-        return steps.mean(2)
-    size = layout.size[:, layout.prefix :].unflatten(1, (layout.frames, per_frame))
-    size = size.unsqueeze(-1).to(tokens.dtype)
-    return (steps * size).sum(2) / size.sum(2)
+    """The mean token of each time step: (batch, L, dim) laid out as ``layout`` says (equal or
+    unequal runs) → (batch, layout.frames, dim). Merged tokens weigh by how many patches they
+    stand for when ``layout.size`` is given."""
+    batch, length, dim = tokens.shape
+    patches = tokens[:, layout.prefix :]
+    weights = (
+        patches.new_ones(patches.shape[:2])
+        if layout.size is None
+        else layout.size[:, layout.prefix :].to(tokens.dtype)
+    )
+    frame = layout.frame_index(batch, length, tokens.device)
+    sums = patches.new_zeros(batch, layout.frames, dim).scatter_add(
+        1, frame[..., None].expand(-1, -1, dim), patches * weights[..., None]
+    )
+    totals = weights.new_zeros(batch, layout.frames).scatter_add(1, frame, weights)
+    return sums / totals[..., None]
 
 
 class DetectionHead(nn.Module):

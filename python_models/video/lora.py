@@ -153,12 +153,17 @@ class LoraLinear(nn.Module):
         return out
 
     def _mixed_update(self, x: Tensor) -> Tensor:
+        """Σ_a w[b, a] · update_a. Inputs whose batch is k times the weights' (a layer that
+        runs on rows of each sample, sample-major, e.g. one row per frame) take each sample's
+        weights for its k rows."""
         weights = self.mixing_weights
-        if x.dim() < 2 or x.shape[0] != weights.shape[0]:
+        if x.dim() < 2 or x.shape[0] % weights.shape[0]:
             raise ValueError(
                 f"LoraLinear: per-sample adapter weights for a batch of {weights.shape[0]} "
-                f"need inputs (batch {weights.shape[0]}, ..., features), got shape {tuple(x.shape)}"
+                f"need inputs (k · {weights.shape[0]} rows, ..., features), got shape "
+                f"{tuple(x.shape)}"
             )
+        weights = weights.repeat_interleave(x.shape[0] // len(weights), 0)
         weights = weights.to(x.device, x.dtype).view(len(weights), *[1] * (x.dim() - 2), -1)
         total = 0
         for column, name in enumerate(self.mixing_names):
@@ -292,6 +297,18 @@ def adapter_weights(model: nn.Module, weights: Tensor):
     finally:
         for layer in layers:
             layer.mixing_names, layer.mixing_weights = (), None
+
+
+def adapter_weights_in_force(model: nn.Module) -> contextlib.AbstractContextManager:
+    """A context that sets again the per-sample adapter weights in force now (``adapter_weights``;
+    none: a context that does nothing). Activation checkpointing recomputes a block in the
+    backward, after the ``adapter_weights`` block has ended: this puts its weights back."""
+    mixing = next(
+        (layer for _, layer in lora_layers(model) if layer.mixing_weights is not None), None
+    )
+    if mixing is None:
+        return contextlib.nullcontext()
+    return adapter_weights(model, mixing.mixing_weights)
 
 
 def _lora_parameters(

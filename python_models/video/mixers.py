@@ -1,10 +1,12 @@
 """The token mixers of the video blocks: dense attention and seven efficient alternatives.
 
 Every mixer maps tokens (batch, L, dim) to (batch, L, dim) and takes a ``TokenLayout`` that says
-how the sequence is laid out: ``prefix`` class/global tokens, then ``frames`` equal runs of
-patch tokens (frame-major). Mixers that ignore the layout accept it all the same, so a block can
-hold any of them. Projections are plain ``nn.Linear`` layers with stable names (``qkv``,
-``proj``, ``q``) for adapters that wrap them by name.
+how the sequence is laid out: ``prefix`` class/global tokens, then ``frames`` runs of patch
+tokens (frame-major), equally long or, after a per-clip merge budget, of each clip's own
+lengths. The mixers that read the frames (strided, local-global, hierarchical) honour unequal
+runs; those that ignore the layout accept it all the same, so a block can hold any of them.
+Projections are plain ``nn.Linear`` layers with stable names (``qkv``, ``proj``, ``q``) for
+adapters that wrap them by name.
 """
 
 import dataclasses
@@ -22,15 +24,26 @@ from ..mamba import BiMamba
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """``prefix`` class/global tokens, then ``frames`` runs of equally many patch tokens;
-    ``size`` (batch, L): how many input tokens each token stands for after merging (None: one
-    each), for proportional attention."""
+    """``prefix`` class/global tokens, then ``frames`` runs of patch tokens, frame-major.
+
+    ``counts`` (batch, frames) int64: each clip's tokens per frame, after a per-clip merge budget
+    left frames unequal (every clip has the same total, so a batch stays one tensor; None: all
+    runs equal, ``(L − prefix) / frames`` tokens each). ``size`` (batch, L): how many input
+    tokens each token stands for after merging (None: one each), for proportional attention."""
 
     prefix: int
     frames: int
     size: Tensor | None = None
+    counts: Tensor | None = None
+
+    @property
+    def equal_runs(self) -> bool:
+        return self.counts is None
 
     def per_frame(self, length: int) -> int:
+        """Tokens per frame of a sequence of ``length`` tokens with equal runs."""
+        if self.counts is not None:
+            raise ValueError("TokenLayout: runs of unequal length have no single per_frame count")
         patches = length - self.prefix
         if patches <= 0 or patches % self.frames:
             raise ValueError(
@@ -38,6 +51,51 @@ class TokenLayout:
                 f"{self.frames} equal frames"
             )
         return patches // self.frames
+
+    def runs(self, batch: int, length: int, device: torch.device | None = None) -> Tensor:
+        """(batch, frames) int64: the patch tokens of each frame of each clip."""
+        if self.counts is not None:
+            if (
+                self.counts.shape != (batch, self.frames)
+                or self.counts[0].sum() != length - self.prefix
+            ):
+                raise ValueError(
+                    f"TokenLayout: counts of shape {tuple(self.counts.shape)} summing to "
+                    f"{int(self.counts[0].sum())} do not describe {batch} clips of {length} "
+                    f"tokens with {self.prefix} prefix tokens and {self.frames} frames"
+                )
+            return self.counts
+        per_frame = self.per_frame(length)
+        return torch.full((batch, self.frames), per_frame, dtype=torch.long, device=device)
+
+    def longest_run(self, length: int) -> int:
+        """The most patch tokens any frame holds."""
+        return self.per_frame(length) if self.counts is None else int(self.counts.max())
+
+    def frame_index(self, batch: int, length: int, device: torch.device | None = None) -> Tensor:
+        """(batch, L − prefix) int64: the frame of every patch token."""
+        ends = self.runs(batch, length, device).cumsum(-1)
+        positions = torch.arange(length - self.prefix, device=ends.device).expand(batch, -1)
+        return torch.searchsorted(ends, positions.contiguous(), right=True)
+
+
+def pack_runs(patches: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Patch tokens (batch, N, ...) in runs of ``counts`` (batch, frames) → (batch, frames,
+    longest run, ...) with each run left-aligned, and the mask of real (not padding) slots
+    (batch, frames, longest run). Zeros fill the padding."""
+    longest = int(counts.max())
+    slots = torch.arange(longest, device=counts.device)
+    valid = slots < counts[..., None]
+    starts = counts.cumsum(-1) - counts
+    index = (starts[..., None] + slots).clamp_max(patches.shape[1] - 1)
+    rows = torch.arange(len(patches), device=counts.device)[:, None, None]
+    padding = ~valid.view(*valid.shape, *[1] * (patches.dim() - 2))
+    return patches[rows, index].masked_fill(padding, 0), valid
+
+
+def unpack_runs(packed: Tensor, valid: Tensor) -> Tensor:
+    """The inverse of ``pack_runs``: (batch, frames, longest run, ...) → (batch, N, ...)."""
+    return packed[valid].view(len(packed), -1, *packed.shape[3:])
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -97,18 +155,40 @@ class FullAttention(QKVMixer):
 
 
 class StridedAttention(QKVMixer):
-    """Factorised space-time attention through the fused sparse kernel: with P patches per
-    frame, each token sees the band |i − j| < P (its spatial neighbours) and every token P
-    apart (the same patch in every frame); the prefix tokens attend and are attended globally."""
+    """Factorised space-time attention: each token sees its spatial neighbours and the same
+    place in every frame; the prefix tokens attend and are attended globally. With equal runs
+    of P patches it is the fused sparse kernel (the band |i − j| < P and every token P apart).
+    Unequal runs (a per-clip merge budget) have no single stride: there each token sees its own
+    frame and the token of the same rank in every other frame, as a mask on dense attention."""
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
-        stride = layout.per_frame(q.shape[-2])
-        return sparse_attention(q, k, v, window=stride - 1, stride=stride, num_global=layout.prefix)
+        if layout.equal_runs:
+            stride = layout.per_frame(q.shape[-2])
+            return sparse_attention(
+                q, k, v, window=stride - 1, stride=stride, num_global=layout.prefix
+            )
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=space_time_mask(layout, q))
+
+
+def space_time_mask(layout: TokenLayout, q: Tensor) -> Tensor:
+    """(batch, 1, L, L) bool for queries q (batch, heads, L, head_dim): prefix tokens with
+    every token, patch tokens with those of their frame and those of their rank in a frame."""
+    batch, length = q.shape[0], q.shape[-2]
+    counts = layout.runs(batch, length, q.device)
+    frame = layout.frame_index(batch, length, q.device)
+    rank = torch.arange(frame.shape[1], device=q.device) - (counts.cumsum(-1) - counts).gather(
+        1, frame
+    )
+    pairs = (frame[:, :, None] == frame[:, None, :]) | (rank[:, :, None] == rank[:, None, :])
+    mask = torch.ones(batch, length, length, dtype=torch.bool, device=q.device)
+    mask[:, layout.prefix :, layout.prefix :] = pairs
+    return mask[:, None]
 
 
 class LocalGlobalAttention(QKVMixer):
-    """A sliding window of ``window`` tokens each side (default: one frame's patches) plus the
-    prefix tokens as global tokens (Longformer/BigBird), through the fused kernel."""
+    """A sliding window of ``window`` tokens each side (default: the longest frame's patches,
+    so that every token sees its whole frame however unequal the runs) plus the prefix tokens
+    as global tokens (Longformer/BigBird), through the fused kernel."""
 
     def __init__(self, dim: int, num_heads: int, window: int | None = None, qkv_bias: bool = True):
         super().__init__(dim, num_heads, qkv_bias)
@@ -117,7 +197,7 @@ class LocalGlobalAttention(QKVMixer):
         self.window = window
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
-        window = self.window or layout.per_frame(q.shape[-2])
+        window = self.window or layout.longest_run(q.shape[-2])
         return local_global_attention(q, k, v, window, layout.prefix)
 
 
@@ -280,7 +360,8 @@ class MambaMixer(BiMamba):
 class HierarchicalAttention(nn.Module):
     """Two levels: dense attention within each frame (``spatial``), then dense attention across
     frames (``temporal``) over the prefix tokens and one summary per frame (the mean of its
-    attended patches); each frame's summary output is added back to its patches."""
+    attended patches); each frame's summary output is added back to its patches. Unequal runs
+    are padded to the longest for the spatial level, the padding a key of size 0 (no weight)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -288,15 +369,18 @@ class HierarchicalAttention(nn.Module):
         self.temporal = FullAttention(dim, num_heads, qkv_bias)
 
     def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
-        batch, length, dim = x.shape
-        per_frame = layout.per_frame(length)
+        counts = layout.runs(x.shape[0], x.shape[1], x.device)
         prefix, patches = x[:, : layout.prefix], x[:, layout.prefix :]
-        frames = patches.reshape(batch * layout.frames, per_frame, dim)
-        local = self.spatial(frames, TokenLayout(0, 1)).view(batch, layout.frames, per_frame, dim)
-        summaries = torch.cat([prefix, local.mean(dim=2)], dim=1)
-        mixed = self.temporal(summaries, TokenLayout(layout.prefix, layout.frames))
-        patches = local + mixed[:, layout.prefix :, None]
-        return torch.cat([mixed[:, : layout.prefix], patches.flatten(1, 2)], dim=1)
+        packed, valid = pack_runs(patches, counts)
+        rows = packed.flatten(0, 1)
+        padding = None if layout.equal_runs else valid.flatten(0, 1).to(x.dtype)
+        local = self.spatial(rows, TokenLayout(0, 1, padding)).view_as(packed)
+        summaries = (local * valid[..., None]).sum(2) / counts[..., None]
+        mixed = self.temporal(
+            torch.cat([prefix, summaries], 1), TokenLayout(layout.prefix, layout.frames)
+        )
+        patches = unpack_runs(local + mixed[:, layout.prefix :, None], valid)
+        return torch.cat([mixed[:, : layout.prefix], patches], dim=1)
 
 
 MIXERS: dict[str, type[nn.Module]] = {

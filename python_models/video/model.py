@@ -3,10 +3,12 @@ efficient types, with motion-saliency token merging between blocks.
 
 Clips (batch, T, C, H, W) → tubelet embedding (``tubelet_size`` frames × ``patch_size``² pixels
 per token) → separable learned positions (time + space, resized to other clip shapes) → a class
-token in front → blocks (pre-norm mixer + FFN) with optional per-frame token merging before
-chosen blocks → LayerNorm → a linear head on the class token (or the mean patch token).
+token in front → blocks (pre-norm mixer + FFN) with optional token merging within each frame
+before chosen blocks (a per-clip budget spread over the frames by their motion, or a per-frame
+one) → LayerNorm → a linear head on the class token (or the mean patch token).
 """
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -18,17 +20,20 @@ from hvision_ext.ops import unmerge_tokens
 
 from ..layers import DropPath, Mlp, init_vit_weights
 from ..vit import NORM_EPS
+from .lora import adapter_weights_in_force
 from .merging import (
+    MERGE_BUDGETS,
     MERGE_MODES,
     MOTION_SOURCES,
-    batch_rows,
     carry_importance,
-    drop_frames,
-    frame_rows,
-    merge_frames,
+    colour_saliency,
+    frame_motion,
     motion_importance,
-    per_frame_maximum_one,
-    tokens_to_remove,
+    reduce_runs,
+    removal_per_clip,
+    removal_per_frame,
+    run_maximum_one,
+    saliency_scale_at,
 )
 from .mixers import MIXERS, PerformerAttention, QKVMixer, TokenLayout, build_mixer
 
@@ -162,11 +167,20 @@ class HierarchicalVLM(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio: the transformer's shape.
         attention: the blocks' token mixer, one of ``MIXERS``; attention_args: its options
             (e.g. ``{"nb_features": 64}`` for performer, ``{"memory_slots": 32}``).
-        merge_ratio: fraction of each frame's patch tokens removed before the blocks of
-            ``merge_at`` together (0: no merging); ``set_merge_ratio`` changes it in training.
+        merge_ratio: fraction of the patch tokens removed before the blocks of ``merge_at``
+            together (0: no merging); ``set_merge_ratio`` changes it in training.
         merge_at: indices of the blocks before which tokens are merged.
         merge_mode: ``motion``, ``similarity`` or ``random`` (see ``merging``).
-        motion_alpha: weight of motion against saliency in the importance scores.
+        merge_budget: ``clip`` (the clip's tokens at the ratio, static frames giving up more
+            than moving ones; frames then hold unequal runs) or ``frame`` (each frame gives up
+            the same share) (see ``merging``).
+        motion_alpha: weight of motion against edge (Sobel) saliency in the importance scores.
+        colour_weight: weight of the colour saliency (``merging.colour_saliency``) added to the
+            motion importance (0: unused).
+        saliency_ramp_steps: progressive merging: the saliency terms (edges and colour) enter
+            the importance linearly over this many training forwards, motion alone at first
+            (0: from the start). The model counts its own training forwards (``merge_steps``,
+            a buffer only then, saved with the weights, so a resumed run goes on where it was).
         motion_source: ``frame_difference`` (``motion_saliency``) or ``optical_flow``
             (OpenCV's Farneback on the CPU: slower, never the default).
         importance_weight: how strongly importance keeps a token from being merged.
@@ -205,7 +219,10 @@ class HierarchicalVLM(nn.Module):
         merge_ratio: float = 0.0,
         merge_at: Sequence[int] = (1,),
         merge_mode: str = "motion",
+        merge_budget: str = "clip",
         motion_alpha: float = 0.5,
+        colour_weight: float = 0.0,
+        saliency_ramp_steps: int = 0,
         motion_source: str = "frame_difference",
         importance_weight: float = 1.0,
         class_attention_weight: float = 0.0,
@@ -222,6 +239,12 @@ class HierarchicalVLM(nn.Module):
         _choice("stem", stem, list(STEMS))
         _choice("motion_source", motion_source, MOTION_SOURCES)
         _choice("token_merging.mode", merge_mode, MERGE_MODES)
+        _choice("token_merging.budget", merge_budget, MERGE_BUDGETS)
+        if colour_weight < 0 or saliency_ramp_steps < 0:
+            raise ValueError(
+                "token_merging.colour_weight and saliency_ramp_steps must be >= 0, got "
+                f"{colour_weight} and {saliency_ramp_steps}"
+            )
         global_pool = global_pool or ("avg" if attention == "cross_memory" else "token")
         _choice("global_pool", global_pool, GLOBAL_POOLS)
         if not all(0 <= index < depth for index in merge_at) or len(set(merge_at)) != len(merge_at):
@@ -233,7 +256,12 @@ class HierarchicalVLM(nn.Module):
         self.attention = attention
         self.merge_at = tuple(sorted(merge_at))
         self.merge_mode = merge_mode
+        self.merge_budget = merge_budget
         self.motion_alpha = motion_alpha
+        self.colour_weight = colour_weight
+        self.saliency_ramp_steps = saliency_ramp_steps
+        if saliency_ramp_steps:
+            self.register_buffer("merge_steps", torch.zeros((), dtype=torch.long))
         self.motion_source = motion_source
         self.importance_weight = importance_weight
         self.class_attention_weight = class_attention_weight
@@ -298,8 +326,10 @@ class HierarchicalVLM(nn.Module):
         self.grad_checkpointing = enabled
 
     def feature_layout(self, clip_shape: Sequence[int]) -> TokenLayout:
-        """How ``forward_features`` lays out the tokens of clips of this shape: the class token,
-        then ``frames`` runs of equally many tokens (``per_frame(length)``)."""
+        """How ``forward_features`` lays out the tokens of clips of this shape when the runs
+        are equal (no merging, the per-frame budget, or unmerged): the class token, then
+        ``frames`` runs of equally many tokens (``per_frame(length)``). ``forward_tokens`` gives
+        the layout of any forward, unequal runs included."""
         return TokenLayout(NUM_PREFIX_TOKENS, self.patch_embed.grid(clip_shape)[0])
 
     # -- forward -----------------------------------------------------------------------------
@@ -328,87 +358,131 @@ class HierarchicalVLM(nn.Module):
             space = grid.flatten(2).transpose(1, 2)[:, None]
         return (time + space).flatten(1, 2)
 
+    def saliency_scale(self) -> float:
+        """The weight of the saliency terms now (progressive merging; 1 without it)."""
+        if not self.saliency_ramp_steps:
+            return 1.0
+        return saliency_scale_at(int(self.merge_steps), self.saliency_ramp_steps)
+
     def token_importance(self, clips: Tensor) -> Tensor | None:
-        """Per-token motion-saliency (batch, tokens) of the input frames, averaged over each
-        tubelet's frames; None unless motion-guided merging will run."""
+        """Per-token importance (batch, tokens) of the input frames, averaged over each
+        tubelet's frames: motion, edge saliency (``motion_alpha``) and colour saliency
+        (``colour_weight``), the saliency terms scaled by ``saliency_scale``; None unless
+        motion-guided merging will run."""
         if self.merge_mode != "motion" or self.merge_ratio == 0:
             return None
-        scores = motion_importance(
-            clips.detach(), self.patch_embed.patch_size, self.motion_alpha, self.motion_source
-        )
+        patch_size, saliency = self.patch_embed.patch_size, self.saliency_scale()
+        alpha = 1.0 - saliency * (1.0 - self.motion_alpha)
+        scores = motion_importance(clips.detach(), patch_size, alpha, self.motion_source)
+        if self.colour_weight > 0:
+            scores = scores + saliency * self.colour_weight * colour_saliency(clips, patch_size)
         tubelet = self.patch_embed.tubelet_size
         return scores.unflatten(1, (-1, tubelet)).mean(2).flatten(1)
 
     def forward_features(self, clips: Tensor, unmerge: bool = False) -> Tensor:
-        """Every token after the blocks and the final norm: (batch, 1 + frames · per_frame, dim),
-        the class token first, laid out as ``feature_layout`` says. With token merging,
-        ``per_frame`` is the merged count, or every patch again with ``unmerge=True`` (each
+        """Every token after the blocks and the final norm: (batch, 1 + patches, dim), the class
+        token first, then each frame's tokens (``forward_tokens`` gives their layout). With
+        token merging, the merged tokens, or every patch again with ``unmerge=True`` (each
         patch receives the token it was merged into)."""
+        return self.forward_tokens(clips, unmerge)[0]
+
+    def forward_tokens(self, clips: Tensor, unmerge: bool = False) -> tuple[Tensor, TokenLayout]:
+        """``forward_features`` and the ``TokenLayout`` of its tokens."""
         clips = self.prepare(clips)
         frames, rows, cols = self.patch_embed.grid(clips.shape)
         if self.training:
-            for module in self.modules():
-                if isinstance(module, PerformerAttention):
-                    module.advance_step()
+            self._advance_step()
         importance = self.token_importance(clips)
+        clip_budget = self.merge_ratio > 0 and self.merge_budget == "clip"
+        motion = frame_motion(clips, self.patch_embed.tubelet_size) if clip_budget else None
         patches = self.patch_embed(clips) + self.positions(frames, rows, cols)
         size = patches.new_ones(patches.shape[:2], dtype=torch.float32)
+        counts = torch.full((len(patches), frames), rows * cols, device=patches.device)
         x = self.pos_drop(torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], 1))
         layout = TokenLayout(NUM_PREFIX_TOKENS, frames)
         assigns = []
         for index, block in enumerate(self.blocks):
             if index in self.merge_at and self.merge_ratio > 0:
-                x, size, importance, assign = self._reduce(x, size, importance, frames, block)
+                x, size, importance, counts, assign = self._reduce(
+                    x, size, importance, counts, motion, block
+                )
                 assigns.append(assign)
-                if self.proportional_attention:
-                    layout = self._sized_layout(size, frames)
+                layout = TokenLayout(
+                    NUM_PREFIX_TOKENS,
+                    frames,
+                    self._with_prefix(size) if self.proportional_attention else None,
+                    None if motion is None else counts,
+                )
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, layout, use_reentrant=False)
+                x = checkpoint(
+                    block, x, layout, use_reentrant=False, context_fn=self._recompute_contexts
+                )
             else:
                 x = block(x, layout)
         x = self.norm(x)
         if unmerge and assigns:
-            x = self._unmerge(x, assigns, frames)
-        return x
+            patches = x[:, NUM_PREFIX_TOKENS:]
+            for assign in reversed(assigns):
+                patches = unmerge_tokens(patches, assign)
+            x = torch.cat([x[:, :NUM_PREFIX_TOKENS], patches], 1)
+            layout = TokenLayout(NUM_PREFIX_TOKENS, frames)
+        return x, layout
+
+    def _recompute_contexts(self):
+        """For a checkpointed block: nothing around its forward; around its recomputation in
+        the backward, the per-sample LoRA weights in force at its forward (per-domain
+        adapters), which have been unset by then."""
+        return contextlib.nullcontext(), adapter_weights_in_force(self)
+
+    def _advance_step(self) -> None:
+        """Counts a training forward for the schedules that follow them."""
+        for module in self.modules():
+            if isinstance(module, PerformerAttention):
+                module.advance_step()
+        if self.saliency_ramp_steps:
+            self.merge_steps += 1
 
     def _reduce(
-        self, x: Tensor, size: Tensor, importance: Tensor | None, frames: int, block: VideoBlock
+        self,
+        x: Tensor,
+        size: Tensor,
+        importance: Tensor | None,
+        counts: Tensor,
+        motion: Tensor | None,
+        block: VideoBlock,
     ):
-        """Merges (or drops) tokens of each frame before ``block``; ``importance`` is the motion
-        importance carried from earlier merges."""
+        """Merges (or drops) tokens of each frame's run of ``counts`` before ``block``, as many
+        per frame as the budget says (the clip's, spread by ``motion``, or the frame's);
+        ``importance`` is the motion importance carried from earlier merges."""
         prefix, patches = x[:, :NUM_PREFIX_TOKENS], x[:, NUM_PREFIX_TOKENS:]
-        r = tokens_to_remove(patches.shape[1] // frames, self.merge_ratio, len(self.merge_at))
-        if self.merge_mode == "random":
-            patches, size, importance, assign = drop_frames(patches, size, importance, frames, r)
-            return torch.cat([prefix, patches], 1), size, importance, assign
+        merges = len(self.merge_at)
+        if motion is None:
+            remove = removal_per_frame(counts, self.merge_ratio, merges)
+        else:
+            remove = removal_per_clip(counts, motion, self.merge_ratio, merges)
         scores = importance
-        if self.class_attention_weight > 0:
+        if self.class_attention_weight > 0 and self.merge_mode != "random":
             with torch.no_grad():
                 attention = block.attn.class_attention(block.norm1(x))[:, NUM_PREFIX_TOKENS:]
-            attention = self.class_attention_weight * per_frame_maximum_one(attention, frames)
+            frame = TokenLayout(NUM_PREFIX_TOKENS, counts.shape[1], counts=counts).frame_index(
+                len(x), x.shape[1], x.device
+            )
+            attention = self.class_attention_weight * run_maximum_one(
+                attention, frame, counts.shape[1]
+            )
             scores = attention if importance is None else importance + attention
-        patches, size, carried, assign = merge_frames(
-            patches, size, scores, frames, r, self.importance_weight
+        patches, size, assign, counts = reduce_runs(
+            patches, size, scores, counts, remove, self.merge_mode, self.importance_weight
         )
-        if scores is not importance:
-            # The merge carried the class attention too; only the motion importance goes on (a
-            # later merge adds its own block's attention), none in similarity mode.
-            carried = None
-            if importance is not None:
-                carried = carry_importance(importance, assign, frames, patches.shape[1] // frames)
-        return torch.cat([prefix, patches], 1), size, carried, assign
+        # Only the motion importance goes on (a later merge adds its own block's attention).
+        if importance is not None:
+            importance = carry_importance(importance, assign, patches.shape[1])
+        return torch.cat([prefix, patches], 1), size, importance, counts, assign
 
     @staticmethod
-    def _sized_layout(size: Tensor, frames: int) -> TokenLayout:
-        prefix_size = size.new_ones(len(size), NUM_PREFIX_TOKENS)
-        return TokenLayout(NUM_PREFIX_TOKENS, frames, torch.cat([prefix_size, size], 1))
-
-    @staticmethod
-    def _unmerge(x: Tensor, assigns: list[Tensor], frames: int) -> Tensor:
-        prefix, patches = x[:, :NUM_PREFIX_TOKENS], frame_rows(x[:, NUM_PREFIX_TOKENS:], frames)
-        for assign in reversed(assigns):
-            patches = unmerge_tokens(patches, assign)
-        return torch.cat([prefix, batch_rows(patches, frames)], 1)
+    def _with_prefix(size: Tensor) -> Tensor:
+        """Token sizes (batch, patches) with the class token's (1) in front."""
+        return torch.cat([size.new_ones(len(size), NUM_PREFIX_TOKENS), size], 1)
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """The pooled features (``pre_logits=True``) or the head's logits."""

@@ -4,6 +4,9 @@ and captioning heads, with optional domain experts between the backbone and the 
 clips → backbone tokens (class token + frames × patches) → [domain experts: a router over the
 clip's appearance picks a mixture of expert FFNs, applied to every token as a residual] →
 
+(or, with per-domain LoRA, the same router mixes each domain's low-rank adapters on the
+backbone's projections for the clip's whole forward: ``domain_lora``) →
+
 - ``action``: the backbone's own head on the pooled tokens;
 - ``detection``: ``DetectionHead`` on the mean token of each time step, per input frame;
 - ``qa``: ``VideoQAHead``, each question cross-attending to the tokens and the appearance ones;
@@ -15,6 +18,7 @@ router and the text heads, which also read their channel-wise maximum as the cli
 LoRA adapters (``lora``) wrap the backbone's linear layers by name, one adapter set per domain.
 """
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
@@ -25,6 +29,8 @@ from ..layers import init_vit_weights
 from ..vit import NORM_EPS
 from .detection import DetectionHead, DetectionOutput, step_features
 from .experts import DomainRouter, ExpertFFN, RouterOutput
+from .lora import LoraConfig, adapter_weights, inject_lora, lora_state_dict, set_active_adapter
+from .mixers import TokenLayout
 from .model import HierarchicalVLM, conv_bn_relu, power_of_two_log2
 from .text import CaptionDecoder, VideoQAHead
 
@@ -41,6 +47,7 @@ class MultiTaskOutput:
     captioning: Tensor | None = None  # (batch, caption length - 1, vocabulary): next-word logits
     routing: RouterOutput | None = None
     features: Tensor | None = None  # the backbone's tokens after the experts (batch, L, dim)
+    layout: TokenLayout | None = None  # how ``features`` is laid out
     appearance: Tensor | None = None  # one frame's tokens (batch, patches, dim)
 
 
@@ -114,9 +121,12 @@ class MultiTaskVLM(nn.Module):
         tasks: which of ``TASKS`` to build (the action head is the backbone's and always there).
         vocab_size: words of the question/caption tokenizer (QA and captioning).
         num_answers: answers of the QA vocabulary.
-        num_domains: domain experts and router outputs (0: no experts).
-        routing: ``soft`` (every expert, weighted) or ``top_k`` gating.
-        top_k: experts per clip for ``top_k`` routing.
+        num_domains: domains the router tells apart (0: no routing).
+        domain_lora: None: each domain is an expert FFN after the backbone (``DomainExperts``);
+            a ``LoraConfig``: each domain owns low-rank adapters of that shape on the
+            backbone's layers it names (``domain_<i>``), mixed per clip by the router's gates.
+        routing: ``soft`` (every domain, weighted) or ``top_k`` gating.
+        top_k: domains per clip for ``top_k`` routing.
         head_layers, head_heads: depth and heads of the QA and captioning transformers.
         max_question_len, max_caption_len: token lengths the text heads are built for.
     """
@@ -128,6 +138,7 @@ class MultiTaskVLM(nn.Module):
         vocab_size: int = 0,
         num_answers: int = 0,
         num_domains: int = 0,
+        domain_lora: LoraConfig | None = None,
         routing: str = "soft",
         top_k: int = 1,
         head_layers: int = 2,
@@ -155,9 +166,20 @@ class MultiTaskVLM(nn.Module):
         self.tasks = tuple(t for t in TASKS if t in tasks)
         self.backbone = backbone
         dim, heads = backbone.embed_dim, head_heads
+        if domain_lora is not None and num_domains < 1:
+            raise ValueError(f"MultiTaskVLM: domain_lora needs num_domains >= 1, got {num_domains}")
         self.experts = (
-            DomainExperts(dim, num_domains, 2 * dim, routing, top_k) if num_domains else None
+            DomainExperts(dim, num_domains, 2 * dim, routing, top_k)
+            if num_domains and domain_lora is None
+            else None
         )
+        self.domain_names = ()
+        self.domain_router = None
+        if domain_lora is not None:
+            self.domain_names = tuple(f"domain_{index}" for index in range(num_domains))
+            self.domain_router = DomainRouter(dim, num_domains, routing, top_k)
+            inject_lora(backbone, domain_lora, adapters=self.domain_names)
+            set_active_adapter(backbone, None)  # only the router's mixture applies
         self.appearance = (
             AppearanceTokens(backbone.clip_shape[1], dim) if num_domains or text_tasks else None
         )
@@ -184,8 +206,9 @@ class MultiTaskVLM(nn.Module):
             if "captioning" in tasks
             else None
         )
-        if self.experts is not None:
-            init_vit_weights(self.experts)
+        for router_module in (self.experts, self.domain_router):
+            if router_module is not None:
+                init_vit_weights(router_module)
 
     @property
     def num_classes(self) -> int:
@@ -201,16 +224,30 @@ class MultiTaskVLM(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enabled)
 
+    def domain_parameters(self) -> dict[str, int]:
+        """Parameters of each domain's LoRA adapters (empty without ``domain_lora``)."""
+        return {
+            name: sum(t.numel() for t in lora_state_dict(self.backbone, name).values())
+            for name in self.domain_names
+        }
+
     def forward_features(self, clips: Tensor) -> MultiTaskOutput:
-        """The backbone's tokens after the experts (``features``), the appearance tokens and
-        the router's output, where the model has them."""
+        """The backbone's tokens after the experts (``features``) and their layout, the
+        appearance tokens and the router's output, where the model has them."""
         clips = self.backbone.prepare(clips)  # once: the backbone takes float clips as given
-        tokens = self.backbone.forward_features(clips)
-        output = MultiTaskOutput(features=tokens)
+        output = MultiTaskOutput()
         if self.appearance is not None:
             output.appearance = self.appearance(clips)
+        adapters = contextlib.nullcontext()
+        if self.domain_router is not None:
+            output.routing = self.domain_router(output.appearance.mean(1))
+            adapters = adapter_weights(self.backbone, output.routing.gates)
+        with adapters:
+            output.features, output.layout = self.backbone.forward_tokens(clips)
         if self.experts is not None:
-            output.features, output.routing = self.experts(tokens, output.appearance.mean(1))
+            output.features, output.routing = self.experts(
+                output.features, output.appearance.mean(1)
+            )
         return output
 
     def text_inputs(self, output: MultiTaskOutput) -> tuple[Tensor, Tensor]:
@@ -229,8 +266,7 @@ class MultiTaskVLM(nn.Module):
         tokens = output.features
         output.action = self.backbone.forward_head(tokens)
         if self.detection_head is not None:
-            layout = self.backbone.feature_layout(clips.shape)
-            output.detection = self.detection_head(step_features(tokens, layout))
+            output.detection = self.detection_head(step_features(tokens, output.layout))
         wants_qa = self.qa_head is not None and questions is not None
         wants_captions = self.caption_decoder is not None and captions is not None
         if wants_qa or wants_captions:

@@ -2,6 +2,7 @@
 ``create_model("hvlm_tiny", attention="performer", merge_ratio=0.5)``."""
 
 from ..registry import register_model
+from .lora import LoraConfig
 from .model import HierarchicalVLM
 from .multitask import TASKS, MultiTaskVLM
 
@@ -67,18 +68,21 @@ def hvlm_multitask_tiny(
     vocab_size: int = 0,
     num_answers: int = 0,
     num_domains: int = 4,
+    domain_lora: LoraConfig | None = None,
     routing: str = "soft",
     top_k: int = 1,
     **backbone_overrides,
 ) -> MultiTaskVLM:
-    """``hvlm_tiny`` with the detection, QA and captioning heads and four domain experts; the
-    vocabulary sizes come from the data (``train.video`` builds them from the annotations)."""
+    """``hvlm_tiny`` with the detection, QA and captioning heads and four domain experts (or,
+    with ``domain_lora``, four domains of LoRA adapters); the vocabulary sizes come from the
+    data (``train.video`` builds them from the annotations)."""
     return MultiTaskVLM(
         hvlm_tiny(**backbone_overrides),
         tasks,
         vocab_size=vocab_size,
         num_answers=num_answers,
         num_domains=num_domains,
+        domain_lora=domain_lora,
         routing=routing,
         top_k=top_k,
     )

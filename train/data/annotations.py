@@ -6,18 +6,22 @@
   with the videos in ``DIR/<split>/videos/``:
 
   - ``action_detection.json``: ``[{"video_id", "actions": [{"start", "end", "label"}], "domain"?}]``
-    (times in seconds, integer labels; the clip's class is its longest action's label);
+    (times in seconds; the clip's class is its longest action's label). Labels are class
+    indices, or class names: the names of the training split, sorted, are the classes
+    (``class_names``), and a name outside them is an error naming the file and the label;
   - ``video_qa.json``: ``[{"video_id", "qa_pairs": [{"question", "answer"}]}]``;
   - ``video_captioning.json``: ``[{"video_id", "captions": ["...", ...]}]``.
 
-A ``video_id`` with a suffix names its file in ``videos/``; one without is ``<video_id>.mp4``,
-and it appears at most once in each file. Malformed files raise ``AnnotationError`` naming the
+A file holds a list of entries, or one entry (an object). A ``video_id`` with a suffix names
+its file in ``videos/``; one without is ``<video_id>.mp4``, and it appears at most once in each
+file. Malformed files raise ``AnnotationError`` naming the
 file, the entry and the field.
 """
 
 import dataclasses
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from torch import Tensor
 
 SPLITS = ("training", "validation", "test")
 JSON_FILES = ("action_detection.json", "video_qa.json", "video_captioning.json")
+ACTION_FILE = JSON_FILES[0]
 RAWFRAME_TEMPLATE = "img_{:05}.jpg"  # MMAction2's default: frames numbered from 1
 
 
@@ -144,12 +149,29 @@ def _field(entry: Any, name: str, kind: type | tuple[type, ...], where: str) -> 
     return value
 
 
-def _actions(entry: Any, where: str) -> dict[str, Any]:
+def _label_index(label: int | str, classes: Sequence[str], at: str) -> int:
+    """A label as a class index: a number as given, a name by its place in ``classes``."""
+    if isinstance(label, int):
+        if classes:
+            raise AnnotationError(
+                f"{at}: label {label} is a number, but the training split names its classes "
+                f"({len(classes)}: {list(classes[:4])}...); give every label as a name"
+            )
+        return label
+    if label not in classes:
+        known = f"its {len(classes)} classes {list(classes)}" if classes else "no named classes"
+        raise AnnotationError(
+            f"{at}: label {label!r} is not a class of the training split, which has {known}"
+        )
+    return classes.index(label)
+
+
+def _actions(entry: Any, where: str, classes: Sequence[str] = ()) -> dict[str, Any]:
     actions = []
     for k, action in enumerate(_field(entry, "actions", list, where)):
         at = f"{where}, actions[{k}]"
         start, end = (_field(action, name, (int, float), at) for name in ("start", "end"))
-        label = _field(action, "label", int, at)
+        label = _label_index(_field(action, "label", (int, str), at), classes, at)
         if not 0 <= start < end or label < 0:
             raise AnnotationError(
                 f"{at}: need 0 <= start < end and label >= 0, got {start}, {end}, {label}"
@@ -191,17 +213,49 @@ def _read_json(path: Path) -> list:
         entries = json.loads(_text_of(path))
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+    if isinstance(entries, dict):  # a file of one video's entry
+        entries = [entries]
     if not isinstance(entries, list):
         raise AnnotationError(f"{path}: expected a list of entries, got {type(entries).__name__}")
     return entries
 
 
-def read_json_split(root: str | Path, split: str) -> list[VideoRecord]:
-    """The records of ``root/split`` in the JSON layout: every annotation file present merged by
-    ``video_id``, in order of first appearance (each record's ``source`` is that entry)."""
+def class_names(folder: str | Path) -> tuple[str, ...]:
+    """The action labels that are names in the split ``folder``'s ``action_detection.json``,
+    sorted: the classes of a data set that names them (empty for numbered labels or no file)."""
+    path = Path(folder) / "annotations" / ACTION_FILE
+    if not path.is_file():
+        return ()
+    names = set()
+    for k, entry in enumerate(_read_json(path)):
+        where = f"{path}, entry {k}"
+        for j, action in enumerate(_field(entry, "actions", list, where)):
+            label = _field(action, "label", (int, str), f"{where}, actions[{j}]")
+            if isinstance(label, str):
+                names.add(label)
+    return tuple(sorted(names))
+
+
+def read_json_split(
+    root: str | Path, split: str, classes: Sequence[str] | None = None
+) -> list[VideoRecord]:
+    """The records of ``root/split`` in the JSON layout (``read_json_folder``); action labels
+    that are names index ``classes``, by default the training split's (``class_names``)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    folder = Path(root) / split
+    if classes is None:
+        classes = class_names(Path(root) / SPLITS[0])
+    return read_json_folder(Path(root) / split, classes)
+
+
+def read_json_folder(folder: str | Path, classes: Sequence[str] | None = None) -> list[VideoRecord]:
+    """The records of one split folder (``annotations/`` and ``videos/``): every annotation file
+    present merged by ``video_id``, in order of first appearance (each record's ``source`` is
+    that entry); action labels that are names index ``classes`` (default: this folder's
+    ``class_names``)."""
+    folder = Path(folder)
+    classes = tuple(class_names(folder) if classes is None else classes)
+    readers = {**READERS, ACTION_FILE: functools.partial(_actions, classes=classes)}
     present = [name for name in JSON_FILES if (folder / "annotations" / name).is_file()]
     if not present:
         raise FileNotFoundError(
@@ -221,7 +275,7 @@ def read_json_split(root: str | Path, split: str) -> list[VideoRecord]:
                 )
             entry_of[video_id] = k
             fields = fields_by_id.setdefault(video_id, {"source": where})
-            fields.update(READERS[name](entry, where))
+            fields.update(readers[name](entry, where))
     return [
         VideoRecord(_video_path(folder / "videos", video_id), **fields)
         for video_id, fields in fields_by_id.items()

@@ -6,7 +6,7 @@ import torch
 
 import hvision_ext
 from python_models import create_model
-from python_models.video import MIXERS, drop_frames, merge_frames, merge_ratio_at
+from python_models.video import MIXERS, merge_ratio_at, reduce_runs
 from python_models.video.merging import motion_importance
 
 # Patch 8 and tubelet 2 on 4 frames of 32²: 2 frames of 16 tokens, enough to merge.
@@ -63,13 +63,15 @@ def test_uint8_and_normalised_float_clips_agree():
 
 def test_forward_features_layout_and_unmerge():
     torch.manual_seed(0)
-    model = create_model("hvlm_tiny", merge_ratio=0.5, merge_at=[0], **SMALL).eval()
+    model = create_model(
+        "hvlm_tiny", merge_ratio=0.5, merge_at=[0], merge_budget="frame", **SMALL
+    ).eval()
     x = clips()
     layout = model.feature_layout(x.shape)
     assert (layout.prefix, layout.frames) == (1, 2)  # tubelet 2
-    merged = model.forward_features(x)
+    merged, merged_layout = model.forward_tokens(x)
     assert merged.shape == (2, 1 + 2 * 8, 32)  # 16 patches per frame, half merged away
-    assert layout.per_frame(merged.shape[1]) == 8
+    assert layout.per_frame(merged.shape[1]) == 8 and merged_layout.equal_runs
     full = model.forward_features(x, unmerge=True)
     assert full.shape == (2, 1 + 2 * 16, 32)
     torch.testing.assert_close(full[:, 0], merged[:, 0])
@@ -81,15 +83,27 @@ def test_positions_resize_to_other_clip_shapes():
     assert model(clips(frames=8, side=48)).shape == (2, 5)
 
 
+def equal_runs(batch: int, frames: int, tokens: int) -> torch.Tensor:
+    return torch.full((batch, frames), tokens)
+
+
 def test_merging_keeps_the_class_token_and_masses():
     torch.manual_seed(0)
     patches = torch.randn(2, 3 * 10, 8)
     size = torch.ones(2, 30)
     importance = torch.rand(2, 30)
-    merged, merged_size, merged_importance, assign = merge_frames(patches, size, importance, 3, 4)
-    assert merged.shape == (2, 3 * 6, 8) and merged_importance.shape == (2, 18)
+    counts = equal_runs(2, 3, 10)
+    merged, merged_size, assign, kept = reduce_runs(
+        patches, size, importance, counts, torch.full_like(counts, 4)
+    )
+    assert merged.shape == (2, 3 * 6, 8) and torch.equal(kept, equal_runs(2, 3, 6))
     torch.testing.assert_close(merged_size.view(2, 3, 6).sum(-1), torch.full((2, 3), 10.0))
-    assert assign.shape == (6, 10) and assign.max() == 5
+    # Each frame's tokens stay in its own run of the output.
+    assert assign.shape == (2, 30)
+    assert torch.equal(
+        assign.view(2, 3, 10).div(6, rounding_mode="floor"),
+        torch.arange(3).view(1, 3, 1).expand(2, 3, 10),
+    )
     model = create_model("hvlm_tiny", merge_ratio=0.5, merge_at=[0], **SMALL).eval()
     cls = model.forward_features(clips())[:, 0]
     with torch.no_grad():
@@ -99,21 +113,25 @@ def test_merging_keeps_the_class_token_and_masses():
 
 def test_random_drop_keeps_as_many_tokens_in_order():
     patches = torch.arange(2 * 2 * 6, dtype=torch.float32).view(2, 12, 1)
-    kept, size, _, assign = drop_frames(patches, torch.ones(2, 12), None, 2, 2)
+    counts = equal_runs(2, 2, 6)
+    kept, size, assign, _ = reduce_runs(
+        patches, torch.ones(2, 12), None, counts, torch.full_like(counts, 2), mode="random"
+    )
     assert kept.shape == (2, 8, 1) and torch.equal(size, torch.ones(2, 8))
     rows = kept.view(4, 4)
     assert torch.all(rows[:, 1:] > rows[:, :-1])
-    assert assign.shape == (4, 6) and assign.max() == 3
+    assert assign.shape == (2, 12) and assign.max() == 7
 
 
 def test_important_tokens_survive_merging():
     """Identical tokens: without importance the first A tokens merge; a large importance on
     them moves the merge elsewhere."""
     patches, size = torch.ones(1, 8, 4), torch.ones(1, 8)
-    _, _, _, plain = merge_frames(patches, size, None, 1, 1)
+    counts, remove = equal_runs(1, 1, 8), equal_runs(1, 1, 1)
+    _, _, plain, _ = reduce_runs(patches, size, None, counts, remove)
     importance = torch.zeros(1, 8)
     importance[0, 0] = 10.0
-    _, _, _, guided = merge_frames(patches, size, importance, 1, 1, importance_weight=1.0)
+    _, _, guided, _ = reduce_runs(patches, size, importance, counts, remove, importance_weight=1.0)
     assert plain[0, 0] == plain[0, 1]  # token 0 merged into token 1
     assert guided[0, 0] != guided[0, 1]
 
@@ -127,29 +145,28 @@ def test_class_attention_adds_to_the_merge_importance(mode):
     model = create_model(
         "hvlm_tiny", merge_ratio=0.25, merge_mode=mode, class_attention_weight=2.0, **SMALL
     ).eval()
-    block, frames, size = model.blocks[1], 2, torch.ones(2, 32)
+    block, size, counts = model.blocks[1], torch.ones(2, 32), equal_runs(2, 2, 16)
+    remove = torch.full_like(counts, 4)
     with torch.no_grad():  # a peaked attention: the initial one is nearly uniform
         block.attn.qkv.weight.normal_(0, 1)
     x = torch.randn(2, 1 + 2 * 16, 32)
     motion = torch.rand(2, 32) if mode == "motion" else None
-    attention = block.attn.class_attention(block.norm1(x))[:, 1:].view(2, frames, 16)
+    attention = block.attn.class_attention(block.norm1(x))[:, 1:].view(2, 2, 16)
     scores = (2.0 * attention / attention.amax(-1, keepdim=True)).view(2, 32)
     scores = scores if motion is None else motion + scores
-    expected = merge_frames(x[:, 1:], size, scores, frames, 4)
-    merged, _, carried, assign = model._reduce(x, size, motion, frames, block)
+    expected = reduce_runs(x[:, 1:], size, scores, counts, remove)
+    merged, _, carried, _, assign = model._reduce(x, size, motion, counts, None, block)
     torch.testing.assert_close(merged[:, 1:], expected[0])
-    assert torch.equal(assign, expected[3]) and torch.equal(merged[:, 0], x[:, 0])
-    without_attention = merge_frames(x[:, 1:], size, motion, frames, 4)
-    assert not torch.equal(assign, without_attention[3])
+    assert torch.equal(assign, expected[2]) and torch.equal(merged[:, 0], x[:, 0])
+    without_attention = reduce_runs(x[:, 1:], size, motion, counts, remove)
+    assert not torch.equal(assign, without_attention[2])
     if motion is None:
         assert carried is None
     else:
-        merged_motion = (
-            motion.view(4, 16)
-            .new_zeros(4, 12)
-            .scatter_reduce(-1, assign, motion.view(4, 16), "amax", include_self=False)
+        merged_motion = motion.new_zeros(2, 24).scatter_reduce(
+            -1, assign, motion, "amax", include_self=False
         )
-        assert torch.equal(carried, merged_motion.view(2, 24))
+        assert torch.equal(carried, merged_motion)
 
 
 def test_merge_ratio_schedule_ramps_to_the_target():

@@ -1,11 +1,13 @@
 """MultiTaskVLM: every head's output shape, gradients reaching every parameter, caption
-generation, routing from the appearance tokens, and errors for inconsistent settings."""
+generation, routing from the appearance tokens, per-domain LoRA adapters, and errors for
+inconsistent settings."""
 
 import pytest
 import torch
 
 from python_models import create_model
 from python_models.video import MultiTaskVLM
+from python_models.video.lora import LoraConfig, lora_layers
 from python_models.video.multitask import AppearanceTokens
 
 SMALL = dict(embed_dim=16, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4)
@@ -115,8 +117,95 @@ def test_a_model_without_text_tasks_or_experts_has_no_appearance_tokens():
         (dict(num_answers=0), "task qa needs num_answers >= 1"),
         (dict(num_classes=0), "needs a classification head"),
         (dict(routing="hard"), "mode must be one of"),
+        (dict(num_domains=0, domain_lora=LoraConfig()), "domain_lora needs num_domains >= 1"),
     ],
 )
 def test_inconsistent_settings_are_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         small_model(**overrides)
+
+
+DOMAIN_LORA = LoraConfig(r=8, lora_alpha=16, target_modules=("qkv", "proj"))
+
+
+def test_domain_lora_replaces_the_expert_ffns_with_adapters_per_domain():
+    model = small_model(domain_lora=DOMAIN_LORA)
+    assert model.experts is None and model.domain_router is not None
+    layers = dict(lora_layers(model))
+    # Only the backbone's projections: the text heads' own "proj" layers stay plain.
+    assert layers and all(name.startswith("backbone.blocks.") for name in layers)
+    assert all(layer.active_adapter is None for layer in layers.values())
+    # Each block: qkv (16 → 48) and proj (16 → 16) at rank 8, 2 blocks.
+    per_domain = 2 * (8 * (16 + 48) + 8 * (16 + 16))
+    assert model.domain_parameters() == {f"domain_{i}": per_domain for i in range(4)}
+
+
+@pytest.mark.parametrize(
+    ("preset", "per_domain"),
+    [("hvlm_tiny", 4 * 8 * (96 + 288 + 96 + 96)), ("hvlm_base", 12 * 8 * (768 + 2304 + 768 + 768))],
+)
+def test_parameters_per_domain_of_the_presets(preset, per_domain):
+    backbone = create_model(preset, num_classes=4)
+    model = MultiTaskVLM(backbone, ("action",), num_domains=4, domain_lora=DOMAIN_LORA)
+    assert set(model.domain_parameters().values()) == {per_domain}
+
+
+def test_gradients_reach_every_domains_adapters_and_the_router():
+    model = small_model(domain_lora=DOMAIN_LORA)
+    clips, questions, captions = example()
+    out = model(clips, questions, captions)
+    (out.action.logsumexp(-1).sum() + out.qa.sum() + out.captioning.sum()).backward()
+    for name in model.domain_names:
+        ups = [p for n, p in model.named_parameters() if f"lora_B.{name}." in n]
+        assert len(ups) == 4 and all(p.grad is not None and p.grad.any() for p in ups), name
+    # B starts at zero, so A and the router's gates learn through the adapters once B has
+    # moved: one step, then every A and the router have a gradient from the task loss alone.
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    model(clips).action.logsumexp(-1).sum().backward()
+    downs = [p for n, p in model.named_parameters() if "lora_A." in n]
+    assert len(downs) == 16 and all(p.grad.any() for p in downs)
+    assert all(p.grad.any() for p in model.domain_router.parameters())
+
+
+@pytest.mark.parametrize("attention", ["full", "hierarchical"])
+def test_each_clip_gets_its_routers_mixture_of_adapters(attention):
+    """Top-1 routing: a clip's output is the backbone with its chosen domain's adapters (also
+    in layers that run on one row per frame, as hierarchical attention's)."""
+    model = small_model(
+        domain_lora=DOMAIN_LORA, routing="top_k", top_k=1, attention=attention
+    ).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B." in name:
+                parameter.normal_(0, 0.5)
+    clips = example()[0]
+    out = model(clips)
+    chosen = out.routing.gates.argmax(-1)
+    for index, domain in enumerate(chosen.tolist()):
+        for _, layer in lora_layers(model):
+            layer.active_adapter = model.domain_names[domain]
+        alone = model.backbone(clips[index : index + 1])
+        torch.testing.assert_close(out.action[index : index + 1], alone)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_with_domain_lora():
+    """The checkpointed blocks recompute in the backward with the clip's adapter mixture."""
+    model = small_model(domain_lora=DOMAIN_LORA, tasks=("action",), num_answers=0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B." in name:
+                parameter.normal_(0, 0.5)
+    clips = example()[0]
+    gradients = []
+    for enabled in (False, True):
+        model.set_grad_checkpointing(enabled)
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(clips).action.square().mean().backward()
+        gradients.append(
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        )
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, plain in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], plain, msg=name)

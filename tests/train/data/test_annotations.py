@@ -10,6 +10,7 @@ from train.data import (
     read_rawframe_list,
     read_video_list,
 )
+from train.data.annotations import class_names, read_json_folder
 
 
 def test_video_list_with_multi_label_lines(tmp_path):
@@ -94,7 +95,7 @@ def test_json_layout_merges_the_three_files(tmp_path):
     "name, entries, message",
     [
         ("action_detection", "[{", r"action_detection.json: not valid JSON"),
-        ("action_detection", {"video_id": "a"}, r"expected a list of entries, got dict"),
+        ("action_detection", '"a"', r"expected a list of entries, got str"),
         ("action_detection", [{"actions": []}], r"entry 0: field 'video_id' is missing"),
         (
             "action_detection",
@@ -152,3 +153,48 @@ def test_dataset_yields_every_target_of_the_json_layout(small_builtin):
     assert item["segments"].tolist() == [[start * 8, end * 8]]
     assert item["qa"] == list(record.qa) and item["captions"] == list(record.captions)
     assert dataset.domains[item["domain"].item()] == record.domain
+
+
+def named_actions(*labels: str) -> list[dict]:
+    """One entry per label, in the source design's format (times in seconds)."""
+    return [
+        {"video_id": f"v{k}", "actions": [{"start": 1.5, "end": 5.2, "label": label}]}
+        for k, label in enumerate(labels)
+    ]
+
+
+def test_named_labels_index_the_sorted_classes_of_the_training_split(tmp_path):
+    write_split(tmp_path, action_detection=named_actions("walking", "cooking", "walking"))
+    write_split(tmp_path, "validation", action_detection=named_actions("walking", "cooking"))
+    assert class_names(tmp_path / "training") == ("cooking", "walking")
+    training = read_json_split(tmp_path, "training")
+    assert [r.labels for r in training] == [(1,), (0,), (1,)]
+    assert training[0].actions == ((1.5, 5.2, 1),)
+    assert [r.labels for r in read_json_split(tmp_path, "validation")] == [(1,), (0,)]
+    # Given classes (a checkpoint's) take the place of the training split's.
+    assert [r.labels for r in read_json_split(tmp_path, "validation", ("walking", "cooking"))] == [
+        (0,),
+        (1,),
+    ]
+
+
+def test_a_label_the_training_split_lacks_is_named_with_its_file(tmp_path):
+    write_split(tmp_path, action_detection=named_actions("walking", "cooking"))
+    write_split(tmp_path, "test", action_detection=named_actions("cooking", "juggling"))
+    message = r"test/annotations/action_detection.json, entry 1, actions\[0\]: label 'juggling' "
+    with pytest.raises(AnnotationError, match=message + "is not a class of the training split"):
+        read_json_split(tmp_path, "test")
+
+
+def test_numbers_and_names_do_not_mix(tmp_path):
+    entries = named_actions("walking")
+    entries.append({"video_id": "v9", "actions": [{"start": 0, "end": 1, "label": 3}]})
+    write_split(tmp_path, action_detection=entries)
+    with pytest.raises(AnnotationError, match=r"entry 1, actions\[0\]: label 3 is a number, but"):
+        read_json_split(tmp_path, "training")
+
+
+def test_a_file_of_one_entry_is_read_as_the_source_design_writes_it(tmp_path):
+    folder = write_split(tmp_path, action_detection=named_actions("walking")[0]).parent
+    (record,) = read_json_folder(folder)
+    assert record.path == folder / "videos" / "v0.mp4" and record.actions == ((1.5, 5.2, 0),)
