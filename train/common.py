@@ -73,8 +73,8 @@ def _model_size(key: str, value: Any) -> dict[str, Any]:
     return {"model": f"vim_hybrid_{checked(key, value, str, ('tiny', 'small', 'base', 'large'))}"}
 
 
-def _mixed_precision(key: str, value: Any) -> dict[str, Any]:
-    """`amp`: auto when true, none when false"""
+def mixed_precision(key: str, value: Any) -> dict[str, Any]:
+    """`amp`: auto when true (bf16 or fp16 on GPUs, none on the CPU), none when false"""
     return {"amp": "auto" if checked(key, value, bool) else "none"}
 
 
@@ -111,7 +111,7 @@ VISION_MAMBA_KEYS: dict[str, Translation] = {
     "training.scheduler_factor": "plateau_factor",
     "training.early_stopping_patience": "patience",
     "training.gradient_clip": "clip_grad",
-    "training.mixed_precision": _mixed_precision,
+    "training.mixed_precision": mixed_precision,
     "training.normalize": "normalize",
     "training.num_workers": "num_workers",
     "data.dataset_name": _dataset_named,
