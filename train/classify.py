@@ -102,11 +102,14 @@ class ClassifyConfig(BuiltinJobConfig):
 
 def encoder_settings(path: str) -> dict[str, Any]:
     """What a classifier must share with the encoder it starts from beyond its preset: whether
-    it has a class token (an MAE encoder usually has none)."""
+    it has a class token (an MAE encoder has none unless it was asked for)."""
     if not path:
         return {}
-    saved = checkpoint.load(path, accept=("classify", "mae"))["config"]["model_args"]
-    return {key: saved[key] for key in ("use_cls_token",) if key in saved}
+    state = checkpoint.load(path, accept=("classify", "mae"))
+    saved = state["config"]
+    if "use_cls_token" in saved:  # an MAE job's setting
+        return {"use_cls_token": saved["model_args"].get("use_cls_token", saved["use_cls_token"])}
+    return {}
 
 
 def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
@@ -117,8 +120,9 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
     splits, transform = data_for(config)
-    model_args = {**encoder_settings(config.init_from), **config.model_args}
-    model = build_backbone(config.model, model_args, splits, len(splits.classes))
+    # Saved with the checkpoint, so that evaluation rebuilds the same model.
+    config.model_args = {**encoder_settings(config.init_from), **config.model_args}
+    model = build_backbone(config.model, config.model_args, splits, len(splits.classes))
     if config.init_from:
         load_pretrained(model, config.init_from)
     task = ClassificationTask(

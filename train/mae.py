@@ -30,7 +30,7 @@ from .common import (
     run_job,
     start,
 )
-from .config import Range, Translation, at_least, field, to_model_arg
+from .config import Range, Translation, at_least, field
 from .data import BatchTransform, readable_batches
 from .engine import Trainer
 from .reports import FIGURE_IMAGES, reconstruction_metrics, save_reconstruction_figure
@@ -45,7 +45,7 @@ class MAEConfig(BuiltinJobConfig):
         **VISION_MAMBA_KEYS,
         "model.decoder_embed_dim": "decoder_dim",
         "model.decoder_num_heads": "decoder_heads",
-        "model.use_cls_token": to_model_arg("use_cls_token", bool),
+        "model.use_cls_token": "use_cls_token",
     }
 
     mask_ratio: float = field(
@@ -55,6 +55,9 @@ class MAEConfig(BuiltinJobConfig):
     decoder_depth: int = field(2, "decoder transformer blocks", at_least(1))
     decoder_heads: int = field(4, "decoder attention heads", at_least(1))
     norm_pix_loss: bool = field(False, "per-patch normalised pixel targets")
+    use_cls_token: bool = field(
+        False, "give the encoder a class token (MAE needs none; fine-tuning takes the choice)"
+    )
     reconstruction_every: int = field(
         1,
         "draw mae_reconstruction.png from validation images every this many epochs (0: off)",
@@ -125,7 +128,8 @@ def first_images(dataset, count: int) -> Tensor:
 
 
 def build_mae(config: MAEConfig, splits) -> VisionMambaMAE:
-    encoder = build_backbone(config.model, config.model_args, splits, num_classes=0)
+    encoder_args = {"use_cls_token": config.use_cls_token, **config.model_args}
+    encoder = build_backbone(config.model, encoder_args, splits, num_classes=0)
     return VisionMambaMAE(
         encoder,
         mask_ratio=config.mask_ratio,

@@ -143,7 +143,7 @@ def test_vision_mambas_config_layout_is_translated():
         8,
         0.75,
     )
-    assert mae.model_args["use_cls_token"] is False and mae.normalize is False
+    assert mae.use_cls_token is False and mae.normalize is False
     fashion = load_config(ClassifyConfig, ["--config", "fashion_mnist"], "t", "t")
     assert fashion.dataset == "fashion_mnist"
 
