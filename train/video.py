@@ -505,8 +505,8 @@ def class_names_of(config: VideoConfig) -> tuple[str, ...]:
 def split_records(config: VideoConfig, split: str) -> list[VideoRecord]:
     """The records of a split of the user's data: validation and test from ``val_data`` when
     given, else from ``train_data``'s own folders; without a validation folder (or for a list
-    file) ``val_split`` of the training clips is held out per class, seeded by ``seed`` (for a
-    list file, those clips are the test clips too)."""
+    file) ``val_split`` of the training clips is held out per class, seeded by ``seed``; a list
+    file alone also gives up ``val_split`` of its clips to a test split, apart from both."""
     train, classes = Path(config.train_data), class_names_of(config)
     has_validation = train.is_dir() and json_splits(train)[SPLITS[1]].is_dir()
     if split != SPLITS[0]:
@@ -517,6 +517,10 @@ def split_records(config: VideoConfig, split: str) -> list[VideoRecord]:
     records = _records(train, SPLITS[0], classes)
     if config.val_data or has_validation:
         return records
+    if not train.is_dir():  # a list file alone: its test clips are held out too, apart
+        records, test = held_out_records(records, config.val_split, config.seed + 1)
+        if split == SPLITS[2]:
+            return test
     kept, held_out = held_out_records(records, config.val_split, config.seed)
     return kept if split == SPLITS[0] else held_out
 

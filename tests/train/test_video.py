@@ -377,6 +377,15 @@ def test_train_data_alone_reads_its_validation_folder_or_holds_clips_out(tiny_vi
     assert len(video.split_records(config, "test")) == TINY_SIZES["test"]
 
 
+def test_a_list_file_alone_holds_out_validation_and_test_clips_apart(tmp_path):
+    listing = write_clip_list(tmp_path, [str(k % 2) for k in range(6)])
+    config = load_config(video.VideoConfig, ["--train-data", str(listing)], "train.video", "")
+    splits = {split: video.split_records(config, split) for split in TINY_SIZES}
+    paths = [{r.path for r in records} for records in splits.values()]
+    assert [len(p) for p in paths] == [2, 2, 2]  # one clip of each class held out, twice
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+
+
 def with_named_labels(data: Path, into: Path) -> Path:
     """A copy of ``data`` whose action labels are the built-in set's action names."""
     copy = copy_of(data, into)
