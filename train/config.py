@@ -207,17 +207,6 @@ def source_name(cls: type) -> str:
     return getattr(cls, "SOURCE_NAME", "its source design")
 
 
-def to_setting(name: str, expected: type, convert: Callable[[Any], Any] = lambda value: value):
-    """A translation of a source key into setting ``name``: the value checked as ``expected``
-    (the error names the source key), then converted."""
-
-    def translate(key: str, value: Any) -> dict[str, Any]:
-        return {name: convert(checked(key, value, expected))}
-
-    translate.__doc__ = f"`{name}`"
-    return translate
-
-
 def to_model_arg(name: str, expected: type):
     """A translation of a source key into the model's constructor argument ``name``."""
 

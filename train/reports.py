@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .classification import per_class_metrics
+from .classification import confusion_matrix, per_class_metrics
 from .data import BatchTransform, readable_batches
 
 if TYPE_CHECKING:
@@ -90,28 +90,26 @@ def predict(
     device: torch.device,
     keep: int = SAMPLE_GRID_IMAGES,
 ) -> Predictions:
-    """One pass of ``model`` over ``loader``: the confusion matrix and loss, and ``keep``
-    example images with their labels and predictions."""
-    counts = torch.zeros(num_classes**2, dtype=torch.float64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    kept: list[tuple[Tensor, Tensor, Tensor]] = []
+    """``model`` over ``loader``: the confusion matrix and loss (``confusion_matrix``), and the
+    first ``keep`` example images with their labels and predictions."""
     with evaluating(model):
-        for images, labels in readable_batches(loader):
-            images, labels = images.to(device, non_blocking=True), labels.to(device)
-            x = transform(images, train=False)
-            logits = model(x).float()
-            predicted = logits.argmax(-1)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-            counts += torch.bincount(
-                labels * num_classes + predicted, minlength=num_classes**2
-            ).double()
-            if sum(len(part[0]) for part in kept) < keep:
-                kept.append((x.cpu(), labels.cpu(), predicted.cpu()))
-    distributed.all_reduce_sum(counts)
-    distributed.all_reduce_sum(loss_sum)
-    matrix = counts.view(num_classes, num_classes).cpu()
-    examples = [torch.cat(parts)[:keep] for parts in zip(*kept)] if kept else [torch.empty(0)] * 3
-    return Predictions(matrix, loss_sum.item() / max(matrix.sum().item(), 1), *examples)
+        matrix, loss_sum, _ = confusion_matrix(model, loader, transform, num_classes, device)
+        examples = first_predictions(model, loader, transform, device, keep)
+    return Predictions(matrix, loss_sum / max(matrix.sum().item(), 1), *examples)
+
+
+@torch.no_grad()
+def first_predictions(
+    model: nn.Module, loader: DataLoader, transform: BatchTransform, device: torch.device, keep: int
+) -> list[Tensor]:
+    """The first ``keep`` images this process reads (normalised), their labels and predictions."""
+    kept: list[tuple[Tensor, Tensor, Tensor]] = []
+    for images, labels in readable_batches(loader):
+        x = transform(images.to(device, non_blocking=True), train=False)
+        kept.append((x.cpu(), labels.cpu(), model(x).argmax(-1).cpu()))
+        if sum(len(part[0]) for part in kept) >= keep:
+            break
+    return [torch.cat(parts)[:keep] for parts in zip(*kept)] if kept else [torch.empty(0)] * 3
 
 
 def classification_report(
