@@ -1,6 +1,8 @@
 """Models built on ``hvision_ext.ops``: ``create_model(name, **overrides)`` builds a registered
-preset (``list_models()`` names them)."""
+preset (``list_models()`` names them). Every classifier follows the ``Classifier`` contract
+(``contract``); adapters for any model are in ``adapters``."""
 
+from .contract import Classifier, ClassifierMixin, NoWeightDecayMixin
 from .hierarchical_vit import ConvStem, GridPooling, HierarchicalViT
 from .layers import (
     Attention,
@@ -14,7 +16,13 @@ from .layers import (
 )
 from .mamba import BiMamba, DirectionalConv1d, MambaBlock, SSMDirection
 from .memory_vit import HopfieldLayer, MemoryAugmentedViT
-from .registry import create_model, list_models, register_model
+from .registry import (
+    canonical_name,
+    create_model,
+    list_models,
+    model_aliases,
+    register_model,
+)
 from .video import HierarchicalVLM
 from .vim_mae import MAEOutput, VisionMambaMAE
 from .vision_hrm import ReasoningModule, VisionHRM
@@ -26,6 +34,8 @@ __all__ = [
     "Attention",
     "AttentionBlock",
     "BiMamba",
+    "Classifier",
+    "ClassifierMixin",
     "ConvStem",
     "DirectionalConv1d",
     "DropPath",
@@ -38,6 +48,7 @@ __all__ = [
     "MambaBlock",
     "MemoryAugmentedViT",
     "Mlp",
+    "NoWeightDecayMixin",
     "PatchEmbed",
     "PostNormBlock",
     "RMSNorm",
@@ -50,7 +61,9 @@ __all__ = [
     "VisionMamba",
     "VisionMambaMAE",
     "VisionTransformer",
+    "canonical_name",
     "create_model",
     "list_models",
+    "model_aliases",
     "register_model",
 ]

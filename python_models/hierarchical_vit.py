@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .contract import ClassifierMixin, linear_head
 from .layers import AttentionBlock, init_vit_weights
 from .registry import register_model
 
@@ -77,7 +78,7 @@ class GridPooling(nn.Module):
 STEMS = ("overlapping", "patch")
 
 
-class HierarchicalViT(nn.Module):
+class HierarchicalViT(ClassifierMixin, nn.Module):
     """Hierarchical (pooling) vision transformer.
 
     Args:
@@ -102,6 +103,8 @@ class HierarchicalViT(nn.Module):
             "patch" (non-overlapping patch_size × patch_size patches); both normalise the tokens
             with LayerNorm and give the same token grid.
     """
+
+    no_weight_decay_params = ("pos_embed", "global_tokens")
 
     def __init__(
         self,
@@ -133,6 +136,7 @@ class HierarchicalViT(nn.Module):
             )
         self.num_classes = num_classes
         self.embed_dims = tuple(embed_dims)
+        self.num_features = embed_dims[-1]
         self.patch_embed = ConvStem(
             img_size, patch_size, in_chans, embed_dims[0], overlapping=stem == "overlapping"
         )
@@ -159,11 +163,11 @@ class HierarchicalViT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dims[-1], num_classes)
         init_vit_weights(self, self.pos_embed, self.global_tokens)
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """Mean of the final stage's normalised tokens: (batch, embed_dims[-1])."""
+        """The final stage's normalised tokens: (batch, tokens, embed_dims[-1])."""
         x = self.pos_drop(self.patch_embed(images) + self.pos_embed)
         num_global = self.global_tokens.shape[1]
         if num_global:
@@ -173,14 +177,16 @@ class HierarchicalViT(nn.Module):
         for pool, stage in zip(self.pools, self.stages[1:]):
             x, grid_size = pool(x, grid_size)
             x = stage(x)
-        return self.norm(x).mean(dim=1)
+        return self.norm(x)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.head_drop(self.forward_features(images)))
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The mean token after dropout (``pre_logits=True``) or the head's logits."""
+        x = self.head_drop(features.mean(dim=1))
+        return x if pre_logits else self.head(x)
 
 
-@register_model
-def hvit_cifar100(**overrides) -> HierarchicalViT:
+@register_model(aliases=("hvit_cifar100",))
+def hvit_tiny_cifar100(**overrides) -> HierarchicalViT:
     """PiT-Ti-like for 32² images: stem patch 2 (16 × 16 tokens), stages of width 64/128/256,
     depth 2/6/4, heads 2/4/8 on grids of 16², 8², 4²; 100 classes."""
     return HierarchicalViT(**overrides)

@@ -34,6 +34,8 @@ class DirectionalConv1d(nn.Conv1d):
 class SSMDirection(nn.Module):
     """One scan direction: conv → SiLU → x-projection to (dt, B, C) → dt-projection → scan."""
 
+    no_weight_decay_params = ("A_log", "D")  # the SSM's decay rates and skip, as Mamba's
+
     def __init__(
         self,
         d_inner: int,

@@ -229,6 +229,21 @@ class HopfieldLayer(nn.Module):
         for buffer in (self.patterns, self.usage, self.label_counts):
             buffer.zero_()
 
+    def reset_labels(self, num_classes: int) -> None:
+        """Empties a written memory and makes its labels ``num_classes`` wide."""
+        _check_layer_args(
+            self.num_heads * self.head_dim,
+            self.mem_size,
+            self.num_heads,
+            self.beta,
+            self.n_steps,
+            self.mode,
+            num_classes,
+        )
+        self.clear()
+        self.label_counts = self.label_counts.new_zeros(self.mem_size, num_classes)
+        self.num_classes = num_classes
+
 
 def _check_layer_args(dim, mem_size, num_heads, beta, n_steps, mode, num_classes) -> None:
     if mode not in MEMORY_MODES:
@@ -308,14 +323,21 @@ class MemoryAugmentedViT(FrozenViT):
             raise ValueError(
                 f"hopfield_position: expected one of {POSITIONS}, got {hopfield_position!r}"
             )
-        super().__init__(backbone_name, pretrained, freeze_backbone, backbone_args, dropout)
+        super().__init__(
+            backbone_name,
+            pretrained,
+            freeze_backbone,
+            backbone_args,
+            dropout,
+            num_classes,
+            with_head=memory_mode == "learned",
+        )
         depth = len(self.backbone.blocks)
         if not hopfield_blocks or any(not -depth <= i < depth for i in hopfield_blocks):
             raise ValueError(
                 f"hopfield_blocks: expected block indices in [-{depth}, {depth}), got "
                 f"{hopfield_blocks!r}"
             )
-        self.num_classes = num_classes
         self.hopfield_position = hopfield_position
         self.memory_mode = memory_mode
         self.hopfield = nn.ModuleDict(
@@ -335,38 +357,59 @@ class MemoryAugmentedViT(FrozenViT):
             }
         )
         self.last_memory_block = max(int(index) for index in self.hopfield)
-        self.head = nn.Linear(self.embed_dim, num_classes) if memory_mode == "learned" else None
+
+    @property
+    def classifying_memory(self) -> HopfieldLayer | None:
+        """The memory whose label read is the output (the last one, if written), or None."""
+        last = self.hopfield[str(self.last_memory_block)]
+        return last if last.written else None
 
     def _memory_pass(self, images: Tensor, labels: Tensor | None) -> Tensor:
         """Runs the blocks with their memories; with ``labels``, each memory first stores the
-        class token it sees. Returns the logits (learned memory) or log-probabilities."""
+        class token it sees. Returns the tokens ``forward_features`` describes."""
         x = self.backbone.embed(images)
         for index, block in enumerate(self.backbone.blocks):
+            layer = self.hopfield[str(index)] if str(index) in self.hopfield else None
             for position, residual in zip(
                 POSITIONS, (block.attention_residual, block.mlp_residual)
             ):
                 x = residual(x)
-                if position != self.hopfield_position:
+                if position != self.hopfield_position or layer is None:
                     continue
-                x, probabilities = self._memory(index, x, labels)
-                if probabilities is not None:
-                    return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
-        return self.classify(self.backbone.norm(x))
+                if labels is not None:
+                    layer.write(x[:, 0], labels)
+                if layer is self.classifying_memory:
+                    return x
+                x = layer(x)
+        return self.backbone.norm(x)
 
-    def _memory(self, index: int, x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Block ``index``'s memory applied to x, and the class probabilities when it is the
-        last memory of a written kind (the model's output)."""
-        layer = self.hopfield[str(index)] if str(index) in self.hopfield else None
-        if layer is None:
-            return x, None
-        if labels is not None:
-            layer.write(x[:, 0], labels)
-        if layer.written and index == self.last_memory_block:
-            return x, layer.class_probabilities(x[:, 0])
-        return layer(x), None
-
-    def forward(self, images: Tensor) -> Tensor:
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(batch, 1 + num_patches, dim) tokens, the class token first: with a learned memory,
+        after every block (and its memories) and the final norm; with a written one, as the
+        last memory reads them (the blocks after it are not run)."""
         return self._memory_pass(images, None)
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The class token's features (``pre_logits=True``); otherwise the head's logits
+        (learned memory) or the log-probabilities read from the last memory's labels
+        (written)."""
+        memory = self.classifying_memory
+        if memory is None:
+            return super().forward_head(features, pre_logits)
+        if pre_logits:
+            return features[:, 0]
+        probabilities = memory.class_probabilities(features[:, 0])
+        return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new head (learned memory), or, for written memories, empty memories whose
+        labels are ``num_classes`` wide (a written memory is the classifier: ≥ 1 class)."""
+        if self.classifying_memory is None:
+            super().reset_classifier(num_classes)
+            return
+        for layer in self.hopfield.values():
+            layer.reset_labels(num_classes)
+        self.num_classes = num_classes
 
     @torch.no_grad()
     def write_memory(self, images: Tensor, labels: Tensor) -> None:

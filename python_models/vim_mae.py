@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .contract import NoWeightDecayMixin
 from .layers import AttentionBlock
 from .vision_mamba import VisionMamba
 
@@ -62,7 +63,7 @@ def random_masking(
     return keep, mask, restore
 
 
-class VisionMambaMAE(nn.Module):
+class VisionMambaMAE(NoWeightDecayMixin, nn.Module):
     """MAE with a Vision Mamba encoder and a transformer decoder.
 
     Args:
@@ -76,6 +77,8 @@ class VisionMambaMAE(nn.Module):
         norm_pix_loss: predict each patch's pixels normalised by the patch's own mean and
             variance (MAE's per-patch normalised targets).
     """
+
+    no_weight_decay_params = ("mask_token", "decoder_pos_embed")
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ returns every segment's logits for deep supervision.
 import torch
 from torch import Tensor, nn
 
+from .contract import ClassifierMixin, linear_head
 from .layers import PatchEmbed, PostNormBlock, RMSNorm, init_vit_weights
 from .registry import register_model
 
@@ -30,8 +31,14 @@ class ReasoningModule(nn.Module):
         return self.blocks(state + injection)
 
 
-class VisionHRM(nn.Module):
+class VisionHRM(ClassifierMixin, nn.Module):
     """HRM classifier over image patches.
+
+    ``forward_features`` returns the high-level state's tokens after the last segment, (batch,
+    1 + num_patches, hidden_dim); while training with several segments, those of every segment,
+    (segments, batch, 1 + num_patches, hidden_dim). ``forward_head`` reads the class token of
+    either, so ``forward`` gives (batch, num_classes) logits, or (segments, batch, num_classes)
+    for deep supervision.
 
     Args:
         img_size: side of the square input images.
@@ -51,6 +58,8 @@ class VisionHRM(nn.Module):
         one_step_gradient: HRM's approximation (True); False backpropagates through every step,
             whose memory grows with the steps (a baseline for comparison).
     """
+
+    no_weight_decay_params = ("cls_token", "pos_embed")
 
     def __init__(
         self,
@@ -79,7 +88,7 @@ class VisionHRM(nn.Module):
             if value < 1:
                 raise ValueError(f"VisionHRM: expected {name} >= 1, got {value}")
         self.num_classes = num_classes
-        self.hidden_dim = hidden_dim
+        self.hidden_dim = self.num_features = hidden_dim
         self.h_cycles = h_cycles
         self.l_cycles = l_cycles
         self.segments = segments
@@ -97,7 +106,7 @@ class VisionHRM(nn.Module):
         self.register_buffer(
             "z_l_init", nn.init.trunc_normal_(torch.empty(hidden_dim), std=1.0, a=-2.0, b=2.0)
         )
-        self.head = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(hidden_dim, num_classes)
         init_vit_weights(self, self.pos_embed, self.cls_token)
 
     def embed(self, images: Tensor) -> Tensor:
@@ -121,23 +130,23 @@ class VisionHRM(nn.Module):
         z_l = self.l_module(z_l, z_h + x)
         return self.h_module(z_h, z_l), z_l
 
-    def forward_features(self, images: Tensor) -> list[Tensor]:
-        """The class token's state after each segment: ``segments`` × (batch, hidden_dim)."""
+    def forward_features(self, images: Tensor) -> Tensor:
+        """The high-level state z_H after the last segment, (batch, 1 + num_patches,
+        hidden_dim); while training with several segments (deep supervision), after every
+        segment, (segments, batch, 1 + num_patches, hidden_dim)."""
         x = self.embed(images)
         z_h, z_l = self.initial_state(x)
-        features = []
+        states = []
         for _ in range(self.segments):
             z_h, z_l = self.segment(z_h.detach(), z_l.detach(), x)
-            features.append(z_h[:, 0])
-        return features
+            states.append(z_h)
+        return torch.stack(states) if self.training and self.segments > 1 else z_h
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Logits (batch, num_classes); while training with several segments, every segment's:
-        (segments, batch, num_classes)."""
-        features = self.forward_features(images)
-        if self.training and self.segments > 1:
-            return self.head(torch.stack(features))
-        return self.head(features[-1])
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The class token's state (``pre_logits=True``) or the head's logits, for the tokens of
+        one segment or of every segment (a leading segments axis is kept)."""
+        x = features[..., 0, :]
+        return x if pre_logits else self.head(x)
 
 
 _CIFAR = dict(
@@ -152,14 +161,14 @@ _CIFAR = dict(
 )
 
 
-@register_model
-def hrm_vision_cifar10(**overrides) -> VisionHRM:
+@register_model(aliases=("hrm_vision_cifar10",))
+def hrm_base_cifar10(**overrides) -> VisionHRM:
     """HRM's defaults on 32² images: patch 4 (64 tokens + class token), hidden 512, 8 heads,
     4 + 4 layers, 2 × 2 cycles; 10 classes."""
     return VisionHRM(**{**_CIFAR, "num_classes": 10, **overrides})
 
 
-@register_model
-def hrm_vision_cifar100(**overrides) -> VisionHRM:
-    """As ``hrm_vision_cifar10`` with 100 classes."""
+@register_model(aliases=("hrm_vision_cifar100",))
+def hrm_base_cifar100(**overrides) -> VisionHRM:
+    """As ``hrm_base_cifar10`` with 100 classes."""
     return VisionHRM(**{**_CIFAR, "num_classes": 100, **overrides})

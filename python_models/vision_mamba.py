@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .contract import ClassifierMixin, linear_head
 from .layers import AttentionBlock, PatchEmbed, RMSNorm, init_vit_weights
 from .mamba import HybridBlock, MambaBlock
 from .registry import register_model
@@ -26,7 +27,7 @@ def build_block(
     return MambaBlock(dim, drop_path=drop_path, **mamba_args)
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(ClassifierMixin, nn.Module):
     """Vision Mamba classifier.
 
     Args:
@@ -53,6 +54,8 @@ class VisionMamba(nn.Module):
             of all tokens, which learns faster from scratch on small data sets); by default
             "cls" with a class token and "mean" without one.
     """
+
+    no_weight_decay_params = ("cls_token", "pos_embed")
 
     def __init__(
         self,
@@ -89,7 +92,7 @@ class VisionMamba(nn.Module):
             raise ValueError(f"VisionMamba: attn_layers must lie in [0, {depth}), got {bad_layers}")
         self.num_classes = num_classes
         self.pool = pool
-        self.embed_dim = embed_dim
+        self.embed_dim = self.num_features = embed_dim
         self.block_type = block_type
         self.attn_layers = tuple(sorted(attn_layers))
         self.num_class_tokens = int(use_cls_token)
@@ -115,7 +118,7 @@ class VisionMamba(nn.Module):
         )
         self.norm = RMSNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dim, num_classes)
         embeddings = [e for e in (self.pos_embed, self.cls_token) if e is not None]
         # The dt projections keep Mamba's own initialisation (see SSMDirection).
         init_vit_weights(self, *embeddings, keep=("dt_proj",))
@@ -124,15 +127,19 @@ class VisionMamba(nn.Module):
         """Patch tokens plus their positional embeddings: (batch, num_patches, embed_dim)."""
         return self.patch_embed(images) + self.pos_embed[:, self.num_class_tokens :]
 
+    def class_token_index(self, length: int) -> int | None:
+        """Where the class token sits in a sequence of ``length`` tokens (patches and the class
+        token): in the middle of the patches; None without one."""
+        return (length - self.num_class_tokens) // 2 if self.cls_token is not None else None
+
     def encode(self, tokens: Tensor) -> tuple[Tensor, int | None]:
         """Runs the blocks on embedded patch tokens (all of them, or a subset in sequence order)
         with the class token, if any, inserted in the middle. Returns the normalised sequence
         (batch, L + num_class_tokens, embed_dim) and the class token's index (None without
         one)."""
-        cls_index = None
+        cls_index = self.class_token_index(tokens.shape[1] + self.num_class_tokens)
         x = tokens
-        if self.cls_token is not None:
-            cls_index = tokens.shape[1] // 2
+        if cls_index is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
             x = torch.cat([tokens[:, :cls_index], cls, tokens[:, cls_index:]], dim=1)
         x = self.pos_drop(x)
@@ -141,12 +148,19 @@ class VisionMamba(nn.Module):
         return self.norm(x), cls_index
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """Pooled features, (batch, embed_dim): the class token's, or the mean token's."""
-        x, cls_index = self.encode(self.embed(images))
-        return x[:, cls_index] if self.pool == "cls" else x.mean(dim=1)
+        """The normalised sequence after the blocks, (batch, num_class_tokens + num_patches,
+        embed_dim), the class token (if any) in the middle."""
+        return self.encode(self.embed(images))[0]
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.head_drop(self.forward_features(images)))
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The pooled features after dropout (``pre_logits=True``: the class token's, or the
+        mean token's) or the head's logits."""
+        if self.pool == "cls":
+            pooled = features[:, self.class_token_index(features.shape[1])]
+        else:
+            pooled = features.mean(dim=1)
+        x = self.head_drop(pooled)
+        return x if pre_logits else self.head(x)
 
 
 def _preset(defaults: dict, overrides: dict) -> VisionMamba:
@@ -187,8 +201,8 @@ def vim_small_cifar(**overrides) -> VisionMamba:
     return _preset({**_CIFAR, "embed_dim": 384, "depth": 12, "num_heads": 6}, overrides)
 
 
-@register_model
-def vim_shapes(**overrides) -> VisionMamba:
+@register_model(aliases=("vim_shapes",))
+def vim_micro_shapes(**overrides) -> VisionMamba:
     """The built-in classification job's model: vim_tiny_cifar narrowed to width 64, depth 4,
     d_state 8, with mean pooling (0.15 M parameters; trains in minutes on two CPU cores)."""
     return _preset(

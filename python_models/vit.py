@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .contract import ClassifierMixin, linear_head
 from .layers import AttentionBlock, PatchEmbed, init_vit_weights
 from .registry import register_model
 
@@ -21,7 +22,7 @@ NORM_EPS = 1e-6  # timm's ViT LayerNorm
 Pretrained = bool | str | Path
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ClassifierMixin, nn.Module):
     """ViT classifier (timm's layout and parameter names).
 
     Args:
@@ -40,6 +41,7 @@ class VisionTransformer(nn.Module):
     """
 
     num_prefix_tokens = 1  # the class token
+    no_weight_decay_params = ("cls_token", "pos_embed")
 
     def __init__(
         self,
@@ -57,7 +59,7 @@ class VisionTransformer(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.embed_dim = embed_dim
+        self.embed_dim = self.num_features = embed_dim
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(
@@ -81,7 +83,7 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dim, num_classes)
         init_vit_weights(self, self.pos_embed, self.cls_token)
 
     def embed(self, images: Tensor) -> Tensor:
@@ -99,9 +101,6 @@ class VisionTransformer(nn.Module):
         """The class token's features (``pre_logits=True``) or the head's logits."""
         x = self.head_drop(features[:, 0])
         return x if pre_logits else self.head(x)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(images))
 
 
 # -- weights ---------------------------------------------------------------------------------

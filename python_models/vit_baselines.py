@@ -6,22 +6,24 @@ The presets take, besides the classes' arguments, the backbone preset's (``img_s
 ``in_chans``, …: what the training jobs size a model with), which they pass on to the backbone."""
 
 import inspect
-import math
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
+from .adapters.prompt import init_prompts, run_prompted
+from .contract import ClassifierMixin, linear_head
 from .registry import create_model, register_model
 from .vit import VisionTransformer
 
 DEFAULT_BACKBONE = "vit_micro_patch4_32"
 
 
-class FrozenViT(nn.Module):
-    """A wrapper around a ViT backbone built from a preset without its head; with ``freeze``
-    the backbone gets no gradient and stays in eval mode. ``dropout`` applies to the class-token
-    features before a subclass's ``head``."""
+class FrozenViT(ClassifierMixin, nn.Module):
+    """A classifier on a ViT backbone built from a preset without its head; with ``freeze``
+    the backbone gets no gradient and stays in eval mode. ``forward_head`` takes the class
+    token's features (``num_features`` = the backbone's width), applies ``dropout`` and the
+    linear ``head`` of ``num_classes`` (None without ``with_head``: a subclass classifies
+    otherwise)."""
 
     def __init__(
         self,
@@ -30,6 +32,8 @@ class FrozenViT(nn.Module):
         freeze: bool,
         backbone_args: dict | None,
         dropout: float = 0.0,
+        num_classes: int = 10,
+        with_head: bool = True,
     ):
         super().__init__()
         if not 0 <= dropout < 1:
@@ -45,6 +49,9 @@ class FrozenViT(nn.Module):
         self.backbone = backbone.requires_grad_(not freeze)
         self.freeze_backbone = freeze
         self.head_drop = nn.Dropout(dropout)
+        self.num_features = backbone.num_features
+        self.num_classes = num_classes
+        self.head = linear_head(self.num_features, num_classes) if with_head else None
 
     def train(self, mode: bool = True) -> "FrozenViT":
         super().train(mode)
@@ -60,10 +67,11 @@ class FrozenViT(nn.Module):
     def embed_dim(self) -> int:
         return self.backbone.embed_dim
 
-    def classify(self, tokens: Tensor) -> Tensor:
-        """Logits of ``head`` on the class token of the normalised ``tokens``."""
-        features = self.backbone.forward_head(tokens, pre_logits=True)
-        return self.head(self.head_drop(features))
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The class token's features of the normalised tokens ``features`` after dropout
+        (``pre_logits=True``) or the head's logits."""
+        x = self.head_drop(self.backbone.forward_head(features, pre_logits=True))
+        return x if pre_logits else self.head(x)
 
 
 class LinearProbeViT(FrozenViT):
@@ -86,19 +94,19 @@ class LinearProbeViT(FrozenViT):
         backbone_args: dict | None = None,
         dropout: float = 0.0,
     ):
-        super().__init__(backbone_name, pretrained, True, backbone_args, dropout)
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes)
+        super().__init__(backbone_name, pretrained, True, backbone_args, dropout, num_classes)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classify(self.backbone.forward_features(images))
+    def forward_features(self, images: Tensor) -> Tensor:
+        """The frozen backbone's normalised tokens: (batch, 1 + num_patches, dim)."""
+        return self.backbone.forward_features(images)
 
 
 class VisualPromptTuning(FrozenViT):
     """VPT: ``num_prompts`` learned tokens put between the class token and the patch tokens,
     a linear head on the class token; the backbone is frozen. Shallow prompts enter once, before
-    the first block; deep prompts are replaced by a fresh set before every block. Prompts are
-    initialised Xavier-uniform over a patch's fan-in as VPT's (±√(6 / (C·p² + dim))).
+    the first block; deep prompts are replaced by a fresh set before every block
+    (``adapters.prompt``). Prompts are initialised Xavier-uniform over a patch's fan-in as VPT's
+    (±√(6 / (C·p² + dim))).
 
     Args:
         backbone_name: a registered ViT preset.
@@ -110,6 +118,7 @@ class VisualPromptTuning(FrozenViT):
     """
 
     deep: bool  # set by VPTShallow and VPTDeep
+    no_weight_decay_params = ("prompts",)  # learned tokens, as the class token
 
     def __init__(
         self,
@@ -120,32 +129,26 @@ class VisualPromptTuning(FrozenViT):
         backbone_args: dict | None = None,
         dropout: float = 0.0,
     ):
-        super().__init__(backbone_name, pretrained, True, backbone_args, dropout)
-        if num_prompts < 1:
-            raise ValueError(f"num_prompts: expected >= 1, got {num_prompts}")
-        self.num_classes = num_classes
+        super().__init__(backbone_name, pretrained, True, backbone_args, dropout, num_classes)
         self.num_prompts = num_prompts
-        sets = len(self.backbone.blocks) if self.deep else 1
-        self.prompts = nn.Parameter(torch.empty(sets, num_prompts, self.embed_dim))
         proj = self.backbone.patch_embed.proj
-        fan_in = proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1]
-        bound = math.sqrt(6.0 / (fan_in + self.embed_dim))
-        nn.init.uniform_(self.prompts, -bound, bound)
-        self.head = nn.Linear(self.embed_dim, num_classes)
+        self.prompts = init_prompts(
+            len(self.backbone.blocks) if self.deep else 1,
+            num_prompts,
+            self.embed_dim,
+            patch_fan_in=proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1],
+        )
 
-    def _with_prompts(self, tokens: Tensor, prompts: Tensor, replace: bool) -> Tensor:
-        prefix = self.backbone.num_prefix_tokens
-        rest = tokens[:, prefix + self.num_prompts :] if replace else tokens[:, prefix:]
-        batch_prompts = prompts.expand(tokens.shape[0], -1, -1)
-        return torch.cat([tokens[:, :prefix], batch_prompts, rest], dim=1)
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = self._with_prompts(self.backbone.embed(images), self.prompts[0], replace=False)
-        for index, block in enumerate(self.backbone.blocks):
-            if 0 < index < len(self.prompts):
-                x = self._with_prompts(x, self.prompts[index], replace=True)
-            x = block(x)
-        return self.classify(self.backbone.norm(x))
+    def forward_features(self, images: Tensor) -> Tensor:
+        """The normalised tokens after the prompted blocks: (batch, 1 + num_prompts +
+        num_patches, dim), the class token first."""
+        tokens = run_prompted(
+            self.backbone.embed(images),
+            self.backbone.blocks,
+            self.prompts,
+            self.backbone.num_prefix_tokens,
+        )
+        return self.backbone.norm(tokens)
 
 
 class VPTShallow(VisualPromptTuning):
@@ -178,13 +181,13 @@ def linear_probe_vit(**overrides) -> LinearProbeViT:
     return build_frozen_vit(LinearProbeViT, overrides)
 
 
-@register_model
-def vpt_shallow(**overrides) -> VPTShallow:
+@register_model(aliases=("vpt_shallow",))
+def vpt_shallow_vit(**overrides) -> VPTShallow:
     """``VPTShallow`` with 10 prompts on ``vit_micro_patch4_32``."""
     return build_frozen_vit(VPTShallow, overrides)
 
 
-@register_model
-def vpt_deep(**overrides) -> VPTDeep:
+@register_model(aliases=("vpt_deep",))
+def vpt_deep_vit(**overrides) -> VPTDeep:
     """``VPTDeep`` with 10 prompts per block on ``vit_micro_patch4_32``."""
     return build_frozen_vit(VPTDeep, overrides)

@@ -18,7 +18,7 @@ from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from python_models.video.text import WordTokenizer
-from train.text_metrics import cider_d, corpus_bleu
+from train.metrics.text import cider_d, corpus_bleu
 
 CAPTIONS = "data/moving_shapes/training/annotations/video_captioning.json"
 EDIT_WORDS = ("red", "blue", "moves", "a", ".", "big")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import video
 from .data.moving_shapes import ACTIONS
 from .data.video import decode, open_video, sample_frame_indices
-from .video_multitask import TextVocabulary
+from .tasks import video
+from .tasks.multitask import TextVocabulary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,10 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def read_clip(path: Path, config: video.VideoConfig) -> torch.Tensor:
     """uint8 (1, T, 3, H, W): the video's frames at the segment centres, at the model's size."""
-    side = config.video["frame_size"]
-    with open_video(path, (side, side), config.video["backend"]) as opened:
+    side = config.video.frame_size
+    with open_video(path, (side, side), config.video.backend) as opened:
         indices = sample_frame_indices(
-            opened.num_frames, num_segments=config.video["num_frames"], mode="test"
+            opened.num_frames, num_segments=config.video.num_frames, mode="test"
         )
         return decode(opened, indices)[None]
 
@@ -85,7 +85,7 @@ def ask(args: argparse.Namespace) -> dict:
     clips = video.clip_transform(config)(read_clip(args.video, config), train=False)
     questions = None
     if args.question:
-        encoded = vocabulary.words.encode_batch(args.question, config.text["max_question_len"])
+        encoded = vocabulary.words.encode_batch(args.question, config.text.max_question_len)
         questions = encoded[None]
     output = model(clips, questions)
     result = {"action": class_names(config)[output.action[0].argmax().item()]}
@@ -93,7 +93,7 @@ def ask(args: argparse.Namespace) -> dict:
         choices = output.qa[0].argmax(-1).tolist()
         result["answers"] = [vocabulary.answers.answer(index) for index in choices]
     if args.caption:
-        beam_size = args.beam_size or config.text["beam_size"]
+        beam_size = args.beam_size or config.text.beam_size
         ids = model.caption(output, beam_size=beam_size)[0]
         result["caption"] = vocabulary.words.decode(ids)
     return result

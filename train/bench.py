@@ -30,7 +30,7 @@ from hvision_ext.bench.timing import time_impls
 from python_models import create_model
 from python_models.video import MIXERS
 
-from .engine import AMP_DTYPES
+from .engine.trainer import AMP_DTYPES
 
 IMPLS = {"kernels": False, "reference": True}  # name → use_reference
 VIDEO_GRID = {"attention": sorted(MIXERS), "merge_ratio": [0.0, 0.5]}

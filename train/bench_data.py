@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from .baselines import linear_probe_accuracy
-from .config import parse_list
 from .data import (
     ImageTensorDataset,
     SelectFields,
@@ -33,7 +31,9 @@ from .data.moving_shapes import (
     NUM_FRAMES,
     ensure_moving_shapes,
 )
+from .data.pixel_baseline import linear_probe_accuracy
 from .data.video import BACKENDS, decode, decord_available, open_video
+from .engine.config import parse_list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -11,111 +11,32 @@ and prints, beside its test accuracy, the accuracy of a linear classifier on the
     torchrun --nproc_per_node=2 -m train.classify --device cpu  # DistributedDataParallel
 """
 
-import dataclasses
-import os
 import time
-from typing import Any, ClassVar
 
 import torch
 
-from . import checkpoint, distributed
-from .baselines import linear_probe_accuracy
-from .classification import ClassificationTask
-from .common import (
-    VISION_MAMBA_KEYS,
-    BuiltinJobConfig,
+from .data import ImageTensorDataset
+from .data.pixel_baseline import linear_probe_accuracy
+from .engine import distributed
+from .engine.job import plain, run_job, start
+from .engine.trainer import Trainer
+from .tasks.classification import ClassificationTask
+from .tasks.images import (
+    ClassifyConfig,
     build_backbone,
     data_for,
-    load_pretrained,
+    encoder_settings,
+    load_encoder_weights,
     loaders_for,
-    plain,
     report_test,
-    run_job,
-    start,
 )
-from .config import FRACTION, Translation, at_least, checked, field, to_model_arg
-from .data import ImageTensorDataset
-from .engine import Trainer
-from .reports import classification_report
+from .tasks.reports import classification_report
 
 
-def _global_batch_size(key: str, value: Any) -> dict[str, Any]:
-    """`batch_size`: the global batch divided by the processes (WORLD_SIZE)"""
-    processes = int(os.environ.get("WORLD_SIZE", 1))
-    total = checked(key, value, int, at_least(processes))
-    if total % processes:
-        raise ValueError(f"{key}: {total} does not divide among {processes} processes")
-    return {"batch_size": total // processes}
-
-
-# The Vision HRM's configuration (its arch section and training keys).
-VISION_HRM_KEYS: dict[str, Translation] = {
-    **{
-        f"arch.{name}": to_model_arg(argument, int)
-        for name, argument in (
-            ("hidden_size", "hidden_dim"),
-            ("num_heads", "num_heads"),
-            ("H_layers", "h_layers"),
-            ("L_layers", "l_layers"),
-            ("H_cycles", "h_cycles"),
-            ("L_cycles", "l_cycles"),
-            ("patch_size", "patch_size"),
-        )
-    },
-    "global_batch_size": _global_batch_size,
-}
-
-
-@dataclasses.dataclass
-class ClassifyConfig(BuiltinJobConfig):
-    """The defaults are the built-in job: a small Vision Mamba on the shapes data set."""
-
-    SOURCE_NAME: ClassVar[str] = "Vision Mamba's and the Vision HRM's config files"
-    SOURCE_KEYS: ClassVar[dict[str, Translation]] = {**VISION_MAMBA_KEYS, **VISION_HRM_KEYS}
-
-    label_smoothing: float = field(0.1, "label smoothing", FRACTION)
-    mixup_alpha: float = field(0.0, "mixup Beta(alpha, alpha) (0: off)", at_least(0))
-    cutmix_alpha: float = field(0.0, "cutmix Beta(alpha, alpha) (0: off)", at_least(0))
-    init_from: str = field("", "start from this checkpoint's weights (classifier or MAE encoder)")
-    linear_baseline: bool = field(
-        True, "also fit a linear classifier on raw pixels (in-memory data sets)"
-    )
-    lr: float = field(3e-3, "peak learning rate (AdamW)")
-    out_dir: str = field("runs/classify", "where checkpoints, metrics and plots go")
-    # 8010 training images once the validation tenth (890) is held out.
-    shapes_train_size: int = field(8900, "training images of the built-in data set")
-    # Shorthands for the stage layout of hierarchical models (HierarchicalViT).
-    embed_dims: list = field([], "widths of the stages (empty: the preset's); put into model_args")
-    depths: list = field([], "blocks of the stages (empty: the preset's); put into model_args")
-    num_heads: list = field(
-        [], "attention heads of the stages (empty: the preset's); put into model_args"
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        stage_layout = {name: getattr(self, name) for name in ("embed_dims", "depths", "num_heads")}
-        self.model_args = {
-            **self.model_args,
-            **{name: value for name, value in stage_layout.items() if value},
-        }
-
-
-def encoder_settings(path: str) -> dict[str, Any]:
-    """What a classifier must share with the encoder it starts from beyond its preset: whether
-    it has a class token (an MAE encoder has none unless it was asked for)."""
-    if not path:
-        return {}
-    state = checkpoint.load(path, accept=("classify", "mae"))
-    saved = state["config"]
-    if "use_cls_token" in saved:  # an MAE job's setting
-        return {"use_cls_token": saved["model_args"].get("use_cls_token", saved["use_cls_token"])}
-    return {}
-
-
-def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
+def run(config: ClassifyConfig) -> dict:
     """Trains as configured (starting the process group under torchrun), choosing the best
-    checkpoint on the validation split, then evaluates the test split once; returns the trainer
-    and a summary: test accuracy with the last and the best weights, the linear baseline when
+    checkpoint on the validation split, then evaluates the test split once; returns a summary:
+    test accuracy with the last and the best weights, the linear baseline when
     asked for, wall and CPU time."""
     started, cpu_started = time.perf_counter(), time.process_time()
     device = start(config)
@@ -124,7 +45,7 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
     config.model_args = {**encoder_settings(config.init_from), **config.model_args}
     model = build_backbone(config.model, config.model_args, splits, len(splits.classes))
     if config.init_from:
-        load_pretrained(model, config.init_from)
+        load_encoder_weights(model, config.init_from)
     task = ClassificationTask(
         transform,
         len(splits.classes),
@@ -170,11 +91,11 @@ def run(config: ClassifyConfig) -> tuple[Trainer, dict]:
                 "linear classifier on raw pixels, same data: test accuracy "
                 f"{summary['linear_probe_acc']:.4f}"
             )
-    return trainer, summary
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run_job(ClassifyConfig, lambda config: run(config)[1], argv, "train.classify", __doc__)
+    return run_job(ClassifyConfig, run, argv, "train.classify", __doc__)
 
 
 def cli() -> None:

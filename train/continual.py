@@ -21,26 +21,17 @@ from pathlib import Path
 
 import torch
 
-from python_models.continual import EWC_MODES, REPLAY_MODES
-
-from . import checkpoint, distributed, run_lock
-from .common import (
-    BuiltinJobConfig,
-    build_backbone,
-    data_for,
-    load_pretrained,
-    plain,
-    run_job,
-    seed_all,
-    start,
-)
-from .config import at_least, field
-from .continual_metrics import plot_accuracy_matrix, summary
-from .continual_strategies import STRATEGIES, Finetune, evaluate_seen
 from .data import make_loader
 from .data.splits import ClassIncrementalSplit, split_by_class
-from .engine import Trainer
-from .metrics import read_jsonl
+from .engine import checkpoint, distributed, run_lock
+from .engine.config import at_least, field
+from .engine.job import plain, run_job, seed_all, start
+from .engine.trainer import Trainer
+from .metrics.continual import plot_accuracy_matrix, summary
+from .metrics.logger import read_jsonl
+from .strategies import EWC_MODES, REPLAY_MODES
+from .strategies.incremental import STRATEGIES, Finetune, evaluate_seen
+from .tasks.images import BuiltinJobConfig, build_backbone, data_for, load_encoder_weights
 
 DEFAULT_TASKS = {"cifar100": 10}  # Split-CIFAR-100: 10 × 10; every other set: 5 tasks
 FALLBACK_TASKS = 5
@@ -190,7 +181,7 @@ def run_tasks(
     seed_all(config.seed)  # every strategy starts from the same weights
     model = build_backbone(config.model, config.model_args, split, split.num_classes)
     if config.pretrained:
-        load_pretrained(model, config.pretrained)  # the head stays as initialised
+        load_encoder_weights(model, config.pretrained)  # the head stays as initialised
     strategy = STRATEGIES[name](model.to(device), transform, split, config)
     state = resume_state(config, name, split, path)
     matrix: list[list[float]] = []

@@ -27,15 +27,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import checkpoint, distributed, reports, video
-from .classification import confusion_matrix
-from .classify import ClassifyConfig
-from .common import build_backbone, data_for, start
-from .config import Range, at_least, check_settings, field, load_config
 from .data import BatchTransform, SelectFields, make_loader, readable_batches
-from .engine import take_skipped
-from .mae import MAEConfig, build_mae
-from .video_multitask import TextVocabulary, plot_predictions
+from .engine import checkpoint, distributed
+from .engine.config import Range, at_least, check_settings, field, load_config
+from .engine.job import start
+from .engine.trainer import take_skipped
+from .tasks import reports, video
+from .tasks.classification import confusion_matrix
+from .tasks.images import ClassifyConfig, build_backbone, data_for
+from .tasks.mae import MAEConfig, build_mae
+from .tasks.multitask import TextVocabulary, plot_predictions
 
 
 @dataclasses.dataclass
@@ -133,8 +134,8 @@ def evaluate_video(
         results = evaluate_multitask(job, model, test_set, vocabulary, config, out_dir, device)
         model = ActionLogits(model)
     dataset = test_set
-    if config.num_clips and config.num_clips != job.video["num_clips"]:
-        job.video = {**job.video, "num_clips": config.num_clips}
+    if config.num_clips and config.num_clips != job.video.num_clips:
+        job.video = dataclasses.replace(job.video, num_clips=config.num_clips)
         dataset = video.datasets_for(job, "test", train=False)
     fields = SelectFields(("frames", "label"))
     loader = make_loader(dataset, config.batch_size, False, config.num_workers, config.seed, fields)
@@ -148,12 +149,12 @@ def evaluate_video(
     results.update(reports.write_classification_report(matrix, dataset.classes, out_dir, prefix=""))
     if distributed.is_main():
         print(
-            f"top-5 accuracy {top5:.4f}, {job.video['num_clips']} view(s) per video, "
+            f"top-5 accuracy {top5:.4f}, {job.video.num_clips} view(s) per video, "
             f"{skipped} unreadable test video(s) left out"
         )
     return {
         "top5_accuracy": top5,
-        "num_clips": job.video["num_clips"],
+        "num_clips": job.video.num_clips,
         "skipped": skipped,
         **results,
     }

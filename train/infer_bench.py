@@ -34,11 +34,11 @@ from torch import nn
 
 from hvision_ext.bench.timing import time_impl
 from python_models import create_model
-from python_models.video.lora import LoraConfig, inject_lora, lora_layers, merge_lora
+from python_models.adapters.lora import LoraConfig, inject_lora, lora_layers, merge_lora
 
-from . import video
 from .bench import VIDEO_GRID, add_measurement_arguments, describe_device, format_mib, run_grid
-from .engine import AMP_DTYPES
+from .engine.trainer import AMP_DTYPES
+from .tasks import video
 
 LORA_MODES = ("off", "unmerged", "merged")
 LORA_ADAPTER = "default"

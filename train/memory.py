@@ -38,23 +38,16 @@ from torch import Tensor, nn
 
 from python_models import LinearProbeViT, MemoryAugmentedViT, VPTDeep, VPTShallow, create_model
 
-from . import checkpoint
-from .classification import ClassificationTask, confusion_matrix
-from .common import (
-    BuiltinJobConfig,
-    DataConfig,
-    data_for,
-    loaders_for,
-    plain,
-    run_job,
-    start,
-)
-from .config import CLASS_COUNT, FRACTION, POSITIVE, Translation, at_least, field
 from .data import BatchTransform, DataSplits, ImageTensorDataset, make_loader, readable_batches
 from .data.fewshot import FewShotEpisodes, draw_shots
 from .data.shapes import BASE_PATTERN_CLASSES, NOVEL_PATTERN_CLASSES
 from .data.splits import labels_of, subset
-from .engine import EngineConfig, Trainer
+from .engine import checkpoint
+from .engine.config import CLASS_COUNT, FRACTION, POSITIVE, Translation, at_least, field
+from .engine.job import plain, run_job, start
+from .engine.trainer import EngineConfig, Trainer
+from .tasks.classification import ClassificationTask, confusion_matrix
+from .tasks.images import BuiltinJobConfig, DataConfig, data_for, loaders_for
 
 METHODS = ("linear_probe", "vpt_shallow", "vpt_deep", "memory_vit", "ncm")
 TRAINED_METHODS = METHODS[:4]  # what the supervised and few-shot protocols measure

@@ -1,6 +1,6 @@
 """HierarchicalVLM, the video model: token mixers, token merging, domain experts with a router,
-the model, its multi-task form and their presets (LoRA, detection and text heads: their own
-modules)."""
+the model, its typed settings, its multi-task form and their presets (detection and text
+heads: their own modules; LoRA: ``python_models.adapters``)."""
 
 from . import presets  # noqa: F401  (registers the presets)
 from .experts import (
@@ -38,9 +38,11 @@ from .mixers import (
 )
 from .model import HierarchicalVLM, TubeletEmbed, VideoBlock
 from .multitask import TASKS, DomainExperts, MultiTaskOutput, MultiTaskVLM
+from .settings import FLAT_KEYS, ImportanceSettings, MergeSettings, MixerSettings
 
 __all__ = [
     "DEFAULT_DOMAINS",
+    "FLAT_KEYS",
     "MERGE_BUDGETS",
     "MERGE_MODES",
     "MIXERS",
@@ -53,9 +55,12 @@ __all__ = [
     "FullAttention",
     "HierarchicalAttention",
     "HierarchicalVLM",
+    "ImportanceSettings",
     "LinearAttention",
     "LocalGlobalAttention",
     "MambaMixer",
+    "MergeSettings",
+    "MixerSettings",
     "MultiTaskOutput",
     "MultiTaskVLM",
     "PerformerAttention",

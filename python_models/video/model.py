@@ -9,7 +9,9 @@ one) → LayerNorm → a linear head on the class token (or the mean patch token
 """
 
 import contextlib
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +20,11 @@ from torch.utils.checkpoint import checkpoint
 
 from hvision_ext.ops import unmerge_tokens
 
+from ..adapters.lora import adapter_weights_in_force
+from ..contract import ClassifierMixin, linear_head
 from ..layers import DropPath, Mlp, init_vit_weights
 from ..vit import NORM_EPS
-from .lora import adapter_weights_in_force
 from .merging import (
-    MERGE_BUDGETS,
-    MERGE_MODES,
-    MOTION_SOURCES,
     carry_importance,
     colour_saliency,
     frame_motion,
@@ -36,6 +36,7 @@ from .merging import (
     saliency_scale_at,
 )
 from .mixers import MIXERS, PerformerAttention, QKVMixer, TokenLayout, build_mixer
+from .settings import ImportanceSettings, MergeSettings, MixerSettings, as_settings, check_choice
 
 GLOBAL_POOLS = ("token", "avg")
 NUM_PREFIX_TOKENS = 1  # the class token
@@ -150,12 +151,7 @@ class VideoBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
-
-
-class HierarchicalVLM(nn.Module):
+class HierarchicalVLM(ClassifierMixin, nn.Module):
     """Video classifier with a selectable token mixer and token merging.
 
     Args:
@@ -165,31 +161,14 @@ class HierarchicalVLM(nn.Module):
             projection of each tubelet) or ``motion_conv`` (``MotionConvStem``).
         in_chans: channels; num_classes: classes (0: no head, ``forward`` gives features).
         embed_dim, depth, num_heads, mlp_ratio: the transformer's shape.
-        attention: the blocks' token mixer, one of ``MIXERS``; attention_args: its options
-            (e.g. ``{"nb_features": 64}`` for performer, ``{"memory_slots": 32}``).
-        merge_ratio: fraction of the patch tokens removed before the blocks of ``merge_at``
-            together (0: no merging); ``set_merge_ratio`` changes it in training.
-        merge_at: indices of the blocks before which tokens are merged.
-        merge_mode: ``motion``, ``similarity`` or ``random`` (see ``merging``).
-        merge_budget: ``clip`` (the clip's tokens at the ratio, static frames giving up more
-            than moving ones; frames then hold unequal runs) or ``frame`` (each frame gives up
-            the same share) (see ``merging``).
-        motion_alpha: weight of motion against edge (Sobel) saliency in the importance scores.
-        colour_weight: weight of the colour saliency (``merging.colour_saliency``) added to the
-            motion importance (0: unused).
-        saliency_ramp_steps: progressive merging: the saliency terms (edges and colour) enter
-            the importance linearly over this many training forwards, motion alone at first
-            (0: from the start). The model counts its own training forwards (``merge_steps``,
-            a buffer only then, saved with the weights, so a resumed run goes on where it was).
-        motion_source: ``frame_difference`` (``motion_saliency``) or ``optical_flow``
-            (OpenCV's Farneback on the CPU: slower, never the default).
-        importance_weight: how strongly importance keeps a token from being merged.
-        class_attention_weight: weight of the class token's attention in the block after each
-            merge (``QKVMixer.class_attention``, divided by its maximum in each frame) added to
-            the motion importance, or the only importance in ``similarity`` mode (0: unused);
-            needs a mixer with a ``qkv`` projection.
-        proportional_attention: after merging, dense attention weighs each token by the number
-            of tokens it stands for (ToMe's proportional attention; ``full`` mixers only).
+        mixer: the blocks' token mixer (``MixerSettings``; default: dense attention). Each
+            settings argument also takes a mapping of its fields, or None for the defaults.
+        merging: token merging (``MergeSettings``; default: none); its ``at`` must lie in
+            [0, depth).
+        importance: the motion-saliency importance of ``motion`` merging
+            (``ImportanceSettings``). With ``saliency_ramp_steps`` the model counts its own
+            training forwards (``merge_steps``, a buffer only then, saved with the weights, so
+            a resumed run goes on where it was).
         global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens) for the head;
             None: ``avg`` for ``cross_memory`` (tokens read only the memory, so the class token
             never sees the clip), ``token`` otherwise.
@@ -197,9 +176,13 @@ class HierarchicalVLM(nn.Module):
             the blocks leave them).
         drop_rate, drop_path_rate: dropout and stochastic depth (rising over the blocks).
         pixel_mean, pixel_std: normalisation of uint8 clips (float clips are taken as given).
+
+    The presets also take each settings field as a flat keyword (``settings.FLAT_KEYS``:
+    ``attention``, ``attention_args``, ``merge_ratio``, ``merge_at``, …).
     """
 
     num_prefix_tokens = NUM_PREFIX_TOKENS
+    no_weight_decay_params = ("cls_token", "pos_embed_time", "pos_embed_space")
 
     def __init__(
         self,
@@ -214,19 +197,9 @@ class HierarchicalVLM(nn.Module):
         depth: int = 4,
         num_heads: int = 3,
         mlp_ratio: float = 2.0,
-        attention: str = "full",
-        attention_args: dict | None = None,
-        merge_ratio: float = 0.0,
-        merge_at: Sequence[int] = (1,),
-        merge_mode: str = "motion",
-        merge_budget: str = "clip",
-        motion_alpha: float = 0.5,
-        colour_weight: float = 0.0,
-        saliency_ramp_steps: int = 0,
-        motion_source: str = "frame_difference",
-        importance_weight: float = 1.0,
-        class_attention_weight: float = 0.0,
-        proportional_attention: bool = False,
+        mixer: MixerSettings | Mapping[str, Any] | None = None,
+        merging: MergeSettings | Mapping[str, Any] | None = None,
+        importance: ImportanceSettings | Mapping[str, Any] | None = None,
         global_pool: str | None = None,
         final_norm: bool = True,
         drop_rate: float = 0.0,
@@ -235,41 +208,24 @@ class HierarchicalVLM(nn.Module):
         pixel_std: Sequence[float] = (0.25, 0.25, 0.25),
     ):
         super().__init__()
-        _choice("attention.type", attention, sorted(MIXERS))
-        _choice("stem", stem, list(STEMS))
-        _choice("motion_source", motion_source, MOTION_SOURCES)
-        _choice("token_merging.mode", merge_mode, MERGE_MODES)
-        _choice("token_merging.budget", merge_budget, MERGE_BUDGETS)
-        if colour_weight < 0 or saliency_ramp_steps < 0:
+        self.mixer: MixerSettings = as_settings("mixer", mixer)
+        self.merging: MergeSettings = as_settings("merging", merging)
+        self.importance: ImportanceSettings = as_settings("importance", importance)
+        check_choice("stem", stem, list(STEMS))
+        global_pool = global_pool or ("avg" if self.mixer.type == "cross_memory" else "token")
+        check_choice("global_pool", global_pool, GLOBAL_POOLS)
+        if not all(0 <= index < depth for index in self.merging.at):
             raise ValueError(
-                "token_merging.colour_weight and saliency_ramp_steps must be >= 0, got "
-                f"{colour_weight} and {saliency_ramp_steps}"
-            )
-        global_pool = global_pool or ("avg" if attention == "cross_memory" else "token")
-        _choice("global_pool", global_pool, GLOBAL_POOLS)
-        if not all(0 <= index < depth for index in merge_at) or len(set(merge_at)) != len(merge_at):
-            raise ValueError(
-                f"token_merging.merge_at must hold distinct block indices in [0, {depth}), got {list(merge_at)}"
+                f"token_merging.merge_at must hold distinct block indices in [0, {depth}), got "
+                f"{list(self.merging.at)}"
             )
         self.num_classes = num_classes
-        self.embed_dim = embed_dim
-        self.attention = attention
-        self.merge_at = tuple(sorted(merge_at))
-        self.merge_mode = merge_mode
-        self.merge_budget = merge_budget
-        self.motion_alpha = motion_alpha
-        self.colour_weight = colour_weight
-        self.saliency_ramp_steps = saliency_ramp_steps
-        if saliency_ramp_steps:
+        self.embed_dim = self.num_features = embed_dim
+        if self.importance.saliency_ramp_steps:
             self.register_buffer("merge_steps", torch.zeros((), dtype=torch.long))
-        self.motion_source = motion_source
-        self.importance_weight = importance_weight
-        self.class_attention_weight = class_attention_weight
-        self.proportional_attention = proportional_attention
         self.global_pool = global_pool
         self.clip_shape = (num_frames, in_chans, img_size, img_size)  # what positions fit
         self.grad_checkpointing = False
-        self.set_merge_ratio(merge_ratio)
 
         self.patch_embed = STEMS[stem](patch_size, tubelet_size, in_chans, embed_dim)
         frames, rows, cols = self.patch_embed.grid((num_frames, in_chans, img_size, img_size))
@@ -282,17 +238,17 @@ class HierarchicalVLM(nn.Module):
         self.blocks = nn.ModuleList(
             VideoBlock(
                 embed_dim,
-                build_mixer(attention, embed_dim, num_heads, **(attention_args or {})),
+                build_mixer(self.mixer.type, embed_dim, num_heads, **self.mixer.args),
                 mlp_ratio,
                 drop=drop_rate,
                 drop_path=rate,
             )
             for rate in rates
         )
-        self._check_class_attention(class_attention_weight)
+        self._check_class_attention()
         self.norm = nn.LayerNorm(embed_dim, eps=NORM_EPS) if final_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = linear_head(embed_dim, num_classes)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         # The head keeps PyTorch's initialisation: with ViT's (std 0.02) a classifier of this
@@ -301,25 +257,21 @@ class HierarchicalVLM(nn.Module):
             self, self.cls_token, self.pos_embed_time, self.pos_embed_space, keep=("head",)
         )
 
-    def _check_class_attention(self, weight: float) -> None:
-        if weight < 0:
-            raise ValueError(f"token_merging.class_attention_weight must be >= 0, got {weight}")
-        if weight > 0 and not isinstance(self.blocks[0].attn, QKVMixer):
+    def _check_class_attention(self) -> None:
+        if self.merging.class_attention_weight > 0 and not isinstance(
+            self.blocks[0].attn, QKVMixer
+        ):
             with_qkv = sorted(name for name, cls in MIXERS.items() if issubclass(cls, QKVMixer))
             raise ValueError(
                 f"token_merging.class_attention_weight needs attention.type in {with_qkv} "
-                f"(a qkv projection), got {self.attention!r}"
+                f"(a qkv projection), got {self.mixer.type!r}"
             )
 
     # -- settings ----------------------------------------------------------------------------
 
     def set_merge_ratio(self, ratio: float) -> None:
         """Fraction of each frame's patch tokens to remove (0 turns merging off)."""
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(
-                f"token_merging.target_compression_ratio must be in [0, 1), got {ratio}"
-            )
-        self.merge_ratio = ratio
+        self.merging = dataclasses.replace(self.merging, ratio=ratio)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in the backward instead of keeping them."""
@@ -360,22 +312,23 @@ class HierarchicalVLM(nn.Module):
 
     def saliency_scale(self) -> float:
         """The weight of the saliency terms now (progressive merging; 1 without it)."""
-        if not self.saliency_ramp_steps:
-            return 1.0
-        return saliency_scale_at(int(self.merge_steps), self.saliency_ramp_steps)
+        ramp_steps = self.importance.saliency_ramp_steps
+        return saliency_scale_at(int(self.merge_steps), ramp_steps) if ramp_steps else 1.0
 
     def token_importance(self, clips: Tensor) -> Tensor | None:
         """Per-token importance (batch, tokens) of the input frames, averaged over each
         tubelet's frames: motion, edge saliency (``motion_alpha``) and colour saliency
         (``colour_weight``), the saliency terms scaled by ``saliency_scale``; None unless
         motion-guided merging will run."""
-        if self.merge_mode != "motion" or self.merge_ratio == 0:
+        if self.merging.mode != "motion" or self.merging.ratio == 0:
             return None
+        settings = self.importance
         patch_size, saliency = self.patch_embed.patch_size, self.saliency_scale()
-        alpha = 1.0 - saliency * (1.0 - self.motion_alpha)
-        scores = motion_importance(clips.detach(), patch_size, alpha, self.motion_source)
-        if self.colour_weight > 0:
-            scores = scores + saliency * self.colour_weight * colour_saliency(clips, patch_size)
+        alpha = 1.0 - saliency * (1.0 - settings.motion_alpha)
+        scores = motion_importance(clips.detach(), patch_size, alpha, settings.motion_source)
+        if settings.colour_weight > 0:
+            colour = colour_saliency(clips, patch_size)
+            scores = scores + saliency * settings.colour_weight * colour
         tubelet = self.patch_embed.tubelet_size
         return scores.unflatten(1, (-1, tubelet)).mean(2).flatten(1)
 
@@ -393,7 +346,7 @@ class HierarchicalVLM(nn.Module):
         if self.training:
             self._advance_step()
         importance = self.token_importance(clips)
-        clip_budget = self.merge_ratio > 0 and self.merge_budget == "clip"
+        clip_budget = self.merging.ratio > 0 and self.merging.budget == "clip"
         motion = frame_motion(clips, self.patch_embed.tubelet_size) if clip_budget else None
         patches = self.patch_embed(clips) + self.positions(frames, rows, cols)
         size = patches.new_ones(patches.shape[:2], dtype=torch.float32)
@@ -402,7 +355,7 @@ class HierarchicalVLM(nn.Module):
         layout = TokenLayout(NUM_PREFIX_TOKENS, frames)
         assigns = []
         for index, block in enumerate(self.blocks):
-            if index in self.merge_at and self.merge_ratio > 0:
+            if index in self.merging.at and self.merging.ratio > 0:
                 x, size, importance, counts, assign = self._reduce(
                     x, size, importance, counts, motion, block
                 )
@@ -410,7 +363,7 @@ class HierarchicalVLM(nn.Module):
                 layout = TokenLayout(
                     NUM_PREFIX_TOKENS,
                     frames,
-                    self._with_prefix(size) if self.proportional_attention else None,
+                    self._with_prefix(size) if self.merging.proportional_attention else None,
                     None if motion is None else counts,
                 )
             if self.grad_checkpointing and self.training:
@@ -439,7 +392,7 @@ class HierarchicalVLM(nn.Module):
         for module in self.modules():
             if isinstance(module, PerformerAttention):
                 module.advance_step()
-        if self.saliency_ramp_steps:
+        if self.importance.saliency_ramp_steps:
             self.merge_steps += 1
 
     def _reduce(
@@ -455,24 +408,24 @@ class HierarchicalVLM(nn.Module):
         per frame as the budget says (the clip's, spread by ``motion``, or the frame's);
         ``importance`` is the motion importance carried from earlier merges."""
         prefix, patches = x[:, :NUM_PREFIX_TOKENS], x[:, NUM_PREFIX_TOKENS:]
-        merges = len(self.merge_at)
+        merging = self.merging
         if motion is None:
-            remove = removal_per_frame(counts, self.merge_ratio, merges)
+            remove = removal_per_frame(counts, merging.ratio, len(merging.at))
         else:
-            remove = removal_per_clip(counts, motion, self.merge_ratio, merges)
+            remove = removal_per_clip(counts, motion, merging.ratio, len(merging.at))
         scores = importance
-        if self.class_attention_weight > 0 and self.merge_mode != "random":
+        if merging.class_attention_weight > 0 and merging.mode != "random":
             with torch.no_grad():
                 attention = block.attn.class_attention(block.norm1(x))[:, NUM_PREFIX_TOKENS:]
             frame = TokenLayout(NUM_PREFIX_TOKENS, counts.shape[1], counts=counts).frame_index(
                 len(x), x.shape[1], x.device
             )
-            attention = self.class_attention_weight * run_maximum_one(
+            attention = merging.class_attention_weight * run_maximum_one(
                 attention, frame, counts.shape[1]
             )
             scores = attention if importance is None else importance + attention
         patches, size, assign, counts = reduce_runs(
-            patches, size, scores, counts, remove, self.merge_mode, self.importance_weight
+            patches, size, scores, counts, remove, merging.mode, merging.importance_weight
         )
         # Only the motion importance goes on (a later merge adds its own block's attention).
         if importance is not None:
@@ -492,7 +445,3 @@ class HierarchicalVLM(nn.Module):
             pooled = features[:, 0]
         pooled = self.head_drop(pooled)
         return pooled if pre_logits else self.head(pooled)
-
-    def forward(self, clips: Tensor) -> Tensor:
-        """Clips (batch, T, C, H, W), uint8 or normalised float → logits (batch, classes)."""
-        return self.forward_head(self.forward_features(clips))

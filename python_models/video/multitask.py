@@ -25,11 +25,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..adapters.lora import (
+    LoraConfig,
+    adapter_weights,
+    inject_lora,
+    lora_state_dict,
+    set_active_adapter,
+)
+from ..contract import NoWeightDecayMixin
 from ..layers import init_vit_weights
 from ..vit import NORM_EPS
 from .detection import DetectionHead, DetectionOutput, step_features
 from .experts import DomainRouter, ExpertFFN, RouterOutput
-from .lora import LoraConfig, adapter_weights, inject_lora, lora_state_dict, set_active_adapter
 from .mixers import TokenLayout
 from .model import HierarchicalVLM, conv_bn_relu, power_of_two_log2
 from .text import CaptionDecoder, VideoQAHead
@@ -113,7 +120,7 @@ class DomainExperts(nn.Module):
         return tokens + self.ffn(self.norm(tokens), routing.gates.to(tokens.dtype)), routing
 
 
-class MultiTaskVLM(nn.Module):
+class MultiTaskVLM(NoWeightDecayMixin, nn.Module):
     """A video backbone with the heads of ``tasks``.
 
     Args:

@@ -1,10 +1,16 @@
-"""Registered HierarchicalVLM presets; every constructor argument can be overridden, e.g.
+"""Registered HierarchicalVLM presets; every constructor argument can be overridden, and every
+settings field by its flat key (``settings.FLAT_KEYS``), e.g.
 ``create_model("hvlm_tiny", attention="performer", merge_ratio=0.5)``."""
 
+from ..adapters.lora import LoraConfig
 from ..registry import register_model
-from .lora import LoraConfig
 from .model import HierarchicalVLM
 from .multitask import TASKS, MultiTaskVLM
+from .settings import gather_flat_keys
+
+
+def _build(defaults: dict, overrides: dict) -> HierarchicalVLM:
+    return HierarchicalVLM(**gather_flat_keys({**defaults, **overrides}))
 
 
 @register_model
@@ -26,7 +32,7 @@ def hvlm_tiny(**overrides) -> HierarchicalVLM:
         global_pool="avg",
         final_norm=False,
     )
-    return HierarchicalVLM(**{**defaults, **overrides})
+    return _build(defaults, overrides)
 
 
 @register_model
@@ -42,7 +48,7 @@ def hvlm_small(**overrides) -> HierarchicalVLM:
         num_heads=6,
         mlp_ratio=4.0,
     )
-    return HierarchicalVLM(**{**defaults, **overrides})
+    return _build(defaults, overrides)
 
 
 @register_model
@@ -59,7 +65,7 @@ def hvlm_base(**overrides) -> HierarchicalVLM:
         num_heads=12,
         mlp_ratio=4.0,
     )
-    return HierarchicalVLM(**{**defaults, **overrides})
+    return _build(defaults, overrides)
 
 
 @register_model

@@ -39,10 +39,10 @@ def hvit_params(
 
 @pytest.mark.parametrize("stem", ["overlapping", "patch"])
 def test_cifar100_preset_parameter_count_matches_the_formula(stem):
-    model = create_model("hvit_cifar100", stem=stem)
+    model = create_model("hvit_tiny_cifar100", stem=stem)
     count = sum(p.numel() for p in model.parameters())
     expected = hvit_params(32, 2, 3, 100, (64, 128, 256), (2, 6, 4), stem=stem)
-    print(f"hvit_cifar100, {stem} stem: {count} parameters ({count / 1e6:.2f} M)")
+    print(f"hvit_tiny_cifar100, {stem} stem: {count} parameters ({count / 1e6:.2f} M)")
     assert count == expected
     assert [len(stage) for stage in model.stages] == [2, 6, 4]
     assert [stage[0].attn.num_heads for stage in model.stages] == [2, 4, 8]
@@ -60,8 +60,10 @@ def test_stages_halve_the_grid_and_widen_the_tokens():
     shapes = []
     for module in model.stages:
         module.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    images = torch.randn(2, 3, 32, 32)
+    assert model(images).shape == (2, 5)
     assert shapes == [(2, 256, 8), (2, 64, 16), (2, 16, 24)]
+    assert model.forward_features(images).shape == (2, 16, 24)  # the last stage's tokens
 
 
 @pytest.mark.parametrize("side, pooled_side", [(16, 8), (7, 4), (1, 1)])
@@ -175,6 +177,6 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="img_size must be divisible by patch_size, got 32 and 3"):
         HierarchicalViT(patch_size=3)
     with pytest.raises(ValueError, match="expected images of 32x32, got \\(16, 16\\)"):
-        create_model("hvit_cifar100", embed_dims=(8,), depths=(1,), num_heads=(1,))(
+        create_model("hvit_tiny_cifar100", embed_dims=(8,), depths=(1,), num_heads=(1,))(
             torch.randn(1, 3, 16, 16)
         )

@@ -220,7 +220,7 @@ def test_an_inserted_layer_leaves_the_backbone_function_unchanged_until_trained(
 def test_registered_presets():
     model = create_model("memory_vit", num_classes=3, mem_size=50)
     assert model.hopfield["3"].patterns.shape == (1, 50, 96)
-    assert create_model("vpt_deep").prompts.shape == (4, 10, 96)
+    assert create_model("vpt_deep_vit").prompts.shape == (4, 10, 96)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +249,9 @@ def test_the_default_model_is_the_source_designs(build):
     assert not any(p.requires_grad for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("name", ["memory_vit", "linear_probe_vit", "vpt_shallow", "vpt_deep"])
+@pytest.mark.parametrize(
+    "name", ["memory_vit", "linear_probe_vit", "vpt_shallow_vit", "vpt_deep_vit"]
+)
 def test_presets_take_the_backbone_arguments_the_jobs_size_models_with(name):
     model = create_model(name, img_size=16, in_chans=1, num_classes=4, backbone_args={"depth": 2})
     assert model.backbone.patch_embed.img_size == 16 and len(model.backbone.blocks) == 2

@@ -125,7 +125,7 @@ def test_encoder_weights_load_into_a_classifier():
 
 
 def strip_like_load_pretrained(mae_weights: dict) -> dict:
-    """What ``train.common.load_pretrained`` keeps of an MAE checkpoint: the ``encoder.``
+    """What ``train.tasks.images.load_encoder_weights`` keeps of an MAE checkpoint: the ``encoder.``
     entries without that prefix, less the head."""
     encoder = {k[len("encoder.") :]: v for k, v in mae_weights.items() if k.startswith("encoder.")}
     return {k: v for k, v in encoder.items() if not k.startswith("head.")}

@@ -26,9 +26,7 @@ def hrm_params(
     return embedding + (h_layers + l_layers) * block + head
 
 
-@pytest.mark.parametrize(
-    "name, classes", [("hrm_vision_cifar10", 10), ("hrm_vision_cifar100", 100)]
-)
+@pytest.mark.parametrize("name, classes", [("hrm_base_cifar10", 10), ("hrm_base_cifar100", 100)])
 def test_presets_have_hrm_defaults_and_the_formula_parameter_count(name, classes):
     model = create_model(name)
     count = sum(p.numel() for p in model.parameters())
@@ -46,6 +44,16 @@ def test_forward_shapes_and_class_token_features():
     assert model.embed(images).shape == (2, 17, 16)
     headless = VisionHRM(**{**TINY, "num_classes": 0}).eval()
     assert headless(images).shape == (2, 16)
+
+
+def test_features_are_the_high_level_tokens_of_each_segment_while_training():
+    torch.manual_seed(0)
+    model = VisionHRM(**TINY, segments=2).train()
+    images = torch.randn(2, 3, 16, 16)
+    features = model.forward_features(images)
+    assert features.shape == (2, 2, 17, 16)  # segments, batch, class token + patches, hidden
+    assert model.forward_head(features, pre_logits=True).shape == (2, 2, 16)
+    assert model.eval().forward_features(images).shape == (2, 17, 16)
 
 
 def record_updates(model: VisionHRM) -> list[tuple[str, bool]]:

@@ -136,7 +136,8 @@ def test_without_a_class_token_the_blocks_see_only_patches_and_pool_the_mean():
     assert cls_index is None and x.shape == (2, 16, 8)
     images = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(
-        model.forward_features(images), model.encode(model.embed(images))[0].mean(dim=1)
+        model.forward_head(model.forward_features(images), pre_logits=True),
+        model.encode(model.embed(images))[0].mean(dim=1),
     )
 
 

@@ -5,8 +5,10 @@ import sys
 
 import torch
 
-from train import classify, distributed
-from train.config import load_config
+from train import classify
+from train.engine import distributed
+from train.engine.config import load_config
+from train.engine.trainer import Trainer
 
 out_dir = sys.argv[1]
 flags = [
@@ -31,7 +33,11 @@ flags = [
     out_dir,
 ]
 config = load_config(classify.ClassifyConfig, flags, "ddp_worker", "")
-trainer, summary = classify.run(config)
+fitted = []  # the trainer classify.run builds, for its replica's parameters
+fit = Trainer.fit
+Trainer.fit = lambda trainer: (fitted.append(trainer), fit(trainer))[1]
+summary = classify.run(config)
+trainer = fitted[0]
 parameters = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 torch.save(
     {

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from python_models import create_model
-from train import checkpoint, continual
-from train.continual_strategies import STRATEGIES
+from train import continual
 from train.data import BatchTransform, ImageTensorDataset
 from train.data.splits import split_by_class
-from train.engine import Trainer
+from train.engine import checkpoint
+from train.engine.trainer import Trainer
+from train.strategies.incremental import STRATEGIES
 
 from .test_data import accept_as_official, write_cifar10
 

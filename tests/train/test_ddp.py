@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from train.metrics import read_jsonl
+from train.metrics.logger import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from train import classify, evaluate, mae
-from train.config import load_config
+from train.engine.config import load_config
 
 MAE_FLAGS = ("--decoder-dim", "16", "--decoder-depth", "1", "--decoder-heads", "2")
 

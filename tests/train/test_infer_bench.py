@@ -2,8 +2,10 @@ import json
 
 import pytest
 
-from train import ask, checkpoint, infer_bench, video
-from train.video_multitask import TextVocabulary
+from train import ask, infer_bench, video
+from train.engine import checkpoint
+from train.tasks import video as video_task
+from train.tasks.multitask import TextVocabulary
 
 TINY = "{num_frames: 4, img_size: 32, embed_dim: 24, num_heads: 2, depth: 2}"
 FAST = ["--batch-size", "2", "--budget-s", "0", "--min-steps", "1", "--threads", "1"]
@@ -54,7 +56,7 @@ def test_a_trained_checkpoint_is_benchmarked_as_it_was_built(multitask_checkpoin
     result = infer_bench.main([*FAST, "--checkpoint", str(multitask_checkpoint)])
     assert result["clip_shape"] == [4, 3, 32, 32] and result["batch_size"] == 2
     assert result["clips_per_s"] > 0 and result["batch_ms"] > 0 and result["clip_ms"] > 0
-    model, _ = video.load_trained(multitask_checkpoint)
+    model, _ = video_task.load_trained(multitask_checkpoint)
     assert result["params"] == sum(p.numel() for p in model.parameters())
 
 

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from train import checkpoint, classify, evaluate, mae
-from train.metrics import read_jsonl
+from train import classify, evaluate, mae
+from train.engine import checkpoint
+from train.metrics.logger import read_jsonl
 
 MAE_FLAGS = (
     "--decoder-dim",

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tests.train.data.test_rafdb import write_rafdb
-from train import checkpoint, classify, memory
-from train.config import load_config, read_yaml, source_key_table
+from train import classify, memory
 from train.data.digits import write_digits_folder
 from train.data.rafdb import RAFDB_CLASSES
+from train.engine import checkpoint
+from train.engine.config import load_config, read_yaml, source_key_table
 from train.memory import MemoryConfig
 
 TINY_BACKBONE = "{embed_dim: 12, depth: 2, num_heads: 2}"

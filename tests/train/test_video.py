@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import checkpoint, evaluate, video
-from train.config import load_config, source_key_table
+from train import evaluate, video
 from train.data.annotations import AnnotationError
 from train.data.moving_shapes import ACTIONS, write_mp4
 from train.data.video import collate_clips
-from train.engine import Trainer
+from train.engine import checkpoint
+from train.engine.config import load_config, source_key_table
+from train.engine.trainer import Trainer
+from train.tasks import video as video_task
 
 from .video_jobs import TINY_SIZES, assert_same_weights, stop_and_resume, tiny_video_job
 
@@ -82,14 +84,14 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tiny_video_set, tmp
         ),
         (
             ["--video", "{backend: ffmpeg}"],
-            r"data.video.backend must be one of \['decord', 'opencv'\] or null",
+            r"data.video.backend: expected one of \(None, 'decord', 'opencv'\), got 'ffmpeg'",
         ),
         (["--val-data", "x"], "--val-data needs --train-data"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_allowed_values(flags, message):
     with pytest.raises(ValueError, match=message):
-        load_config(video.VideoConfig, flags, "train.video", "")
+        load_config(video_task.VideoConfig, flags, "train.video", "")
 
 
 def test_the_yaml_file_uses_the_source_design_keys(tmp_path):
@@ -99,8 +101,8 @@ def test_the_yaml_file_uses_the_source_design_keys(tmp_path):
         "  token_merging: {enabled: true, target_compression_ratio: 0.25}\n"
         "data:\n  video: {num_frames: 16, frame_size: 64}\n"
     )
-    config = load_config(video.VideoConfig, ["--config", str(path)], "train.video", "")
-    arguments = video.model_arguments(config, 12)
+    config = load_config(video_task.VideoConfig, ["--config", str(path)], "train.video", "")
+    arguments = video_task.model_arguments(config, 12)
     assert arguments["attention"] == "local_global"
     assert arguments["attention_args"] == {"window": 16}
     assert arguments["merge_ratio"] == 0.25 and arguments["num_frames"] == 16
@@ -108,8 +110,8 @@ def test_the_yaml_file_uses_the_source_design_keys(tmp_path):
 
 def test_the_builtin_config_file_is_the_default_job():
     path = Path(__file__).parents[2] / "configs" / "video_moving_shapes.yaml"
-    assert load_config(video.VideoConfig, ["--config", str(path)], "train.video", "") == (
-        video.VideoConfig()
+    assert load_config(video_task.VideoConfig, ["--config", str(path)], "train.video", "") == (
+        video_task.VideoConfig()
     )
 
 
@@ -125,9 +127,12 @@ def test_videos_of_different_sizes_stack_at_the_model_frame_size(tmp_path):
     listing.write_text("\n".join(lines) + "\n")
     flags = ["--train-data", str(listing), "--val-data", str(listing)]
     config = load_config(
-        video.VideoConfig, [*flags, "--video", "{num_frames: 4, frame_size: 32}"], "train.video", ""
+        video_task.VideoConfig,
+        [*flags, "--video", "{num_frames: 4, frame_size: 32}"],
+        "train.video",
+        "",
     )
-    dataset = video.datasets_for(config, "training", train=True)
+    dataset = video_task.datasets_for(config, "training", train=True)
     batch = collate_clips([dataset[0], dataset[1]])
     assert batch["frames"].shape == (2, 4, 3, 32, 32)
 
@@ -146,9 +151,9 @@ def test_clips_without_a_label_are_named_when_the_action_task_trains_alone(
     entries[0]["actions"] = []
     annotations.write_text(json.dumps(entries))
     flags = ["--train-data", str(data), "--val-data", str(data), "--tasks", "{action: 1.0}"]
-    config = load_config(video.VideoConfig, flags, "train.video", "")
+    config = load_config(video_task.VideoConfig, flags, "train.video", "")
     with pytest.raises(ValueError, match=r"needs a label for every clip, but 1 training clip"):
-        video.datasets_for(config, "training", train=True)
+        video_task.datasets_for(config, "training", train=True)
 
 
 def test_a_missing_test_split_fails_before_training(tiny_video_set, tmp_path):
@@ -163,9 +168,9 @@ def test_an_empty_list_file_is_named(tmp_path):
     listing = tmp_path / "empty.txt"
     listing.write_text("# no videos yet\n")
     flags = ["--train-data", str(listing), "--val-data", str(listing)]
-    config = load_config(video.VideoConfig, flags, "train.video", "")
+    config = load_config(video_task.VideoConfig, flags, "train.video", "")
     with pytest.raises(ValueError, match=r"no video listed for the training split in .*empty.txt"):
-        video.datasets_for(config, "training", train=True)
+        video_task.datasets_for(config, "training", train=True)
 
 
 def test_an_unreadable_test_video_is_left_out_and_counted(tiny_video_set, tmp_path):
@@ -194,10 +199,10 @@ def write_clip_list(folder: Path, labels: list[str]) -> Path:
 def test_a_multi_label_list_is_refused_naming_an_entry(tmp_path):
     listing = write_clip_list(tmp_path, ["0", "0 1"])
     flags = ["--train-data", str(listing), "--val-data", str(listing)]
-    config = load_config(video.VideoConfig, flags, "train.video", "")
+    config = load_config(video_task.VideoConfig, flags, "train.video", "")
     message = r"clips.txt, line 2 \(.*clip1.mp4\): 2 labels, but train.video trains single-label"
     with pytest.raises(ValueError, match=message):
-        video.datasets_for(config, "training", train=True)
+        video_task.datasets_for(config, "training", train=True)
 
 
 def test_evaluate_reads_the_data_dir_given_for_a_job_trained_on_its_own_data(tmp_path):
@@ -216,22 +221,24 @@ SOURCE_CONFIG = REPO / "configs" / "training_config.yaml"
 
 
 def test_the_source_design_config_file_means_what_it_says():
-    config = load_config(video.VideoConfig, ["--config", str(SOURCE_CONFIG)], "train.video", "")
+    config = load_config(
+        video_task.VideoConfig, ["--config", str(SOURCE_CONFIG)], "train.video", ""
+    )
     assert config.model == "hvlm_base" and config.model_args == {"num_heads": 12}
     assert config.attention["type"] == "hierarchical"
-    assert config.domain_modules["enabled"] and config.domain_modules["num_domains"] == 4
-    assert config.domain_modules["lora"]["rank"] == 8
-    assert config.merging and config.token_merging["target_compression_ratio"] == 0.5
+    assert config.domain_modules.enabled and config.domain_modules.num_domains == 4
+    assert config.domain_modules.lora.rank == 8
+    assert config.merging and config.token_merging.target_compression_ratio == 0.5
     assert (config.epochs, config.amp, config.grad_checkpointing, config.clip_grad) == (
         100,
         "auto",
         True,
         1.0,
     )
-    assert config.domain_balancing == {"sample_strategy": "weighted"}
-    assert config.temporal_smoothing == 3 and config.crop_scale == video.AUGMENTED_CROP_SCALE
+    assert config.domain_balancing.sample_strategy == "weighted"
+    assert config.temporal_smoothing == 3 and config.crop_scale == video_task.AUGMENTED_CROP_SCALE
     assert (config.batch_size, config.num_workers) == (32, 4)
-    assert (config.video["num_frames"], config.video["frame_size"]) == (32, 224)
+    assert (config.video.num_frames, config.video.frame_size) == (32, 224)
 
 
 def source_config(tmp_path: Path, text: str) -> Path:
@@ -253,7 +260,7 @@ def source_config(tmp_path: Path, text: str) -> Path:
         ("training: {temporal_smoothing: {window_size: 5}}", {"temporal_smoothing": 5}),
         (
             "training: {domain_balancing: {enabled: false, sample_strategy: weighted}}",
-            {"domain_balancing": {"sample_strategy": "none"}},
+            {"domain_balancing": video_task.DomainBalancing(sample_strategy="none")},
         ),
         ("data: {augmentation: {enabled: false}}", {"crop_scale": [1.0, 1.0]}),
         # The package's own keys in the same file.
@@ -262,13 +269,13 @@ def source_config(tmp_path: Path, text: str) -> Path:
 )
 def test_each_source_key_translates(tmp_path, text, meaning):
     path = source_config(tmp_path, text)
-    config = load_config(video.VideoConfig, ["--config", str(path)], "train.video", "")
+    config = load_config(video_task.VideoConfig, ["--config", str(path)], "train.video", "")
     assert {name: getattr(config, name) for name in meaning} == meaning
 
 
 def test_a_width_without_a_preset_overrides_the_model_arguments(tmp_path):
     path = source_config(tmp_path, "model: {hidden_size: 256, num_attention_heads: 8}")
-    config = load_config(video.VideoConfig, ["--config", str(path)], "train.video", "")
+    config = load_config(video_task.VideoConfig, ["--config", str(path)], "train.video", "")
     assert config.model_args == {"embed_dim": 256, "num_heads": 8}
 
 
@@ -323,16 +330,16 @@ def test_a_width_without_a_preset_overrides_the_model_arguments(tmp_path):
 def test_a_wrong_source_key_or_type_is_named(tmp_path, text, message):
     path = source_config(tmp_path, text)
     with pytest.raises(ValueError, match=message):
-        load_config(video.VideoConfig, ["--config", str(path)], "train.video", "")
+        load_config(video_task.VideoConfig, ["--config", str(path)], "train.video", "")
 
 
 def test_the_documented_translation_table_is_the_one_the_job_uses():
     page = (REPO / "docs" / "jobs" / "video.md").read_text()
-    assert source_key_table(video.VideoConfig) in page
+    assert source_key_table(video_task.VideoConfig) in page
 
 
 def test_num_epochs_is_an_alias_of_epochs():
-    config = load_config(video.VideoConfig, ["--num-epochs", "3"], "train.video", "")
+    config = load_config(video_task.VideoConfig, ["--num-epochs", "3"], "train.video", "")
     assert config.epochs == 3
 
 
@@ -361,26 +368,28 @@ def test_show_only_summarises_the_model_and_reads_no_video(tmp_path, capsys):
 def test_train_data_alone_reads_its_validation_folder_or_holds_clips_out(tiny_video_set, tmp_path):
     def split_sizes(train_data: Path) -> dict[str, int]:
         config = load_config(
-            video.VideoConfig, ["--train-data", str(train_data)], "train.video", ""
+            video_task.VideoConfig, ["--train-data", str(train_data)], "train.video", ""
         )
-        return {split: len(video.split_records(config, split)) for split in TINY_SIZES}
+        return {split: len(video_task.split_records(config, split)) for split in TINY_SIZES}
 
     assert split_sizes(tiny_video_set) == TINY_SIZES
     assert split_sizes(tiny_video_set / "training") == TINY_SIZES  # a split folder: its siblings
     data = copy_of(tiny_video_set, tmp_path / "data")
     shutil.rmtree(data / "validation")
-    config = load_config(video.VideoConfig, ["--train-data", str(data)], "train.video", "")
-    kept, held_out = (video.split_records(config, split) for split in ("training", "validation"))
+    config = load_config(video_task.VideoConfig, ["--train-data", str(data)], "train.video", "")
+    kept, held_out = (
+        video_task.split_records(config, split) for split in ("training", "validation")
+    )
     assert len(kept) + len(held_out) == TINY_SIZES["training"] and held_out
     assert not {r.path for r in kept} & {r.path for r in held_out}
-    assert held_out == video.split_records(config, "validation")  # seeded
-    assert len(video.split_records(config, "test")) == TINY_SIZES["test"]
+    assert held_out == video_task.split_records(config, "validation")  # seeded
+    assert len(video_task.split_records(config, "test")) == TINY_SIZES["test"]
 
 
 def test_a_list_file_alone_holds_out_validation_and_test_clips_apart(tmp_path):
     listing = write_clip_list(tmp_path, [str(k % 2) for k in range(6)])
-    config = load_config(video.VideoConfig, ["--train-data", str(listing)], "train.video", "")
-    splits = {split: video.split_records(config, split) for split in TINY_SIZES}
+    config = load_config(video_task.VideoConfig, ["--train-data", str(listing)], "train.video", "")
+    splits = {split: video_task.split_records(config, split) for split in TINY_SIZES}
     paths = [{r.path for r in records} for records in splits.values()]
     assert [len(p) for p in paths] == [2, 2, 2]  # one clip of each class held out, twice
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])

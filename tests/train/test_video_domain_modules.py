@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from python_models.video import MultiTaskVLM
-from train import checkpoint, evaluate, video
+from train import evaluate, video
+from train.engine import checkpoint
+from train.tasks import video as video_task
 
 from .video_jobs import tiny_video_job
 
@@ -42,12 +44,12 @@ def test_domain_modules_train_route_and_evaluate(tiny_video_set, tmp_path):
 
 
 def test_build_model_gives_each_domain_its_adapters():
-    config = video.VideoConfig(
+    config = video_task.VideoConfig(
         tasks={"action": 1.0},
         experts={"num_domains": 0},
         domain_modules={"enabled": True, "num_domains": 3, "lora": {"rank": 8, "alpha": 16}},
     )
-    model = video.build_model(config, num_classes=12)
+    model = video_task.build_model(config, num_classes=12)
     assert isinstance(model, MultiTaskVLM) and model.experts is None
     # hvlm_tiny: 4 blocks of qkv (96 → 288) and proj (96 → 96) at rank 8.
     assert model.domain_parameters() == {f"domain_{i}": 18_432 for i in range(3)}

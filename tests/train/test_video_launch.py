@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from train import checkpoint
-from train.metrics import read_jsonl
+from train.engine import checkpoint
+from train.metrics.logger import read_jsonl
 
 from .video_jobs import TINY_SIZES
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import checkpoint
-from train.engine import Trainer
+from train.engine import checkpoint
+from train.engine.trainer import Trainer
 
 TINY_SIZES = {"training": 24, "validation": 8, "test": 8}
 STOP_AT_STEP = 4  # of 2 epochs of 3 steps: the second step of the second epoch is next

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .. import distributed
+from ..engine import distributed
 from .annotations import (
     AnnotationError,
     VideoRecord,

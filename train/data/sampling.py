@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from .. import distributed
+from ..engine import distributed
 
 
 def domain_balance_weights(domains: Sequence[int] | Tensor) -> Tensor:

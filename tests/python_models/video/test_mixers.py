@@ -21,7 +21,9 @@ from python_models.video import (
 from python_models.video.mixers import (
     FEATURE_FLOOR,
     PositiveRandomFeatures,
+    kernel_attention,
     merge_heads,
+    space_time_attention,
     split_heads,
 )
 
@@ -189,3 +191,45 @@ def test_proportional_attention_counts_a_merged_token_as_its_size():
     repeated = mixer(torch.cat([x, x[:, 1:]], 1), TokenLayout(1, 1))[:, :2]
     sized = mixer(x, TokenLayout(1, 1, torch.tensor([[1.0, 2.0]])))
     torch.testing.assert_close(sized, repeated)
+
+
+def random_tensors(*shapes, seed: int = 0, dtype=torch.float64) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=dtype) for shape in shapes]
+
+
+def assert_same_values_and_gradients(got, expected, inputs, cotangent):
+    torch.testing.assert_close(got, expected)
+    for mine, reference in zip(
+        torch.autograd.grad(got, inputs, cotangent),
+        torch.autograd.grad(expected, inputs, cotangent),
+    ):
+        torch.testing.assert_close(mine, reference)
+
+
+def test_space_time_attention_and_its_gradient_match_the_masked_dense_form():
+    counts = torch.tensor([[2, 5, 3], [4, 4, 2]])
+    layout = TokenLayout(1, 3, counts=counts)
+    q, k, v, cotangent = random_tensors(*[(2, 2, 11, 4)] * 4)
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    frame = layout.frame_index(2, 11)
+    rank = torch.arange(10) - (counts.cumsum(-1) - counts).gather(1, frame)
+    allowed = torch.ones(2, 11, 11, dtype=torch.bool)
+    same_frame = frame[:, :, None] == frame[:, None]
+    allowed[:, 1:, 1:] = same_frame | (rank[:, :, None] == rank[:, None])
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    assert_same_values_and_gradients(
+        space_time_attention(q, k, v, layout), expected, inputs, cotangent
+    )
+
+
+def test_kernel_attention_and_its_gradient_match_the_quadratic_form():
+    # float32: the features are taken in float32 whatever their dtype.
+    shapes = [(2, 2, 9, 5), (2, 2, 9, 5), (2, 2, 9, 4), (2, 2, 9, 4)]
+    q_features, k_features, v, cotangent = random_tensors(*shapes, dtype=torch.float32)
+    q_features, k_features = q_features.exp(), k_features.exp()
+    inputs = [t.requires_grad_() for t in (q_features, k_features, v)]
+    weights = q_features @ k_features.transpose(-1, -2)
+    expected = weights @ v / weights.sum(-1, keepdim=True)
+    got = kernel_attention(q_features, k_features, v, causal=False)
+    assert_same_values_and_gradients(got, expected, inputs, cotangent)

@@ -1,6 +1,8 @@
 """HierarchicalVLM: presets, every attention type end to end, token merging (class token kept,
 shapes restored by unmerge, the random baseline), gradients, the reference switch."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -45,11 +47,11 @@ def test_proportional_attention_changes_only_merged_runs():
     torch.manual_seed(0)
     model = create_model("hvlm_tiny", merge_ratio=0.5, **SMALL).eval()
     plain = model(clips())
-    model.proportional_attention = True
+    model.merging = dataclasses.replace(model.merging, proportional_attention=True)
     assert not torch.allclose(model(clips()), plain)
     model.set_merge_ratio(0.0)
     unmerged = model(clips())
-    model.proportional_attention = False
+    model.merging = dataclasses.replace(model.merging, proportional_attention=False)
     torch.testing.assert_close(model(clips()), unmerged)
 
 

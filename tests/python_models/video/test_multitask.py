@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from python_models import create_model
+from python_models.adapters.lora import LoraConfig, lora_layers
 from python_models.video import MultiTaskVLM
-from python_models.video.lora import LoraConfig, lora_layers
 from python_models.video.multitask import AppearanceTokens
 
 SMALL = dict(embed_dim=16, depth=2, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4)

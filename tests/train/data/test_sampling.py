@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from train import checkpoint
 from train.data import WeightedDistributedSampler, domain_balance_weights, make_loader
-from train.engine import EngineConfig, Trainer
+from train.engine import checkpoint
+from train.engine.trainer import EngineConfig, Trainer
 
 # 70 / 20 / 10 % of the samples in domains 0, 1, 2.
 DOMAINS = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
