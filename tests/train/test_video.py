@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from python_models.video.settings import MixerSettings
 from train import evaluate, video
 from train.data.annotations import AnnotationError
 from train.data.moving_shapes import ACTIONS, write_mp4
@@ -103,9 +104,8 @@ def test_the_yaml_file_uses_the_source_design_keys(tmp_path):
     )
     config = load_config(video_task.VideoConfig, ["--config", str(path)], "train.video", "")
     arguments = video_task.model_arguments(config, 12)
-    assert arguments["attention"] == "local_global"
-    assert arguments["attention_args"] == {"window": 16}
-    assert arguments["merge_ratio"] == 0.25 and arguments["num_frames"] == 16
+    assert arguments["mixer"] == MixerSettings("local_global", {"window": 16})
+    assert arguments["merging"].ratio == 0.25 and arguments["num_frames"] == 16
 
 
 def test_the_builtin_config_file_is_the_default_job():

@@ -20,6 +20,7 @@ from python_models.video.experts import ROUTING_MODES
 from python_models.video.merging import MOTION_SOURCES
 from python_models.video.mixers import mixer_options
 from python_models.video.multitask import TASKS, MultiTaskVLM
+from python_models.video.settings import ImportanceSettings, MergeSettings, MixerSettings
 
 from ..data import (
     ClipTransform,
@@ -402,26 +403,32 @@ class VideoConfig(EngineConfig):
 
 
 def model_arguments(config: VideoConfig, num_classes: int) -> dict[str, Any]:
-    """The model's constructor arguments from the config's sections."""
+    """The model's constructor arguments from the config's sections (``model_args``' flat keys
+    of the preset on top)."""
     attention = dict(config.attention)
     merging = config.token_merging
     return {
         "num_frames": config.video.num_frames,
         "img_size": config.video.frame_size,
         "num_classes": num_classes,
-        "attention": attention.pop("type"),
-        "attention_args": {k: v for k, v in attention.items() if v is not None},
-        "merge_ratio": merging.target_compression_ratio if config.merging else 0.0,
-        "merge_at": merging.merge_at,
-        "merge_mode": merging.mode,
-        "merge_budget": merging.budget,
-        "motion_alpha": merging.motion_alpha,
-        "colour_weight": merging.colour_weight,
-        "saliency_ramp_steps": merging.saliency_ramp_steps,
-        "motion_source": merging.motion_source,
-        "importance_weight": merging.importance_weight,
-        "class_attention_weight": merging.class_attention_weight,
-        "proportional_attention": merging.proportional_attention,
+        "mixer": MixerSettings(
+            attention.pop("type"), {k: v for k, v in attention.items() if v is not None}
+        ),
+        "merging": MergeSettings(
+            ratio=merging.target_compression_ratio if config.merging else 0.0,
+            at=tuple(merging.merge_at),
+            mode=merging.mode,
+            budget=merging.budget,
+            importance_weight=merging.importance_weight,
+            class_attention_weight=merging.class_attention_weight,
+            proportional_attention=merging.proportional_attention,
+        ),
+        "importance": ImportanceSettings(
+            motion_alpha=merging.motion_alpha,
+            colour_weight=merging.colour_weight,
+            saliency_ramp_steps=merging.saliency_ramp_steps,
+            motion_source=merging.motion_source,
+        ),
         "pixel_mean": CLIP_MEAN,
         "pixel_std": CLIP_STD,
         **config.model_args,
