@@ -17,7 +17,7 @@ import sys
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
-from python_models.video.text import WordTokenizer
+from train.data.text import WordTokenizer
 from train.metrics.text import cider_d, corpus_bleu
 
 CAPTIONS = "data/moving_shapes/training/annotations/video_captioning.json"

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from .data.moving_shapes import ACTIONS
+from .data.text import TextVocabulary
 from .data.video import decode, open_video, sample_frame_indices
 from .tasks import video
-from .tasks.multitask import TextVocabulary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

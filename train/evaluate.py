@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .data import BatchTransform, SelectFields, make_loader, readable_batches
+from .data.text import TextVocabulary
 from .engine import checkpoint, distributed
 from .engine.config import Range, at_least, check_settings, field, load_config
 from .engine.job import start
@@ -36,7 +37,7 @@ from .tasks import reports, video
 from .tasks.classification import confusion_matrix
 from .tasks.images import ClassifyConfig, build_backbone, data_for
 from .tasks.mae import MAEConfig, build_mae
-from .tasks.multitask import TextVocabulary, plot_predictions
+from .tasks.multitask import plot_predictions
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
-"""Text for the video model: a word-level tokenizer, an answer vocabulary, a video QA head and an
-autoregressive caption decoder, both reading the backbone's tokens through cross-attention.
+"""Text heads of the video model: a video QA head and an autoregressive caption decoder, both
+reading the backbone's tokens through cross-attention.
 
 Both heads take the video tokens (batch, L, dim) that ``HierarchicalVLM.forward_features``
 returns and LayerNorm them once before every cross-attention reads them. Built with
@@ -9,11 +9,6 @@ logits or every word's input directly: on small data, learning where to attend c
 the shape questions and at 58 % on the colour ones).
 """
 
-import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Self
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,160 +16,10 @@ from torch import Tensor, nn
 from ..layers import Mlp, init_vit_weights
 from ..vit import NORM_EPS
 
+# The token ids the heads read and write: a vocabulary's first entries are these, in this order
+# (``train.data.text.WordTokenizer`` builds such vocabularies from annotations).
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
-# Lower-case words (inner hyphens and apostrophes kept: "half-disk", "it's") or one punctuation mark.
-TOKEN_PATTERN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*|[^\sa-z0-9]")
-
-
-def _by_frequency(items: Iterable[str], min_freq: int = 1) -> list[str]:
-    """Distinct items seen at least ``min_freq`` times, most frequent first, ties alphabetical."""
-    counts = Counter(items)
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [item for item, count in ranked if count >= min_freq]
-
-
-def _strings(name: str, values: Iterable[str]) -> list[str]:
-    """``values`` as a list, checked to hold strings (a lone string is refused, not split)."""
-    if isinstance(values, str):
-        raise TypeError(f"{name} must be a sequence of strings, got the string {values!r:.80}")
-    values = list(values)
-    if not all(isinstance(value, str) for value in values):
-        raise TypeError(f"{name} must be a sequence of strings, got {values!r:.80}")
-    return values
-
-
-class Vocabulary:
-    """Distinct strings in index order, their indices, and a state dict of plain lists (it
-    goes into checkpoints) under ``state_key``."""
-
-    state_key = "entries"
-
-    def __init__(self, entries: Iterable[str]):
-        entries = _strings(self.state_key, entries)
-        if len(set(entries)) != len(entries):
-            raise ValueError(f"{type(self).__name__}: {self.state_key} must be distinct")
-        self.entries = entries
-        self.ids = {entry: index for index, entry in enumerate(entries)}
-
-    def state_dict(self) -> dict[str, list[str]]:
-        return {self.state_key: list(self.entries)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> Self:
-        if cls.state_key not in state:
-            raise KeyError(
-                f"{cls.__name__}: a state dict with {cls.state_key!r}, got {list(state)}"
-            )
-        return cls(state[cls.state_key])
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-
-class WordTokenizer(Vocabulary):
-    """Word-level tokenizer: lower-cased words and punctuation marks, ids from a vocabulary whose
-    first four entries are ``SPECIAL_TOKENS`` (so ``PAD, BOS, EOS, UNK = 0, 1, 2, 3``)."""
-
-    PAD, BOS, EOS, UNK = range(len(SPECIAL_TOKENS))
-    state_key = "words"
-
-    def __init__(self, words: Sequence[str]):
-        """``words``: the whole vocabulary in id order, starting with ``SPECIAL_TOKENS``."""
-        super().__init__(words)
-        if tuple(self.words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(
-                f"WordTokenizer: words must start with {list(SPECIAL_TOKENS)}, "
-                f"got {self.words[: len(SPECIAL_TOKENS)]}"
-            )
-
-    @property
-    def words(self) -> list[str]:
-        return self.entries
-
-    @classmethod
-    def build(
-        cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None
-    ) -> "WordTokenizer":
-        """The vocabulary of ``texts``: words seen at least ``min_freq`` times, most frequent
-        first (ties alphabetical), at most ``max_size`` of them besides the special tokens."""
-        if min_freq < 1:
-            raise ValueError(f"WordTokenizer.build: min_freq must be >= 1, got {min_freq}")
-        if max_size is not None and max_size < 0:
-            raise ValueError(f"WordTokenizer.build: max_size must be >= 0 or None, got {max_size}")
-        texts = _strings("texts", texts)
-        tokens = (token for text in texts for token in cls.tokenize(text))
-        # No token matches a special one: the pattern splits "<pad>" into "<", "pad", ">".
-        return cls(SPECIAL_TOKENS + tuple(_by_frequency(tokens, min_freq)[:max_size]))
-
-    @staticmethod
-    def tokenize(text: str) -> list[str]:
-        if not isinstance(text, str):
-            raise TypeError(f"WordTokenizer: text must be a str, got {type(text).__name__}")
-        return TOKEN_PATTERN.findall(text.lower())
-
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        """Ids of the text's tokens (unknown words → ``UNK``), framed by BOS / EOS if asked."""
-        ids = [self.ids.get(token, self.UNK) for token in self.tokenize(text)]
-        return [self.BOS] * bos + ids + [self.EOS] * eos
-
-    def decode(self, ids: Iterable[int] | Tensor) -> str:
-        """Text of the ids up to the first EOS, without PAD and BOS; punctuation marks join the
-        word before them."""
-        if isinstance(ids, Tensor):
-            ids = ids.tolist()
-        text = ""
-        for index in ids:
-            if index == self.EOS:
-                break
-            if index in (self.PAD, self.BOS):
-                continue
-            if not 0 <= index < len(self):
-                raise ValueError(f"WordTokenizer.decode: id {index} not in [0, {len(self)})")
-            word = self.words[index]
-            is_punctuation = not word[0].isalnum() and word not in SPECIAL_TOKENS
-            text += word if is_punctuation or not text else " " + word
-        return text
-
-    def encode_batch(
-        self, texts: Sequence[str], max_len: int, bos: bool = False, eos: bool = False
-    ) -> Tensor:
-        """(len(texts), max_len) int64 ids, PAD after each text. A longer text loses its last
-        words; its BOS and EOS are kept."""
-        if max_len < bos + eos + 1:
-            raise ValueError(
-                f"WordTokenizer.encode_batch: max_len must be >= {bos + eos + 1} with "
-                f"bos={bos}, eos={eos}, got {max_len}"
-            )
-        texts = _strings("texts", texts)
-        batch = torch.full((len(texts), max_len), self.PAD, dtype=torch.long)
-        for row, text in enumerate(texts):
-            ids = self.encode(text)[: max_len - bos - eos]
-            ids = [self.BOS] * bos + ids + [self.EOS] * eos
-            batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return batch
-
-
-class AnswerVocab(Vocabulary):
-    """The answers a QA head chooses from, most frequent first (ties alphabetical)."""
-
-    state_key = "answers"
-
-    @classmethod
-    def build(cls, answers: Iterable[str]) -> "AnswerVocab":
-        return cls(_by_frequency(_strings("answers", answers)))
-
-    @property
-    def answers(self) -> list[str]:
-        return self.entries
-
-    def index(self, answer: str) -> int:
-        """The answer's class index, -1 for an answer outside the vocabulary."""
-        return self.ids.get(answer, -1)
-
-    def answer(self, index: int) -> str:
-        if not 0 <= index < len(self):
-            raise IndexError(f"AnswerVocab.answer: index {index} not in [0, {len(self)})")
-        return self.answers[index]
+PAD, BOS, EOS, UNK = range(len(SPECIAL_TOKENS))
 
 
 # -- layers ----------------------------------------------------------------------------------
@@ -301,12 +146,12 @@ class TokenEmbedding(nn.Module):
                 f"got {vocab_size} and {max_len}"
             )
         self.max_len = max_len
-        self.words = nn.Embedding(vocab_size, dim, padding_idx=WordTokenizer.PAD)
+        self.words = nn.Embedding(vocab_size, dim, padding_idx=PAD)
         self.positions = nn.Parameter(torch.zeros(1, max_len, dim))
         nn.init.trunc_normal_(self.words.weight, std=0.02)
         nn.init.trunc_normal_(self.positions, std=0.02)
         with torch.no_grad():
-            self.words.weight[WordTokenizer.PAD].zero_()
+            self.words.weight[PAD].zero_()
 
     def forward(self, ids: Tensor, name: str, offset: int = 0) -> Tensor:
         """Embeddings of ``ids`` (batch, length) at positions offset … offset + length − 1;
@@ -406,7 +251,7 @@ class VideoQAHead(nn.Module):
         x = self.embed(questions, "questions")
         _check_video(video_tokens, self.dim, len(questions))
         _check_summary(summary, self.summary_norm, video_tokens)
-        words = questions != WordTokenizer.PAD
+        words = questions != PAD
         # A question of only PAD attends to all its positions (and is pooled from none), so
         # its softmax never sees an all-masked row.
         key_mask = words | ~words.any(1, keepdim=True)
@@ -465,7 +310,7 @@ class CaptionDecoder(nn.Module):
         init_vit_weights(self)
         # Generation never emits these: PAD is no target and BOS only starts the input.
         never = torch.zeros(vocab_size)
-        never[[WordTokenizer.PAD, WordTokenizer.BOS]] = float("-inf")
+        never[[PAD, BOS]] = float("-inf")
         self.register_buffer("never_generated", never, persistent=False)
 
     def _decode(
@@ -513,10 +358,10 @@ class CaptionDecoder(nn.Module):
         total = F.cross_entropy(
             logits.flatten(0, 1).float(),
             targets.flatten(),
-            ignore_index=WordTokenizer.PAD,
+            ignore_index=PAD,
             reduction="sum",
         )
-        return total / (targets != WordTokenizer.PAD).sum().clamp(min=1)
+        return total / (targets != PAD).sum().clamp(min=1)
 
     def _generation_length(self, max_len: int | None) -> int:
         max_len = self.max_len if max_len is None else max_len
@@ -539,7 +384,7 @@ class CaptionDecoder(nn.Module):
         return (
             caches,
             summary_input,
-            torch.full((len(video),), WordTokenizer.BOS, device=video.device),
+            torch.full((len(video),), BOS, device=video.device),
         )
 
     def _next_log_probs(
@@ -563,9 +408,9 @@ class CaptionDecoder(nn.Module):
         generated = []
         for step in range(max_len):
             tokens = self._next_log_probs(tokens, step, caches, summary_input).argmax(-1)
-            tokens = tokens.masked_fill(finished, WordTokenizer.PAD)
+            tokens = tokens.masked_fill(finished, PAD)
             generated.append(tokens)
-            finished |= tokens == WordTokenizer.EOS
+            finished |= tokens == EOS
             if finished.all():
                 break
         return torch.stack(generated, 1)
@@ -597,7 +442,7 @@ class CaptionDecoder(nn.Module):
         lengths = torch.zeros_like(totals)
         finished = torch.zeros_like(totals, dtype=torch.bool)
         pad_only = torch.full((vocab,), float("-inf"), device=device)
-        pad_only[WordTokenizer.PAD] = 0
+        pad_only[PAD] = 0
         for step in range(max_len):
             log_probs = self._next_log_probs(tokens, step, caches, summary_input)
             log_probs = log_probs.view(batch, beam_size, vocab)
@@ -609,7 +454,7 @@ class CaptionDecoder(nn.Module):
             beam, tokens = chosen // vocab, (chosen % vocab).flatten()
             totals = candidate_totals.gather(1, chosen)
             lengths = candidate_lengths.gather(1, chosen)
-            finished = finished.gather(1, beam) | (tokens == WordTokenizer.EOS).view(batch, -1)
+            finished = finished.gather(1, beam) | (tokens == EOS).view(batch, -1)
             rows = (beam + torch.arange(batch, device=device)[:, None] * beam_size).flatten()
             sequences = torch.cat([sequences[rows], tokens[:, None]], 1)
             for cache in caches:

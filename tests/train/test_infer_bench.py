@@ -3,9 +3,9 @@ import json
 import pytest
 
 from train import ask, infer_bench, video
+from train.data.text import TextVocabulary
 from train.engine import checkpoint
 from train.tasks import video as video_task
-from train.tasks.multitask import TextVocabulary
 
 TINY = "{num_frames: 4, img_size: 32, embed_dim: 24, num_heads: 2, depth: 2}"
 FAST = ["--batch-size", "2", "--budget-s", "0", "--min-steps", "1", "--threads", "1"]

@@ -3,7 +3,6 @@ domains, tokenised questions, answers and captions), the engine's task (the enab
 weighted, plus the router's), and its evaluation (accuracy, detection mAP, QA accuracy, caption
 BLEU-4, routing accuracy and expert usage)."""
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,9 @@ from python_models.video.experts import (
     routing_accuracy,
     routing_loss,
 )
-from python_models.video.text import AnswerVocab, WordTokenizer
 
 from ..data import ClipTransform, collate_clips, readable_batches
-from ..data.annotations import VideoRecord
+from ..data.text import TextVocabulary, WordTokenizer
 from ..engine import distributed
 from ..metrics.detection import detection_map, ground_truth_segments
 from ..metrics.figures import new_figure
@@ -36,31 +34,6 @@ QUESTION_KIND_WORDS = 2  # a question's kind for per-kind QA accuracy: its first
 FIELDS = ("frames", "label", "frame_labels", "domain", "questions", "answers", "captions")
 IGNORE = -1  # a target that is not known (no label, no domain, a padding question)
 ROUTER_LOSSES = ("balance_weight", "z_weight", "supervised_weight")
-
-
-@dataclasses.dataclass(frozen=True)
-class TextVocabulary:
-    """The words of the questions and captions, and the answers, of the training annotations."""
-
-    words: WordTokenizer
-    answers: AnswerVocab
-
-    @classmethod
-    def build(cls, records: Sequence[VideoRecord]) -> "TextVocabulary":
-        texts = [q for r in records for q, _ in r.qa] + [c for r in records for c in r.captions]
-        return cls(
-            WordTokenizer.build(texts), AnswerVocab.build([a for r in records for _, a in r.qa])
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"words": self.words.state_dict(), "answers": self.answers.state_dict()}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "TextVocabulary":
-        return cls(
-            WordTokenizer.from_state_dict(state["words"]),
-            AnswerVocab.from_state_dict(state["answers"]),
-        )
 
 
 class MultiTaskCollate:

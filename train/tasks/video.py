@@ -39,6 +39,7 @@ from ..data.annotations import (
     read_video_list,
 )
 from ..data.moving_shapes import ensure_moving_shapes, load_moving_shapes
+from ..data.text import TextVocabulary
 from ..data.video import BACKENDS
 from ..engine import checkpoint
 from ..engine.config import (
@@ -55,7 +56,7 @@ from ..engine.config import (
 )
 from ..engine.trainer import EngineConfig, mixed_precision
 from .classification import ClassificationTask
-from .multitask import ROUTER_LOSSES, MultiTaskCollate, MultiTaskVideoTask, TextVocabulary
+from .multitask import ROUTER_LOSSES, MultiTaskCollate, MultiTaskVideoTask
 
 # Sections of settings with the source design's keys, and their defaults.
 ATTENTION_DEFAULTS = {"type": "full"}  # plus the chosen type's own options

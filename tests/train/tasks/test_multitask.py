@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from python_models.video.text import WordTokenizer
 from train import evaluate, video
 from train.data.annotations import VideoRecord
+from train.data.text import TextVocabulary, WordTokenizer
 from train.engine import checkpoint
 from train.tasks.multitask import (
     IGNORE,
     MultiTaskCollate,
-    TextVocabulary,
     masked_cross_entropy,
     pick_reference,
 )
