@@ -3,19 +3,10 @@ import torch
 
 from python_models.video.text import BOS, EOS, PAD, CaptionDecoder, VideoQAHead
 from tests.helpers import DEVICES, seeded
+from tests.train.data.test_text import CAPTIONS
 from train.data.text import AnswerVocab, WordTokenizer
 
 DIM, VOCAB = 16, 12
-CAPTIONS = [
-    "A red half-disk waits, then moves sideways.",
-    "On a whiteboard, a yellow crescent turns.",
-    "A red square moves.",
-]
-
-
-@pytest.fixture
-def tokenizer() -> WordTokenizer:
-    return WordTokenizer.build(CAPTIONS)
 
 
 def video_tokens(batch: int, seed: int = 0) -> torch.Tensor:
@@ -200,9 +191,10 @@ def fit(module: torch.nn.Module, loss_fn, steps: int = 100) -> None:
     module.eval()
 
 
-def test_heads_learn_the_text_of_distinct_clips(tokenizer):
+def test_heads_learn_the_text_of_distinct_clips():
     """Trained on three clips, the decoder reproduces their captions and the QA head their
     answers: the tokenizer, the heads and decoding agree end to end."""
+    tokenizer = WordTokenizer.build(CAPTIONS)
     torch.manual_seed(0)
     video = video_tokens(len(CAPTIONS))
     decoder = CaptionDecoder(DIM, len(tokenizer), num_heads=2, max_len=12)
