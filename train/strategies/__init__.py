@@ -1,6 +1,8 @@
-"""Continual-learning strategies: EWC, LwF, iCaRL, experience replay and the memory-augmented ViT
-as a class-incremental learner. Each works on a plain ``nn.Module`` and keeps its state as
-tensors in plain containers (``state_dict()`` loads with ``torch.load(weights_only=True)``)."""
+"""Continual-learning algorithms: EWC, LwF, iCaRL, experience replay and the memory-augmented ViT
+as a class-incremental learner. Each works on a plain ``nn.Module`` (iCaRL on any classifier of
+``python_models.contract``) and keeps its state as tensors in plain containers
+(``state_dict()`` loads with ``torch.load(weights_only=True)``); ``incremental`` wraps each as
+the engine task ``python -m train.continual`` runs."""
 
 from .ewc import EWC, EWC_MODES
 from .icarl import embed, herding_selection, iCaRL
