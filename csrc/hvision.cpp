@@ -31,14 +31,17 @@ TORCH_LIBRARY(hvision, m) {
   // Modern Hopfield retrieval, all n_steps update steps in one pass. `states` (n_steps - 1,
   // batch, heads, Q, d) holds ξ_1 … ξ_{n_steps-1} and `lse` (n_steps, batch, heads, Q) each step's
   // log-sum-exp, both in the accumulation dtype: what the backward pass recomputes the
-  // probabilities from.
+  // probabilities from. `probabilities` (n_steps, batch, heads, Q, M) keeps them instead where
+  // the device's kernels keep them (the CPU's) and they take at most `max_saved_bytes`; else it
+  // is empty, shape (0,).
   m.def(
       "hopfield_retrieval_fwd(Tensor query, Tensor stored, Tensor? values, float beta, "
-      "int n_steps) -> (Tensor out, Tensor states, Tensor lse)");
+      "int n_steps, int max_saved_bytes) -> (Tensor out, Tensor states, Tensor lse, "
+      "Tensor probabilities)");
   m.def(
       "hopfield_retrieval_bwd(Tensor dout, Tensor query, Tensor stored, Tensor? values, "
-      "Tensor out, Tensor states, Tensor lse, float beta, int n_steps) -> (Tensor dquery, "
-      "Tensor dstored, Tensor dvalues)");
+      "Tensor out, Tensor states, Tensor lse, Tensor probabilities, float beta, int n_steps) -> "
+      "(Tensor dquery, Tensor dstored, Tensor dvalues)");
 
   // Motion–saliency scores of video patches, (batch, T, P) in float32 (float64 for float64
   // frames). Not differentiable.

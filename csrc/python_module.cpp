@@ -10,7 +10,8 @@
 
 #include "common/cpu_gemm.h"
 #include "common/cpu_isa.h"
-#include "common/step_math.h"
+#include "hopfield_retrieval/hopfield_retrieval_step.h"
+#include "selective_scan/selective_scan_step.h"
 #include "sparse_attention/sparse_attention.h"
 
 namespace {

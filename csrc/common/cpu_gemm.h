@@ -21,11 +21,18 @@ GemmPath gemm_path();
 // Switches the path for the whole process (a benchmark times both).
 void set_gemm_path(GemmPath path);
 
-// C (m x n) = alpha · A (m x k) · op(B) + beta · C, all row-major with row strides lda, ldb, ldc;
-// op(B) is B (k x n), or with `transpose_b` the transpose of B (n x k). Defined for float and
-// double; dimensions and strides must fit in 32 bits (tiles always do).
+// Which operands of gemm are stored transposed.
+struct Transposed {
+  bool a = false, b = false;
+};
+
+// C (m x n) = alpha · op(A) · op(B) + beta · C, all row-major with row strides lda, ldb, ldc;
+// op(A) is A (m x k), or with `transposed.a` the transpose of A stored (k x m), and op(B) is
+// B (k x n), or with `transposed.b` the transpose of B stored (n x k). A transposed operand
+// takes the BLAS on either path. Defined for float and double; dimensions and strides must fit
+// in 32 bits (tiles always do).
 template <typename T>
-void gemm(bool transpose_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
-          const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+void gemm(Transposed transposed, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
 
 }  // namespace hvision::cpu

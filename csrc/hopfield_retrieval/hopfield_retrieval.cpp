@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/step_math.h"
+#include "hopfield_retrieval/hopfield_retrieval_step.h"
 
 namespace hvision::hopfield_retrieval {
 namespace {
@@ -32,6 +32,11 @@ void check_patterns(const char* name, const at::Tensor& t, const RetrievalInputs
   } else {
     check_shape(kOp, name, t, {in.batch, in.heads, in.patterns, last}, "(batch, heads, M, d)");
   }
+}
+
+// The shape of the kept probabilities.
+std::vector<int64_t> probabilities_shape(const RetrievalInputs& in) {
+  return {in.n_steps, in.batch, in.heads, in.queries, in.patterns};
 }
 
 }  // namespace
@@ -79,16 +84,29 @@ RetrievalInputs check_inputs(const at::Tensor& query, const at::Tensor& stored,
   return in;
 }
 
+bool fits_saved_probabilities(const RetrievalInputs& in, int64_t max_saved_bytes) {
+  TORCH_CHECK_VALUE(max_saved_bytes >= 0, kOp, ": expected max_saved_bytes >= 0, got ",
+                    max_saved_bytes);
+  // A size past int64 (an overflow) exceeds every budget.
+  int64_t bytes = static_cast<int64_t>(c10::elementSize(in.acc_dtype()));
+  for (const int64_t size : probabilities_shape(in)) {
+    if (__builtin_mul_overflow(bytes, size, &bytes)) return false;
+  }
+  return bytes <= max_saved_bytes;
+}
+
 ForwardResult empty_forward_outputs(const RetrievalInputs& in) {
   const auto acc = in.query.options().dtype(in.acc_dtype());
   at::Tensor out = at::empty({in.batch, in.heads, in.queries, in.value_dim}, in.query.options());
   return {out, at::empty({in.n_steps - 1, in.batch, in.heads, in.queries, in.dim}, acc),
-          at::empty({in.n_steps, in.batch, in.heads, in.queries}, acc)};
+          at::empty({in.n_steps, in.batch, in.heads, in.queries}, acc),
+          at::empty(in.keep_probabilities ? probabilities_shape(in) : std::vector<int64_t>{0},
+                    acc)};
 }
 
-void check_backward_inputs(const RetrievalInputs& in, const at::Tensor& dout,
-                           const at::Tensor& out, const at::Tensor& states,
-                           const at::Tensor& lse) {
+void check_backward_inputs(RetrievalInputs& in, const at::Tensor& dout, const at::Tensor& out,
+                           const at::Tensor& states, const at::Tensor& lse,
+                           const at::Tensor& probabilities) {
   const std::vector<int64_t> out_shape{in.batch, in.heads, in.queries, in.value_dim};
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"dout", dout},
                                 std::pair<const char*, const at::Tensor&>{"out", out}}) {
@@ -105,6 +123,12 @@ void check_backward_inputs(const RetrievalInputs& in, const at::Tensor& dout,
   check_dtype(kOp, "lse", lse, {in.acc_dtype()});
   check_shape(kOp, "lse", lse, {in.n_steps, in.batch, in.heads, in.queries},
               (std::string("(n_steps, batch, heads, Q)") + saved).c_str());
+  check_same_device(kOp, "probabilities", probabilities, in.query, "query");
+  check_dtype(kOp, "probabilities", probabilities, {in.acc_dtype()});
+  in.keep_probabilities = probabilities.dim() != 1;
+  check_shape(kOp, "probabilities", probabilities,
+              in.keep_probabilities ? probabilities_shape(in) : std::vector<int64_t>{0},
+              (std::string("(n_steps, batch, heads, Q, M) or (0,)") + saved).c_str());
 }
 
 }  // namespace hvision::hopfield_retrieval

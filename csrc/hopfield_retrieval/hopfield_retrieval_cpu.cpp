@@ -1,17 +1,22 @@
 // hopfield_retrieval CPU kernels. The forward pass splits the work over (batch, head, tile of
 // query rows) with at::parallel_for; a tile keeps its state ξ in a scratch buffer through every
 // step while the stored patterns stream past in tiles, with an online softmax. The products of a
-// tile (scores = ξ Xᵀ, ξ' += P V, and the five of the backward pass) are row-major GEMM calls on
-// the tile with no tensor in between (csrc/common/cpu_gemm.h), the
-// softmax between them vector loops over the step math, compiled per instruction set
-// (HV_CPU_DISPATCH). fp16/bf16 rows are widened to float a tile at a time.
+// tile (scores = ξ Xᵀ, ξ' += P V, and the four or five of the backward pass) are row-major GEMM
+// calls on the tile with no tensor in between (csrc/common/cpu_gemm.h), the softmax between them
+// vector loops over the step math, compiled per instruction set (HV_CPU_DISPATCH). fp16/bf16
+// rows are widened to float a tile at a time. Where the inputs ask for it
+// (RetrievalInputs::keep_probabilities) the forward pass keeps every step's probabilities, which
+// spares the backward pass one product a step.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -19,8 +24,8 @@
 #include "common/cpu_gemm.h"
 #include "common/cpu_softmax.h"
 #include "common/cpu_widen.h"
-#include "common/step_math.h"
 #include "hopfield_retrieval/hopfield_retrieval.h"
+#include "hopfield_retrieval/hopfield_retrieval_step.h"
 
 namespace hvision::hopfield_retrieval {
 namespace {
@@ -37,12 +42,13 @@ constexpr int64_t kPatternTile = 256;
 // the buffers are summed in a fixed order, so gradients do not depend on the thread count.
 constexpr int64_t kMaxBatchBlocks = 16;
 
-// Row-major C (m x n) = A (m x k) B (k x n), or C += A B when `accumulate`; the ld are row
-// strides.
+// Row-major C (m x n) = op(A) op(B), or C += op(A) op(B) when `accumulate`, where op(A) is A
+// (m x k) or its transpose, stored (k x m), and op(B) is B (k x n) or its transpose, stored
+// (n x k), as `transposed` says; the ld are row strides.
 template <typename T>
 void multiply(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-              T* c, int64_t ldc, bool accumulate) {
-  cpu::gemm(false, m, n, k, T(1), a, lda, b, ldb, accumulate ? T(1) : T(0), c, ldc);
+              T* c, int64_t ldc, bool accumulate, cpu::Transposed transposed = {}) {
+  cpu::gemm(transposed, m, n, k, T(1), a, lda, b, ldb, accumulate ? T(1) : T(0), c, ldc);
 }
 
 // dst (cols x rows, row stride ld_dst) = the transpose of src (rows x cols, row stride ld_src),
@@ -78,16 +84,22 @@ inline int64_t num_query_tiles(int64_t queries) { return (queries + kQueryTile -
 // Softmax over a tile of scores (one row of `count` raw dot products per query row).
 // ---------------------------------------------------------------------------------------------
 
-// Backward, one stored pattern against `rows` query rows (the backward tiles are
-// pattern-major): its dot products become probabilities p (from each row's saved log-sum-exp)
-// and its dp (dξ·v) the gradients of the dot products.
+// Backward, one query row against `count` stored patterns: the row's dot products in `scores`
+// (null when the forward pass kept the probabilities) become its probabilities p, from its saved
+// log-sum-exp; `probs` (== scores, or the kept row) then holds p, and `dot_grads` turns from
+// dp = dξ·v into the gradients of the dot products.
 template <typename T>
-HV_INLINE void probabilities_and_dot_grads(T* dots, T* d_probs, int64_t rows, T beta, const T* lse,
-                                           const T* row_dots) {
+HV_INLINE void probabilities_and_dot_grads(T* scores, const T* probs, T* dot_grads, int64_t count,
+                                           T beta, T lse, T row_dot) {
+  if (scores != nullptr) {
 #pragma omp simd
-  for (int64_t r = 0; r < rows; ++r) {
-    dots[r] = softmax_probability(hopfield_score(dots[r], beta), lse[r]);
-    d_probs[r] = hopfield_dot_grad(dots[r], d_probs[r], row_dots[r], beta);
+    for (int64_t j = 0; j < count; ++j) {
+      scores[j] = softmax_probability(hopfield_score(scores[j], beta), lse);
+    }
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < count; ++j) {
+    dot_grads[j] = hopfield_dot_grad(probs[j], dot_grads[j], row_dot, beta);
   }
 }
 
@@ -203,7 +215,8 @@ struct ForwardScratch {
 };
 
 // One step for a tile of `rows` query rows whose state is in scratch.state: scratch.next =
-// softmax(β ξ Xᵀ) V (rows of step.width), and each row's log-sum-exp in `lse`.
+// softmax(β ξ Xᵀ) V (rows of step.width), and each row's log-sum-exp in `lse`, with an online
+// softmax over the pattern tiles.
 template <typename scalar_t, typename T>
 void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, StepShape step,
                   int64_t rows, ForwardScratch<T>& scratch, T* lse) {
@@ -231,9 +244,39 @@ void forward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set, St
   }
 }
 
+// forward_step keeping the step's probabilities in `kept` (rows, M; row stride M): the scores of
+// every pattern tile are formed there first, so that each row's softmax is exact in one pass over
+// the row, with no rescaling, and then scratch.next = P V.
+template <typename scalar_t, typename T>
+void forward_step_keeping(const RetrievalInputs& in, const PatternSet<scalar_t>& set,
+                          StepShape step, int64_t rows, ForwardScratch<T>& scratch, T* lse,
+                          T* kept) {
+  const T beta = static_cast<T>(in.beta);
+  const int64_t M = in.patterns, width = step.width;
+  const auto tile_at = [&](int64_t first) {
+    return scratch.patterns.load(in, set, step, first, std::min(kPatternTile, M - first));
+  };
+  for (int64_t first = 0; first < M; first += kPatternTile) {
+    const PatternTile<T> tile = tile_at(first);
+    multiply(rows, tile.count, in.dim, scratch.state.data(), in.dim, tile.keys_t,
+             tile.keys_t_stride, kept + first, M, false);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    OnlineSoftmax<T> row;
+    online_weights(row, kept + r * M, M, beta);
+    scale_row(kept + r * M, M, online_softmax_normaliser(row));
+    lse[r] = online_softmax_lse(row);
+  }
+  for (int64_t first = 0; first < M; first += kPatternTile) {
+    const PatternTile<T> tile = tile_at(first);
+    multiply(rows, width, tile.count, kept + first, M, tile.values, width, scratch.next.data(),
+             width, first > 0);
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& states,
-                    at::Tensor& lse) {
+                    at::Tensor& lse, at::Tensor& probabilities) {
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = num_query_tiles(in.queries);
   const int64_t heads_total = in.batch * in.heads;
@@ -250,8 +293,14 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
       std::copy_n(in.query.data_ptr<scalar_t>() + row0 * d, rows * d, scratch.state.begin());
       for (int64_t s = 1; s <= in.n_steps; ++s) {
         const StepShape step = step_shape(in, s);
-        forward_step(in, set, step, rows, scratch,
-                     lse.data_ptr<T>() + (s - 1) * heads_total * Q + row0);
+        const int64_t step_row0 = (s - 1) * heads_total * Q + row0;
+        T* step_lse = lse.data_ptr<T>() + step_row0;
+        if (in.keep_probabilities) {
+          forward_step_keeping(in, set, step, rows, scratch, step_lse,
+                               probabilities.data_ptr<T>() + step_row0 * in.patterns);
+        } else {
+          forward_step(in, set, step, rows, scratch, step_lse);
+        }
         if (step.last) break;
         std::copy_n(scratch.next.begin(), rows * d, scratch.state.begin());
         std::copy_n(scratch.next.begin(), rows * d,
@@ -263,37 +312,33 @@ void forward_kernel(const RetrievalInputs& in, at::Tensor& out, at::Tensor& stat
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward: for each tile of query rows, the steps in reverse. Step s recomputes its
-// probabilities P = exp(β ξ_{s-1} Xᵀ - lse_s) a pattern tile at a time and, from dξ_s (dout for
-// the last step), adds Pᵀ dξ_s to the gradient of its values (dV, or dX for s < n), dSᵀ ξ_{s-1}
-// to dX and dS X to dξ_{s-1}, where dS is the gradient of the dot products. The tiles of P and
-// dS are computed pattern-major (Pᵀ = X ξ_{s-1}ᵀ), the layout the gradient products of the
-// patterns read, and dξ_{s-1} is accumulated transposed (Xᵀ dSᵀ): every product is a plain
-// row-major one, with ξ_{s-1} and dξ_s transposed once per step and each key tile once.
-// Pᵀ and dSᵀ sit side by side in one (patterns, 2 rows) tile, as do ξ_{s-1}ᵀ and dξ_sᵀ, so that
-// where a step's values are its keys (every step but the last one with separate values) the
-// two products of each side are one product of twice the width: Pᵀ | dSᵀ = X (ξ_{s-1}ᵀ | dξ_sᵀ)
-// and dX += (Pᵀ | dSᵀ)(dξ_s ; ξ_{s-1}).
+// Backward: for each tile of query rows, the steps in reverse. Step s takes its probabilities
+// P = softmax(β ξ_{s-1} Xᵀ) a pattern tile at a time, kept by the forward pass or recomputed from
+// the scores ξ_{s-1} Xᵀ and lse_s, and from dξ_s (dout for the last step) forms dP = dξ_s Vᵀ and
+// the gradient dS of the dot products. It adds Pᵀ dξ_s to the gradient of its values (dV, or dX
+// for s < n), dSᵀ ξ_{s-1} to dX and dS X to dξ_{s-1}. Every tile is row-major, (query rows,
+// patterns), and a kept one is read in place. Where a step's values are its keys (every step but
+// the last one with separate values) and P is recomputed, the products of each kind are one
+// product of twice the rows: (S ; dP) = (ξ_{s-1} ; dξ_s) Xᵀ and
+// dX += (P ; dS)ᵀ (dξ_s ; ξ_{s-1}), from the rows dξ_s ; ξ_{s-1} ; dξ_s stacked once a step.
 // ---------------------------------------------------------------------------------------------
 
 template <typename T>
 struct BackwardScratch {
-  std::vector<T> prev, current, grad;  // ξ_{s-1}, ξ_s (when widened), dξ_s: (rows, ·)
-  std::vector<T> stacked;              // dξ_s over ξ_{s-1}: (2 rows, d)
-  std::vector<T> operands_t;           // ξ_{s-1}ᵀ | dξ_sᵀ: (·, 2 rows)
-  std::vector<T> prev_grad_t;          // dξ_{s-1}ᵀ: (d, rows)
-  std::vector<T> products_t;           // Pᵀ | dSᵀ of a tile: (patterns, 2 rows)
-  std::vector<T> row_dots;             // dξ_s·ξ_s
+  std::vector<T> prev, current;    // ξ_{s-1}, ξ_s (when widened): (rows, ·)
+  std::vector<T> grad, prev_grad;  // dξ_s, then dξ_{s-1} in the other: (rows, ·)
+  std::vector<T> stacked;          // dξ_s ; ξ_{s-1} ; dξ_s: (3 rows, d)
+  std::vector<T> products;         // P ; dS of a pattern tile: (2 rows, kPatternTile)
+  std::vector<T> row_dots;         // dξ_s·ξ_s
   PatternBuffers<T> patterns;
 
   explicit BackwardScratch(const RetrievalInputs& in)
       : prev(kQueryTile * in.dim),
         current(kQueryTile * std::max(in.dim, in.value_dim)),
         grad(kQueryTile * std::max(in.dim, in.value_dim)),
-        stacked(2 * kQueryTile * in.dim),
-        operands_t(std::max(in.dim, in.value_dim) * 2 * kQueryTile),
-        prev_grad_t(in.dim * kQueryTile),
-        products_t(kPatternTile * 2 * kQueryTile),
+        prev_grad(grad.size()),
+        stacked(3 * kQueryTile * in.dim),
+        products(2 * kQueryTile * kPatternTile),
         row_dots(kQueryTile) {}
 };
 
@@ -304,12 +349,13 @@ struct PatternGrads {
   T* values;  // == keys when the values are the patterns
 };
 
-// The saved forward rows of one tile: ξ_{s} for s = 0 … n (query, states, out) and lse_s.
+// The saved forward rows of one tile: ξ_{s} for s = 0 … n (query, states, out), lse_s and, when
+// the forward pass kept them, the probabilities P_s.
 template <typename scalar_t, typename T>
 struct SavedRows {
   const RetrievalInputs& in;
   const scalar_t *query, *out;
-  const T *states, *lse;
+  const T *states, *lse, *probabilities;  // probabilities: null unless kept
   int64_t row0, rows;
 
   int64_t step_offset(int64_t s) const { return (s * in.batch * in.heads * in.queries + row0); }
@@ -320,6 +366,10 @@ struct SavedRows {
     return states + step_offset(s - 1) * in.dim;
   }
   const T* step_lse(int64_t s) const { return lse + step_offset(s - 1); }
+  // P_s (rows, M), or null when recomputed.
+  const T* step_probabilities(int64_t s) const {
+    return probabilities ? probabilities + step_offset(s - 1) * in.patterns : nullptr;
+  }
 };
 
 template <typename scalar_t, typename T>
@@ -333,57 +383,67 @@ void backward_step(const RetrievalInputs& in, const PatternSet<scalar_t>& set,
   const T* current = saved.state(s, scratch.current);
   const T* grad = scratch.grad.data();
   const T* lse = saved.step_lse(s);
+  const T* kept = saved.step_probabilities(s);
   for (int64_t r = 0; r < rows; ++r) {
     scratch.row_dots[r] = dot_product(grad + r * width, current + r * width, width);
   }
-  // Row strides: `pair` of the side-by-side tiles; their right halves start `rows` in.
-  const int64_t pair = 2 * rows;
-  T* operands_t = scratch.operands_t.data();
-  T* products_t = scratch.products_t.data();
-  T* prev_grad_t = scratch.prev_grad_t.data();
-  transpose(prev, rows, d, d, operands_t, pair);
-  transpose(grad, rows, width, width, operands_t + rows, pair);
-  std::fill_n(prev_grad_t, d * rows, T(0));
   const bool values_are_keys = !step.last || !in.values_given();
+  const bool stack = values_are_keys && kept == nullptr;  // (a kept P is not next to dS)
   T* stacked = scratch.stacked.data();
-  if (values_are_keys) {
+  if (stack) {
     std::copy_n(grad, rows * d, stacked);
     std::copy_n(prev, rows * d, stacked + rows * d);
+    std::copy_n(grad, rows * d, stacked + 2 * rows * d);
   }
+  T* scores = scratch.products.data();  // then P, unless kept
+  T* dot_grads = scores + rows * kPatternTile;
+  T* prev_grad = scratch.prev_grad.data();
+  std::fill_n(prev_grad, rows * d, T(0));
   T* value_grads = step.last ? grads.values : grads.keys;
   for (int64_t first = 0; first < in.patterns; first += kPatternTile) {
     const PatternTile<T> tile =
         scratch.patterns.load(in, set, step, first, std::min(kPatternTile, in.patterns - first));
     const int64_t n = tile.count;
-    if (values_are_keys) {
-      multiply(n, pair, d, tile.keys, d, operands_t, pair, products_t, pair, false);
+    if (stack) {
+      multiply(2 * rows, n, d, stacked + rows * d, d, tile.keys_t, tile.keys_t_stride, scores,
+               kPatternTile, false);
     } else {
-      multiply(n, rows, d, tile.keys, d, operands_t, pair, products_t, pair, false);
-      multiply(n, rows, width, tile.values, width, operands_t + rows, pair, products_t + rows,
-               pair, false);
+      if (kept == nullptr) {
+        multiply(rows, n, d, prev, d, tile.keys_t, tile.keys_t_stride, scores, kPatternTile,
+                 false);
+      }
+      multiply(rows, n, width, grad, width, values_are_keys ? tile.keys_t : tile.values,
+               values_are_keys ? tile.keys_t_stride : width, dot_grads, kPatternTile, false,
+               {.b = !values_are_keys});
     }
-    for (int64_t j = 0; j < n; ++j) {
-      run_probabilities_and_dot_grads(products_t + j * pair, products_t + j * pair + rows, rows,
-                                      beta, lse, scratch.row_dots.data());
+    // The tile's probabilities: (rows, n) with row stride ld.
+    const T* probs = kept ? kept + first : scores;
+    const int64_t ld = kept ? in.patterns : kPatternTile;
+    for (int64_t r = 0; r < rows; ++r) {
+      run_probabilities_and_dot_grads(kept ? nullptr : scores + r * kPatternTile, probs + r * ld,
+                                      dot_grads + r * kPatternTile, n, beta, lse[r],
+                                      scratch.row_dots[r]);
     }
-    if (values_are_keys) {
-      multiply(n, d, pair, products_t, pair, stacked, d, grads.keys + first * d, d, true);
+    if (stack) {
+      multiply(n, d, 2 * rows, scores, kPatternTile, stacked, d, grads.keys + first * d, d, true,
+               {.a = true});
     } else {
-      multiply(n, width, rows, products_t, pair, grad, width, value_grads + first * width, width,
-               true);
-      multiply(n, d, rows, products_t + rows, pair, prev, d, grads.keys + first * d, d, true);
+      multiply(n, width, rows, probs, ld, grad, width, value_grads + first * width, width, true,
+               {.a = true});
+      multiply(n, d, rows, dot_grads, kPatternTile, prev, d, grads.keys + first * d, d, true,
+               {.a = true});
     }
-    multiply(d, rows, n, tile.keys_t, tile.keys_t_stride, products_t + rows, pair, prev_grad_t,
-             rows, true);
+    multiply(rows, d, n, dot_grads, kPatternTile, tile.keys, d, prev_grad, d, true);
   }
   // dξ_{s-1} replaces dξ_s, which no product reads any more.
-  transpose(prev_grad_t, d, rows, rows, scratch.grad.data(), d);
+  scratch.grad.swap(scratch.prev_grad);
 }
 
 template <typename scalar_t>
 void backward_kernel(const RetrievalInputs& in, const at::Tensor& dout, const at::Tensor& out,
-                     const at::Tensor& states, const at::Tensor& lse, at::Tensor& dquery,
-                     at::Tensor& dkeys, at::Tensor& dvalues, int64_t blocks) {
+                     const at::Tensor& states, const at::Tensor& lse,
+                     const at::Tensor& probabilities, at::Tensor& dquery, at::Tensor& dkeys,
+                     at::Tensor& dvalues, int64_t blocks) {
   using T = at::opmath_type<scalar_t>;
   const int64_t tiles = num_query_tiles(in.queries);
   const int64_t Q = in.queries, d = in.dim, dv = in.value_dim;
@@ -403,9 +463,15 @@ void backward_kernel(const RetrievalInputs& in, const at::Tensor& dout, const at
         for (int64_t tile = 0; tile < tiles; ++tile) {
           const Span span = split(Q, tiles, tile);
           const int64_t row0 = (b * in.heads + h) * Q + span.begin;
-          const SavedRows<scalar_t, T> saved{in, in.query.data_ptr<scalar_t>(),
-                                             out.data_ptr<scalar_t>(), states.data_ptr<T>(),
-                                             lse.data_ptr<T>(), row0, span.size()};
+          const SavedRows<scalar_t, T> saved{
+              in,
+              in.query.data_ptr<scalar_t>(),
+              out.data_ptr<scalar_t>(),
+              states.data_ptr<T>(),
+              lse.data_ptr<T>(),
+              in.keep_probabilities ? probabilities.data_ptr<T>() : nullptr,
+              row0,
+              span.size()};
           std::copy_n(dout.data_ptr<scalar_t>() + row0 * dv, span.size() * dv,
                       scratch.grad.begin());
           for (int64_t s = in.n_steps; s >= 1; --s) backward_step(in, set, saved, s, scratch, grads);
@@ -426,20 +492,35 @@ at::Tensor finish_pattern_grad(const at::Tensor& partials, const RetrievalInputs
   return total.to(in.query.scalar_type());
 }
 
+// Asks the OS to back the 2 MiB-aligned inside of an allocation not yet written with huge
+// pages. The kept probabilities are tens of MiB per call, written once: in 4 KiB pages their
+// first-touch page faults took longer than the product that keeping them saves.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t{1} << 21;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t last = (begin + t.nbytes()) & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+}
+
 ForwardResult forward_cpu(const RetrievalInputs& in) {
-  auto [out, states, lse] = empty_forward_outputs(in);
+  auto [out, states, lse, probabilities] = empty_forward_outputs(in);
+  if (in.keep_probabilities) advise_huge_pages(probabilities);
   if (out.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
                                     "hopfield_retrieval_fwd_cpu", [&] {
-                                      forward_kernel<scalar_t>(in, out, states, lse);
+                                      forward_kernel<scalar_t>(in, out, states, lse,
+                                                               probabilities);
                                     });
   }
-  return {out, states, lse};
+  return {out, states, lse, probabilities};
 }
 
 BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
                             const at::Tensor& out, const at::Tensor& states,
-                            const at::Tensor& lse) {
+                            const at::Tensor& lse, const at::Tensor& probabilities) {
   const int64_t blocks = in.shared ? std::clamp<int64_t>(in.batch, 1, kMaxBatchBlocks) : in.batch;
   const auto acc = in.query.options().dtype(in.acc_dtype());
   at::Tensor dquery = at::empty_like(in.query);
@@ -450,8 +531,9 @@ BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
   if (in.query.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
                                     "hopfield_retrieval_bwd_cpu", [&] {
-                                      backward_kernel<scalar_t>(in, dout, out, states, lse, dquery,
-                                                                dkeys, dvalues, blocks);
+                                      backward_kernel<scalar_t>(in, dout, out, states, lse,
+                                                                probabilities, dquery, dkeys,
+                                                                dvalues, blocks);
                                     });
   }
   return {dquery, finish_pattern_grad(dkeys, in).reshape(in.stored.sizes()),
@@ -459,7 +541,7 @@ BackwardResult backward_cpu(const RetrievalInputs& in, const at::Tensor& dout,
                             : at::empty({0}, in.query.options())};
 }
 
-constexpr Kernels kCpuKernels{&forward_cpu, &backward_cpu};
+constexpr Kernels kCpuKernels{/*keeps_probabilities=*/true, &forward_cpu, &backward_cpu};
 
 }  // namespace
 

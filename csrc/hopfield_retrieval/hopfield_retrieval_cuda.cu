@@ -20,8 +20,8 @@
 #include <torch/library.h>
 
 #include "common/cuda_utils.cuh"
-#include "common/step_math.h"
 #include "hopfield_retrieval/hopfield_retrieval.h"
+#include "hopfield_retrieval/hopfield_retrieval_step.h"
 
 namespace hvision::hopfield_retrieval {
 namespace {
@@ -327,8 +327,8 @@ Args<scalar_t> make_args(const RetrievalInputs& in) {
 
 ForwardResult forward_cuda(const RetrievalInputs& in) {
   const c10::cuda::CUDAGuard guard(in.query.device());
-  auto [out, states, lse] = empty_forward_outputs(in);
-  if (out.numel() == 0) return {out, states, lse};
+  auto [out, states, lse, probabilities] = empty_forward_outputs(in);  // probabilities: empty
+  if (out.numel() == 0) return {out, states, lse, probabilities};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.query.scalar_type(),
                                   "hopfield_retrieval_fwd_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -343,12 +343,12 @@ ForwardResult forward_cuda(const RetrievalInputs& in) {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {out, states, lse};
+  return {out, states, lse, probabilities};
 }
 
 BackwardResult backward_cuda(const RetrievalInputs& in, const at::Tensor& dout,
                              const at::Tensor& out, const at::Tensor& states,
-                             const at::Tensor& lse) {
+                             const at::Tensor& lse, const at::Tensor& /*probabilities*/) {
   const c10::cuda::CUDAGuard guard(in.query.device());
   const int64_t rows = in.batch * in.heads * in.queries;
   at::Tensor dquery = at::empty_like(in.query);
@@ -385,7 +385,8 @@ BackwardResult backward_cuda(const RetrievalInputs& in, const at::Tensor& dout,
   return {dquery, dstored, dvalues};
 }
 
-constexpr Kernels kCudaKernels{&forward_cuda, &backward_cuda};
+// The backward pass recomputes each probability where it needs it, on chip, and keeps none.
+constexpr Kernels kCudaKernels{/*keeps_probabilities=*/false, &forward_cuda, &backward_cuda};
 
 }  // namespace
 

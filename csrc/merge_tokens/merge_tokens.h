@@ -1,6 +1,6 @@
 // merge_tokens / unmerge_tokens: validation, the device-independent bookkeeping of the matching,
 // and the per-device kernels it is built from. The schemas are in csrc/hvision.cpp; the math of
-// a step is in csrc/common/step_math.h.
+// a step is in merge_tokens_step.h.
 //
 // Three kernels per device serve the four operators. A merge runs best_matches (fused
 // normalise + A x B cosine similarity + each A token's best B, never storing the similarity
@@ -19,7 +19,7 @@ namespace hvision::merge_tokens {
 
 // The sources of every output row, in token order: assign sorted by row (stable, so a row's
 // tokens stay in token order) and the tokens in that order. Row j of batch b reads the tokens
-// sources[b, k] for the k where sorted_rows[b, k] == j (found by sources_begin, step_math.h).
+// sources[b, k] for the k where sorted_rows[b, k] == j (found by sources_begin, merge_tokens_step.h).
 struct RowSources {
   at::Tensor sorted_rows;  // (batch, N) int64
   at::Tensor sources;      // (batch, N) int64

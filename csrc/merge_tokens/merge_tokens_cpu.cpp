@@ -18,8 +18,8 @@
 
 #include "common/cpu_dispatch.h"
 #include "common/cpu_gemm.h"
-#include "common/step_math.h"
 #include "merge_tokens/merge_tokens.h"
+#include "merge_tokens/merge_tokens_step.h"
 
 namespace hvision::merge_tokens {
 namespace {
@@ -31,7 +31,7 @@ constexpr int64_t kColTile = 512;  // B tokens per BLAS call
 // row-major, `cols` wide).
 template <typename T>
 void tile_dot_products(const T* a, const T* b, int64_t rows, int64_t cols, int64_t k, T* tile) {
-  cpu::gemm(/*transpose_b=*/true, rows, cols, k, T(1), a, k, b, k, T(0), tile, cols);
+  cpu::gemm({.b = true}, rows, cols, k, T(1), a, k, b, k, T(0), tile, cols);
 }
 
 // `count` metric rows `stride` rows apart, as unit rows in the accumulation type.

@@ -1,4 +1,5 @@
-// merge_tokens CUDA kernels. The math of a step is step_math.h's, shared with the CPU kernels.
+// merge_tokens CUDA kernels. The math of a step is merge_tokens_step.h's, shared with the CPU
+// kernels.
 //
 // best_matches_kernel: one block per (batch, tile of 64 A tokens) walks every tile of 64 B
 // tokens: the two tiles' metric rows are staged through shared memory 16 channels at a time
@@ -21,8 +22,8 @@
 #include <climits>
 
 #include "common/cuda_utils.cuh"
-#include "common/step_math.h"
 #include "merge_tokens/merge_tokens.h"
+#include "merge_tokens/merge_tokens_step.h"
 
 namespace hvision::merge_tokens {
 namespace {

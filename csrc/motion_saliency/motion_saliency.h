@@ -1,5 +1,5 @@
 // motion_saliency: validation and the per-device kernel entry points. The schema is in
-// csrc/hvision.cpp; the per-pixel math is in csrc/common/step_math.h.
+// csrc/hvision.cpp; the per-pixel math is in motion_saliency_step.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>

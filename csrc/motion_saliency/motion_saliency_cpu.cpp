@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "common/cpu_dispatch.h"
-#include "common/step_math.h"
 #include "motion_saliency/motion_saliency.h"
+#include "motion_saliency/motion_saliency_step.h"
 
 namespace hvision::motion_saliency {
 namespace {

@@ -1,4 +1,5 @@
-// motion_saliency CUDA kernels. The per-pixel math is step_math.h's, shared with the CPU kernel.
+// motion_saliency CUDA kernels. The per-pixel math is motion_saliency_step.h's, shared with the
+// CPU kernel.
 //
 // patch_means_kernel: one warp per patch. Its lanes walk the patch's pixels, each computing the
 // Sobel magnitude of the luma (the three column terms around the pixel, from the 3x3
@@ -16,8 +17,8 @@
 #include <type_traits>
 
 #include "common/cuda_utils.cuh"
-#include "common/step_math.h"
 #include "motion_saliency/motion_saliency.h"
+#include "motion_saliency/motion_saliency_step.h"
 
 namespace hvision::motion_saliency {
 namespace {

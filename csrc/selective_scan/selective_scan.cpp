@@ -5,7 +5,7 @@
 #include <ATen/OpMathType.h>
 
 #include "common/checks.h"
-#include "common/step_math.h"
+#include "selective_scan/selective_scan_step.h"
 
 namespace hvision::selective_scan {
 namespace {

@@ -1,5 +1,5 @@
 // selective_scan: validation and the per-device kernel entry points. The schema is in
-// csrc/hvision.cpp; the math of a step is in csrc/common/step_math.h.
+// csrc/hvision.cpp; the math of a step is in selective_scan_step.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,5 @@
-// selective_scan CUDA kernels. The math of a step is step_math.h's, shared with the CPU kernels.
+// selective_scan CUDA kernels. The math of a step is selective_scan_step.h's, shared with the CPU
+// kernels.
 //
 // A team of S = min(32, next_pow2(N)) lanes scans one channel (b, d): lane l keeps states l,
 // l + S, ... (P slots, a template parameter) in registers, and the per-step sums over the states
@@ -27,8 +28,8 @@
 #include <type_traits>
 
 #include "common/cuda_utils.cuh"
-#include "common/step_math.h"
 #include "selective_scan/selective_scan.h"
+#include "selective_scan/selective_scan_step.h"
 
 namespace hvision::selective_scan {
 namespace {

@@ -1,6 +1,6 @@
 // sparse_attention: validation and the per-device kernel entry points. The schema is in
-// csrc/hvision.cpp; the pattern's enumeration and the online-softmax step are in
-// csrc/common/step_math.h.
+// csrc/hvision.cpp; the pattern's enumeration is in sparse_attention_step.h, the
+// online-softmax step in csrc/common/step_math.h.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -9,7 +9,8 @@
 #include <optional>
 #include <tuple>
 
-#include "common/step_math.h"
+#include "sparse_attention/sparse_attention_step.h"
+
 
 namespace hvision::sparse_attention {
 

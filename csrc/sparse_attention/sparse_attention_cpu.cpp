@@ -16,8 +16,8 @@
 #include "common/cpu_dispatch.h"
 #include "common/cpu_gemm.h"
 #include "common/cpu_softmax.h"
-#include "common/step_math.h"
 #include "sparse_attention/sparse_attention.h"
+#include "sparse_attention/sparse_attention_step.h"
 
 namespace hvision::sparse_attention {
 namespace {
@@ -31,13 +31,13 @@ constexpr int64_t kMinorTile = 256;
 template <typename T>
 void matmul_nt(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
                int64_t ldb, T beta, T* c, int64_t ldc) {
-  cpu::gemm(true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cpu::gemm({.b = true}, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <typename T>
 void matmul_nn(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
                int64_t ldb, T beta, T* c, int64_t ldc) {
-  cpu::gemm(false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  cpu::gemm({}, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <typename T>

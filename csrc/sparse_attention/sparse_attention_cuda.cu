@@ -1,5 +1,6 @@
 // sparse_attention CUDA kernels. The pattern's enumeration (segments, minor tiles, strided runs)
-// and the online-softmax step are step_math.h's, shared with the CPU kernels.
+// is sparse_attention_step.h's and the online-softmax step common/step_math.h's, both shared
+// with the CPU kernels.
 //
 // One block of 128 threads owns one major tile of kTile rows of one (batch, head): queries in
 // the forward pass and for dq, keys for dk/dv (the pattern walked transposed), so every output
@@ -24,8 +25,8 @@
 #include <type_traits>
 
 #include "common/cuda_utils.cuh"
-#include "common/step_math.h"
 #include "sparse_attention/sparse_attention.h"
+#include "sparse_attention/sparse_attention_step.h"
 
 namespace hvision::sparse_attention {
 namespace {

@@ -3,8 +3,10 @@ image at patch 16) from 1024 stored patterns per head, against the reference (ma
 matmul per step, as ml-jku/hopfield-layers iterates) and, for one step, against
 ``scaled_dot_product_attention`` with scale=beta (one step is attention). On the CPU, hvision also
 runs on the tile-GEMM path it does not take by default (``hvision_ext.cpu_gemm()``), as
-"hvision gemm=<path>"."""
+"hvision gemm=<path>", and, with a backward pass, with its probabilities recomputed rather than
+kept (``max_saved_bytes=0``), as "hvision recomputed"."""
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -115,6 +117,11 @@ def retrieval_case(
     if device.type == "cpu":
         other_path = "blas" if cpu_gemm() == "brgemm" else "brgemm"
         calls[f"hvision gemm={other_path}"] = on_gemm_path(other_path, calls["hvision"])
+        if mode == "fwd+bwd":
+            recomputing = functools.partial(hopfield_retrieval, max_saved_bytes=0)
+            calls["hvision recomputed"] = retrieval_call(
+                recomputing, inputs, n_steps, mode, cotangent
+            )
     return BenchCase(
         shape="batch {batch}, heads {heads}, Q {queries}, M {patterns}, d {dim}".format(
             **VIT_MEMORY

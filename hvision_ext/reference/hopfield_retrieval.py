@@ -8,6 +8,9 @@ from torch import Tensor
 
 from .._dtype import accumulation_dtype
 
+MAX_SAVED_BYTES = 128 * 2**20
+"""The default bound on the probabilities the fused CPU kernels keep for the backward pass."""
+
 
 def hopfield_retrieval(
     query: Tensor,
@@ -16,6 +19,7 @@ def hopfield_retrieval(
     *,
     beta: float | None = None,
     n_steps: int = 1,
+    max_saved_bytes: int = MAX_SAVED_BYTES,
 ) -> Tensor:
     """Retrieves from the stored patterns X by ``n_steps`` Hopfield updates.
 
@@ -23,7 +27,8 @@ def hopfield_retrieval(
     batch; values V like stored with last dim dv, or None for V = X. beta defaults to 1/sqrt(d).
     ξ₀ = query;  ξ_s = softmax(β ξ_{s-1} Xᵀ) X for s = 1 … n_steps-1;
     out = softmax(β ξ_{n_steps-1} Xᵀ) V, in the dtype of query (computed in float32, or float64
-    for float64 inputs).
+    for float64 inputs). max_saved_bytes bounds the memory of the fused kernels and changes no
+    result: this reference, whose autograd keeps every step's probabilities, ignores it.
     """
     acc = accumulation_dtype(query.dtype)
     if beta is None:

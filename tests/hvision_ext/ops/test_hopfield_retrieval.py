@@ -1,6 +1,8 @@
 """hopfield_retrieval: parity with the reference, gradients, op registration, compile, retrieval
 quality, bad input."""
 
+import importlib
+import inspect
 import math
 
 import pytest
@@ -12,6 +14,10 @@ from hypothesis import strategies as st
 import hvision_ext
 from hvision_ext import ops, reference
 from tests.helpers import DEVICES, assert_close, assert_compiled_matches_eager, grads, seeded
+
+DEFAULT_MAX_SAVED_BYTES = (
+    inspect.signature(ops.hopfield_retrieval).parameters["max_saved_bytes"].default
+)
 
 
 def make_inputs(
@@ -25,12 +31,13 @@ def make_inputs(
     shared=False,
     beta=None,
     n_steps=1,
+    max_saved_bytes=None,
     dtype=torch.float64,
     device="cpu",
     seed=0,
 ):
     """Keyword arguments of one hopfield_retrieval call; tensors require grad. value_dim None
-    means no values (the patterns are the values)."""
+    means no values (the patterns are the values); max_saved_bytes None, the default."""
     gen = seeded(seed)
 
     def tensor(*shape):
@@ -47,7 +54,15 @@ def make_inputs(
         values=tensor(*pattern_shape, value_dim) if value_dim is not None else None,
         beta=beta,
         n_steps=n_steps,
+        max_saved_bytes=DEFAULT_MAX_SAVED_BYTES if max_saved_bytes is None else max_saved_bytes,
     )
+
+
+# The two ways of the CPU backward pass to the probabilities: recomputed from the saved states and
+# log-sum-exps, or kept by the forward pass (the CUDA kernels always recompute).
+SAVED_PROBABILITIES = pytest.mark.parametrize(
+    "max_saved_bytes", [0, 2**40], ids=["recomputed", "kept"]
+)
 
 
 def tensor_inputs(kwargs):
@@ -89,9 +104,16 @@ def check_against_reference(kwargs, dtype, grad_scale=1.0):
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("value_dim", [None, 9])
 @pytest.mark.parametrize("beta", [None, 0.7])
-def test_matches_reference_float64(device, n_steps, shared, value_dim, beta):
+@SAVED_PROBABILITIES
+def test_matches_reference_float64(device, n_steps, shared, value_dim, beta, max_saved_bytes):
     kwargs = make_inputs(
-        n_steps=n_steps, shared=shared, value_dim=value_dim, beta=beta, device=device, seed=n_steps
+        n_steps=n_steps,
+        shared=shared,
+        value_dim=value_dim,
+        beta=beta,
+        max_saved_bytes=max_saved_bytes,
+        device=device,
+        seed=n_steps,
     )
     check_against_reference(kwargs, torch.float64)
 
@@ -99,7 +121,8 @@ def test_matches_reference_float64(device, n_steps, shared, value_dim, beta):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("patterns", [1, 2, 127, 128, 129, 1000, 5000])
 @pytest.mark.parametrize("queries", [1, 67, 300])  # 300: two CPU query tiles
-def test_pattern_counts_float32(device, patterns, queries):
+@SAVED_PROBABILITIES
+def test_pattern_counts_float32(device, patterns, queries, max_saved_bytes):
     kwargs = make_inputs(
         batch=1,
         heads=2,
@@ -107,6 +130,7 @@ def test_pattern_counts_float32(device, patterns, queries):
         patterns=patterns,
         dim=32,
         n_steps=3,
+        max_saved_bytes=max_saved_bytes,
         shared=True,
         dtype=torch.float32,
         device=device,
@@ -153,7 +177,8 @@ def test_feature_sizes(device, dim, value_dim):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n_steps", [1, 3])
 @pytest.mark.parametrize("shared", [False, True])
-def test_dtypes(device, dtype, n_steps, shared):
+@SAVED_PROBABILITIES
+def test_dtypes(device, dtype, n_steps, shared, max_saved_bytes):
     kwargs = make_inputs(
         queries=65,
         patterns=300,
@@ -161,6 +186,7 @@ def test_dtypes(device, dtype, n_steps, shared):
         value_dim=48,
         shared=shared,
         n_steps=n_steps,
+        max_saved_bytes=max_saved_bytes,
         dtype=dtype,
         device=device,
     )
@@ -179,10 +205,11 @@ def test_dtypes(device, dtype, n_steps, shared):
     shared=st.booleans(),
     beta=st.one_of(st.none(), st.floats(0.05, 2.0)),
     n_steps=st.integers(1, 4),
+    max_saved_bytes=st.sampled_from([0, 2**40]),
     seed=st.integers(0, 2**16),
 )
 def test_random_shapes_match_reference(
-    batch, heads, queries, patterns, dim, value_dim, shared, beta, n_steps, seed
+    batch, heads, queries, patterns, dim, value_dim, shared, beta, n_steps, max_saved_bytes, seed
 ):
     kwargs = make_inputs(
         batch=batch,
@@ -194,6 +221,7 @@ def test_random_shapes_match_reference(
         shared=shared,
         beta=beta,
         n_steps=n_steps,
+        max_saved_bytes=max_saved_bytes,
         seed=seed,
     )
     check_against_reference(kwargs, torch.float64)
@@ -311,8 +339,11 @@ def test_nan_in_a_query_stays_in_its_row():
 
 def test_a_direct_forward_call_can_be_differentiated():
     kwargs = make_inputs(n_steps=3, queries=4)
-    out, states, lse = torch.ops.hvision.hopfield_retrieval_fwd(*forward_op_args(kwargs))
+    out, states, lse, probabilities = torch.ops.hvision.hopfield_retrieval_fwd(
+        *forward_op_args(kwargs)
+    )
     assert states.shape == (2, 2, 3, 4, 16) and lse.shape == (3, 2, 3, 4)
+    assert probabilities.shape == (3, 2, 3, 4, 37)
     names = [n for n, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
     direct = torch.autograd.grad(out.sum(), [kwargs[n] for n in names])
     wrapped = torch.autograd.grad(
@@ -322,7 +353,8 @@ def test_a_direct_forward_call_can_be_differentiated():
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
 
 
-def test_cpu_backward_is_deterministic_whatever_the_thread_count():
+@SAVED_PROBABILITIES
+def test_cpu_backward_is_deterministic_whatever_the_thread_count(max_saved_bytes):
     for shared in (False, True):
         kwargs = make_inputs(
             batch=5,
@@ -333,6 +365,7 @@ def test_cpu_backward_is_deterministic_whatever_the_thread_count():
             value_dim=16,
             shared=shared,
             n_steps=3,
+            max_saved_bytes=max_saved_bytes,
             dtype=torch.float32,
         )
         inputs = list(tensor_inputs(kwargs).values())
@@ -380,7 +413,8 @@ def test_cuda_backward_is_deterministic_when_asked(deterministic_algorithms, sha
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("value_dim, n_steps", [(None, 1), (3, 1), (None, 3), (3, 2)])
-def test_gradcheck(device, shared, value_dim, n_steps):
+@SAVED_PROBABILITIES
+def test_gradcheck(device, shared, value_dim, n_steps, max_saved_bytes):
     kwargs = make_inputs(
         batch=2,
         heads=2,
@@ -390,6 +424,7 @@ def test_gradcheck(device, shared, value_dim, n_steps):
         value_dim=value_dim,
         shared=shared,
         n_steps=n_steps,
+        max_saved_bytes=max_saved_bytes,
         beta=0.9,
         device=device,
     )
@@ -411,22 +446,37 @@ def forward_op_args(kwargs):
         kwargs["values"],
         beta,
         kwargs["n_steps"],
+        kwargs["max_saved_bytes"],
     )
+
+
+def backward_op_args(forward_args, outputs):
+    """The backward call of a forward call's args and outputs (out, states, lse, probabilities),
+    with dout all ones."""
+    out = outputs[0]
+    return (torch.ones_like(out), *forward_args[:3], *outputs, *forward_args[3:5])
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shared, value_dim, n_steps", [(False, None, 1), (True, 5, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck(device, shared, value_dim, n_steps, dtype):
+@SAVED_PROBABILITIES
+def test_opcheck(device, shared, value_dim, n_steps, dtype, max_saved_bytes):
     kwargs = make_inputs(
-        shared=shared, value_dim=value_dim, n_steps=n_steps, dtype=dtype, device=device
+        shared=shared,
+        value_dim=value_dim,
+        n_steps=n_steps,
+        max_saved_bytes=max_saved_bytes,
+        dtype=dtype,
+        device=device,
     )
     torch.library.opcheck(torch.ops.hvision.hopfield_retrieval_fwd.default, forward_op_args(kwargs))
     detached = {n: v.detach() if isinstance(v, torch.Tensor) else v for n, v in kwargs.items()}
     args = forward_op_args(detached)
-    out, states, lse = torch.ops.hvision.hopfield_retrieval_fwd(*args)
-    bwd_args = (torch.randn_like(out), *args[:3], out, states, lse, args[3], args[4])
-    torch.library.opcheck(torch.ops.hvision.hopfield_retrieval_bwd.default, bwd_args)
+    outputs = torch.ops.hvision.hopfield_retrieval_fwd(*args)
+    torch.library.opcheck(
+        torch.ops.hvision.hopfield_retrieval_bwd.default, backward_op_args(args, outputs)
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -439,6 +489,38 @@ def test_torch_compile_fullgraph(device):
         return (out * 2).square().sum()
 
     assert_compiled_matches_eager(step, [kwargs[n] for n in names])
+
+
+@pytest.mark.parametrize(
+    "budget_change, kept", [(0, True), (-1, False)], ids=["fits", "one-byte-short"]
+)
+def test_probabilities_are_kept_when_they_fit(budget_change, kept):
+    kwargs = make_inputs(batch=2, heads=3, queries=5, patterns=37, n_steps=3)
+    needed = 3 * 2 * 3 * 5 * 37 * 8  # float64
+    args = forward_op_args({**kwargs, "max_saved_bytes": needed + budget_change})
+    out, states, lse, probabilities = torch.ops.hvision.hopfield_retrieval_fwd(*args)
+    assert probabilities.shape == ((3, 2, 3, 5, 37) if kept else (0,))
+    if not kept:
+        return
+    # P_s = softmax(β ξ_{s-1} Xᵀ), from the saved states.
+    steps = torch.cat([kwargs["query"][None], states]).detach()
+    scores = args[3] * steps @ kwargs["stored"].detach().transpose(-1, -2)
+    torch.testing.assert_close(probabilities, scores.softmax(-1))
+
+
+@pytest.mark.parametrize("grad_enabled", [False, True])
+def test_the_entry_point_keeps_probabilities_only_for_a_gradient(monkeypatch, grad_enabled):
+    entry_module = importlib.import_module("hvision_ext.ops.hopfield_retrieval")
+    forward, budgets = entry_module._fwd, []
+
+    def recording_forward(*args):
+        budgets.append(args[-1])
+        return forward(*args)
+
+    monkeypatch.setattr(entry_module, "_fwd", recording_forward)
+    with torch.set_grad_enabled(grad_enabled):
+        ops.hopfield_retrieval(**make_inputs(max_saved_bytes=12345))
+    assert budgets == [12345 if grad_enabled else 0]
 
 
 def test_torch_compile_inductor():
@@ -537,6 +619,8 @@ BAD_INPUTS = [
     (dict(beta=float("inf")), ValueError, "expected beta > 0 and finite, got inf"),
     (dict(beta=float("nan")), ValueError, "expected beta > 0 and finite, got nan"),
     (dict(beta=torch.tensor(1.0)), TypeError, "expected beta to be a float or None, got Tensor"),
+    (dict(max_saved_bytes=-1), ValueError, "expected max_saved_bytes >= 0, got -1"),
+    (dict(max_saved_bytes=1.0), TypeError, "expected max_saved_bytes to be an int, got float"),
 ]
 
 
@@ -547,18 +631,19 @@ def test_bad_input_is_named(changes, error, message):
 
 
 @pytest.mark.parametrize(
-    "beta, n_steps, message",
+    "beta, n_steps, max_saved_bytes, message",
     [
-        (0.0, 1, "expected beta > 0 and finite"),
-        (1.0, 0, r"expected n_steps in \[1, 1024\], got 0"),
-        (1.0, 1025, r"expected n_steps in \[1, 1024\], got 1025"),
+        (0.0, 1, 0, "expected beta > 0 and finite"),
+        (1.0, 0, 0, r"expected n_steps in \[1, 1024\], got 0"),
+        (1.0, 1025, 0, r"expected n_steps in \[1, 1024\], got 1025"),
+        (1.0, 1, -1, "expected max_saved_bytes >= 0, got -1"),
     ],
 )
-def test_the_kernels_check_beta_and_n_steps_themselves(beta, n_steps, message):
+def test_the_kernels_check_their_arguments_themselves(beta, n_steps, max_saved_bytes, message):
     kwargs = bad()
     with pytest.raises(ValueError, match=message):
         torch.ops.hvision.hopfield_retrieval_fwd(
-            kwargs["query"], kwargs["stored"], None, beta, n_steps
+            kwargs["query"], kwargs["stored"], None, beta, n_steps, max_saved_bytes
         )
 
 
@@ -589,24 +674,31 @@ def test_mixed_cpu_cuda_devices_are_rejected():
         ops.hopfield_retrieval(**bad(values=torch.randn(2, 3, 5, 6, device="cuda")))
 
 
-def test_backward_rejects_missing_states():
-    kwargs = bad(n_steps=2)
-    args = forward_op_args(kwargs)
-    out, states, lse = torch.ops.hvision.hopfield_retrieval_fwd(*args)
-    with pytest.raises(
-        ValueError, match=r"expected states of shape \(n_steps - 1, batch, heads, Q, d\)"
-    ):
+def test_backward_rejects_missing_saved_tensors():
+    args = forward_op_args(bad(n_steps=2))
+    outputs = torch.ops.hvision.hopfield_retrieval_fwd(*args)
+    out, states, lse, probabilities = outputs
+    assert probabilities.shape == (2, 2, 3, 5, 5)
+
+    def backward(**changes):
+        names = ("dout", "out", "states", "lse", "probabilities")
+        saved = {**dict(zip(names, (torch.ones_like(out), *outputs))), **changes}
         torch.ops.hvision.hopfield_retrieval_bwd(
-            torch.ones_like(out), *args[:3], out, states[:0], lse, args[3], 2
+            saved["dout"], *args[:3], *(saved[n] for n in names[1:]), *args[3:5]
         )
-    with pytest.raises(ValueError, match=r"expected lse of shape \(n_steps, batch, heads, Q\)"):
-        torch.ops.hvision.hopfield_retrieval_bwd(
-            torch.ones_like(out), *args[:3], out, states, lse[:1], args[3], 2
-        )
-    with pytest.raises(ValueError, match="expected dout of shape"):
-        torch.ops.hvision.hopfield_retrieval_bwd(
-            out[..., :3], *args[:3], out, states, lse, args[3], 2
-        )
+
+    cases = [
+        (dict(states=states[:0]), r"expected states of shape \(n_steps - 1, batch, heads, Q, d\)"),
+        (dict(lse=lse[:1]), r"expected lse of shape \(n_steps, batch, heads, Q\)"),
+        (dict(dout=out[..., :3]), "expected dout of shape"),
+        (
+            dict(probabilities=probabilities[:1]),
+            r"expected probabilities of shape \(n_steps, batch, heads, Q, M\) or \(0,\)",
+        ),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ValueError, match=message):
+            backward(**changes)
 
 
 # --- bench ----------------------------------------------------------------------------------
