@@ -4,10 +4,11 @@ import os
 import pytest
 import torch
 
+from python_models import create_model
 from train import classify
 from train.engine import checkpoint, run_lock
 from train.engine.config import load_config
-from train.engine.trainer import EngineConfig, LearningRateCurve, Trainer
+from train.engine.trainer import EngineConfig, LearningRateCurve, Trainer, param_groups
 from train.metrics.logger import read_jsonl
 
 TIMING_KEYS = ("epoch_time_s", "images_per_s")
@@ -307,3 +308,18 @@ def test_epoch_records_count_the_videos_the_data_sets_skipped(tmp_path, capsys):
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [(r["train_skipped"], r["val_skipped"]) for r in records] == [(1, 1), (1, 1)]
     assert "train_skipped 1, val_skipped 1" in capsys.readouterr().out
+
+
+def test_weight_decay_skips_one_dimensional_parameters_and_what_the_model_names():
+    model = create_model("vit_micro_patch4_32", num_classes=3)
+    groups = param_groups(model, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    skipped = {names[id(p)] for p in groups[1]["params"]}
+    assert {"pos_embed", "cls_token"} <= skipped and "patch_embed.proj.weight" in decayed
+    assert all(
+        model.get_parameter(n).ndim > 1 and n not in model.no_weight_decay() for n in decayed
+    )
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))  # no no_weight_decay(): by shape only
+    assert [len(g["params"]) for g in param_groups(plain, 0.05)] == [1, 1]
