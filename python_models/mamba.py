@@ -17,6 +17,13 @@ from hvision_ext.ops import selective_scan
 from .layers import Attention, DropPath, RMSNorm
 
 
+def channel_major(weight: Tensor, x: Tensor) -> Tensor:
+    """weight (out, in) @ x (batch, in, L) → (batch, out, L): projections that keep every scan
+    input channel-major without copies. A batched product of the expanded weight, because
+    ``torch.matmul`` copies a transposed operand to contiguous memory when gradients are on."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
 class DirectionalConv1d(nn.Conv1d):
     """Depthwise conv over the sequence that sees only the current and earlier tokens in the
     scan's direction: causal (left padding) forwards, anti-causal (right padding) in reverse,
@@ -72,11 +79,10 @@ class SSMDirection(nn.Module):
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """x, z: (batch, d_inner, L) → (batch, d_inner, L)."""
         x = F.silu(self.conv(x))
-        # Projections as weight @ x keep every scan input channel-major, (batch, ·, L), without copies.
-        dt, B, C = torch.matmul(self.x_proj.weight, x).split(
+        dt, B, C = channel_major(self.x_proj.weight, x).split(
             [self.dt_rank, self.d_state, self.d_state], dim=1
         )
-        delta = torch.matmul(self.dt_proj.weight, dt)
+        delta = channel_major(self.dt_proj.weight, dt)
         return selective_scan(
             x,
             delta,
@@ -113,7 +119,7 @@ class BiMamba(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         tokens = hidden.transpose(1, 2)  # (batch, dim, L)
-        x, z = (torch.matmul(weight, tokens) for weight in self.in_proj.weight.chunk(2))
+        x, z = (channel_major(weight, tokens) for weight in self.in_proj.weight.chunk(2))
         y = (self.forward_ssm(x, z) + self.backward_ssm(x, z)) / 2
         return self.out_proj(y.transpose(1, 2))
 

@@ -36,7 +36,13 @@ from hvision_ext.bench.timing import time_impl
 from python_models import create_model
 from python_models.adapters.lora import LoraConfig, inject_lora, lora_layers, merge_lora
 
-from .bench import VIDEO_GRID, add_measurement_arguments, describe_device, format_mib, run_grid
+from .benchmarks.training import (
+    VIDEO_GRID,
+    add_measurement_arguments,
+    describe_device,
+    format_mib,
+    run_grid,
+)
 from .engine.trainer import AMP_DTYPES
 from .tasks import video
 

@@ -159,7 +159,7 @@ class StridedAttention(QKVMixer):
     place in every frame; the prefix tokens attend and are attended globally. With equal runs
     of P patches it is the fused sparse kernel (the band |i − j| < P and every token P apart).
     Unequal runs (a per-clip merge budget) have no single stride: there each token sees its own
-    frame and the token of the same rank in every other frame, as a mask on dense attention."""
+    frame and the token of the same rank in every other frame (``space_time_attention``)."""
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         if layout.equal_runs:
@@ -167,22 +167,45 @@ class StridedAttention(QKVMixer):
             return sparse_attention(
                 q, k, v, window=stride - 1, stride=stride, num_global=layout.prefix
             )
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=space_time_mask(layout, q))
+        return space_time_attention(q, k, v, layout)
 
 
-def space_time_mask(layout: TokenLayout, q: Tensor) -> Tensor:
-    """(batch, 1, L, L) bool for queries q (batch, heads, L, head_dim): prefix tokens with
-    every token, patch tokens with those of their frame and those of their rank in a frame."""
-    batch, length = q.shape[0], q.shape[-2]
-    counts = layout.runs(batch, length, q.device)
-    frame = layout.frame_index(batch, length, q.device)
-    rank = torch.arange(frame.shape[1], device=q.device) - (counts.cumsum(-1) - counts).gather(
-        1, frame
-    )
-    pairs = (frame[:, :, None] == frame[:, None, :]) | (rank[:, :, None] == rank[:, None, :])
-    mask = torch.ones(batch, length, length, dtype=torch.bool, device=q.device)
-    mask[:, layout.prefix :, layout.prefix :] = pairs
-    return mask[:, None]
+def space_time_attention(q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+    """Softmax attention (batch, heads, L, head_dim) where the prefix tokens see every token and
+    a patch token sees the prefix, its own frame's tokens and the tokens of its rank in the
+    other frames: one softmax over those three groups of keys, each scored on the frames packed
+    (``pack_runs``), so no (L, L) scores are formed."""
+    prefix = layout.prefix
+    counts = layout.runs(q.shape[0], q.shape[-2], q.device)
+    # (batch, heads, frames, longest run, head_dim), padding zeros; valid (batch, frames, run).
+    (qf, kf, vf), valid = pack_heads([q, k, v], counts, prefix)
+    kp, vp = k[:, :, None, :prefix], v[:, :, None, :prefix]
+    qf = qf * q.shape[-1] ** -0.5
+    frames = counts.shape[1]
+    own_frame = (qf @ kf.transpose(-1, -2)).masked_fill(~valid[:, None, :, None, :], -math.inf)
+    # Same rank, other frames: (…, frames, run, frames); its own frame is in ``own_frame``.
+    other_frames = (qf.transpose(2, 3) @ kf.permute(0, 1, 3, 4, 2)).transpose(2, 3)
+    same_frame = torch.eye(frames, dtype=torch.bool, device=q.device)[:, None, :]
+    key_padding = ~valid.transpose(1, 2)[:, None, None]  # (batch, 1, 1, run, frames)
+    other_frames = other_frames.masked_fill(same_frame | key_padding, -math.inf)
+    weights = torch.cat([own_frame, other_frames, qf @ kp.transpose(-1, -2)], -1).softmax(-1)
+    run = own_frame.shape[-1]
+    own, other, to_prefix = weights.split([run, frames, prefix], -1)
+    mixed = own @ vf + (other.transpose(2, 3) @ vf.transpose(2, 3)).transpose(2, 3)
+    mixed = mixed + to_prefix @ vp
+    patches = unpack_runs(mixed.permute(0, 2, 3, 1, 4), valid)  # (batch, N, heads, head_dim)
+    prefix_out = F.scaled_dot_product_attention(q[:, :, :prefix], k, v)
+    return torch.cat([prefix_out, patches.transpose(1, 2)], 2)
+
+
+def pack_heads(tensors: list[Tensor], counts: Tensor, prefix: int) -> tuple[list[Tensor], Tensor]:
+    """The patch tokens of (batch, heads, L, head_dim) tensors packed by frame (``pack_runs``)
+    as (batch, heads, frames, longest run, head_dim), and the mask of real slots."""
+    packed = []
+    for tensor in tensors:
+        runs, valid = pack_runs(tensor[:, :, prefix:].transpose(1, 2), counts)
+        packed.append(runs.permute(0, 3, 1, 2, 4))
+    return packed, valid
 
 
 class LocalGlobalAttention(QKVMixer):
@@ -242,8 +265,11 @@ def kernel_attention(q_features: Tensor, k_features: Tensor, v: Tensor, causal: 
         numerator = torch.einsum("bhlm,bhlmd->bhld", q_features, context)
         normaliser = (q_features * k_features.cumsum(dim=2)).sum(-1, keepdim=True)
     else:
-        numerator = q_features @ (k_features.transpose(-1, -2) @ v)
-        normaliser = q_features @ k_features.sum(dim=2, keepdim=True).transpose(-1, -2)
+        # The normaliser as one more value column of ones: each feature map then enters one
+        # product, and the backward has no (L, m) outer products or gradient sums to add up.
+        ones = v.new_ones(*v.shape[:-1], 1)
+        mixed = q_features @ (k_features.transpose(-1, -2) @ torch.cat([v, ones], -1))
+        numerator, normaliser = mixed[..., :-1], mixed[..., -1:]
     return numerator / normaliser.clamp_min(1e-6)
 
 
@@ -279,9 +305,13 @@ class PositiveRandomFeatures(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, projection: Tensor, dims: tuple[int, ...]) -> Tensor:
-        logits = x @ projection.T - x.pow(2).sum(-1, keepdim=True) / 2
+        # One matrix product over every row (a broadcast matmul would run one per head), then
+        # in place: a fresh (L, m) buffer per step costs about as much as the arithmetic.
+        rows = x.reshape(-1, x.shape[-1]) @ projection.T
+        logits = rows.view(*x.shape[:-1], -1)
+        logits -= x.pow(2).sum(-1, keepdim=True) / 2
         logits -= logits.amax(dim=dims, keepdim=True)
-        features = (logits.exp_() + FEATURE_FLOOR) / math.sqrt(projection.shape[0])
+        features = logits.exp_().add_(FEATURE_FLOOR).div_(math.sqrt(projection.shape[0]))
         ctx.save_for_backward(x, projection, features)
         return features
 
@@ -289,7 +319,9 @@ class PositiveRandomFeatures(torch.autograd.Function):
     def backward(ctx, grad_features: Tensor):
         x, projection, features = ctx.saved_tensors
         # dφ/d(exponent) = φ − ε/√m, the exponential part of φ.
-        grad_logits = grad_features * (features - FEATURE_FLOOR / math.sqrt(projection.shape[0]))
+        grad_logits = (features - FEATURE_FLOOR / math.sqrt(projection.shape[0])).mul_(
+            grad_features
+        )
         grad_x = grad_logits @ projection - x * grad_logits.sum(-1, keepdim=True)
         return grad_x, None, None
 
