@@ -42,6 +42,7 @@ from python_models.video.mixers import QKVMixer, TokenLayout, build_mixer
 
 from .training import describe_device, mib, training_step
 
+Column = tuple[str, int, Callable[[dict], str]]  # header, width, the cell of a row
 SEED_MODEL = "hvlm_base"
 BASELINES = {"standard": "standard", "sdpa": "full"}  # ratio column → the row it divides by
 EFFICIENT = [kind for kind in MIXERS if kind != "full"]
@@ -313,49 +314,45 @@ def ratio_text(value: float | None, suffix: str) -> str:
     return "" if value is None else f"{value:.2f}{suffix}"
 
 
-def print_ratio_rows(title: str, rows: Sequence[dict]) -> None:
-    """A mixer or model table: step median and range, tensor peak, and the ratios."""
+def print_table(title: str, rows: Sequence[dict], columns: Sequence[Column]) -> None:
+    """A table: each row's label, parameters, step median and range and tensor peak, then
+    ``columns`` (header, width, the row's cell)."""
     print(f"\n{title}")
     width = max(len("row"), *(len(row["row"]) for row in rows))
+    headers = "".join(f" {header:>{cell_width}}" for header, cell_width, _ in columns)
     print(
-        f"  {'row':<{width}} {'params':>10} {'step s':>8} {'range s':>13} {'tensor MiB':>10} "
-        f"{'x standard':>10} {'x SDPA':>8} {'mem/std':>8} {'mem/SDPA':>8} {'x merge':>8}"
+        f"  {'row':<{width}} {'params':>10} {'step s':>8} {'range s':>13} {'tensor MiB':>10}"
+        + headers
     )
     for row in rows:
         if "error" in row:
             print(f"  {row['row']:<{width}} {row['params']:>10} failed: {row['error']}")
             continue
         low, high = row["step_range_s"]
+        cells = "".join(f" {cell(row):>{cell_width}}" for _, cell_width, cell in columns)
         print(
             f"  {row['row']:<{width}} {row['params']:>10} {row['step_s']:>8.3f} "
-            f"{f'{low:.3f}-{high:.3f}':>13} {row['tensor_peak_mib']:>10.0f} "
-            f"{ratio_text(row.get('speedup_vs_standard'), 'x'):>10} "
-            f"{ratio_text(row.get('speedup_vs_sdpa'), 'x'):>8} "
-            f"{ratio_text(row.get('memory_vs_standard'), ''):>8} "
-            f"{ratio_text(row.get('memory_vs_sdpa'), ''):>8} "
-            f"{ratio_text(row.get('merge_speedup'), 'x'):>8}",
+            f"{f'{low:.3f}-{high:.3f}':>13} {row['tensor_peak_mib']:>10.0f}" + cells,
             flush=True,
         )
 
 
-def print_peer_rows(rows: Sequence[dict]) -> None:
-    print("\npeers: torchvision's video transformers (random weights) and ours, batch 1")
-    width = max(len("row"), *(len(row["row"]) for row in rows))
-    print(
-        f"  {'row':<{width}} {'params':>10} {'step s':>8} {'range s':>13} {'tensor MiB':>10} "
-        f"{'ms/M params':>11} {'MiB/M params':>12}"
-    )
-    for row in rows:
-        if "error" in row:
-            print(f"  {row['row']:<{width}} {row['params']:>10} failed: {row['error']}")
-            continue
-        low, high = row["step_range_s"]
-        print(
-            f"  {row['row']:<{width}} {row['params']:>10} {row['step_s']:>8.3f} "
-            f"{f'{low:.3f}-{high:.3f}':>13} {row['tensor_peak_mib']:>10.0f} "
-            f"{row['ms_per_million_params']:>11.1f} {row['mib_per_million_params']:>12.2f}",
-            flush=True,
-        )
+def ratio_column(header: str, key: str, suffix: str, width: int = 8) -> Column:
+    return header, width, lambda row: ratio_text(row.get(key), suffix)
+
+
+RATIO_COLUMNS = (
+    ratio_column("x standard", "speedup_vs_standard", "x", 10),
+    ratio_column("x SDPA", "speedup_vs_sdpa", "x"),
+    ratio_column("mem/std", "memory_vs_standard", ""),
+    ratio_column("mem/SDPA", "memory_vs_sdpa", ""),
+    ratio_column("x merge", "merge_speedup", "x"),
+)
+PER_PARAMETER_COLUMNS = (
+    ("ms/M params", 11, lambda row: f"{row['ms_per_million_params']:.1f}"),
+    ("MiB/M params", 12, lambda row: f"{row['mib_per_million_params']:.2f}"),
+)
+PEERS_TITLE = "peers: torchvision's video transformers (random weights) and ours, batch 1"
 
 
 def print_checks(checks: Sequence[dict]) -> None:
@@ -461,15 +458,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     mixer_rows, model_rows = [], []
     if "mixer" in args.tables:
         mixer_rows = mixer_table(args, device)
-        print_ratio_rows("mixer alone", mixer_rows)
+        print_table("mixer alone", mixer_rows, RATIO_COLUMNS)
     for depth in args.depths if "model" in args.tables else []:
         rows = model_table(args, device, depth)
-        print_ratio_rows(f"whole model, depth {depth}", rows)
+        print_table(f"whole model, depth {depth}", rows, RATIO_COLUMNS)
         model_rows += rows
     summary["rows"] = mixer_rows + model_rows
     if "peers" in args.tables:
         peer_rows = peer_table(args, device)
-        print_peer_rows(peer_rows)
+        print_table(PEERS_TITLE, peer_rows, PER_PARAMETER_COLUMNS)
         summary["rows"] += peer_rows
     summary["floors"] = floor_checks(mixer_rows, model_rows)
     print_checks(summary["floors"])
