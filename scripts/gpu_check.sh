@@ -4,7 +4,8 @@
 #   bash scripts/gpu_check.sh
 #
 # Stages: build the package with its CUDA kernels for this machine's GPU only; the CUDA tests;
-# the whole test suite; the CUDA benchmark. A failing stage does not stop the later ones; the
+# the whole test suite; the CUDA benchmark; the video design's table at its own scale (train.bench
+# --seed-table, video-table-cuda.json). A failing stage does not stop the later ones; the
 # summary table (tests passed/failed, each bench case's hvision time and speed-ups) comes last,
 # and the exit status is non-zero if any stage failed.
 #
@@ -93,12 +94,19 @@ bench() {
   python -m hvision_ext.bench --device cuda --json "$BENCH_JSON"
 }
 
+# The video design's table at its own scale (docs/performance.md), mixer alone and whole model.
+video_table() {
+  python -m train.bench --video --seed-table --device cuda --tables mixer,model --depths 2,4 \
+    --json "$RESULTS/video-table-cuda.json"
+}
+
 stage "environment" env environment
 stage "build (pip install -e .)" build build
 stage "test tools" tools test_tools
 stage "pytest -m cuda" pytest-cuda cuda_tests
 stage "pytest (all)" pytest-all run_pytest pytest-all
 stage "bench (cuda)" bench bench
+stage "video table (cuda)" video-table video_table
 
 echo
 echo "================ summary ================"
