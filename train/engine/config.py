@@ -93,6 +93,9 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         allowed = allowed_values(cls, field.name)
         if allowed is not None:
             help_text = f"{help_text} [{_describe(allowed)}]"
+        if is_section(field_type):
+            keys = ", ".join(item.name for item in dataclasses.fields(field_type))
+            help_text = f"{help_text} [a YAML mapping of any of: {keys}]"
         if field_type is bool:
             parser.add_argument(
                 *flags, action=argparse.BooleanOptionalAction, default=None, help=help_text

@@ -278,7 +278,9 @@ class VideoConfig(EngineConfig):
     model: str = field("hvlm_tiny", "registered video model (python_models.list_models())")
     model_args: dict = field({}, "overrides of the model's preset")
     attention: dict = field(ATTENTION_DEFAULTS, "model.attention: type and its options")
-    token_merging: TokenMergingSettings = field(TokenMergingSettings(), "model.token_merging")
+    token_merging: TokenMergingSettings = field(
+        TokenMergingSettings(), "model.token_merging: which tokens merge, where, by what importance"
+    )
     video: ClipSettings = field(
         ClipSettings(), "data.video: num_frames, frame_size, num_clips, backend"
     )
