@@ -281,9 +281,7 @@ class VideoConfig(EngineConfig):
     token_merging: TokenMergingSettings = field(
         TokenMergingSettings(), "model.token_merging: which tokens merge, where, by what importance"
     )
-    video: ClipSettings = field(
-        ClipSettings(), "data.video: num_frames, frame_size, num_clips, backend"
-    )
+    video: ClipSettings = field(ClipSettings(), "data.video: how clips are sampled and read")
     train_data: str = field("", "training videos: a JSON-layout folder or a list file")
     val_data: str = field(
         "",
