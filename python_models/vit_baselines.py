@@ -118,7 +118,6 @@ class VisualPromptTuning(FrozenViT):
     """
 
     deep: bool  # set by VPTShallow and VPTDeep
-    no_weight_decay_params = ("prompts",)  # learned tokens, as the class token
 
     def __init__(
         self,

@@ -136,8 +136,6 @@ class TextLayer(nn.Module):
 class TokenEmbedding(nn.Module):
     """Word embedding plus learned positions for sequences of up to ``max_len`` ids."""
 
-    no_weight_decay_params = ("positions",)
-
     def __init__(self, vocab_size: int, dim: int, max_len: int):
         super().__init__()
         if vocab_size <= len(SPECIAL_TOKENS) or max_len < 1:

@@ -138,7 +138,7 @@ def test_frozen_backbones_stay_frozen_under_a_new_head():
     model.reset_classifier(7)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"prompts", "head.weight", "head.bias"}
-    assert "prompts" in model.no_weight_decay()
+    assert "prompts" not in model.no_weight_decay()  # trained with weight decay
 
 
 def test_a_written_memory_resets_to_empty_memories_of_the_new_labels():
